@@ -1,0 +1,36 @@
+"""arraynorm — normalization techniques for deep networks on any Python array-API backend.
+
+The survey *Normalization Techniques in Training DNNs* (Huang et al., arXiv 2009.12836)
+decomposes an activation normalization into area partitioning × operation × representation
+recovery; so does this package (:mod:`arraynorm.partition`, :mod:`arraynorm.operation`,
+:mod:`arraynorm.recovery`, composed by :class:`Normalizer`). The named methods are thin
+compositions, each with its exact closed-form backward pass, reached through :func:`vjp`.
+"""
+
+from . import operation, partition, recovery
+from ._vjp import defvjp, vjp
+from .adain import adain
+from .compose import NormContext, Normalizer, normalize
+from .local_response import local_response_norm
+from .methods import (
+    batch_norm,
+    batch_renorm,
+    ghost_batch_norm,
+    group_norm,
+    instance_norm,
+    l2_normalize,
+    layer_norm,
+    position_norm,
+    rms_norm,
+)
+from .running_stats import batch_moments, update_running_stats
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "vjp", "defvjp", "Normalizer", "NormContext", "normalize",
+    "partition", "operation", "recovery",
+    "batch_norm", "layer_norm", "instance_norm", "group_norm", "rms_norm", "position_norm",
+    "ghost_batch_norm", "batch_renorm", "local_response_norm", "l2_normalize", "adain",
+    "batch_moments", "update_running_stats",
+]

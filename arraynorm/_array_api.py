@@ -1,0 +1,157 @@
+"""Namespace, device and dtype helpers, and input validation.
+
+This is the only module that knows backends exist. Every op asks it for the array namespace
+of its inputs (``xp_namespace``), validates with ``xp_check_*`` and computes in the dtype
+``xp_compute_dtype`` chooses. Helpers are prefixed ``xp_`` as in SciPy's ``_array_api``.
+
+Validation only ever looks at shapes, dtypes and Python hyperparameters, never at array
+values: a Dask graph stays lazy, CuPy never synchronizes, JAX can trace.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+import array_api_compat
+from array_api_compat import array_namespace, device as xp_device
+
+__all__ = [
+    "xp_namespace",
+    "xp_device",
+    "xp_check_floating",
+    "xp_check_eps",
+    "xp_check_finite_scalar",
+    "xp_compute_dtype",
+    "xp_normalize_axis",
+    "xp_normalize_axes",
+    "xp_check_param_shape",
+    "xp_backend_name",
+]
+
+
+def xp_backend_name(xp: Any) -> str:
+    """Short human name of an array namespace (``numpy``, ``cupy``, ``torch``, ``dask`` …)."""
+    for name, test in (
+        ("numpy", array_api_compat.is_numpy_namespace),
+        ("cupy", array_api_compat.is_cupy_namespace),
+        ("torch", array_api_compat.is_torch_namespace),
+        ("dask", array_api_compat.is_dask_namespace),
+        ("jax", array_api_compat.is_jax_namespace),
+        ("array_api_strict", array_api_compat.is_array_api_strict_namespace),
+    ):
+        if test(xp):
+            return name
+    return getattr(xp, "__name__", repr(xp))
+
+
+def xp_namespace(fname: str, **arrays: Any) -> Any:
+    """Return the single array namespace shared by the named arrays (``None`` entries skipped).
+
+    Raises ``TypeError`` naming the offending arguments when an argument is not an array or
+    when two arguments come from different libraries, and ``ValueError`` when they live on
+    different devices. The names make errors such as "weight is a torch array but x is a
+    numpy array" possible, which ``array_namespace`` alone cannot say.
+    """
+    first_name = first_xp = first_dev = None
+    for name, a in arrays.items():
+        if a is None:
+            continue
+        try:
+            xp = array_namespace(a)
+        except TypeError:
+            raise TypeError(
+                f"{fname}: {name} must be an array (NumPy, CuPy, PyTorch, JAX, Dask or any "
+                f"array-API array), got {type(a).__name__}"
+            ) from None
+        if first_xp is None:
+            first_name, first_xp, first_dev = name, xp, xp_device(a)
+            continue
+        if xp is not first_xp:
+            raise TypeError(
+                f"{fname}: {name} is a {xp_backend_name(xp)} array but {first_name} is a "
+                f"{xp_backend_name(first_xp)} array; pass arrays from one library"
+            )
+        dev = xp_device(a)
+        if dev != first_dev:
+            raise ValueError(
+                f"{fname}: {name} is on device {dev} but {first_name} is on device "
+                f"{first_dev}; move them to one device"
+            )
+    if first_xp is None:
+        raise TypeError(f"{fname}: no array argument given")
+    return first_xp
+
+
+def xp_check_floating(fname: str, name: str, a: Any, xp: Any) -> None:
+    """Raise ``TypeError`` unless ``a`` has a real floating dtype."""
+    if not xp.isdtype(a.dtype, "real floating"):
+        raise TypeError(
+            f"{fname}: {name} must have a real floating dtype (float16, bfloat16, float32 or "
+            f"float64), got {a.dtype}"
+        )
+
+
+def xp_compute_dtype(xp: Any, dtype: Any) -> Any:
+    """Dtype in which statistics are accumulated: at least float32 (DESIGN.md §3.3).
+
+    float16 and bfloat16 inputs are promoted for the whole op and the result cast back,
+    as PyTorch's kernels do with their accumulation type.
+    """
+    if dtype == xp.float64 or dtype == xp.float32:
+        return dtype
+    return xp.float32
+
+
+def xp_check_finite_scalar(fname: str, name: str, value: Any, *, minimum: float | None = None,
+                           strict: bool = False) -> float:
+    """Validate a Python real hyperparameter and return it as ``float``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{fname}: {name} must be a real Python number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{fname}: {name} must be finite, got {value}")
+    if minimum is not None and (value < minimum or (strict and value == minimum)):
+        rel = ">" if strict else ">="
+        raise ValueError(f"{fname}: {name} must be {rel} {minimum}, got {value}")
+    return value
+
+
+def xp_check_eps(fname: str, eps: Any, name: str = "eps") -> float:
+    """eps must be a finite Python float >= 0."""
+    return xp_check_finite_scalar(fname, name, eps, minimum=0.0)
+
+
+def xp_normalize_axis(fname: str, axis: Any, ndim: int, name: str = "axis") -> int:
+    """Map an int axis into ``[0, ndim)`` or raise ``ValueError`` naming the argument."""
+    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+        raise TypeError(f"{fname}: {name} must be an int, got {type(axis).__name__}")
+    axis = int(axis)
+    if not -ndim <= axis < ndim:
+        raise ValueError(
+            f"{fname}: {name}={axis} is out of range for an input of rank {ndim}"
+        )
+    return axis % ndim
+
+
+def xp_normalize_axes(fname: str, axes: int | Sequence[int], ndim: int,
+                      name: str = "axis") -> tuple[int, ...]:
+    """Map an int or a sequence of ints to sorted, unique, non-negative axes."""
+    if isinstance(axes, numbers.Integral) and not isinstance(axes, bool):
+        axes = (axes,)
+    if not isinstance(axes, Sequence) or len(axes) == 0:
+        raise TypeError(f"{fname}: {name} must be an int or a non-empty tuple of ints, got {axes!r}")
+    out = tuple(sorted(xp_normalize_axis(fname, a, ndim, name) for a in axes))
+    if len(set(out)) != len(out):
+        raise ValueError(f"{fname}: {name}={tuple(axes)} repeats an axis")
+    return out
+
+
+def xp_check_param_shape(fname: str, name: str, a: Any, expected: tuple[int, ...]) -> None:
+    """γ/β/statistics must have exactly the expected shape."""
+    if a is not None and tuple(a.shape) != tuple(expected):
+        raise ValueError(
+            f"{fname}: {name} must have shape {tuple(expected)}, got {tuple(a.shape)}"
+        )

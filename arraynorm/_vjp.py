@@ -1,0 +1,74 @@
+"""Vector–Jacobian products by explicit, closed-form pullbacks.
+
+There is no autodiff framework underneath (DESIGN.md §3.5): every forward op registers a rule
+that returns its output and a pullback. Deep stacks compose these pullbacks by hand.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["vjp", "defvjp", "positional_parameters"]
+
+_RULE_ATTR = "__arraynorm_vjp__"
+
+
+def defvjp(f: Callable[..., Any]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register ``rule`` as the VJP rule of ``f`` (decorator).
+
+    ``rule(*args, **kwargs)`` takes exactly ``f``'s arguments and returns
+    ``(y, pullback)`` where ``pullback(dy)`` returns one cotangent per positional parameter of
+    ``f`` (see :func:`vjp`).
+    """
+
+    def register(rule: Callable[..., Any]) -> Callable[..., Any]:
+        setattr(f, _RULE_ATTR, rule)
+        return rule
+
+    return register
+
+
+def positional_parameters(f: Callable[..., Any]) -> tuple[str, ...]:
+    """Names of ``f``'s parameters that can be passed by position, in order."""
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return tuple(p.name for p in inspect.signature(f).parameters.values() if p.kind in kinds)
+
+
+def vjp(f: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, Callable[[Any], tuple[Any, ...]]]:
+    """Evaluate ``f(*args, **kwargs)`` and return ``(y, pullback)``.
+
+    ``pullback(dy)`` returns the tuple of cotangents ∂⟨dy, y⟩/∂a, one per *positional
+    parameter* of ``f`` in signature order, whether that argument was passed by position or by
+    keyword; ``None`` for non-array parameters (``num_groups``) and for arrays passed as
+    ``None``. Keyword-only arguments (``eps``, ``axis``, given statistics) get no cotangent.
+
+    Unlike ``jax.vjp``, ``f`` must be an arraynorm op (or have a rule registered with
+    :func:`defvjp`): the pullbacks are the closed-form backward passes, not traced.
+
+    Examples
+    --------
+    >>> import numpy as np, arraynorm as an
+    >>> x = np.linspace(-1.0, 1.0, 12).reshape(2, 6)
+    >>> y, pullback = an.vjp(an.layer_norm, x)
+    >>> dx, dw, db = pullback(np.ones_like(y))
+    >>> bool(np.allclose(dx, 0.0))   # LN's output is invariant to a shift, so Σ-cotangent gives 0
+    True
+    """
+    rule = getattr(f, _RULE_ATTR, None)
+    if rule is None:
+        name = getattr(f, "__name__", repr(f))
+        raise TypeError(f"vjp: {name} has no registered backward pass; pass an arraynorm op")
+    y, pullback = rule(*args, **kwargs)
+    fname = getattr(f, "__name__", "op")
+
+    def checked_pullback(dy: Any) -> tuple[Any, ...]:
+        if tuple(getattr(dy, "shape", ())) != tuple(y.shape):
+            raise ValueError(
+                f"{fname} pullback: dy must have the output's shape {tuple(y.shape)}, got "
+                f"{tuple(getattr(dy, 'shape', ()))}"
+            )
+        return pullback(dy)
+
+    return y, checked_pullback

@@ -1,0 +1,160 @@
+"""Composition of the three stages: partition ∘ operation ∘ recovery.
+
+A :class:`Normalizer` is one method of the survey's taxonomy: ``Normalizer(Group(8),
+Standardize())`` is GroupNorm, ``Normalizer(Batch(), ZCAWhiten())`` is decorrelated BN.
+It owns the whole forward and backward pass, so the named functions in :mod:`methods`
+are one line each, and a user or the ``analysis`` package can build methods the survey
+only describes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ._array_api import (
+    xp_check_eps,
+    xp_check_floating,
+    xp_check_param_shape,
+    xp_compute_dtype,
+    xp_namespace,
+)
+from ._vjp import defvjp
+from .operation import Operation, Standardize
+from .partition import Layout, Partition
+from .recovery import affine, affine_backward
+
+__all__ = ["Normalizer", "NormContext", "normalize"]
+
+
+@dataclass
+class NormContext:
+    """What a forward pass keeps for its backward pass.
+
+    ``state`` is the operation's (it carries the statistics: ``state.mean``, ``state.var``
+    in ``layout.stats_shape``, useful to update running statistics); ``yhat`` is the
+    normalized input before recovery, in the compute dtype and the input's shape.
+    """
+
+    xp: Any
+    layout: Layout
+    state: Any
+    yhat: Any
+    weight: Any
+    bias: Any
+    x_dtype: Any
+
+
+@dataclass(frozen=True)
+class Normalizer:
+    """partition ∘ operation ∘ per-feature affine, with its exact backward pass.
+
+    Parameters
+    ----------
+    partition : which elements share statistics (:mod:`arraynorm.partition`).
+    operation : what is done with them (:mod:`arraynorm.operation`).
+    eps : added to the variance (or the clamp, for :class:`LpScale`); a Python float >= 0.
+    name : used in error messages.
+
+    Shapes: ``x`` has any shape the partition accepts; ``weight`` and ``bias`` have
+    ``layout.param_shape`` (the channel count for BN/IN/GN/PN, the normalized axes' shape for
+    LN/RMS). The output has ``x``'s shape, dtype, namespace and device. Statistics are taken in
+    float32 at least (float16/bfloat16 inputs are promoted, the result cast back).
+    """
+
+    partition: Partition
+    operation: Operation
+    eps: float = 1e-5
+    name: str = "normalize"
+
+    def _prepare(self, x: Any, weight: Any, bias: Any) -> tuple[Any, Layout]:
+        fname = self.name
+        held = self.operation.arrays()
+        params = {"weight": weight, "bias": bias, **held}
+        xp = xp_namespace(fname, x=x, **params)
+        xp_check_floating(fname, "x", x, xp)
+        for pname, p in params.items():
+            if p is not None:
+                xp_check_floating(fname, pname, p, xp)
+        xp_check_eps(fname, self.eps)
+        layout = self.partition.layout(fname, tuple(x.shape))
+        if self.operation.uses_input_statistics:
+            layout.check_many(fname)
+        if self.operation.needs_feature_axis and layout.feature_axis is None:
+            raise ValueError(
+                f"{fname}: {type(self.operation).__name__} decorrelates features but the "
+                f"{type(self.partition).__name__} partition has no feature axis"
+            )
+        for pname, p in params.items():
+            xp_check_param_shape(fname, pname, p, layout.param_shape)
+        return xp, layout
+
+    def forward(self, x: Any, weight: Any = None, bias: Any = None) -> tuple[Any, NormContext]:
+        """Return ``(y, ctx)``; ``ctx`` feeds :meth:`backward`."""
+        xp, layout = self._prepare(x, weight, bias)
+        ct = xp_compute_dtype(xp, x.dtype)
+        xc = x if x.dtype == ct else xp.astype(x, ct)
+        yv, state = self.operation.forward(xp, xp.reshape(xc, layout.view_shape), layout, self.eps)
+        yhat = xp.reshape(yv, layout.shape)
+        y = affine(xp, yhat, weight, bias, layout.param_axes)
+        if y.dtype != x.dtype:
+            y = xp.astype(y, x.dtype)
+        return y, NormContext(xp, layout, state, yhat, weight, bias, x.dtype)
+
+    def backward(self, ctx: NormContext, dy: Any) -> tuple[Any, Any, Any]:
+        """Return ``(dx, dweight, dbias)`` for the cotangent ``dy`` (``None`` for absent
+        parameters), each in its input's dtype."""
+        xp, layout = ctx.xp, ctx.layout
+        dy = dy if dy.dtype == ctx.yhat.dtype else xp.astype(dy, ctx.yhat.dtype)
+        g, dw, db = affine_backward(xp, dy, ctx.yhat, ctx.weight, ctx.bias, layout.param_axes)
+        dxv = self.operation.backward(xp, xp.reshape(g, layout.view_shape), ctx.state)
+        dx = xp.reshape(dxv, layout.shape)
+        if dx.dtype != ctx.x_dtype:
+            dx = xp.astype(dx, ctx.x_dtype)
+        return dx, dw, db
+
+    def __call__(self, x: Any, weight: Any = None, bias: Any = None) -> Any:
+        return self.forward(x, weight, bias)[0]
+
+    def vjp(self, x: Any, weight: Any = None, bias: Any = None) -> tuple[Any, Callable[[Any], tuple[Any, Any, Any]]]:
+        """``(y, pullback)`` with ``pullback(dy) -> (dx, dweight, dbias)``."""
+        y, ctx = self.forward(x, weight, bias)
+        return y, lambda dy: self.backward(ctx, dy)
+
+
+def normalize(x: Any, partition: Partition, operation: Operation | None = None,
+              weight: Any = None, bias: Any = None, *, eps: float = 1e-5) -> Any:
+    """Normalize ``x`` with any composition of the survey's three stages.
+
+    y = γ · op(x restricted to each partition) + β
+
+    Parameters
+    ----------
+    x : array to normalize.
+    partition : a :mod:`arraynorm.partition` object (``Batch()``, ``Layer()``, ``Group(8)`` …).
+    operation : a :mod:`arraynorm.operation` object; default :class:`Standardize`.
+    weight, bias : optional γ, β of the partition's parameter shape.
+    eps : numerical stabilizer, default 1e-5.
+
+    Examples
+    --------
+    >>> import numpy as np, arraynorm as an
+    >>> x = np.random.default_rng(0).standard_normal((4, 6, 5))
+    >>> y = an.normalize(x, an.partition.Group(3), an.operation.RMSScale())  # "group RMS norm"
+    >>> y.shape
+    (4, 6, 5)
+    """
+    return Normalizer(partition, operation or Standardize(), eps, "normalize")(x, weight, bias)
+
+
+@defvjp(normalize)
+def _normalize_vjp(x: Any, partition: Partition, operation: Operation | None = None,
+                   weight: Any = None, bias: Any = None, *, eps: float = 1e-5) -> tuple[Any, Any]:
+    y, pb = Normalizer(partition, operation or Standardize(), eps, "normalize").vjp(x, weight, bias)
+
+    def pullback(dy: Any) -> tuple[Any, ...]:
+        dx, dw, db = pb(dy)
+        return dx, None, None, dw, db
+
+    return y, pullback

@@ -1,0 +1,98 @@
+"""Local response normalization (Krizhevsky et al. 2012), with PyTorch's parameters."""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable
+from typing import Any
+
+from ._array_api import (
+    xp_check_finite_scalar,
+    xp_check_floating,
+    xp_compute_dtype,
+    xp_namespace,
+    xp_normalize_axis,
+)
+from ._vjp import defvjp
+
+__all__ = ["local_response_norm"]
+
+Array = Any
+
+
+def _window_sum(xp: Any, a: Array, axis: int, before: int, after: int) -> Array:
+    """Σ_{k=c−before}^{c+after} a_k along ``axis``, zeros outside: before + after + 1 shifted
+    slices of a zero-padded copy (the window is a handful of channels, so this beats a
+    cumulative sum, which would also cancel catastrophically in float32)."""
+    n = a.shape[axis]
+    zshape = list(a.shape)
+
+    def zeros(k: int) -> Array:
+        zshape[axis] = k
+        return xp.zeros(tuple(zshape), dtype=a.dtype, device=getattr(a, "device", None))
+
+    parts = ([zeros(before)] if before else []) + [a] + ([zeros(after)] if after else [])
+    padded = xp.concat(parts, axis=axis) if len(parts) > 1 else a
+    idx = [slice(None)] * a.ndim
+    out = None
+    for k in range(before + after + 1):
+        idx[axis] = slice(k, k + n)
+        term = padded[tuple(idx)]
+        out = term if out is None else out + term
+    return out
+
+
+def _lrn(x: Array, size: int, alpha: float, beta: float, k: float, axis: int):
+    fname = "local_response_norm"
+    xp = xp_namespace(fname, x=x)
+    xp_check_floating(fname, "x", x, xp)
+    if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
+        raise ValueError(f"{fname}: size must be a positive int, got {size!r}")
+    alpha = xp_check_finite_scalar(fname, "alpha", alpha)
+    beta = xp_check_finite_scalar(fname, "beta", beta)
+    k = xp_check_finite_scalar(fname, "k", k, minimum=0.0, strict=True)
+    if x.ndim < 3:
+        raise ValueError(
+            f"{fname}: x must have at least 3 dimensions (batch, channel, spatial), got shape "
+            f"{tuple(x.shape)}"
+        )
+    ax = xp_normalize_axis(fname, axis, x.ndim)
+    ct = xp_compute_dtype(xp, x.dtype)
+    xc = x if x.dtype == ct else xp.astype(x, ct)
+    lo, hi = size // 2, (size - 1) // 2
+    # s_c = k + α/size · Σ_{window(c)} x², window(c) = [c − size//2, c + (size−1)//2]
+    s = k + (alpha / size) * _window_sum(xp, xc * xc, ax, lo, hi)
+    s_pow = s ** (-beta)
+    y = xc * s_pow
+    y = y if y.dtype == x.dtype else xp.astype(y, x.dtype)
+
+    def pullback(dy: Array) -> tuple[Array, None]:
+        g = dy if dy.dtype == ct else xp.astype(dy, ct)
+        # ∂L/∂x_j = g_j s_j^{−β} − (2αβ/size) x_j Σ_{c : j ∈ window(c)} g_c x_c s_c^{−β−1};
+        # the transposed window is [j − (size−1)//2, j + size//2].
+        t = _window_sum(xp, g * xc * s_pow / s, ax, hi, lo)
+        dx = g * s_pow - (2.0 * alpha * beta / size) * xc * t
+        return (dx if dx.dtype == x.dtype else xp.astype(dx, x.dtype)), None
+
+    return y, pullback
+
+
+def local_response_norm(x: Array, size: int, alpha: float = 1e-4, beta: float = 0.75,
+                        k: float = 1.0, *, axis: int = 1) -> Array:
+    """Local response normalization across channels.
+
+    y_c = x_c / (k + α/size · Σ_{c'=c−⌊size/2⌋}^{c+⌊(size−1)/2⌋} x_{c'}²)^β
+
+    with zeros beyond the first and last channel. Same parameters, defaults and window as
+    ``torch.nn.functional.local_response_norm`` (which divides α by ``size``, unlike the
+    original AlexNet formula). ``x`` is (N, C, *S) with at least one spatial axis;
+    ``axis`` is the channel axis (PyTorch fixes it at 1).
+    """
+    return _lrn(x, size, alpha, beta, k, axis)[0]
+
+
+@defvjp(local_response_norm)
+def _lrn_vjp(x: Array, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0, *,
+             axis: int = 1) -> tuple[Array, Callable]:
+    y, pb = _lrn(x, size, alpha, beta, k, axis)
+    return y, lambda dy: pb(dy) + (None, None, None)

@@ -1,0 +1,254 @@
+"""The named activation normalizations: each one a composition of the three stages.
+
+Every function here is written as its *composition*: it returns
+``(Normalizer(partition, operation, eps), x, weight, bias)`` and the :func:`composition`
+decorator turns that into the public op (returning ``y``) and registers its VJP, so
+``vjp(group_norm, …)`` runs the fused closed-form backward of ``Normalizer``.
+
+Conventions (DESIGN.md §3.6): PyTorch's defaults where a PyTorch user looks (eps=1e-5,
+channel axis 1 = NCHW for BN/IN/GN, LN over trailing axes, biased variance in the
+normalization); where we differ from PyTorch, the docstring says so.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from ._array_api import (
+    xp_check_eps,
+    xp_check_finite_scalar,
+    xp_check_floating,
+    xp_namespace,
+)
+from ._vjp import defvjp, positional_parameters
+from .compose import Normalizer
+from .operation import GivenStatistics, LpScale, RMSScale, Standardize
+from .partition import Batch, GhostBatch, Group, Instance, Layer, Layout, Position
+
+__all__ = [
+    "batch_norm", "layer_norm", "instance_norm", "group_norm", "rms_norm", "position_norm",
+    "ghost_batch_norm", "batch_renorm", "l2_normalize", "composition", "Composed",
+]
+
+Array = Any
+
+
+class Composed(NamedTuple):
+    """What a method's composition returns: the normalizer and its array arguments."""
+
+    normalizer: Normalizer
+    x: Array
+    weight: Array | None = None
+    bias: Array | None = None
+
+
+def composition(spec: Callable[..., Composed]) -> Callable[..., Array]:
+    """Turn a composition spec into the public op and register its VJP rule.
+
+    The op evaluates ``normalizer(x, weight, bias)``. Its pullback returns one cotangent per
+    positional parameter of the spec, the ones named ``x``, ``weight`` and ``bias`` filled in.
+    """
+    names = positional_parameters(spec)
+
+    @functools.wraps(spec)
+    def op(*args: Any, **kwargs: Any) -> Array:
+        n, x, w, b = spec(*args, **kwargs)
+        return n(x, w, b)
+
+    op.__signature__ = inspect.signature(spec).replace(return_annotation="Array")  # type: ignore[attr-defined]
+
+    @defvjp(op)
+    def rule(*args: Any, **kwargs: Any) -> tuple[Array, Callable[[Array], tuple[Any, ...]]]:
+        n, x, w, b = spec(*args, **kwargs)
+        y, pb = n.vjp(x, w, b)
+
+        def pullback(dy: Array) -> tuple[Any, ...]:
+            grads = dict(zip(("x", "weight", "bias"), pb(dy)))
+            return tuple(grads.get(name) for name in names)
+
+        return y, pullback
+
+    return op
+
+
+@composition
+def batch_norm(x: Array, weight: Array | None = None, bias: Array | None = None, *,
+               mean: Array | None = None, var: Array | None = None, eps: float = 1e-5,
+               axis: int = 1) -> Composed:
+    """Batch normalization (Ioffe & Szegedy 2015): batch partition ∘ standardize ∘ affine.
+
+    y = γ · (x − μ_c) / sqrt(σ²_c + eps) + β_c
+
+    With ``mean`` and ``var`` both ``None`` (training) μ_c and σ²_c (biased) are taken over
+    every axis but the channel ``axis``; given (inference), they are used as they are.
+
+    Shapes: ``x`` (N, C, *S) with the channel at ``axis`` (default 1, NCHW; ``axis=-1`` for
+    NHWC); ``weight``, ``bias``, ``mean``, ``var`` of shape (C,). Raises ``ValueError`` in
+    training when a channel has a single value (PyTorch's rule).
+
+    Differs from ``torch.nn.functional.batch_norm``: running statistics are not updated in
+    place; use :func:`batch_moments` and :func:`update_running_stats`, which return new arrays.
+    """
+    fname = "batch_norm"
+    if (mean is None) != (var is None):
+        raise ValueError(f"{fname}: pass both mean and var (inference) or neither (training)")
+    if mean is None:
+        return Composed(Normalizer(Batch(axis), Standardize(), eps, fname), x, weight, bias)
+    return Composed(Normalizer(Batch(axis), GivenStatistics(mean, var), eps, fname), x, weight, bias)
+
+
+@composition
+def layer_norm(x: Array, weight: Array | None = None, bias: Array | None = None, *,
+               axis: int | tuple[int, ...] = -1, eps: float = 1e-5) -> Composed:
+    """Layer normalization (Ba et al. 2016): layer partition ∘ standardize ∘ affine.
+
+    y = γ · (x − μ) / sqrt(σ² + eps) + β, μ and σ² (biased) over ``axis``.
+
+    Shapes: ``axis`` an int or a tuple of axes (default the last); ``weight``/``bias`` have
+    the shape of ``x`` along those axes. ``torch.nn.functional.layer_norm(x, x.shape[-k:])``
+    is ``layer_norm(x, axis=tuple(range(-k, 0)))``. Unlike PyTorch, the axes need not be
+    trailing.
+    """
+    return Composed(Normalizer(Layer(axis), Standardize(), eps, "layer_norm"), x, weight, bias)
+
+
+@composition
+def instance_norm(x: Array, weight: Array | None = None, bias: Array | None = None, *,
+                  eps: float = 1e-5, axis: int = 1) -> Composed:
+    """Instance normalization (Ulyanov et al. 2016): instance partition ∘ standardize ∘ affine.
+
+    y = γ_c · (x − μ_nc) / sqrt(σ²_nc + eps) + β_c, statistics per sample and channel over
+    the spatial axes. ``x`` is (N, C, *S) with at least one spatial axis; γ, β are (C,).
+    Differs from ``torch.nn.functional.instance_norm``: no running statistics (PyTorch's
+    default ``use_input_stats=True`` is the behaviour here).
+    """
+    return Composed(Normalizer(Instance(axis), Standardize(), eps, "instance_norm"), x, weight, bias)
+
+
+@composition
+def group_norm(x: Array, num_groups: int, weight: Array | None = None, bias: Array | None = None,
+               *, eps: float = 1e-5, axis: int = 1) -> Composed:
+    """Group normalization (Wu & He 2018): group partition ∘ standardize ∘ affine.
+
+    The C channels are split into ``num_groups`` consecutive groups; statistics per sample and
+    group over the group's channels and all spatial axes; γ, β are per channel, shape (C,).
+    Same semantics as ``torch.nn.functional.group_norm``; ``num_groups=1`` is LN over
+    (C, *S), ``num_groups=C`` is IN.
+
+    Examples
+    --------
+    >>> import numpy as np, arraynorm as an
+    >>> x = np.random.default_rng(0).standard_normal((2, 4, 3, 3))
+    >>> y = an.group_norm(x, 2)
+    >>> bool(np.allclose(y.reshape(2, 2, -1).mean(-1), 0))
+    True
+    """
+    return Composed(Normalizer(Group(num_groups, axis), Standardize(), eps, "group_norm"), x, weight, bias)
+
+
+@composition
+def rms_norm(x: Array, weight: Array | None = None, *, axis: int | tuple[int, ...] = -1,
+             eps: float | None = None) -> Composed:
+    """RMS normalization (Zhang & Sennrich 2019): layer partition ∘ RMS scale ∘ γ.
+
+    y = γ · x / sqrt(mean(x²) + eps), the mean over ``axis`` (default the last).
+    ``eps=None`` means the machine epsilon of ``x``'s dtype, as ``torch.nn.functional.rms_norm``.
+    """
+    if eps is None:
+        xp = xp_namespace("rms_norm", x=x)
+        xp_check_floating("rms_norm", "x", x, xp)
+        eps = float(xp.finfo(x.dtype).eps)
+    return Composed(Normalizer(Layer(axis), RMSScale(), eps, "rms_norm"), x, weight, None)
+
+
+@composition
+def position_norm(x: Array, weight: Array | None = None, bias: Array | None = None, *,
+                  eps: float = 1e-5, axis: int = 1) -> Composed:
+    """Positional normalization (PONO, Li et al. 2019): position partition ∘ standardize ∘ affine.
+
+    Statistics per sample and spatial position, over the channels; γ, β per channel (C,).
+    (PONO's paper has no affine; pass none to get it.) PyTorch has no equivalent.
+    """
+    return Composed(Normalizer(Position(axis), Standardize(), eps, "position_norm"), x, weight, bias)
+
+
+@composition
+def ghost_batch_norm(x: Array, virtual_batch_size: int, weight: Array | None = None,
+                     bias: Array | None = None, *, eps: float = 1e-5, axis: int = 1) -> Composed:
+    """Ghost batch normalization (Hoffer et al. 2017): BN over virtual batches.
+
+    The batch (axis 0) is cut into consecutive chunks of ``virtual_batch_size`` samples and
+    each is batch-normalized with its own statistics. The batch size must be a multiple of
+    ``virtual_batch_size``. γ, β are (C,).
+    """
+    return Composed(Normalizer(GhostBatch(virtual_batch_size, axis), Standardize(), eps,
+                               "ghost_batch_norm"), x, weight, bias)
+
+
+class Renormalize(Standardize):
+    """Batch renormalization's operation (Ioffe 2017): standardize with the batch statistics,
+    then correct towards the running ones, ŷ' = ŷ·r + d with
+
+        r = clip(σ_B / σ, 1/rmax, rmax),   d = clip((μ_B − μ) / σ, −dmax, dmax),
+
+    σ_B = sqrt(var_B + eps), σ = sqrt(running_var + eps). r and d are treated as constants in
+    the backward pass (the paper's stop-gradient): ∂L/∂x = BN-backward(r · g).
+    """
+
+    def __init__(self, running_mean: Array, running_var: Array, rmax: float, dmax: float) -> None:
+        self.running_mean, self.running_var = running_mean, running_var
+        self.rmax, self.dmax = rmax, dmax
+
+    def arrays(self) -> dict[str, Array]:
+        return {"running_mean": self.running_mean, "running_var": self.running_var}
+
+    def forward(self, xp: Any, xv: Array, layout: Layout, eps: float) -> tuple[Array, Any]:
+        y, st = super().forward(xp, xv, layout, eps)
+        shape = layout.stats_shape
+        mu = xp.reshape(xp.astype(self.running_mean, xv.dtype), shape)
+        sigma = xp.sqrt(xp.reshape(xp.astype(self.running_var, xv.dtype), shape) + eps)
+        r = xp.clip(1.0 / (st.rstd * sigma), 1.0 / self.rmax, self.rmax)
+        d = xp.clip((st.mean - mu) / sigma, -self.dmax, self.dmax)
+        return y * r + d, (st, r)
+
+    def backward(self, xp: Any, gv: Array, state: Any) -> Array:
+        st, r = state
+        return super().backward(xp, gv * r, st)
+
+
+@composition
+def batch_renorm(x: Array, weight: Array | None = None, bias: Array | None = None, *,
+                 running_mean: Array, running_var: Array, rmax: float = 3.0, dmax: float = 5.0,
+                 eps: float = 1e-5, axis: int = 1) -> Composed:
+    """Batch renormalization (Ioffe 2017), training mode.
+
+    y = γ · (r · (x − μ_B)/σ_B + d) + β, with r, d from :class:`Renormalize`.
+    ``running_mean``/``running_var`` (C,) are the current running statistics (update them
+    afterwards with :func:`update_running_stats`); ``rmax >= 1``, ``dmax >= 0`` (the paper
+    anneals them from 1 and 0, where batch renorm equals BN). In inference use
+    :func:`batch_norm` with the running statistics. PyTorch has no equivalent.
+    """
+    fname = "batch_renorm"
+    rmax = xp_check_finite_scalar(fname, "rmax", rmax, minimum=1.0)
+    dmax = xp_check_finite_scalar(fname, "dmax", dmax, minimum=0.0)
+    op = Renormalize(running_mean, running_var, rmax, dmax)
+    return Composed(Normalizer(Batch(axis), op, eps, fname), x, weight, bias)
+
+
+@composition
+def l2_normalize(x: Array, *, p: float = 2.0, axis: int | tuple[int, ...] = 1,
+                 eps: float = 1e-12) -> Composed:
+    """Divide by the L_p norm along ``axis``: y = x / max(‖x‖_p, eps).
+
+    Same semantics and defaults as ``torch.nn.functional.normalize(x, p, dim, eps)``
+    (``axis`` is PyTorch's ``dim``; a tuple of axes is allowed). ``p`` is a number >= 1 or
+    ``float('inf')``.
+    """
+    fname = "l2_normalize"
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not (p >= 1.0):
+        raise ValueError(f"{fname}: p must be a number >= 1 or inf, got {p!r}")
+    xp_check_eps(fname, eps)
+    return Composed(Normalizer(Layer(axis), LpScale(float(p)), eps, fname), x)

@@ -1,0 +1,197 @@
+"""Stage 2 of the survey's framework: the normalization operation — what is done with the
+statistics of each partition.
+
+An operation works on the partition's *view* of the input (already promoted to the compute
+dtype, see ``_array_api.xp_compute_dtype``) and has two methods:
+
+``forward(xp, xv, layout, eps) -> (yv, state)``
+    the normalized view and whatever the backward pass needs;
+``backward(xp, gv, state) -> dxv``
+    the exact vector–Jacobian product for a cotangent ``gv`` of the output.
+
+Operations never branch on array values (DESIGN.md §3.4). Whitening operations (ZCA, PCA,
+Cholesky, IterNorm) implement the same two methods and use ``layout.feature_axis``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ._array_api import xp_device
+from .partition import Layout
+
+__all__ = ["Operation", "Standardize", "RMSScale", "LpScale", "GivenStatistics", "StandardizeState"]
+
+
+class Operation:
+    """Base class of normalization operations."""
+
+    #: whether the operation needs ``layout.feature_axis`` (whitening does)
+    needs_feature_axis: bool = False
+    #: whether statistics are computed from the input (False for given statistics)
+    uses_input_statistics: bool = True
+
+    def arrays(self) -> dict[str, Any]:
+        """Arrays the operation holds (given statistics), by argument name: the normalizer
+        checks they share the input's namespace and device, are floating and have the
+        partition's parameter shape."""
+        return {}
+
+    def forward(self, xp: Any, xv: Any, layout: Layout, eps: float) -> tuple[Any, Any]:  # pragma: no cover
+        raise NotImplementedError
+
+    def backward(self, xp: Any, gv: Any, state: Any) -> Any:  # pragma: no cover
+        raise NotImplementedError
+
+
+@dataclass
+class StandardizeState:
+    """What centring-and-scaling keeps for backward: the normalized view ``y``, the
+    statistics (``mean``, biased ``var``, ``rstd = 1/sqrt(var + eps)``, all of
+    ``layout.stats_shape``) and the reduction axes."""
+
+    y: Any
+    mean: Any
+    var: Any
+    rstd: Any
+    axes: tuple[int, ...]
+
+
+def moments(xp: Any, xv: Any, axes: tuple[int, ...]) -> tuple[Any, Any, Any]:
+    """Mean, biased variance and centred input over ``axes`` (keepdims).
+
+    Two passes: the variance is the mean of squared deviations from the mean, never
+    E[x²] − E[x]², which loses every significant digit once |mean| ≫ std (an input offset
+    by 1e4 in float32 keeps relative variance error ~1e-7 this way). The centred input is
+    returned because every caller needs it next.
+    """
+    mean = xp.mean(xv, axis=axes, keepdims=True)
+    xc = xv - mean
+    var = xp.mean(xc * xc, axis=axes, keepdims=True)
+    return mean, var, xc
+
+
+class Standardize(Operation):
+    """Centre and scale: ŷ = (x − μ) / sqrt(σ² + eps), μ and σ² (biased) over the partition.
+
+    Backward (the formula of PyTorch's BN/LN/GN kernels, valid for every partition),
+    with n elements per statistic and g = ∂L/∂ŷ:
+
+        ∂L/∂x = rstd · (g − mean(g) − ŷ · mean(g · ŷ))
+    """
+
+    def forward(self, xp: Any, xv: Any, layout: Layout, eps: float) -> tuple[Any, StandardizeState]:
+        axes = layout.reduce_axes
+        mean, var, xc = moments(xp, xv, axes)
+        rstd = 1.0 / xp.sqrt(var + eps)
+        y = xc * rstd
+        return y, StandardizeState(y, mean, var, rstd, axes)
+
+    def backward(self, xp: Any, gv: Any, state: StandardizeState) -> Any:
+        axes, y = state.axes, state.y
+        g_mean = xp.mean(gv, axis=axes, keepdims=True)
+        gy_mean = xp.mean(gv * y, axis=axes, keepdims=True)
+        return state.rstd * (gv - g_mean - y * gy_mean)
+
+
+class RMSScale(Operation):
+    """Scale only (RMSNorm, Zhang & Sennrich 2019): ŷ = x / sqrt(mean(x²) + eps).
+
+    Backward with g = ∂L/∂ŷ:  ∂L/∂x = rstd · (g − ŷ · mean(g · ŷ)).
+    """
+
+    def forward(self, xp: Any, xv: Any, layout: Layout, eps: float) -> tuple[Any, StandardizeState]:
+        axes = layout.reduce_axes
+        ms = xp.mean(xv * xv, axis=axes, keepdims=True)
+        rstd = 1.0 / xp.sqrt(ms + eps)
+        y = xv * rstd
+        return y, StandardizeState(y, None, ms, rstd, axes)
+
+    def backward(self, xp: Any, gv: Any, state: StandardizeState) -> Any:
+        gy_mean = xp.mean(gv * state.y, axis=state.axes, keepdims=True)
+        return state.rstd * (gv - state.y * gy_mean)
+
+
+@dataclass
+class _LpState:
+    x: Any
+    norm: Any
+    denom: Any
+    axes: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class LpScale(Operation):
+    """Divide by the clamped L_p norm (``torch.nn.functional.normalize``):
+    ŷ = x / max(‖x‖_p, eps), the norm over the partition's reduction axes.
+
+    ``p`` is a finite number >= 1 or ``inf``. Backward, where ‖x‖_p > eps, with
+    s = Σ g·x and ∂‖x‖_p/∂x = sign(x)|x|^{p−1} ‖x‖_p^{1−p}:
+
+        ∂L/∂x = g / ‖x‖_p − s / ‖x‖_p² · ∂‖x‖_p/∂x,
+
+    and ∂L/∂x = g / eps where the clamp is active (the denominator is then a constant). For
+    p = inf the norm's subgradient is split equally between tied maxima, as PyTorch does.
+    """
+
+    p: float = 2.0
+
+    def forward(self, xp: Any, xv: Any, layout: Layout, eps: float) -> tuple[Any, _LpState]:
+        axes = layout.reduce_axes
+        p = self.p
+        ax = xp.abs(xv)
+        if p == float("inf"):
+            norm = xp.max(ax, axis=axes, keepdims=True)
+        elif p == 2.0:
+            norm = xp.sqrt(xp.sum(xv * xv, axis=axes, keepdims=True))
+        elif p == 1.0:
+            norm = xp.sum(ax, axis=axes, keepdims=True)
+        else:
+            norm = xp.sum(ax ** p, axis=axes, keepdims=True) ** (1.0 / p)
+        denom = xp.maximum(norm, xp.asarray(eps, dtype=xv.dtype, device=xp_device(xv)))
+        return xv / denom, _LpState(xv, norm, denom, axes)
+
+    def backward(self, xp: Any, gv: Any, st: _LpState) -> Any:
+        p, x, norm, axes = self.p, st.x, st.norm, st.axes
+        s = xp.sum(gv * x, axis=axes, keepdims=True)
+        if p == float("inf"):
+            hit = xp.astype(xp.abs(x) == norm, x.dtype)
+            dnorm = xp.sign(x) * hit / xp.sum(hit, axis=axes, keepdims=True)
+        elif p == 2.0:
+            dnorm = x / norm
+        elif p == 1.0:
+            dnorm = xp.sign(x)
+        else:
+            dnorm = xp.sign(x) * xp.abs(x) ** (p - 1.0) * norm ** (1.0 - p)
+        active = norm >= st.denom  # norm above the clamp: the norm is differentiated
+        safe = xp.where(active, norm, xp.ones_like(norm))
+        through = gv / safe - (s / (safe * safe)) * dnorm
+        return xp.where(active, through, gv / st.denom)
+
+
+class GivenStatistics(Operation):
+    """Standardize with statistics given by the caller (inference-mode BN):
+    ŷ = (x − mean) / sqrt(var + eps), ``mean``/``var`` of the partition's parameter shape.
+
+    Backward: ∂L/∂x = g · rstd (the statistics are inputs, not functions of x).
+    """
+
+    uses_input_statistics = False
+
+    def __init__(self, mean: Any, var: Any) -> None:
+        self.mean, self.var = mean, var
+
+    def arrays(self) -> dict[str, Any]:
+        return {"mean": self.mean, "var": self.var}
+
+    def forward(self, xp: Any, xv: Any, layout: Layout, eps: float) -> tuple[Any, StandardizeState]:
+        shape = layout.stats_shape
+        mean = xp.reshape(xp.astype(self.mean, xv.dtype), shape)
+        var = xp.reshape(xp.astype(self.var, xv.dtype), shape)
+        rstd = 1.0 / xp.sqrt(var + eps)
+        y = (xv - mean) * rstd
+        return y, StandardizeState(y, mean, var, rstd, layout.reduce_axes)
+
+    def backward(self, xp: Any, gv: Any, state: StandardizeState) -> Any:
+        return gv * state.rstd

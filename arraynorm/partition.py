@@ -1,0 +1,210 @@
+"""Stage 1 of the survey's framework: area partitioning — over which elements statistics are taken.
+
+A partition maps the input's shape to a :class:`Layout`: a free reshape of the input
+(``view_shape``, only ever splitting one axis in two), the axes of that view statistics are
+reduced over, the view axis that a whitening operation decorrelates (``feature_axis``), and
+the axes of the *original* input that per-feature affine parameters span (``param_axes``).
+Everything that is not reduced keeps its own statistics. As in Flax, LN, IN, GN and PN are
+then one mechanism with different reduction axes (Huang et al., arXiv 2009.12836, §3.1).
+
+=============  ==========================  =================================  ==============
+partition      view of (N, C, *S)          reduced over                       feature axis
+=============  ==========================  =================================  ==============
+Batch          (N, C, *S)                  N, *S                              C
+Layer(axes)    unchanged                   the given axes                     —
+Instance       (N, C, *S)                  *S                                 C
+Group(G)       (N, G, C/G, *S)             C/G, *S                            G
+Position       (N, C, *S)                  C                                  —
+GhostBatch(k)  (N/k, k, C, *S)             k, *S                              C
+=============  ==========================  =================================  ==============
+
+The channel axis is configurable (``axis``, default 1 = NCHW); the batch axis is always 0.
+Partitions only look at shapes, never at values.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+
+from ._array_api import xp_normalize_axes, xp_normalize_axis
+
+__all__ = ["Layout", "Partition", "Batch", "Layer", "Instance", "Group", "Position", "GhostBatch"]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How one input shape is partitioned.
+
+    Attributes
+    ----------
+    shape : the original input shape.
+    view_shape : shape the input is reshaped to (a split of one axis at most, so no copy).
+    reduce_axes : axes of the view that statistics are taken over.
+    feature_axis : axis of the view whose entries a whitening operation decorrelates, or
+        ``None`` when the partition has no such axis (whitening then refuses it).
+    param_axes : axes of the original input that per-feature γ/β span.
+    per : for partitions whose statistics come from the batch (BN, IN, ghost BN), what one
+        statistic is "per" in the error raised when it would be computed from a single value
+        (PyTorch's training-mode rule); ``None`` where one value is allowed (LN, GN, PN).
+    """
+
+    shape: tuple[int, ...]
+    view_shape: tuple[int, ...]
+    reduce_axes: tuple[int, ...]
+    feature_axis: int | None
+    param_axes: tuple[int, ...]
+    per: str | None = None
+
+    def check_many(self, fname: str) -> None:
+        """Raise when a batch statistic would come from one value (var = 0, a caller's bug)."""
+        if self.per is not None and self.group_size <= 1:
+            raise ValueError(
+                f"{fname}: expected more than 1 value per {self.per} when computing batch "
+                f"statistics, got input of shape {self.shape}"
+            )
+
+    @property
+    def group_size(self) -> int:
+        """Number of elements each statistic is computed from."""
+        return math.prod(self.view_shape[a] for a in self.reduce_axes)
+
+    @property
+    def param_shape(self) -> tuple[int, ...]:
+        return tuple(self.shape[a] for a in self.param_axes)
+
+    @property
+    def stats_shape(self) -> tuple[int, ...]:
+        """Shape of a statistic in view space (kept dims of size one)."""
+        return tuple(1 if a in self.reduce_axes else n for a, n in enumerate(self.view_shape))
+
+
+class Partition:
+    """Base class: subclasses implement :meth:`layout`."""
+
+    def layout(self, fname: str, shape: tuple[int, ...]) -> Layout:  # pragma: no cover
+        raise NotImplementedError
+
+    @staticmethod
+    def _require_rank(fname: str, shape: tuple[int, ...], rank: int, what: str) -> None:
+        if len(shape) < rank:
+            raise ValueError(
+                f"{fname}: x must have at least {rank} dimensions ({what}), got shape {tuple(shape)}"
+            )
+
+
+
+def _channel_axis(fname: str, axis: int, shape: tuple[int, ...]) -> int:
+    ax = xp_normalize_axis(fname, axis, len(shape))
+    if ax == 0:
+        raise ValueError(f"{fname}: axis (the channel axis) cannot be 0, the batch axis")
+    return ax
+
+
+def _positive_int(fname: str, name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{fname}: {name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class Batch(Partition):
+    """Batch partition (BN): one statistic per channel over the batch and spatial axes."""
+
+    axis: int = 1
+
+    def layout(self, fname: str, shape: tuple[int, ...]) -> Layout:
+        self._require_rank(fname, shape, 2, "batch and channel")
+        ax = _channel_axis(fname, self.axis, shape)
+        reduce = tuple(a for a in range(len(shape)) if a != ax)
+        return Layout(tuple(shape), tuple(shape), reduce, ax, (ax,), per="channel")
+
+
+@dataclass(frozen=True)
+class Layer(Partition):
+    """Layer partition (LN): one statistic per sample over ``axes`` (default the last axis)."""
+
+    axes: int | tuple[int, ...] = -1
+
+    def layout(self, fname: str, shape: tuple[int, ...]) -> Layout:
+        self._require_rank(fname, shape, 1, "the normalized axes")
+        axes = xp_normalize_axes(fname, self.axes, len(shape))
+        return Layout(tuple(shape), tuple(shape), axes, None, axes)
+
+
+@dataclass(frozen=True)
+class Instance(Partition):
+    """Instance partition (IN): one statistic per sample and channel over the spatial axes."""
+
+    axis: int = 1
+
+    def layout(self, fname: str, shape: tuple[int, ...]) -> Layout:
+        self._require_rank(fname, shape, 3, "batch, channel and at least one spatial axis")
+        ax = _channel_axis(fname, self.axis, shape)
+        reduce = tuple(a for a in range(1, len(shape)) if a != ax)
+        return Layout(tuple(shape), tuple(shape), reduce, ax, (ax,),
+                      per="instance and channel (spatial size 1)")
+
+
+@dataclass(frozen=True)
+class Group(Partition):
+    """Group partition (GN): channels split into ``num_groups`` groups, one statistic per
+    sample and group over the group's channels and the spatial axes."""
+
+    num_groups: int
+    axis: int = 1
+
+    def layout(self, fname: str, shape: tuple[int, ...]) -> Layout:
+        self._require_rank(fname, shape, 2, "batch and channel")
+        ax = _channel_axis(fname, self.axis, shape)
+        g = _positive_int(fname, "num_groups", self.num_groups)
+        c = shape[ax]
+        if c % g:
+            raise ValueError(
+                f"{fname}: num_groups={g} must divide the number of channels, got {c} channels"
+            )
+        view = tuple(shape[:ax]) + (g, c // g) + tuple(shape[ax + 1:])
+        reduce = tuple(a for a in range(1, len(view)) if a != ax)
+        return Layout(tuple(shape), view, reduce, ax, (ax,))
+
+
+@dataclass(frozen=True)
+class Position(Partition):
+    """Positional partition (PN, Li et al. 2019): one statistic per sample and position,
+    over the channels."""
+
+    axis: int = 1
+
+    def layout(self, fname: str, shape: tuple[int, ...]) -> Layout:
+        self._require_rank(fname, shape, 2, "batch and channel")
+        ax = _channel_axis(fname, self.axis, shape)
+        return Layout(tuple(shape), tuple(shape), (ax,), None, (ax,))
+
+
+@dataclass(frozen=True)
+class GhostBatch(Partition):
+    """Ghost (virtual) batch partition (Hoffer et al. 2017): the batch is split into
+    consecutive virtual batches of ``virtual_batch_size`` samples, each normalized like BN.
+
+    Unlike some implementations that let the last chunk be smaller, the batch size must be a
+    multiple of ``virtual_batch_size`` (as Keras' ``virtual_batch_size``): a short last chunk
+    would be normalized with noisier statistics than the rest, silently.
+    """
+
+    virtual_batch_size: int
+    axis: int = 1
+
+    def layout(self, fname: str, shape: tuple[int, ...]) -> Layout:
+        self._require_rank(fname, shape, 2, "batch and channel")
+        ax = _channel_axis(fname, self.axis, shape)
+        k = _positive_int(fname, "virtual_batch_size", self.virtual_batch_size)
+        n = shape[0]
+        if n % k:
+            raise ValueError(
+                f"{fname}: virtual_batch_size={k} must divide the batch size, got batch {n}"
+            )
+        view = (n // k, k) + tuple(shape[1:])
+        vax = ax + 1
+        reduce = tuple(a for a in range(1, len(view)) if a != vax)
+        return Layout(tuple(shape), view, reduce, vax, (ax,), per="channel in a virtual batch")

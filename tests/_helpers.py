@@ -1,0 +1,105 @@
+"""Test helpers: moving arrays between NumPy and a backend, and an ``assert_close`` that also
+checks the result kept the expected namespace, shape and dtype (as SciPy's ``xp_assert_close``)."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+from array_api_compat import (
+    array_namespace,
+    is_array_api_strict_namespace,
+    is_cupy_namespace,
+    is_dask_namespace,
+    is_torch_namespace,
+)
+
+# tolerances for comparing a float32 / float64 computation with a float64 reference
+TOL = {"float32": dict(rtol=2e-5, atol=2e-5), "float64": dict(rtol=1e-10, atol=1e-10)}
+
+
+@functools.cache
+def torch_available() -> bool:
+    try:
+        import torch  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+@functools.cache
+def cuda_available() -> bool:
+    try:
+        import cupy
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False
+
+
+def backend_name(xp) -> str:
+    if is_dask_namespace(xp):
+        return "dask"
+    if is_torch_namespace(xp):
+        return "torch"
+    if is_cupy_namespace(xp):
+        return "cupy"
+    if is_array_api_strict_namespace(xp):
+        return "array_api_strict"
+    return "numpy"
+
+
+def to_numpy(a) -> np.ndarray:
+    """Any backend's array (or None) as a NumPy array (computing Dask graphs)."""
+    if a is None:
+        return None
+    xp = array_namespace(a)
+    if is_dask_namespace(xp):
+        return np.asarray(a.compute())
+    if is_torch_namespace(xp):
+        t = a.detach().cpu()
+        if str(t.dtype) == "torch.bfloat16":
+            t = t.float()
+        return t.numpy()
+    if is_cupy_namespace(xp):
+        return a.get()
+    return np.asarray(a)
+
+
+def from_numpy(xp, a, dtype: str | None = None):
+    """A NumPy array moved into namespace ``xp`` (Dask: split into several chunks so that
+    chunk boundaries are exercised)."""
+    a = np.asarray(a)
+    if dtype is not None and dtype != "bfloat16":
+        a = a.astype(dtype)
+    if is_dask_namespace(xp):
+        import dask.array as da
+        chunks = tuple(max(1, (n + 1) // 2) for n in a.shape)
+        return da.from_array(a, chunks=chunks)
+    out = xp.asarray(a)
+    if dtype == "bfloat16":
+        out = xp.astype(xp.asarray(a.astype("float32")), xp.bfloat16)
+    return out
+
+
+def dtype_of(xp, name: str):
+    return getattr(xp, name)
+
+
+def assert_close(actual, expected, *, xp=None, dtype=None, rtol=None, atol=None, err_msg=""):
+    """Assert ``actual`` is in namespace ``xp`` with ``expected``'s shape and dtype ``dtype``
+    (when given), then compare values against the NumPy ``expected``."""
+    if xp is not None:
+        got = array_namespace(actual)
+        assert backend_name(got) == backend_name(xp), f"namespace {got} is not {xp}"
+    if dtype is not None:
+        assert actual.dtype == dtype, f"dtype {actual.dtype} is not {dtype}"
+    a = to_numpy(actual)
+    e = np.asarray(expected)
+    assert a.shape == e.shape, f"shape {a.shape} is not {e.shape}"
+    name = "float32" if a.dtype in (np.float32, np.float16) else "float64"
+    tol = dict(TOL[name])
+    if rtol is not None:
+        tol["rtol"] = rtol
+    if atol is not None:
+        tol["atol"] = atol
+    np.testing.assert_allclose(a.astype(np.float64), e.astype(np.float64), err_msg=err_msg, **tol)
