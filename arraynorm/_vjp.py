@@ -43,6 +43,8 @@ def vjp(f: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, Callable
     parameter* of ``f`` in signature order, whether that argument was passed by position or by
     keyword; ``None`` for non-array parameters (``num_groups``) and for arrays passed as
     ``None``. Keyword-only arguments (``eps``, ``axis``, given statistics) get no cotangent.
+    For an op with several outputs (``y`` a tuple), ``dy`` is a tuple with one cotangent per
+    output (``None`` where an output does not reach the loss).
 
     Unlike ``jax.vjp``, ``f`` must be an arraynorm op (or have a rule registered with
     :func:`defvjp`): the pullbacks are the closed-form backward passes, not traced.
@@ -63,12 +65,25 @@ def vjp(f: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, Callable
     y, pullback = rule(*args, **kwargs)
     fname = getattr(f, "__name__", "op")
 
-    def checked_pullback(dy: Any) -> tuple[Any, ...]:
-        if tuple(getattr(dy, "shape", ())) != tuple(y.shape):
+    def check(out: Any, d: Any, what: str) -> None:
+        if d is not None and tuple(getattr(d, "shape", ())) != tuple(out.shape):
             raise ValueError(
-                f"{fname} pullback: dy must have the output's shape {tuple(y.shape)}, got "
-                f"{tuple(getattr(dy, 'shape', ()))}"
+                f"{fname} pullback: {what} must have the output's shape {tuple(out.shape)}, "
+                f"got {tuple(getattr(d, 'shape', ()))}"
             )
+
+    def checked_pullback(dy: Any) -> tuple[Any, ...]:
+        # ops with several outputs (e.g. an array and a state) take one cotangent per
+        # output, None for outputs that do not influence the loss
+        if isinstance(y, tuple):
+            if not isinstance(dy, tuple) or len(dy) != len(y):
+                raise ValueError(f"{fname} pullback: dy must be a tuple of {len(y)} cotangents")
+            for i, (out, d) in enumerate(zip(y, dy)):
+                check(out, d, f"dy[{i}]")
+        else:
+            if dy is None:
+                raise ValueError(f"{fname} pullback: dy must be an array, got None")
+            check(y, dy, "dy")
         return pullback(dy)
 
     return y, checked_pullback
