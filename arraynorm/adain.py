@@ -49,7 +49,7 @@ def _adain(content: Array, style: Array, eps: float, axis: int):
     def pullback(dy: Array) -> tuple[Array, Array]:
         dy = dy if dy.dtype == chat_ct.dtype else xp.astype(dy, chat_ct.dtype)
         g, dgamma, dbeta = affine_backward(xp, dy, chat_ct, gamma, beta, cond_axes)
-        dcontent = norm.backward(cctx, g)
+        dcontent = norm.backward(cctx, g)[0]
         # σ = sqrt(var + eps), μ = mean over the M spatial values:
         # ∂σ/∂s = ŝ/M and ∂μ/∂s = 1/M, so ∂L/∂s = (∂L/∂μ + ∂L/∂σ · ŝ)/M
         m = s_layout.group_size

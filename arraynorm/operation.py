@@ -61,15 +61,21 @@ class StandardizeState:
 def moments(xp: Any, xv: Any, axes: tuple[int, ...]) -> tuple[Any, Any, Any]:
     """Mean, biased variance and centred input over ``axes`` (keepdims).
 
-    Two passes: the variance is the mean of squared deviations from the mean, never
-    E[x²] − E[x]², which loses every significant digit once |mean| ≫ std (an input offset
-    by 1e4 in float32 keeps relative variance error ~1e-7 this way). The centred input is
-    returned because every caller needs it next.
+    Shifted two-pass: the first value of each partition is subtracted before the mean is
+    accumulated, then the variance is the mean of squared deviations from the mean — never
+    E[x²] − E[x]², which loses every significant digit once |mean| ≫ std. The shift matters
+    too: a float32 sum of 10⁴-sized values accumulated along a strided axis (NumPy sums
+    only the contiguous axis pairwise) errs by ~1e-3 in the mean, i.e. ~1e-5 relative in a
+    unit variance; after the shift the summands are O(std) and the error vanishes. The
+    centred input is returned because every caller needs it next.
     """
-    mean = xp.mean(xv, axis=axes, keepdims=True)
-    xc = xv - mean
+    first = tuple(slice(0, 1) if a in axes else slice(None) for a in range(xv.ndim))
+    shift = xv[first]
+    xs = xv - shift
+    mean_s = xp.mean(xs, axis=axes, keepdims=True)
+    xc = xs - mean_s
     var = xp.mean(xc * xc, axis=axes, keepdims=True)
-    return mean, var, xc
+    return shift + mean_s, var, xc
 
 
 class Standardize(Operation):
