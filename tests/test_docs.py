@@ -1,0 +1,46 @@
+"""The documentation runs: docstring examples (doctest) and the README's Python examples."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+import pathlib
+import pkgutil
+import re
+
+import pytest
+
+import arraynorm
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _modules():
+    names = ["arraynorm"]
+    for info in pkgutil.walk_packages(arraynorm.__path__, "arraynorm."):
+        if ".demo" in info.name or info.name.endswith("__main__"):
+            continue
+        names.append(info.name)
+    return names
+
+
+@pytest.mark.parametrize("name", _modules())
+def test_docstring_examples_run(name):
+    module = importlib.import_module(name)
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0, f"{result.failed} doctest(s) failed in {name}"
+
+
+def _readme_blocks():
+    text = (ROOT / "README.md").read_text()
+    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
+
+
+@pytest.mark.parametrize("i", range(len(_readme_blocks())))
+def test_readme_python_examples_run_as_written(i):
+    code = _readme_blocks()[i]
+    if "import cupy" in code:
+        from _helpers import cuda_available
+        if not cuda_available():
+            pytest.skip("the CuPy example needs a CUDA device")
+    exec(compile(code, f"README.md block {i}", "exec"), {})
