@@ -24,6 +24,8 @@ from .methods import (
     rms_norm,
 )
 from .running_stats import batch_moments, update_running_stats
+from .whitening import decorrelated_batch_norm, group_whitening, iter_norm, whitening_moments
+from .orthogonal import oni, orthogonal_weight_norm
 from .weight import (centered_weight_norm, spectral_norm, spectral_norm_exact, spectral_norm_init_u, weight_norm, weight_standardization)
 from .gradient import (adaptive_gradient_clipping, block_normalized_gradient, clip_by_global_norm, clip_by_value, gradient_centralization, lamb_trust_ratio, lars_trust_ratio, normalized_gradient)
 
@@ -35,6 +37,8 @@ __all__ = [
     "batch_norm", "layer_norm", "instance_norm", "group_norm", "rms_norm", "position_norm",
     "ghost_batch_norm", "batch_renorm", "local_response_norm", "l2_normalize", "adain",
     "batch_moments", "update_running_stats",
+    "decorrelated_batch_norm", "iter_norm", "group_whitening", "whitening_moments",
+    "orthogonal_weight_norm", "oni",
     "weight_norm", "centered_weight_norm", "weight_standardization", "spectral_norm",
     "spectral_norm_exact", "spectral_norm_init_u",
     "normalized_gradient", "block_normalized_gradient", "clip_by_global_norm", "clip_by_value",

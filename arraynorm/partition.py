@@ -16,6 +16,7 @@ Instance       (N, C, *S)                  *S                                 C
 Group(G)       (N, G, C/G, *S)             C/G, *S                            G
 Position       (N, C, *S)                  C                                  —
 GhostBatch(k)  (N/k, k, C, *S)             k, *S                              C
+BatchGroups    (N, G, C/G, *S)             N, *S                              C/G
 =============  ==========================  =================================  ==============
 
 The channel axis is configurable (``axis``, default 1 = NCHW); the batch axis is always 0.
@@ -30,7 +31,8 @@ from dataclasses import dataclass
 
 from ._array_api import xp_normalize_axes, xp_normalize_axis
 
-__all__ = ["Layout", "Partition", "Batch", "Layer", "Instance", "Group", "Position", "GhostBatch"]
+__all__ = ["Layout", "Partition", "Batch", "Layer", "Instance", "Group", "Position", "GhostBatch",
+           "BatchGroups"]
 
 
 @dataclass(frozen=True)
@@ -208,3 +210,28 @@ class GhostBatch(Partition):
         vax = ax + 1
         reduce = tuple(a for a in range(1, len(view)) if a != vax)
         return Layout(tuple(shape), view, reduce, vax, (ax,), per="channel in a virtual batch")
+
+
+@dataclass(frozen=True)
+class BatchGroups(Partition):
+    """Batch partition over channel groups (decorrelated BN's ``num_groups``, Huang et al.
+    2018): the C channels are split into ``num_groups`` consecutive groups of C/num_groups;
+    statistics over the batch and spatial axes, with the *within-group channel* axis as the
+    feature axis, so a whitening operation decorrelates the channels of each group and the
+    groups are whitened independently (one C/G × C/G matrix per group).
+
+    View of (N, C, *S): (N, G, C/G, *S), reduced over N and *S, feature axis C/G, the group
+    axis kept. With a standardizing operation it is plain BN (every channel on its own);
+    ``num_groups=1`` whitens all channels together, ``num_groups=C`` is BN again.
+    """
+
+    num_groups: int
+    axis: int = 1
+
+    def layout(self, fname: str, shape: tuple[int, ...]) -> Layout:
+        # GroupNorm's split of the channels (and its checks); only the roles of the axes differ
+        grouped = Group(self.num_groups, self.axis).layout(fname, shape)
+        ax = grouped.feature_axis  # the group axis; the channels within a group follow it
+        reduce = tuple(a for a in range(len(grouped.view_shape)) if a not in (ax, ax + 1))
+        return Layout(grouped.shape, grouped.view_shape, reduce, ax + 1, grouped.param_axes,
+                      per="channel")

@@ -1,0 +1,338 @@
+"""Symmetric-matrix functions with their exact backward passes, shared by whitening and
+orthogonalization.
+
+Every function here takes a stack of symmetric positive-definite matrices ``S`` of shape
+(..., d, d) and returns ``(W, pullback)``: a whitening matrix (W S Wᵀ = I, or a polynomial
+approximation of it) and the vector–Jacobian product ``pullback(gW) -> gS``. ``gS`` is
+returned *symmetric*, the unique symmetric matrix with ⟨gS, E⟩ = ⟨gW, dW[E]⟩ for every
+symmetric perturbation E (S only ever varies in symmetric directions, so the gradient is
+defined up to an antisymmetric part, and the symmetric representative is the one that
+composes with ``S = X Xᵀ``).
+
+:func:`whiten_rows` composes one of them with centring and the covariance, so that both the
+whitening operations (rows = features, columns = samples) and the weight orthogonalizations
+(rows = output units, columns = inputs) share one forward and one backward.
+
+Only standard array-API functions are used (``matmul``, ``matrix_transpose``, ``eye``,
+``tril``, ``linalg.eigh``, ``linalg.cholesky``, ``linalg.inv``), batched over leading axes;
+nothing looks at array values, so Dask stays lazy (where the backend has the routine) and
+CuPy never synchronizes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ._array_api import xp_backend_name, xp_device
+
+__all__ = [
+    "require_linalg",
+    "inv_sqrt_eigh",
+    "pca_whitening_matrix",
+    "cholesky_whitening_matrix",
+    "newton_inv_sqrt",
+    "RowWhitening",
+    "whiten_rows",
+]
+
+Array = Any
+Pullback = Callable[[Array], Array]
+
+# Dask's linalg wraps NumPy's for a single in-memory chunk only: it has no eigh and its
+# cholesky refuses stacks of matrices, so whitening by decomposition is not offered there.
+_NO_BATCHED_DECOMPOSITIONS = {"dask"}
+
+
+def require_linalg(fname: str, xp: Any, what: str, routines: tuple[str, ...], *,
+                   instead: str = "IterNorm whitening (iter_norm, IterNormWhiten)") -> None:
+    """Raise ``NotImplementedError`` when ``xp`` lacks the batched ``xp.linalg`` routines
+    ``what`` needs, naming the matmul-only alternative ``instead``. Decided from the
+    backend's name and attributes, never by trying."""
+    backend = xp_backend_name(xp)
+    linalg = getattr(xp, "linalg", None)
+    missing = [r for r in routines if linalg is None or not hasattr(linalg, r)]
+    if backend in _NO_BATCHED_DECOMPOSITIONS or missing:
+        names = ", ".join(f"xp.linalg.{r}" for r in routines)
+        raise NotImplementedError(
+            f"{fname}: {what} needs batched {names}, which the {backend} backend does not "
+            f"provide; {instead} needs only matmul and runs on {backend}"
+        )
+
+
+def _eye(xp: Any, a: Array) -> Array:
+    """Identity of ``a``'s trailing matrix size, dtype and device."""
+    return xp.eye(a.shape[-1], dtype=a.dtype, device=xp_device(a))
+
+
+def _t(xp: Any, a: Array) -> Array:
+    return xp.matrix_transpose(a)
+
+
+def _sym(xp: Any, a: Array) -> Array:
+    return 0.5 * (a + _t(xp, a))
+
+
+def _diag_part(xp: Any, a: Array, eye: Array) -> Array:
+    """Diagonal of each matrix as a vector (..., d); ``linalg.diagonal`` is an extension."""
+    return xp.sum(a * eye, axis=-1)
+
+
+def _conjugate(xp: Any, u: Array, m: Array) -> Array:
+    """U M Uᵀ."""
+    return xp.matmul(xp.matmul(u, m), _t(xp, u))
+
+
+# --------------------------------------------------------------------------------------
+# ZCA: S^{-1/2} by eigendecomposition
+# --------------------------------------------------------------------------------------
+
+def inv_sqrt_eigh(xp: Any, s: Array, floor: float = 0.0) -> tuple[Array, Pullback]:
+    """W = S^{-1/2} = U Λ^{-1/2} Uᵀ from ``S = U Λ Uᵀ`` (ZCA whitening matrix).
+
+    Eigenvalues are clamped below at ``floor`` (pass the eps that was added to S: the exact
+    eigenvalues are then >= floor, and the clamp only removes rounding that would make a
+    float32 eigenvalue of a rank-deficient covariance negative and W NaN). The clamp is the
+    identity in exact arithmetic, and the backward pass treats it so.
+
+    Backward (Daleckii–Krein): for f(λ) = λ^{-1/2},
+
+        gS = U (K ∘ (Uᵀ sym(gW) U)) Uᵀ,   K_ij = (f(λ_i) − f(λ_j)) / (λ_i − λ_j),
+
+    and K_ii = f'(λ_i). With s = √λ the divided difference factorizes exactly,
+
+        K_ij = −1 / (s_i s_j (s_i + s_j)),
+
+    which needs no guard for near-equal eigenvalues: it has no cancellation, and at
+    λ_i = λ_j it *is* f'(λ) = −λ^{-3/2}/2. This is the "replace the divided difference by
+    f'(λ) when |λ_i − λ_j| is tiny" rule, applied continuously and without a threshold,
+    so the gradient is exact (to rounding) for repeated eigenvalues too; S^{-1/2} is a
+    smooth function of S there, unlike its eigenvectors.
+    """
+    lam, u = xp.linalg.eigh(s)
+    lam = xp.maximum(lam, xp.asarray(floor, dtype=lam.dtype, device=xp_device(lam)))
+    r = xp.sqrt(lam)
+    w = xp.matmul(u / r[..., None, :], _t(xp, u))
+
+    def pullback(gw: Array) -> Array:
+        k = -1.0 / (r[..., :, None] * r[..., None, :] * (r[..., :, None] + r[..., None, :]))
+        return _conjugate(xp, u, k * _conjugate(xp, _t(xp, u), _sym(xp, gw)))
+
+    return w, pullback
+
+
+# --------------------------------------------------------------------------------------
+# PCA: Λ^{-1/2} Uᵀ, through the eigenvectors themselves
+# --------------------------------------------------------------------------------------
+
+def _eigh_vjp(xp: Any, lam: Array, u: Array, glam: Array, gu: Array, eye: Array) -> Array:
+    """Symmetric gS for ``(λ, U) = eigh(S)`` given gλ (..., d) and gU (..., d, d).
+
+        gS = sym(U (diag(gλ) + F ∘ (Uᵀ gU)) Uᵀ),   F_ij = 1 / (λ_j − λ_i),  F_ii = 0.
+
+    Guard: F_ij is set to 0 where |λ_j − λ_i| <= d · ε_dtype · max|λ|, i.e. where the two
+    eigenvalues are equal to working precision. There the eigenvectors are not determined
+    by S (any rotation inside the eigenspace is as valid) and the true derivative does not
+    exist; zeroing the term drops the rotation-within-the-eigenspace component of the
+    gradient, as DBN implementations do (Chainer's sets 1/(λ_i − λ_j) to 0 for equal λ).
+    The consequence: the gradient is finite, but for an output that depends on the basis
+    of a degenerate eigenspace (PCA whitening) it is not the derivative of anything, and
+    for eigenvalues close but above the threshold the exact 1/(λ_j − λ_i) terms are large —
+    the instability of PCA whitening that Huang et al. (2018, §3) report and that made DBN
+    choose ZCA.
+    """
+    d = lam.shape[-1]
+    tol = d * float(xp.finfo(lam.dtype).eps)
+    diff = lam[..., None, :] - lam[..., :, None]  # λ_j − λ_i
+    scale = xp.max(xp.abs(lam), axis=-1, keepdims=True)[..., None]
+    tiny = xp.abs(diff) <= tol * scale
+    f = xp.where(tiny, xp.zeros_like(diff), 1.0 / xp.where(tiny, xp.ones_like(diff), diff))
+    inner = glam[..., None, :] * eye + f * xp.matmul(_t(xp, u), gu)
+    return _sym(xp, _conjugate(xp, u, inner))
+
+
+def pca_whitening_matrix(xp: Any, s: Array, floor: float = 0.0) -> tuple[Array, Pullback]:
+    """W = Λ^{-1/2} Uᵀ (PCA whitening matrix), eigenvalues in *descending* order.
+
+    Eigenvectors are only defined up to sign; to make W the same on every backend (and
+    running averages of W meaningful) each eigenvector is signed so that its entry of
+    largest magnitude is positive (scikit-learn's ``svd_flip`` convention; a tie between
+    +a and −a keeps the backend's sign). The order of eigenvectors with equal eigenvalues
+    remains arbitrary. ``floor`` clamps the eigenvalues as in :func:`inv_sqrt_eigh`.
+
+    Backward, with r = λ^{-1/2} and W_ij = r_i U_ji:
+    gU = gWᵀ diag(r), gλ_i = −½ r_i³ (gW U)_ii, then the guarded eigh VJP
+    (:func:`_eigh_vjp`, whose docstring states what the guard costs).
+    """
+    lam, u = xp.linalg.eigh(s)
+    lam, u = xp.flip(lam, axis=-1), xp.flip(u, axis=-1)
+    sign = xp.sign(xp.max(u, axis=-2, keepdims=True) + xp.min(u, axis=-2, keepdims=True))
+    u = u * xp.where(sign == 0, xp.ones_like(sign), sign)
+    lam = xp.maximum(lam, xp.asarray(floor, dtype=lam.dtype, device=xp_device(lam)))
+    r = 1.0 / xp.sqrt(lam)
+    w = r[..., :, None] * _t(xp, u)
+
+    def pullback(gw: Array) -> Array:
+        eye = _eye(xp, gw)
+        gu = _t(xp, gw) * r[..., None, :]
+        glam = -0.5 * r ** 3 * _diag_part(xp, xp.matmul(gw, u), eye)
+        return _eigh_vjp(xp, lam, u, glam, gu, eye)
+
+    return w, pullback
+
+
+# --------------------------------------------------------------------------------------
+# Cholesky: L^{-1} with S = L Lᵀ
+# --------------------------------------------------------------------------------------
+
+def _inv_vjp(xp: Any, w: Array, gw: Array) -> Array:
+    """gA for W = A^{-1}:  gA = −Wᵀ gW Wᵀ."""
+    wt = _t(xp, w)
+    return -xp.matmul(xp.matmul(wt, gw), wt)
+
+
+def _cholesky_vjp(xp: Any, l: Array, linv: Array, gl: Array) -> Array:
+    """Symmetric gS for L = cholesky(S) (Murray 2016; PyTorch's ``cholesky_backward``):
+
+        P = tril(Lᵀ gL),   Φ = ½ (P + tril(P, −1)ᵀ),   gS = L^{-T} Φ L^{-1}.
+
+    Only the lower triangle of gL matters (L varies only there), and tril(Lᵀ gL) already
+    ignores the strict upper triangle of gL. ``linv`` = L^{-1} replaces the two triangular
+    solves, which the array API standard does not have.
+    """
+    p = xp.tril(xp.matmul(_t(xp, l), gl))
+    phi = 0.5 * (p + _t(xp, xp.tril(p, k=-1)))
+    return xp.matmul(xp.matmul(_t(xp, linv), phi), linv)
+
+
+def cholesky_whitening_matrix(xp: Any, s: Array) -> tuple[Array, Pullback]:
+    """W = L^{-1}, S = L Lᵀ (Cholesky whitening; W is lower triangular, so output feature
+    k depends on input features 1..k only).
+
+    The inverse of the triangular factor comes from ``xp.linalg.inv`` (the standard has no
+    triangular solve; LU with partial pivoting is backward stable for this matrix).
+    Backward: the inverse's VJP gL = −Wᵀ gW Wᵀ composed with :func:`_cholesky_vjp`.
+    S must be numerically positive definite: with eps too small for ‖S‖ in float32 the
+    backend's Cholesky raises (NumPy, PyTorch) or returns NaN (CuPy).
+    """
+    l = xp.linalg.cholesky(s)
+    w = xp.linalg.inv(l)
+
+    def pullback(gw: Array) -> Array:
+        return _cholesky_vjp(xp, l, w, _inv_vjp(xp, w, gw))
+
+    return w, pullback
+
+
+# --------------------------------------------------------------------------------------
+# Newton–Schulz iterations (IterNorm, ONI): matmul only
+# --------------------------------------------------------------------------------------
+
+def newton_inv_sqrt(xp: Any, s: Array, T: int) -> tuple[Array, Pullback]:
+    """W = P_T / sqrt(tr S), the Newton iteration for S^{-1/2} (Huang et al. 2019, IterNorm):
+
+        S_N = S / tr(S),   P_0 = I,   P_{k+1} = 1.5 P_k − 0.5 P_k³ S_N.
+
+    Each P_k is the polynomial p_k(S_N) with p_0 = 1, p_{k+1}(λ) = 1.5 p_k − 0.5 p_k³ λ,
+    which converges to λ^{-1/2} for the eigenvalues of S_N in (0, 1] (the trace scaling puts
+    them there); after T steps W S Wᵀ has eigenvalues λ p_T(λ)², not exactly 1.
+
+    Keep T small (the papers use 5; a handful more at most). This uncoupled form is not
+    numerically stable once converged: at the fixed point a rounding error E_ij in the
+    eigenbasis is multiplied each step by 1 − (r + r²)/2 with r = sqrt(λ_j/λ_i), which
+    exceeds 1 in magnitude for any condition number above about 2.4, so past convergence
+    errors grow geometrically (for a 3 × 8 ONI example in float64, ‖W Wᵀ − I‖ is 1e-13 at
+    T = 10, 2e-4 at T = 25 and 0.2 at T = 30). Use ZCA (eigh) for exact whitening.
+
+    Backward: the iterations unrolled, each a product of matrices. With G = ∂L/∂P_{k+1} and
+    M = −½G, the term −½ P P P S_N contributes
+
+        ∂P_k += M (P² S_N)ᵀ + Pᵀ M (P S_N)ᵀ + (P²)ᵀ M S_Nᵀ,   ∂S_N += (P³)ᵀ M,
+
+    and ∂P_k += 1.5 G; no symmetry or commutation of the computed P_k is assumed, so the
+    VJP is that of the floating-point recurrence as run. Then through S_N = S/tr and
+    W = P_T tr^{-1/2}, with ∂tr/∂S = I.
+    """
+    eye = _eye(xp, s)
+    tr = xp.sum(s * eye, axis=(-2, -1), keepdims=True)
+    sn = s / tr
+    p = eye
+    powers = []  # (P_k, P_k², P_k³) of each step, reused by the backward pass
+    for _ in range(T):
+        p2 = xp.matmul(p, p)
+        p3 = xp.matmul(p2, p)
+        powers.append((p, p2, p3))
+        p = 1.5 * p - 0.5 * xp.matmul(p3, sn)
+    rt = xp.sqrt(tr)
+    w = p / rt
+
+    def pullback(gw: Array) -> Array:
+        g = gw / rt
+        gtr = -0.5 * xp.sum(gw * p, axis=(-2, -1), keepdims=True) / (tr * rt)
+        gsn = xp.zeros_like(sn)
+        snt = _t(xp, sn)
+        for pk, p2, p3 in reversed(powers):
+            m = -0.5 * g
+            gsn = gsn + xp.matmul(_t(xp, p3), m)
+            g = (1.5 * g
+                 + xp.matmul(m, _t(xp, xp.matmul(p2, sn)))
+                 + xp.matmul(xp.matmul(_t(xp, pk), m), _t(xp, xp.matmul(pk, sn)))
+                 + xp.matmul(xp.matmul(_t(xp, p2), m), snt))
+        gtr = gtr - xp.sum(gsn * s, axis=(-2, -1), keepdims=True) / (tr * tr)
+        return _sym(xp, gsn / tr + gtr * eye)
+
+    return w, pullback
+
+
+# --------------------------------------------------------------------------------------
+# centring ∘ covariance ∘ whitening matrix ∘ product
+# --------------------------------------------------------------------------------------
+
+@dataclass
+class RowWhitening:
+    """Whitening of the rows of each matrix in a stack, Y = W(S) X_c, with
+
+        X_c = X − mean over the last axis (if centred),
+        S = scale · X_c X_cᵀ + eps · I,     W = matrix(S).
+
+    Built by :func:`whiten_rows`. ``x`` is (..., d, m): d rows to decorrelate, m columns
+    (samples, or a weight's inputs). ``mean`` is (..., d, 1) (``None`` when not centring),
+    ``w`` (..., d, d). :meth:`output` forms Y (callers that only want the statistics skip
+    that product); :meth:`pullback` maps gY to gX.
+
+    Backward: gW = gY X_cᵀ and gX_c = Wᵀ gY directly; gS = the matrix function's
+    pullback(gW); through S = scale·X_c X_cᵀ, gX_c += scale (gS + gSᵀ) X_c; through centring,
+    gX = gX_c − mean(gX_c) over the last axis. Centring and covariance are part of the
+    graph, so the gradient is that of the whole map X -> Y, not of Y = W X_c with W fixed.
+    """
+
+    xp: Any
+    xc: Array
+    mean: Array | None
+    w: Array
+    matrix_pullback: Pullback
+    scale: float
+
+    def output(self) -> Array:
+        return self.xp.matmul(self.w, self.xc)
+
+    def pullback(self, gy: Array) -> Array:
+        xp, xc = self.xp, self.xc
+        gs = self.matrix_pullback(xp.matmul(gy, _t(xp, xc)))
+        gxc = xp.matmul(_t(xp, self.w), gy) + self.scale * xp.matmul(gs + _t(xp, gs), xc)
+        if self.mean is not None:
+            gxc = gxc - xp.mean(gxc, axis=-1, keepdims=True)
+        return gxc
+
+
+def whiten_rows(xp: Any, x: Array, matrix: Callable[[Any, Array], tuple[Array, Pullback]], *,
+                scale: float, eps: float, center: bool = True) -> RowWhitening:
+    """Centre the rows of ``x`` (..., d, m), form S = scale·X_c X_cᵀ + eps·I and the
+    whitening matrix ``matrix(xp, S) -> (W, pullback)``; see :class:`RowWhitening`."""
+    mean = xp.mean(x, axis=-1, keepdims=True) if center else None
+    xc = x - mean if center else x
+    eye = xp.eye(x.shape[-2], dtype=x.dtype, device=xp_device(x))
+    s = scale * xp.matmul(xc, _t(xp, xc)) + eps * eye
+    w, matrix_pullback = matrix(xp, s)
+    return RowWhitening(xp, xc, mean, w, matrix_pullback, scale)

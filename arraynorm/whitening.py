@@ -1,0 +1,467 @@
+"""Whitening as a normalization operation (stage 2 of the survey's framework, §3.2.2):
+decorrelated batch normalization, IterNorm and group whitening as compositions.
+
+A whitening operation works on a partition's view with three kinds of axes: the reduced
+axes (m samples per statistic), ``layout.feature_axis`` (d features that get decorrelated)
+and every other axis (independent blocks: channel groups, or samples). Per block,
+
+    X_c = X − μ,   Σ = X_c X_cᵀ / m + eps·I,   Y = W X_c,
+
+with the whitening matrix W chosen by the operation:
+
+==================  ==========================================  ===========================
+operation           W                                           reference
+==================  ==========================================  ===========================
+ZCAWhiten           Σ^{-1/2} = U Λ^{-1/2} Uᵀ                    Huang et al. 2018 (DBN)
+PCAWhiten           Λ^{-1/2} Uᵀ (descending λ, signed U)        Huang et al. 2018, §3
+CholeskyWhiten      L^{-1}, Σ = L Lᵀ                            Siarohin et al. 2019
+IterNormWhiten(T)   p_T(Σ/trΣ)/sqrt(trΣ), Newton iterations     Huang et al. 2019
+==================  ==========================================  ===========================
+
+Which axes play which role is the partition's business, so the survey's whitening methods
+fall out of the framework:
+
+* ``Normalizer(Batch(), ZCAWhiten())`` — decorrelated BN over all channels;
+* ``Normalizer(BatchGroups(G), ZCAWhiten())`` — DBN with ``num_groups``: each group of
+  C/G channels whitened over batch and space, groups independent;
+* ``Normalizer(Group(G), ZCAWhiten())`` — group whitening (Huang et al. 2021): per sample,
+  the G channel groups are the features and each group's C/G·∏S values are the samples.
+
+Backward passes are exact and closed-form (:mod:`arraynorm._linalg`): through the symmetric
+eigendecomposition (ZCA, PCA), the Cholesky factor and its inverse, or the unrolled Newton
+iterations, and through the centring and the covariance, so the gradient reaches x.
+
+Backends: ZCA, PCA and Cholesky need batched ``xp.linalg.eigh`` / ``cholesky``; Dask has
+neither and gets ``NotImplementedError``. IterNorm needs only ``matmul`` and runs lazily on
+Dask too. Statistics are computed in float32 at least (float16/bfloat16 inputs promoted).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from . import _linalg
+from ._linalg import Pullback
+from ._array_api import (
+    xp_check_eps,
+    xp_check_floating,
+    xp_compute_dtype,
+    xp_namespace,
+)
+from .compose import Normalizer
+from .methods import Composed, composition
+from .operation import Operation
+from .partition import BatchGroups, Group, Layout, _positive_int
+
+__all__ = [
+    "ZCAWhiten", "PCAWhiten", "CholeskyWhiten", "IterNormWhiten", "GivenWhitening",
+    "WhiteningState", "decorrelated_batch_norm", "iter_norm", "group_whitening",
+    "whitening_moments",
+]
+
+Array = Any
+
+
+# --------------------------------------------------------------------------------------
+# the view as a stack of (d, m) matrices
+# --------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Blocks:
+    """A layout's view seen as (B, d, m): kept axes -> B blocks, feature axis -> d rows,
+    reduced axes -> m columns. Blocks enumerate the kept axes in view order (C order)."""
+
+    perm: tuple[int, ...]
+    inverse: tuple[int, ...]
+    permuted_shape: tuple[int, ...]
+    stats_permuted_shape: tuple[int, ...]
+    b: int
+    d: int
+    m: int
+
+    @classmethod
+    def of(cls, layout: Layout) -> "_Blocks":
+        view, reduce, f = layout.view_shape, layout.reduce_axes, layout.feature_axis
+        kept = tuple(a for a in range(len(view)) if a not in reduce and a != f)
+        perm = kept + (f,) + tuple(reduce)
+        inverse = tuple(perm.index(a) for a in range(len(view)))
+        permuted = tuple(view[a] for a in perm)
+        stats = tuple(1 if a in reduce else view[a] for a in perm)
+        return cls(perm, inverse, permuted, stats, math.prod(view[a] for a in kept),
+                   view[f], layout.group_size)
+
+    def to_blocks(self, xp: Any, a: Array) -> Array:
+        return xp.reshape(xp.permute_dims(a, self.perm), (self.b, self.d, self.m))
+
+    def from_blocks(self, xp: Any, a: Array) -> Array:
+        return xp.permute_dims(xp.reshape(a, self.permuted_shape), self.inverse)
+
+    def stats_to_blocks(self, xp: Any, a: Array) -> Array:
+        """A statistic in ``layout.stats_shape`` as (B, d, 1)."""
+        return xp.reshape(xp.permute_dims(a, self.perm), (self.b, self.d, 1))
+
+    def stats_from_blocks(self, xp: Any, a: Array) -> Array:
+        return xp.permute_dims(xp.reshape(a, self.stats_permuted_shape), self.inverse)
+
+
+@dataclass
+class WhiteningState:
+    """What a whitening operation keeps: the batch ``mean`` (in ``layout.stats_shape``, like
+    :class:`~arraynorm.operation.StandardizeState`) and ``whitening_matrix`` W of shape
+    (B, d, d), one per block of the view (the groups for :class:`BatchGroups`, (sample,)
+    for :class:`Group`), so running statistics can be kept. ``pullback`` maps the view's
+    cotangent, as (B, d, m), to the input's."""
+
+    mean: Array
+    whitening_matrix: Array
+    blocks: _Blocks
+    pullback: Pullback
+
+
+# --------------------------------------------------------------------------------------
+# operations
+# --------------------------------------------------------------------------------------
+
+class _Whiten(Operation):
+    """Base of the whitening operations that compute their statistics from the input:
+    subclasses give :meth:`matrix`. The keyword ``name`` is the function that error
+    messages name (default the class name; the named methods pass their own)."""
+
+    needs_feature_axis = True
+    #: what the operation is called in messages, and the ``xp.linalg`` routines it needs
+    what: str = "whitening"
+    routines: tuple[str, ...] = ()
+
+    def __init__(self, *, name: str | None = None) -> None:
+        self.name = name or type(self).__name__
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+    def matrix(self, xp: Any, sigma: Array, eps: float) -> tuple[Array, Pullback]:  # pragma: no cover
+        raise NotImplementedError
+
+    def _whiten(self, xp: Any, xv: Array, layout: Layout,
+                eps: float) -> tuple[_Blocks, _linalg.RowWhitening]:
+        if self.routines:
+            _linalg.require_linalg(self.name, xp, self.what, self.routines)
+        blocks = _Blocks.of(layout)
+        rw = _linalg.whiten_rows(xp, blocks.to_blocks(xp, xv),
+                                 lambda xp_, s: self.matrix(xp_, s, eps),
+                                 scale=1.0 / blocks.m, eps=eps)
+        return blocks, rw
+
+    def statistics(self, xp: Any, xv: Array, layout: Layout, eps: float) -> tuple[Array, Array]:
+        """(mean in ``layout.stats_shape``, W of shape (B, d, d)) without forming the output."""
+        blocks, rw = self._whiten(xp, xv, layout, eps)
+        return blocks.stats_from_blocks(xp, rw.mean), rw.w
+
+    def forward(self, xp: Any, xv: Array, layout: Layout, eps: float) -> tuple[Array, WhiteningState]:
+        blocks, rw = self._whiten(xp, xv, layout, eps)
+        state = WhiteningState(blocks.stats_from_blocks(xp, rw.mean), rw.w, blocks, rw.pullback)
+        return blocks.from_blocks(xp, rw.output()), state
+
+    def backward(self, xp: Any, gv: Array, state: WhiteningState) -> Array:
+        blocks = state.blocks
+        return blocks.from_blocks(xp, state.pullback(blocks.to_blocks(xp, gv)))
+
+
+class ZCAWhiten(_Whiten):
+    """ZCA whitening (DBN, Huang et al. 2018): W = Σ^{-1/2} = U Λ^{-1/2} Uᵀ.
+
+    The whitening closest to the input (it minimizes ‖Y − X_c‖), so the output stays
+    aligned with the input features. Backward by the Daleckii–Krein formula with the exact
+    divided difference of λ^{-1/2}, valid for repeated eigenvalues
+    (:func:`arraynorm._linalg.inv_sqrt_eigh`). Eigenvalues are clamped below at eps (their
+    exact lower bound) so that float32 rounding cannot make W NaN.
+    """
+
+    what = "ZCA whitening"
+    routines = ("eigh",)
+
+    def matrix(self, xp: Any, sigma: Array, eps: float) -> tuple[Array, Pullback]:
+        return _linalg.inv_sqrt_eigh(xp, sigma, eps)
+
+
+class PCAWhiten(_Whiten):
+    """PCA whitening: W = Λ^{-1/2} Uᵀ, principal components in descending order of
+    variance, each eigenvector signed so its largest-magnitude entry is positive.
+
+    Output feature k is the k-th principal component of the block, scaled to unit
+    variance. Its backward involves 1/(λ_i − λ_j): it is guarded for equal eigenvalues
+    (see :func:`arraynorm._linalg._eigh_vjp`) but large for close ones, and the output
+    itself jumps when two eigenvalues cross (the components swap) — the "stochastic axis
+    swapping" for which Huang et al. (2018) prefer ZCA.
+    """
+
+    what = "PCA whitening"
+    routines = ("eigh",)
+
+    def matrix(self, xp: Any, sigma: Array, eps: float) -> tuple[Array, Pullback]:
+        return _linalg.pca_whitening_matrix(xp, sigma, eps)
+
+
+class CholeskyWhiten(_Whiten):
+    """Cholesky whitening: W = L^{-1} with Σ = L Lᵀ (lower triangular, so output feature k
+    mixes input features 1..k only; the whitening of Siarohin et al. 2019, "Whitening and
+    coloring batch transform for GANs"). Cheaper than an eigendecomposition but depends on
+    the order of the features. Backward through the triangular inverse and the Cholesky
+    factor (:func:`arraynorm._linalg.cholesky_whitening_matrix`)."""
+
+    what = "Cholesky whitening"
+    routines = ("cholesky", "inv")
+
+    def matrix(self, xp: Any, sigma: Array, eps: float) -> tuple[Array, Pullback]:
+        return _linalg.cholesky_whitening_matrix(xp, sigma)
+
+
+class IterNormWhiten(_Whiten):
+    """IterNorm (Huang et al. 2019): approximate ZCA by T Newton iterations, matmul only.
+
+        Σ_N = Σ / tr(Σ),  P_0 = I,  P_{k+1} = 1.5 P_k − 0.5 P_k³ Σ_N,  W = P_T / sqrt(tr Σ).
+
+    Default T = 5 (the paper's). The output is *not* exactly white: W Σ Wᵀ has the
+    eigenvalues λ p_T(λ)² of Σ_N's eigenvalues λ, which the paper uses as a
+    controllable degree of whitening. Keep T small: past convergence the iteration
+    amplifies rounding errors (see :func:`arraynorm._linalg.newton_inv_sqrt`). Backward
+    through the unrolled iterations. Runs on Dask (lazily).
+    """
+
+    what = "IterNorm whitening"
+
+    def __init__(self, T: int = 5, *, name: str | None = None) -> None:
+        super().__init__(name=name)
+        self.T = _positive_int(self.name, "T", T)
+
+    def __repr__(self) -> str:
+        return f"IterNormWhiten(T={self.T})"
+
+    def matrix(self, xp: Any, sigma: Array, eps: float) -> tuple[Array, Pullback]:
+        return _linalg.newton_inv_sqrt(xp, sigma, self.T)
+
+
+@dataclass
+class GivenWhiteningState:
+    whitening_matrix: Array
+    blocks: _Blocks
+
+
+class GivenWhitening(Operation):
+    """Whiten with a given mean and whitening matrix (inference-mode DBN / IterNorm):
+    Y = W (X − mean) per block.
+
+    ``mean`` has the partition's parameter shape, (C,) for :class:`Batch` and
+    :class:`BatchGroups`; ``whitening_matrix`` is (B, d, d), (G, C/G, C/G) for
+    ``BatchGroups(G)`` ((1, C, C) for ``Batch``). The statistics must be shared by all
+    samples, so per-sample partitions (Group, Instance) are refused. ``eps`` is not used
+    (it is already inside W). Backward: ∂L/∂X = Wᵀ G per block (the statistics are inputs).
+    """
+
+    needs_feature_axis = True
+    uses_input_statistics = False
+
+    def __init__(self, mean: Array, whitening_matrix: Array, *, name: str | None = None) -> None:
+        self.mean, self.whitening_matrix = mean, whitening_matrix
+        self.name = name or type(self).__name__
+
+    def arrays(self) -> dict[str, Array]:
+        return {"mean": self.mean}
+
+    def forward(self, xp: Any, xv: Array, layout: Layout,
+                eps: float) -> tuple[Array, GivenWhiteningState]:
+        fname, w = self.name, self.whitening_matrix
+        blocks = _Blocks.of(layout)
+        if math.prod(layout.stats_shape) != math.prod(layout.param_shape):
+            raise ValueError(
+                f"{fname}: given whitening statistics must be shared by all samples, but this "
+                f"partition keeps statistics of shape {layout.stats_shape} for an input of "
+                f"shape {layout.shape}; use BatchGroups or Batch"
+            )
+        xp_namespace(fname, x=xv, whitening_matrix=w)
+        xp_check_floating(fname, "whitening_matrix", w, xp)
+        expected = (blocks.b, blocks.d, blocks.d)
+        if tuple(w.shape) != expected:
+            raise ValueError(f"{fname}: whitening_matrix must have shape {expected}, got "
+                             f"{tuple(w.shape)}")
+        w = xp.astype(w, xv.dtype)
+        mean = blocks.stats_to_blocks(xp, xp.reshape(xp.astype(self.mean, xv.dtype),
+                                                     layout.stats_shape))
+        y = xp.matmul(w, blocks.to_blocks(xp, xv) - mean)
+        return blocks.from_blocks(xp, y), GivenWhiteningState(w, blocks)
+
+    def backward(self, xp: Any, gv: Array, state: GivenWhiteningState) -> Array:
+        blocks = state.blocks
+        g = xp.matmul(xp.matrix_transpose(state.whitening_matrix), blocks.to_blocks(xp, gv))
+        return blocks.from_blocks(xp, g)
+
+
+# --------------------------------------------------------------------------------------
+# named methods
+# --------------------------------------------------------------------------------------
+
+_METHODS: dict[str, type[_Whiten]] = {
+    "zca": ZCAWhiten, "pca": PCAWhiten, "cholesky": CholeskyWhiten, "iternorm": IterNormWhiten,
+}
+
+
+def _whitening_op(fname: str, method: Any, T: int = 5) -> _Whiten:
+    if not isinstance(method, str) or method.lower() not in _METHODS:
+        raise ValueError(
+            f"{fname}: method must be one of {', '.join(repr(k) for k in _METHODS)}, got {method!r}"
+        )
+    cls = _METHODS[method.lower()]
+    return IterNormWhiten(T, name=fname) if cls is IterNormWhiten else cls(name=fname)
+
+
+def _batch_whitening(fname: str, x: Array, weight: Array | None, bias: Array | None,
+                     op: _Whiten, num_groups: int, mean: Array | None,
+                     whitening_matrix: Array | None, eps: float, axis: int) -> Composed:
+    """Training (batch statistics, ``op``) or inference (given ``mean``/``whitening_matrix``)."""
+    if (mean is None) != (whitening_matrix is None):
+        raise ValueError(
+            f"{fname}: pass both mean and whitening_matrix (inference) or neither (training)"
+        )
+    partition = BatchGroups(num_groups, axis)
+    if mean is not None:
+        op = GivenWhitening(mean, whitening_matrix, name=fname)
+    return Composed(Normalizer(partition, op, eps, fname), x, weight, bias)
+
+
+@composition
+def decorrelated_batch_norm(x: Array, weight: Array | None = None, bias: Array | None = None, *,
+                            num_groups: int = 1, method: str = "zca", mean: Array | None = None,
+                            whitening_matrix: Array | None = None, eps: float = 1e-5,
+                            axis: int = 1) -> Composed:
+    """Decorrelated batch normalization (Huang et al. 2018): BatchGroups partition ∘
+    whitening ∘ per-channel affine.
+
+    y = γ ⊙ W_g (x_g − μ_g) + β per channel group g, with μ_g the batch mean of the group's
+    C/G channels over every axis but the channel ``axis`` and W_g the whitening matrix of
+    Σ_g = X_c X_cᵀ/m + eps·I (m = N·∏S values): ``method`` "zca" (default, the paper's),
+    "pca", "cholesky" or "iternorm" (T = 5; see :func:`iter_norm` to choose T).
+
+    Training when ``mean`` and ``whitening_matrix`` are both ``None``; inference when both
+    are given: ``mean`` (C,), ``whitening_matrix`` (G, C/G, C/G), typically running
+    averages of :func:`whitening_moments`. Shapes: ``x`` (N, C, *S) with the channel at
+    ``axis`` (default 1, NCHW); ``weight``, ``bias`` (C,). ``num_groups`` G must divide C
+    (default 1: all channels whitened together). ``vjp(decorrelated_batch_norm, x, w, b)``
+    gives (dx, dweight, dbias), the backward going through the decomposition.
+
+    Conventions: eps = 1e-5 as PyTorch's BN (Chainer's DBN uses 2e-5); the covariance is the
+    biased one (1/m). ZCA, PCA and Cholesky raise ``NotImplementedError`` on Dask (no batched
+    eigh/cholesky). PyTorch has no equivalent op.
+
+    Examples
+    --------
+    >>> import numpy as np, arraynorm as an
+    >>> x = np.random.default_rng(0).standard_normal((64, 4)) @ np.diag([1.0, 2, 3, 4])
+    >>> y = an.decorrelated_batch_norm(x, eps=0.0)
+    >>> bool(np.allclose(np.cov(y.T, bias=True), np.eye(4)))
+    True
+    """
+    op = _whitening_op("decorrelated_batch_norm", method)
+    return _batch_whitening("decorrelated_batch_norm", x, weight, bias, op, num_groups, mean,
+                            whitening_matrix, eps, axis)
+
+
+@composition
+def iter_norm(x: Array, weight: Array | None = None, bias: Array | None = None, *,
+              num_groups: int = 1, T: int = 5, mean: Array | None = None,
+              whitening_matrix: Array | None = None, eps: float = 1e-5,
+              axis: int = 1) -> Composed:
+    """Iterative normalization (IterNorm, Huang et al. 2019): BatchGroups partition ∘
+    Newton-iteration whitening ∘ per-channel affine.
+
+    As :func:`decorrelated_batch_norm` with W = p_T(Σ/trΣ)/sqrt(trΣ), T Newton steps
+    P_{k+1} = 1.5 P_k − 0.5 P_k³ Σ_N from P_0 = I (default T = 5, ``num_groups`` 1; the
+    paper uses groups of 64 channels). Only matmuls: runs on every backend, Dask included
+    (lazily). Inference with ``mean`` (C,) and ``whitening_matrix`` (G, C/G, C/G).
+
+    Examples
+    --------
+    >>> import numpy as np, arraynorm as an
+    >>> x = np.random.default_rng(0).standard_normal((32, 4, 5))
+    >>> y, pullback = an.vjp(an.iter_norm, x, num_groups=2, T=7)
+    >>> dx, dweight, dbias = pullback(np.ones_like(y))
+    >>> cov = np.cov(y[:, :2].transpose(1, 0, 2).reshape(2, -1), bias=True)
+    >>> bool(np.abs(cov - np.eye(2)).max() < 1e-2)      # nearly white after 7 steps
+    True
+    """
+    op = IterNormWhiten(T, name="iter_norm")
+    return _batch_whitening("iter_norm", x, weight, bias, op, num_groups, mean,
+                            whitening_matrix, eps, axis)
+
+
+@composition
+def group_whitening(x: Array, num_groups: int, weight: Array | None = None,
+                    bias: Array | None = None, *, method: str = "zca", eps: float = 1e-5,
+                    axis: int = 1) -> Composed:
+    """Group whitening (Huang et al. 2021): Group partition ∘ whitening ∘ per-channel affine.
+
+    Per sample, the C channels are split into ``num_groups`` groups; the groups are the G
+    features to decorrelate and each group's C/G·∏S values are their samples:
+    X (G, C/G·∏S) -> W (X − μ) with W from Σ = X_c X_cᵀ/(C/G·∏S) + eps·I. It needs no batch
+    statistics, so there is no inference mode. This is the framework's ``Group`` partition
+    — the one GroupNorm uses — with a whitening operation instead of standardization:
+    ``Normalizer(Group(G), ZCAWhiten())``. With G = 1 there is one feature and
+    W = (σ² + eps)^{-1/2}: it is ``group_norm(x, 1)``, LayerNorm over (C, *S).
+
+    ``method``: "zca" (default), "pca", "cholesky" or "iternorm" (T = 5). ``weight``,
+    ``bias`` (C,). G must divide C; with C/G·∏S < G the covariance is singular and eps sets
+    the scale of the null directions.
+
+    Examples
+    --------
+    >>> import numpy as np, arraynorm as an
+    >>> x = np.random.default_rng(0).standard_normal((2, 8, 4, 4))
+    >>> y = an.group_whitening(x, 4, eps=0.0)
+    >>> g = y[0].reshape(4, -1)                  # sample 0: 4 groups x 32 values
+    >>> bool(np.allclose(g @ g.T / 32, np.eye(4)))
+    True
+    """
+    op = _whitening_op("group_whitening", method)
+    return Composed(Normalizer(Group(num_groups, axis), op, eps, "group_whitening"), x, weight, bias)
+
+
+def whitening_moments(x: Array, *, num_groups: int = 1, method: str = "zca", T: int = 5,
+                      eps: float = 1e-5, axis: int = 1) -> tuple[Array, Array]:
+    """Batch mean and whitening matrix that training-mode DBN / IterNorm use.
+
+    Returns ``(mean, W)``: ``mean`` of shape (C,), ``W`` of shape (G, C/G, C/G) with
+    G = ``num_groups``, in the compute dtype (float32 for float16/bfloat16 inputs), for
+    ``method`` "zca", "pca", "cholesky" or "iternorm" (with ``T`` steps). The whitened output
+    is not formed. Fold them into running statistics with PyTorch's momentum convention,
+    ``running ← (1 − m)·running + m·batch`` (m = 0.1 is the weight of the new batch), and
+    pass the running values as ``mean=``/``whitening_matrix=`` in inference. As in the
+    IterNorm reference code, W itself is averaged (not Σ) and not rescaled (Chainer's DBN
+    multiplies it by m/(m − 1)). A layer that also needs the output gets both in one pass
+    from ``Normalizer(BatchGroups(G), op).forward(x)``: ``ctx.state.mean`` and
+    ``ctx.state.whitening_matrix``.
+
+    Examples
+    --------
+    >>> import numpy as np, arraynorm as an
+    >>> x = np.random.default_rng(0).standard_normal((16, 6, 3))
+    >>> mean, w = an.whitening_moments(x, num_groups=2)
+    >>> mean.shape, w.shape
+    ((6,), (2, 3, 3))
+    >>> running_mean, running_w = np.zeros(6), np.stack([np.eye(3)] * 2)
+    >>> running_mean = 0.9 * running_mean + 0.1 * mean     # momentum 0.1
+    >>> running_w = 0.9 * running_w + 0.1 * w
+    >>> y = an.decorrelated_batch_norm(x, num_groups=2, mean=running_mean,
+    ...                                whitening_matrix=running_w)
+    """
+    fname = "whitening_moments"
+    op = _whitening_op(fname, method, T)
+    xp = xp_namespace(fname, x=x)
+    xp_check_floating(fname, "x", x, xp)
+    eps = xp_check_eps(fname, eps)
+    layout = BatchGroups(num_groups, axis).layout(fname, tuple(x.shape))
+    layout.check_many(fname)
+    ct = xp_compute_dtype(xp, x.dtype)
+    xv = xp.reshape(x if x.dtype == ct else xp.astype(x, ct), layout.view_shape)
+    mean, w = op.statistics(xp, xv, layout, eps)
+    return xp.reshape(mean, layout.param_shape), w
