@@ -225,7 +225,9 @@ def batch_renorm(x: Array, weight: Array | None = None, bias: Array | None = Non
                  eps: float = 1e-5, axis: int = 1) -> Composed:
     """Batch renormalization (Ioffe 2017), training mode.
 
-    y = γ · (r · (x − μ_B)/σ_B + d) + β, with r, d from :class:`Renormalize`.
+    y = γ · (r · (x − μ_B)/σ_B + d) + β, with r, d from :class:`Renormalize`. As in the
+    paper, r and d are constants in the backward pass (stop-gradient), so the VJP is not the
+    derivative of the forward where r, d do not clip.
     ``running_mean``/``running_var`` (C,) are the current running statistics (update them
     afterwards with :func:`update_running_stats`); ``rmax >= 1``, ``dmax >= 0`` (the paper
     anneals them from 1 and 0, where batch renorm equals BN). In inference use
