@@ -28,6 +28,8 @@ from .whitening import decorrelated_batch_norm, group_whitening, iter_norm, whit
 from .orthogonal import oni, orthogonal_weight_norm
 from .weight import (centered_weight_norm, spectral_norm, spectral_norm_exact, spectral_norm_init_u, weight_norm, weight_standardization)
 from .gradient import (adaptive_gradient_clipping, block_normalized_gradient, clip_by_global_norm, clip_by_value, gradient_centralization, lamb_trust_ratio, lars_trust_ratio, normalized_gradient)
+from . import nn, optim, rl
+from ._kernels import fast_paths_enabled, set_fast_paths, use_fast_paths
 
 __version__ = "0.1.0"
 
@@ -43,4 +45,6 @@ __all__ = [
     "spectral_norm_exact", "spectral_norm_init_u",
     "normalized_gradient", "block_normalized_gradient", "clip_by_global_norm", "clip_by_value",
     "adaptive_gradient_clipping", "lars_trust_ratio", "lamb_trust_ratio", "gradient_centralization",
+    "nn", "optim", "rl",
+    "set_fast_paths", "fast_paths_enabled", "use_fast_paths",
 ]

@@ -15,8 +15,12 @@ import numbers
 from collections.abc import Sequence
 from typing import Any
 
+import importlib
+
 import array_api_compat
-from array_api_compat import array_namespace, device as xp_device
+import numpy as np
+from array_api_compat import array_namespace, is_dask_array, to_device
+from array_api_compat import device as xp_device
 
 __all__ = [
     "xp_namespace",
@@ -29,6 +33,10 @@ __all__ = [
     "xp_normalize_axes",
     "xp_check_param_shape",
     "xp_backend_name",
+    "xp_resolve_namespace",
+    "xp_to_host_numpy",
+    "xp_move",
+    "xp_from_host",
 ]
 
 
@@ -155,3 +163,68 @@ def xp_check_param_shape(fname: str, name: str, a: Any, expected: tuple[int, ...
         raise ValueError(
             f"{fname}: {name} must have shape {tuple(expected)}, got {tuple(a.shape)}"
         )
+
+
+# --------------------------------------------------------------------------------------
+# Moving arrays between array libraries and devices (``Module.to``, ``load_state_dict``,
+# optimizer state). The route is chosen here, by capability: an array already in the target
+# namespace only changes device (``to_device``); otherwise it goes through a host NumPy copy,
+# which every library can read and write (DLPack cannot cross devices, Dask has no DLPack).
+# --------------------------------------------------------------------------------------
+
+
+def xp_resolve_namespace(xp: Any) -> Any:
+    """The array-API namespace for ``xp``: a namespace/module (``numpy``, ``cupy``,
+    ``array_api_strict``, ``torch``, ``dask.array``) or its name as a string."""
+    if isinstance(xp, str):
+        try:
+            xp = importlib.import_module(xp)
+        except ImportError as exc:
+            raise ValueError(f"to: cannot import the array library {xp!r} ({exc})") from None
+    try:
+        return array_namespace(xp.asarray([0.0]))
+    except (AttributeError, TypeError):
+        raise TypeError(
+            f"to: xp must be an array namespace (numpy, cupy, torch, array_api_strict, "
+            f"dask.array) or its name, got {xp!r}"
+        ) from None
+
+
+def xp_to_host_numpy(a: Any) -> np.ndarray:
+    """A NumPy copy of any array (computing a Dask graph, copying a GPU array to the host)."""
+    if is_dask_array(a):
+        a = a.compute()
+    if isinstance(a, np.ndarray):
+        return np.array(a, copy=True)
+    try:
+        host = to_device(a, "cpu")
+    except Exception:  # libraries whose CPU device has another name (array_api_strict)
+        host = a
+    return np.array(np.from_dlpack(host), copy=True)
+
+
+def xp_move(a: Any, xp: Any, device: Any = None, dtype: Any = None) -> Any:
+    """``a`` converted to namespace ``xp`` on ``device`` (default: the namespace's default
+    device, or ``a``'s own device when it stays in its namespace), cast to ``dtype`` if given."""
+    src = array_namespace(a)
+    if xp_backend_name(src) == xp_backend_name(xp):
+        out = a if device is None or xp_device(a) == device else to_device(a, device)
+    else:
+        host = xp_to_host_numpy(a)
+        out = xp.asarray(host) if device is None else xp.asarray(host, device=device)
+    if dtype is not None and out.dtype != dtype:
+        out = xp.astype(out, dtype)
+    return out
+
+
+def xp_from_host(host: np.ndarray, xp: Any = None, device: Any = None, dtype: Any = None) -> Any:
+    """A host NumPy array (float64 from the initializers) created in namespace ``xp``
+    (default NumPy) on ``device``, in ``dtype`` (a dtype of ``xp`` or its name; default the
+    namespace's default floating dtype: float64 for NumPy, float32 for PyTorch)."""
+    ns = xp_resolve_namespace("numpy" if xp is None else xp)
+    if isinstance(dtype, str):
+        dtype = getattr(ns, dtype)
+    if dtype is None:
+        dtype = ns.zeros(0, device=device).dtype if device is not None else ns.zeros(0).dtype
+    arr = ns.asarray(host) if device is None else ns.asarray(host, device=device)
+    return arr if arr.dtype == dtype else ns.astype(arr, dtype)

@@ -1,0 +1,39 @@
+"""Layers with exact closed-form backward passes, deep stacks and Transformer blocks.
+
+Every layer is a :class:`Module`: parameters, gradients and buffers are arrays of any
+array-API namespace; ``forward(x)`` caches what ``backward(dy) -> dx`` needs, and ``backward``
+sets the parameters' gradients. Normalization layers are the core's
+:class:`~arraynorm.Normalizer` compositions with state added; nothing is re-implemented.
+"""
+
+from .activation import ACTIVATIONS, GELU, HardTanh, Identity, ReLU, Tanh, make_activation
+from .attention import MultiHeadSelfAttention
+from .container import Residual, Sequential
+from .linear import Linear, ReparamLinear, SpectralNormLinear, WeightNormLinear
+from .loss import CrossEntropyLoss, MSELoss
+from .module import Module
+from .norm import (
+    BatchNorm,
+    BatchRenorm,
+    GroupNorm,
+    InstanceNorm,
+    LayerNorm,
+    LocalResponseNorm,
+    Normalization,
+    PositionNorm,
+    RMSNorm,
+)
+from .stack import NORMS, deep_stack
+from .style import AdaIN
+from .transformer import TransformerEncoderBlock
+from .whiten import DecorrelatedBatchNorm, IterNorm
+
+__all__ = [
+    "Module", "Sequential", "Residual",
+    "Linear", "WeightNormLinear", "SpectralNormLinear", "ReparamLinear",
+    "Identity", "ReLU", "Tanh", "GELU", "HardTanh", "ACTIVATIONS", "make_activation",
+    "Normalization", "BatchNorm", "BatchRenorm", "LayerNorm", "GroupNorm", "InstanceNorm",
+    "RMSNorm", "PositionNorm", "LocalResponseNorm", "DecorrelatedBatchNorm", "IterNorm", "AdaIN",
+    "MultiHeadSelfAttention", "TransformerEncoderBlock",
+    "MSELoss", "CrossEntropyLoss", "deep_stack", "NORMS",
+]

@@ -1,0 +1,114 @@
+"""Multi-head self-attention (Vaswani et al. 2017) with its closed-form backward pass.
+
+For x of shape (N, T, D), H heads of size d = D/H:
+
+    [Q K V] = x W_inᵀ + b_in,  split into heads (N, H, T, d)
+    S = Q Kᵀ / √d  (positions j > i set to −∞ when causal),  P = softmax(S)
+    O = P V,  heads merged back to (N, T, D),  y = O W_outᵀ + b_out
+
+Backward, with dO from the output projection's backward:
+
+    dV = Pᵀ dO,   dP = dO Vᵀ,   dS = P ⊙ (dP − Σ_j dP ⊙ P) / √d,
+    dQ = dS K,    dK = dSᵀ Q,   dx = in-projection backward of [dQ dK dV].
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from .._array_api import xp_check_floating, xp_device, xp_namespace
+from .functional import softmax, softmax_backward
+from .init import make_rng
+from .linear import Linear
+from .module import Module
+
+__all__ = ["MultiHeadSelfAttention"]
+
+Array = Any
+
+
+class MultiHeadSelfAttention(Module):
+    """Multi-head self-attention: softmax(QKᵀ/√d_k) V with H heads, optional causal mask.
+
+    Parameters
+    ----------
+    embed_dim : D, the model width; ``num_heads`` must divide it.
+    num_heads : H.
+    bias : biases in the input and output projections (default True).
+    causal : mask positions j > i (each position attends only to itself and the past).
+    init : initialization of both projections (default ``"xavier_uniform"`` as
+        ``torch.nn.MultiheadAttention``'s ``in_proj_weight``; biases start at zero).
+    rng, xp, dtype, device : as :class:`~arraynorm.nn.Linear`.
+
+    Shapes: x (N, T, D) → y (N, T, D). Sub-layers ``in_proj`` (Linear D → 3D, rows ordered
+    Q, K, V as PyTorch's ``in_proj_weight``) and ``out_proj`` (Linear D → D). The attention
+    probabilities are computed in float32 at least. Same computation as
+    ``torch.nn.MultiheadAttention(D, H, batch_first=True, dropout=0)`` with
+    ``attn_mask`` the causal mask; there is no dropout and no key padding mask here.
+    """
+
+    def __init__(self, embed_dim: int, num_heads: int, bias: bool = True, *,
+                 causal: bool = False, init: str = "xavier_uniform", rng: Any = None,
+                 xp: Any = None, dtype: Any = None, device: Any = None) -> None:
+        super().__init__()
+        fname = "MultiHeadSelfAttention"
+        for name, n in (("embed_dim", embed_dim), ("num_heads", num_heads)):
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise ValueError(f"{fname}: {name} must be a positive int, got {n!r}")
+        if embed_dim % num_heads:
+            raise ValueError(f"{fname}: num_heads={num_heads} must divide embed_dim={embed_dim}")
+        g = make_rng(rng)
+        self.embed_dim, self.num_heads, self.causal = embed_dim, num_heads, bool(causal)
+        self.head_dim = embed_dim // num_heads
+        kw = dict(init=init, sigma_b=0.0, rng=g, xp=xp, dtype=dtype, device=device)
+        self.in_proj = Linear(embed_dim, 3 * embed_dim, bias, **kw)
+        self.out_proj = Linear(embed_dim, embed_dim, bias, **kw)
+
+    def _heads(self, xp: Any, t: Array, n: int, steps: int) -> Array:
+        return xp.permute_dims(xp.reshape(t, (n, steps, self.num_heads, self.head_dim)), (0, 2, 1, 3))
+
+    def _merge(self, xp: Any, t: Array, n: int, steps: int) -> Array:
+        return xp.reshape(xp.permute_dims(t, (0, 2, 1, 3)), (n, steps, self.embed_dim))
+
+    def forward(self, x: Array) -> Array:
+        fname = "MultiHeadSelfAttention.forward"
+        xp = xp_namespace(fname, x=x, weight=self.in_proj.params["weight"])
+        xp_check_floating(fname, "x", x, xp)
+        if x.ndim != 3 or x.shape[-1] != self.embed_dim:
+            raise ValueError(f"{fname}: x must have shape (N, T, {self.embed_dim}), got {tuple(x.shape)}")
+        n, steps, d = x.shape
+        qkv = self.in_proj.forward(x)
+        q = self._heads(xp, qkv[..., :d], n, steps)
+        k = self._heads(xp, qkv[..., d:2 * d], n, steps)
+        v = self._heads(xp, qkv[..., 2 * d:], n, steps)
+        scale = 1.0 / math.sqrt(self.head_dim)
+        s = xp.matmul(q, xp.matrix_transpose(k)) * scale
+        if self.causal:
+            i = xp.arange(steps, device=xp_device(x))
+            keep = xp.reshape(i, (steps, 1)) >= xp.reshape(i, (1, steps))
+            s = xp.where(keep, s, xp.full_like(s, -math.inf))
+        p = softmax(xp, s, axis=-1)
+        o = xp.matmul(p, v)
+        self._save(xp=xp, q=q, k=k, v=v, p=p, n=n, steps=steps, scale=scale)
+        return self.out_proj.forward(self._merge(xp, o, n, steps))
+
+    def backward(self, dy: Array) -> Array:
+        c = self._saved()
+        xp, q, k, v, p, n, steps = c["xp"], c["q"], c["k"], c["v"], c["p"], c["n"], c["steps"]
+        do = self._heads(xp, self.out_proj.backward(dy), n, steps)
+        dv = xp.matmul(xp.matrix_transpose(p), do)
+        dp = xp.matmul(do, xp.matrix_transpose(v))
+        ds = softmax_backward(xp, dp, p, axis=-1) * c["scale"]
+        dq = xp.matmul(ds, k)
+        dk = xp.matmul(xp.matrix_transpose(ds), q)
+        dqkv = xp.concat([self._merge(xp, t, n, steps) for t in (dq, dk, dv)], axis=-1)
+        return self.in_proj.backward(dqkv)
+
+    @property
+    def attention_weights(self) -> Array | None:
+        """P = softmax(QKᵀ/√d) of the last forward, (N, H, T, T), or None if not cached."""
+        return None if self._cache is None else self._cache["p"]
+
+    def extra_repr(self) -> str:
+        return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, causal={self.causal}"

@@ -1,0 +1,267 @@
+"""The layer protocol: parameters, gradients, buffers, modes, state and moving between libraries.
+
+A :class:`Module` holds its parameters, their gradients and its buffers (running statistics)
+as arrays of any array-API namespace, in three dicts. ``forward(x)`` computes the output and,
+when gradients are enabled, caches what ``backward`` needs; ``backward(dy)`` returns
+``dx = (∂y/∂x)ᵀ dy`` and sets the parameters' gradients. The backward passes are closed-form
+(DESIGN.md §3.5): no tape, no autodiff framework.
+
+Differences from ``torch.nn.Module``, on purpose:
+
+* ``backward`` *sets* gradients (it does not accumulate them), and the forward cache is kept
+  until the next ``forward``: several ``backward`` calls after one ``forward`` give several
+  vector–Jacobian products of the same point, which is how Jacobians are built row by row.
+* gradients are cached only while ``requires_grad`` is on (``requires_grad_(False)`` for
+  inference); ``train()``/``eval()`` only choose batch vs running statistics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from array_api_compat import array_namespace
+
+from .._array_api import xp_backend_name, xp_device
+from .._array_api import xp_move, xp_resolve_namespace
+
+__all__ = ["Module"]
+
+Array = Any
+
+
+class Module:
+    """Base class of layers: parameters, gradients and buffers as arrays of any namespace.
+
+    Subclasses register arrays with :meth:`register_parameter` / :meth:`register_buffer`
+    (then readable as attributes, ``layer.weight``), assign sub-layers as attributes, and
+    implement :meth:`forward` and :meth:`backward`, storing what backward needs with
+    :meth:`_save` and reading it back with :meth:`_saved`.
+    """
+
+    def __init__(self) -> None:
+        if "params" in self.__dict__:  # already initialised (attributes set before super().__init__)
+            return
+        object.__setattr__(self, "params", {})
+        object.__setattr__(self, "grads", {})
+        object.__setattr__(self, "buffers", {})
+        object.__setattr__(self, "_children", {})
+        object.__setattr__(self, "training", True)
+        object.__setattr__(self, "requires_grad", True)
+        object.__setattr__(self, "_cache", None)
+
+    # ----------------------------------------------------------------- registration
+    def __setattr__(self, name: str, value: Any) -> None:
+        d = self.__dict__
+        if "params" not in d:  # a subclass setting attributes before Module.__init__
+            Module.__init__(self)
+        if isinstance(value, Module):
+            self._children[name] = value
+        elif name in self.params:
+            self.params[name] = value
+            return
+        elif name in self.buffers:
+            self.buffers[name] = value
+            return
+        object.__setattr__(self, name, value)
+
+    def __getattr__(self, name: str) -> Any:
+        # only reached when ordinary lookup fails: parameters and buffers read as attributes
+        for store in ("params", "buffers"):
+            d = self.__dict__.get(store)
+            if d is not None and name in d:
+                return d[name]
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
+    def register_parameter(self, name: str, value: Array | None) -> None:
+        """Add a trainable array (``None`` registers an absent parameter, e.g. no bias)."""
+        if value is None:
+            object.__setattr__(self, name, None)
+            return
+        self.params[name] = value
+        self.grads[name] = None
+
+    def register_buffer(self, name: str, value: Any) -> None:
+        """Add a non-trainable state array (running statistics) or Python number."""
+        self.buffers[name] = value
+
+    def named_children(self) -> Iterator[tuple[str, Module]]:
+        yield from self._children.items()
+
+    def children(self) -> list[Module]:
+        return list(self._children.values())
+
+    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, Module]]:
+        """This module and every descendant, with dotted names (``"0.norm"``)."""
+        yield prefix, self
+        for name, child in self._children.items():
+            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def parameter_slots(self) -> list[tuple[str, Module, str]]:
+        """``(qualified name, owning module, key)`` of every parameter, in registration order.
+
+        Optimizers update ``owner.params[key]`` through these slots, in place where the
+        library allows it and by reassignment where it does not (JAX, Dask).
+        """
+        return [(f"{p}.{k}" if p else k, m, k)
+                for p, m in self.named_modules() for k in m.params]
+
+    def named_parameters(self) -> Iterator[tuple[str, Array]]:
+        for name, m, k in self.parameter_slots():
+            yield name, m.params[k]
+
+    def parameters(self) -> list[Array]:
+        return [a for _, a in self.named_parameters()]
+
+    def gradients(self) -> dict[str, Array | None]:
+        """Gradient of every parameter by qualified name (``None`` before a backward pass)."""
+        return {name: m.grads.get(k) for name, m, k in self.parameter_slots()}
+
+    def zero_grad(self) -> None:
+        """Forget every gradient (``backward`` overwrites them anyway)."""
+        for _, m in self.named_modules():
+            for k in m.grads:
+                m.grads[k] = None
+
+    # ----------------------------------------------------------------- modes
+    def train(self, mode: bool = True) -> Module:
+        """Training mode (batch statistics, running statistics updated), recursively."""
+        for _, m in self.named_modules():
+            object.__setattr__(m, "training", bool(mode))
+        return self
+
+    def eval(self) -> Module:
+        """Inference mode (running statistics used as they are), recursively."""
+        return self.train(False)
+
+    def requires_grad_(self, mode: bool = True) -> Module:
+        """Turn caching for ``backward`` on or off, recursively (off: forward keeps nothing)."""
+        for _, m in self.named_modules():
+            object.__setattr__(m, "requires_grad", bool(mode))
+            object.__setattr__(m, "_cache", None)
+        return self
+
+    # ----------------------------------------------------------------- forward/backward
+    def forward(self, x: Array) -> Array:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def backward(self, dy: Array) -> Array:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.forward(*args, **kwargs)
+
+    def _save(self, **saved: Any) -> None:
+        """Keep what backward needs, only when gradients are enabled."""
+        object.__setattr__(self, "_cache", saved if self.requires_grad else None)
+
+    def _saved(self) -> dict[str, Any]:
+        if self._cache is None:
+            why = ("gradients are disabled (requires_grad_(False))" if not self.requires_grad
+                   else "forward has not been called")
+            raise RuntimeError(f"{type(self).__name__}.backward: nothing cached, {why}")
+        return self._cache
+
+    # ----------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        """Copies of every parameter and buffer by qualified name (PyTorch's naming:
+        ``"0.weight"``, ``"1.running_mean"``, ``"1.num_batches_tracked"``)."""
+        out: dict[str, Any] = {}
+        for prefix, m in self.named_modules():
+            for store in (m.params, m.buffers):
+                for k, a in store.items():
+                    name = f"{prefix}.{k}" if prefix else k
+                    out[name] = _copy(a)
+        return out
+
+    def load_state_dict(self, state: dict[str, Any], strict: bool = True) -> Module:
+        """Set parameters and buffers from ``state`` (arrays of any namespace: each value is
+        converted to the namespace, device and dtype of the array it replaces).
+
+        With ``strict`` (default), missing or unexpected keys raise ``KeyError`` naming them;
+        a shape mismatch always raises ``ValueError``.
+        """
+        fname = f"{type(self).__name__}.load_state_dict"
+        slots = {}
+        for prefix, m in self.named_modules():
+            for store in (m.params, m.buffers):
+                for k in store:
+                    slots[f"{prefix}.{k}" if prefix else k] = (store, k)
+        if strict:
+            missing = sorted(set(slots) - set(state))
+            unexpected = sorted(set(state) - set(slots))
+            if missing or unexpected:
+                raise KeyError(f"{fname}: missing keys {missing}, unexpected keys {unexpected}")
+        for name, value in state.items():
+            if name not in slots:
+                continue
+            store, k = slots[name]
+            old = store[k]
+            if not hasattr(old, "shape"):
+                store[k] = value if not hasattr(value, "shape") else int(value)
+                continue
+            if tuple(value.shape) != tuple(old.shape):
+                raise ValueError(f"{fname}: {name} must have shape {tuple(old.shape)}, "
+                                 f"got {tuple(value.shape)}")
+            store[k] = _copy(xp_move(value, array_namespace(old), xp_device(old), old.dtype))
+        for _, m in self.named_modules():
+            object.__setattr__(m, "_cache", None)
+        return self
+
+    def to(self, xp: Any, device: Any = None, dtype: Any = None) -> Module:
+        """Move every parameter, gradient and buffer to namespace ``xp`` (a namespace such as
+        ``numpy``, ``cupy``, ``array_api_strict``, ``torch``, ``dask.array``, or its name) on
+        ``device``, optionally casting floating arrays to ``dtype`` (a dtype of ``xp`` or its
+        name, ``"float32"``). Returns ``self``; forward caches are dropped.
+
+        Examples
+        --------
+        >>> import numpy as np, array_api_strict as xps
+        >>> from arraynorm.nn import Linear
+        >>> layer = Linear(3, 2, rng=0).to(xps)
+        >>> type(layer.weight).__module__.split(".")[0]
+        'array_api_strict'
+        """
+        ns = xp_resolve_namespace(xp)
+        if isinstance(dtype, str):
+            dtype = getattr(ns, dtype)
+        for _, m in self.named_modules():
+            for store in (m.params, m.grads, m.buffers):
+                for k, a in store.items():
+                    if a is not None and hasattr(a, "shape"):
+                        store[k] = xp_move(a, ns, device, dtype)
+            object.__setattr__(m, "_cache", None)
+        return self
+
+    @property
+    def namespace(self) -> Any:
+        """The array namespace of this module's parameters (``None`` when it has none)."""
+        for _, a in self.named_parameters():
+            return array_namespace(a)
+        for _, m in self.named_modules():
+            for a in m.buffers.values():
+                if hasattr(a, "shape"):
+                    return array_namespace(a)
+        return None
+
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        head = f"{type(self).__name__}({self.extra_repr()}"
+        if not self._children:
+            return head + ")"
+        lines = [head]
+        for name, child in self._children.items():
+            body = repr(child).replace("\n", "\n  ")
+            lines.append(f"  ({name}): {body}")
+        return "\n".join(lines) + "\n)"
+
+
+def _copy(a: Any) -> Any:
+    if not hasattr(a, "shape"):
+        return a
+    xp = array_namespace(a)
+    if xp_backend_name(xp) == "dask":  # immutable graph nodes: sharing is already a copy
+        return a
+    return xp.asarray(a, copy=True)

@@ -1,0 +1,367 @@
+"""Normalization layers: each one a :class:`~arraynorm.Normalizer` (partition ∘ operation ∘
+affine) holding its γ, β and, for the batch methods, running statistics.
+
+The layers never re-implement a normalization: forward is ``Normalizer.forward`` and
+backward is ``Normalizer.backward``, the core's closed-form VJPs. What a layer adds is
+state: parameters, gradients, and running statistics with PyTorch's momentum semantics
+(:func:`arraynorm.update_running_stats`: ``momentum`` is the weight of the new batch, running
+variance stored unbiased, ``momentum=None`` for the cumulative average).
+
+=====================  =================================  ===================================
+layer                  composition                        PyTorch counterpart
+=====================  =================================  ===================================
+:class:`BatchNorm`     Batch ∘ Standardize ∘ affine       ``BatchNorm1d/2d/3d`` (any rank)
+:class:`BatchRenorm`   Batch ∘ Renormalize ∘ affine       — (Ioffe 2017)
+:class:`LayerNorm`     Layer(trailing) ∘ Standardize      ``LayerNorm``
+:class:`GroupNorm`     Group ∘ Standardize ∘ affine       ``GroupNorm``
+:class:`InstanceNorm`  Instance ∘ Standardize (∘ affine)  ``InstanceNorm1d/2d`` (no running stats)
+:class:`RMSNorm`       Layer(trailing) ∘ RMSScale ∘ γ     ``RMSNorm``
+:class:`PositionNorm`  Position ∘ Standardize             — (Li et al. 2019)
+:class:`LocalResponseNorm` cross-channel window (LRN)      ``LocalResponseNorm``
+:class:`Normalization` any partition ∘ any operation      —
+=====================  =================================  ===================================
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import numpy as np
+
+from .._array_api import xp_check_eps, xp_check_finite_scalar, xp_namespace
+from ..compose import Normalizer
+from ..methods import Renormalize
+from ..operation import GivenStatistics, Operation, RMSScale, Standardize
+from ..partition import Batch, Group, Instance, Layer, Partition, Position
+from ..running_stats import update_running_stats
+from .._array_api import xp_from_host
+from .module import Module
+
+__all__ = ["Normalization", "BatchNorm", "BatchRenorm", "LayerNorm", "GroupNorm",
+           "InstanceNorm", "RMSNorm", "PositionNorm", "LocalResponseNorm"]
+
+Array = Any
+
+
+def _shape(fname: str, name: str, shape: Any) -> tuple[int, ...]:
+    if isinstance(shape, numbers.Integral) and not isinstance(shape, bool):
+        shape = (int(shape),)
+    try:
+        shape = tuple(int(n) for n in shape)
+    except TypeError:
+        raise TypeError(f"{fname}: {name} must be an int or a tuple of ints, got {shape!r}") from None
+    if not shape or any(n < 1 for n in shape):
+        raise ValueError(f"{fname}: {name} must be positive, got {shape}")
+    return shape
+
+
+def _check_momentum(fname: str, momentum: float | None) -> float | None:
+    if momentum is None:
+        return None
+    m = xp_check_finite_scalar(fname, "momentum", momentum, minimum=0.0)
+    if m > 1.0:
+        raise ValueError(f"{fname}: momentum must be in [0, 1] or None, got {m}")
+    return m
+
+
+class Normalization(Module):
+    """Any composition of the survey's stages as a layer: y = γ · op(x | partition) + β.
+
+    Parameters
+    ----------
+    partition : :mod:`arraynorm.partition` object (``Batch()``, ``Group(8)``, ``Layer(-1)``…).
+    operation : :mod:`arraynorm.operation` object (default :class:`Standardize`).
+    param_shape : shape of γ and β (the partition's ``param_shape``: (C,) for channel
+        partitions, the normalized axes' shape for ``Layer``); required when ``affine``.
+    eps : Python float >= 0 (default 1e-5).
+    affine, bias : learn γ (ones) and β (zeros); ``bias=False`` keeps γ only.
+    xp, dtype, device : where the parameters live.
+    """
+
+    _name = "Normalization"
+
+    def __init__(self, partition: Partition, operation: Operation | None = None,
+                 param_shape: tuple[int, ...] | int | None = None, *, eps: float = 1e-5,
+                 affine: bool = True, bias: bool = True, xp: Any = None, dtype: Any = None,
+                 device: Any = None) -> None:
+        super().__init__()
+        fname = self._name
+        if not isinstance(partition, Partition):
+            raise TypeError(f"{fname}: partition must be an arraynorm.partition object, "
+                            f"got {type(partition).__name__}")
+        self.partition = partition
+        self.operation = operation if operation is not None else Standardize()
+        self.eps = None if eps is None else xp_check_eps(fname, eps)
+        self.param_shape = None if param_shape is None else _shape(fname, "param_shape", param_shape)
+        if affine and self.param_shape is None:
+            raise ValueError(f"{fname}: affine=True needs param_shape (the shape of γ and β)")
+        if affine:
+            self.register_parameter("weight", xp_from_host(np.ones(self.param_shape), xp, device, dtype))
+            b = xp_from_host(np.zeros(self.param_shape), xp, device, dtype) if bias else None
+            self.register_parameter("bias", b)
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+
+    def _normalizer(self, x: Array) -> Normalizer:
+        return Normalizer(self.partition, self.operation, self.eps, self._name)
+
+    def _check_features(self, x: Array) -> None:
+        if self.param_shape is None:
+            return
+        layout = self.partition.layout(self._name, tuple(getattr(x, "shape", ())))
+        if layout.param_shape != self.param_shape:
+            raise ValueError(
+                f"{self._name}.forward: x must have {self.param_shape} features along the "
+                f"normalized/channel axes (the layer's param_shape), got x of shape "
+                f"{tuple(x.shape)}, which has {layout.param_shape}"
+            )
+
+    def forward(self, x: Array) -> Array:
+        self._check_features_if_array(x)
+        norm = self._normalizer(x)
+        y, ctx = norm.forward(x, self.params.get("weight"), self.params.get("bias"))
+        self._after_forward(ctx)
+        self._save(norm=norm, ctx=ctx)
+        return y
+
+    def _check_features_if_array(self, x: Array) -> None:
+        if hasattr(x, "shape"):
+            self._check_features(x)
+
+    def _after_forward(self, ctx: Any) -> None:
+        """Hook: running statistics updates (batch methods)."""
+
+    def backward(self, dy: Array) -> Array:
+        c = self._saved()
+        dx, dw, db = c["norm"].backward(c["ctx"], dy)
+        if "weight" in self.params:
+            self.grads["weight"] = dw
+        if "bias" in self.params:
+            self.grads["bias"] = db
+        return dx
+
+    def extra_repr(self) -> str:
+        return (f"{self.partition}, {type(self.operation).__name__}, eps={self.eps}, "
+                f"affine={'weight' in self.params}")
+
+
+class LayerNorm(Normalization):
+    """Layer normalization over the trailing ``normalized_shape`` axes (Ba et al. 2016):
+    y = γ · (x − μ)/sqrt(σ² + eps) + β, μ, σ² (biased) per sample over those axes.
+
+    Same arguments and defaults as ``torch.nn.LayerNorm`` (eps=1e-5, γ = 1, β = 0).
+    """
+
+    _name = "LayerNorm"
+
+    def __init__(self, normalized_shape: int | tuple[int, ...], eps: float = 1e-5,
+                 elementwise_affine: bool = True, bias: bool = True, *, xp: Any = None,
+                 dtype: Any = None, device: Any = None) -> None:
+        shape = _shape(self._name, "normalized_shape", normalized_shape)
+        axes = tuple(range(-len(shape), 0))
+        super().__init__(Layer(axes), Standardize(), shape, eps=eps, affine=elementwise_affine,
+                         bias=bias, xp=xp, dtype=dtype, device=device)
+        self.param_shape = shape
+
+    def extra_repr(self) -> str:
+        return f"{self.param_shape}, eps={self.eps}"
+
+
+class RMSNorm(Normalization):
+    """RMS normalization over the trailing ``normalized_shape`` axes (Zhang & Sennrich 2019):
+    y = γ · x / sqrt(mean(x²) + eps). ``eps=None`` (default) is the machine epsilon of the
+    input's dtype, as ``torch.nn.RMSNorm``."""
+
+    _name = "RMSNorm"
+
+    def __init__(self, normalized_shape: int | tuple[int, ...], eps: float | None = None,
+                 elementwise_affine: bool = True, *, xp: Any = None, dtype: Any = None,
+                 device: Any = None) -> None:
+        shape = _shape(self._name, "normalized_shape", normalized_shape)
+        axes = tuple(range(-len(shape), 0))
+        super().__init__(Layer(axes), RMSScale(), shape, eps=eps, affine=elementwise_affine,
+                         bias=False, xp=xp, dtype=dtype, device=device)
+        self.param_shape = shape
+
+    def _normalizer(self, x: Array) -> Normalizer:
+        eps = self.eps
+        if eps is None:
+            xp = xp_namespace(f"{self._name}.forward", x=x)
+            eps = float(xp.finfo(x.dtype).eps) if xp.isdtype(x.dtype, "real floating") else 0.0
+        return Normalizer(self.partition, self.operation, eps, self._name)
+
+    def extra_repr(self) -> str:
+        return f"{self.param_shape}, eps={self.eps}"
+
+
+class GroupNorm(Normalization):
+    """Group normalization (Wu & He 2018): channels in ``num_groups`` groups, statistics per
+    sample and group; γ, β per channel. Same as ``torch.nn.GroupNorm``; ``axis`` is the channel
+    axis (default 1)."""
+
+    _name = "GroupNorm"
+
+    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5,
+                 affine: bool = True, *, axis: int = 1, xp: Any = None, dtype: Any = None,
+                 device: Any = None) -> None:
+        super().__init__(Group(num_groups, axis), Standardize(), num_channels, eps=eps,
+                         affine=affine, xp=xp, dtype=dtype, device=device)
+        c = self.param_shape[0]
+        if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1 \
+                or c % num_groups:
+            raise ValueError(f"GroupNorm: num_groups must be a positive int dividing "
+                             f"num_channels={c}, got {num_groups!r}")
+        self.num_groups = num_groups
+
+    def extra_repr(self) -> str:
+        return f"{self.num_groups}, {self.param_shape[0]}, eps={self.eps}"
+
+
+class InstanceNorm(Normalization):
+    """Instance normalization (Ulyanov et al. 2016): statistics per sample and channel over
+    the spatial axes of (N, C, *S). Defaults as ``torch.nn.InstanceNorm2d`` (affine=False);
+    unlike it, no running statistics are kept (PyTorch's default too)."""
+
+    _name = "InstanceNorm"
+
+    def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = False, *,
+                 axis: int = 1, xp: Any = None, dtype: Any = None, device: Any = None) -> None:
+        super().__init__(Instance(axis), Standardize(), num_features, eps=eps, affine=affine,
+                         xp=xp, dtype=dtype, device=device)
+
+
+class PositionNorm(Normalization):
+    """Positional normalization (Li et al. 2019): statistics per sample and position over
+    the channels; optional γ, β per channel (default none, as in the paper)."""
+
+    _name = "PositionNorm"
+
+    def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = False, *,
+                 axis: int = 1, xp: Any = None, dtype: Any = None, device: Any = None) -> None:
+        super().__init__(Position(axis), Standardize(), num_features, eps=eps, affine=affine,
+                         xp=xp, dtype=dtype, device=device)
+
+
+class BatchNorm(Normalization):
+    """Batch normalization (Ioffe & Szegedy 2015) with running statistics.
+
+    Training: y = γ (x − μ_B)/sqrt(σ²_B + eps) + β with the batch's per-channel statistics
+    (biased variance), and the running statistics updated
+    ``running ← (1 − momentum)·running + momentum·batch`` (unbiased variance);
+    ``momentum=None`` is the cumulative average over ``num_batches_tracked`` batches.
+    Eval: the running statistics are used. ``track_running_stats=False`` always uses batch
+    statistics. Input (N, C, *S) with the channel at ``axis`` (default 1): one class serves
+    PyTorch's ``BatchNorm1d``, ``BatchNorm2d`` and ``BatchNorm3d``, with the same defaults
+    (eps=1e-5, momentum=0.1, affine=True).
+    """
+
+    _name = "BatchNorm"
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
+                 affine: bool = True, track_running_stats: bool = True, *, axis: int = 1,
+                 xp: Any = None, dtype: Any = None, device: Any = None) -> None:
+        super().__init__(Batch(axis), Standardize(), num_features, eps=eps, affine=affine,
+                         xp=xp, dtype=dtype, device=device)
+        self.momentum = _check_momentum(self._name, momentum)
+        self.track_running_stats = bool(track_running_stats)
+        self.axis = axis
+        if self.track_running_stats:
+            shape = self.param_shape
+            self.register_buffer("running_mean", xp_from_host(np.zeros(shape), xp, device, dtype))
+            self.register_buffer("running_var", xp_from_host(np.ones(shape), xp, device, dtype))
+            self.register_buffer("num_batches_tracked", 0)
+
+    def _uses_batch_stats(self) -> bool:
+        return self.training or not self.track_running_stats
+
+    def _normalizer(self, x: Array) -> Normalizer:
+        if self._uses_batch_stats():
+            return Normalizer(self.partition, self.operation, self.eps, self._name)
+        op = GivenStatistics(self.buffers["running_mean"], self.buffers["running_var"])
+        return Normalizer(self.partition, op, self.eps, self._name)
+
+    def _batch_state(self, ctx: Any) -> Any:
+        return ctx.state
+
+    def _after_forward(self, ctx: Any) -> None:
+        if not (self.training and self.track_running_stats):
+            return
+        st = self._batch_state(ctx)
+        xp = ctx.xp
+        n = self.buffers["num_batches_tracked"] + 1
+        self.buffers["num_batches_tracked"] = n
+        mean = xp.reshape(st.mean, self.param_shape)
+        var = xp.reshape(st.var, self.param_shape)
+        rm, rv = update_running_stats(self.buffers["running_mean"], self.buffers["running_var"],
+                                      mean, var, ctx.layout.group_size, momentum=self.momentum,
+                                      num_batches_tracked=n)
+        self.buffers["running_mean"], self.buffers["running_var"] = rm, rv
+
+    def extra_repr(self) -> str:
+        return (f"{self.param_shape[0]}, eps={self.eps}, momentum={self.momentum}, "
+                f"affine={'weight' in self.params}, track_running_stats={self.track_running_stats}")
+
+
+class BatchRenorm(BatchNorm):
+    """Batch renormalization (Ioffe 2017): in training,
+    y = γ · (r · (x − μ_B)/σ_B + d) + β with r = clip(σ_B/σ, 1/rmax, rmax) and
+    d = clip((μ_B − μ)/σ, −dmax, dmax) from the running μ, σ *before* this batch's update
+    (r, d are constants in the backward pass, the paper's stop-gradient); in eval, the
+    running statistics as in BN. ``rmax=1, dmax=0`` is BN. Running statistics follow
+    :class:`BatchNorm` (PyTorch momentum convention; the paper's α is ``momentum``).
+    PyTorch has no counterpart.
+    """
+
+    _name = "BatchRenorm"
+
+    def __init__(self, num_features: int, rmax: float = 3.0, dmax: float = 5.0,
+                 eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True, *,
+                 axis: int = 1, xp: Any = None, dtype: Any = None, device: Any = None) -> None:
+        super().__init__(num_features, eps, momentum, affine, True, axis=axis, xp=xp,
+                         dtype=dtype, device=device)
+        self.rmax = xp_check_finite_scalar(self._name, "rmax", rmax, minimum=1.0)
+        self.dmax = xp_check_finite_scalar(self._name, "dmax", dmax, minimum=0.0)
+
+    def _normalizer(self, x: Array) -> Normalizer:
+        if not self.training:
+            return super()._normalizer(x)
+        op = Renormalize(self.buffers["running_mean"], self.buffers["running_var"],
+                         self.rmax, self.dmax)
+        return Normalizer(self.partition, op, self.eps, self._name)
+
+    def _batch_state(self, ctx: Any) -> Any:
+        return ctx.state[0]  # Renormalize keeps (standardize state, r)
+
+    def extra_repr(self) -> str:
+        return f"{self.param_shape[0]}, rmax={self.rmax}, dmax={self.dmax}, eps={self.eps}"
+
+
+class LocalResponseNorm(Module):
+    """Local response normalization across channels (Krizhevsky et al. 2012):
+    y_c = x_c / (k + α/size · Σ_{|c'−c| in window} x_{c'}²)^β, as ``torch.nn.LocalResponseNorm``
+    (same defaults α=1e-4, β=0.75, k=1). Forward and backward are
+    :func:`arraynorm.local_response_norm` and its VJP; x is (N, C, *S). No parameters."""
+
+    def __init__(self, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0, *,
+                 axis: int = 1) -> None:
+        super().__init__()
+        self.size, self.alpha, self.beta, self.k, self.axis = size, alpha, beta, k, axis
+
+    def forward(self, x: Array) -> Array:
+        from .._vjp import vjp
+        from ..local_response import local_response_norm
+        args = (x, self.size, self.alpha, self.beta, self.k)
+        if not self.requires_grad:
+            self._save()
+            return local_response_norm(*args, axis=self.axis)
+        y, pullback = vjp(local_response_norm, *args, axis=self.axis)
+        self._save(pullback=pullback)
+        return y
+
+    def backward(self, dy: Array) -> Array:
+        return self._saved()["pullback"](dy)[0]
+
+    def extra_repr(self) -> str:
+        return f"{self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"

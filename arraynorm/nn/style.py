@@ -1,0 +1,59 @@
+"""Style transfer's normalization layer: adaptive instance normalization (the survey's IN
+application, §7)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .._array_api import xp_check_eps
+from .._vjp import vjp
+from ..adain import adain
+from .module import Module
+
+__all__ = ["AdaIN"]
+
+Array = Any
+
+
+class AdaIN(Module):
+    """AdaIN as a layer (Huang & Belongie 2017): y = σ(s) · (c − μ(c))/σ(c) + μ(s), μ and σ
+    per sample and channel over the spatial axes (biased variance, eps inside the root).
+
+    ``forward(content, style)`` takes two inputs — content (N, C, *S) and style (N, C, *S'),
+    spatial sizes may differ — and ``backward(dy)`` returns ``(dcontent, dstyle)``: in a
+    style-transfer network the style cotangent flows into the style encoder. No parameters.
+    Forward and backward are :func:`arraynorm.adain` and its closed-form VJP.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from arraynorm.nn import AdaIN
+    >>> rng = np.random.default_rng(0)
+    >>> c, s = rng.standard_normal((2, 3, 4, 4)), 5 + 2 * rng.standard_normal((2, 3, 6, 6))
+    >>> layer = AdaIN()
+    >>> y = layer(c, s)
+    >>> bool(np.allclose(y.mean(axis=(2, 3)), s.mean(axis=(2, 3))))
+    True
+    >>> dc, ds = layer.backward(np.ones_like(y))
+    >>> dc.shape, ds.shape
+    ((2, 3, 4, 4), (2, 3, 6, 6))
+    """
+
+    def __init__(self, eps: float = 1e-5, *, axis: int = 1) -> None:
+        super().__init__()
+        self.eps, self.axis = xp_check_eps("AdaIN", eps), axis
+
+    def forward(self, content: Array, style: Array) -> Array:
+        if self.requires_grad:
+            y, pullback = vjp(adain, content, style, eps=self.eps, axis=self.axis)
+            self._save(pullback=pullback)
+            return y
+        self._save()
+        return adain(content, style, eps=self.eps, axis=self.axis)
+
+    def backward(self, dy: Array) -> tuple[Array, Array]:
+        dcontent, dstyle = self._saved()["pullback"](dy)
+        return dcontent, dstyle
+
+    def extra_repr(self) -> str:
+        return f"eps={self.eps}"

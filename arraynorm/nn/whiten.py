@@ -1,0 +1,127 @@
+"""Whitening layers: decorrelated batch normalization and IterNorm, with running statistics.
+
+Each layer is the composition of :mod:`arraynorm.whitening` — ``BatchGroups(G)`` partition ∘
+a whitening operation (ZCA, PCA, Cholesky, Newton iterations) ∘ per-channel affine — run by
+the core's :class:`~arraynorm.Normalizer`, whose backward goes through the decomposition.
+The layers add γ, β, the running mean (C,) and the running whitening matrix (G, C/G, C/G),
+updated as the DBN and IterNorm reference implementations do, with PyTorch's momentum
+convention (``momentum`` = weight of the new batch):
+
+    running_mean ← (1 − m)·running_mean + m·μ_B,   running_W ← (1 − m)·running_W + m·W_B
+
+(``momentum=None``: the cumulative average, m = 1/num_batches_tracked). μ_B and W_B are the
+statistics the forward pass itself computed (the operation's state), so there is no second
+pass over the batch. In eval mode the running mean and matrix are used
+(:class:`~arraynorm.whitening.GivenWhitening`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..compose import Normalizer
+from ..partition import BatchGroups
+from .._array_api import xp_from_host
+from .norm import Normalization, _check_momentum
+
+__all__ = ["DecorrelatedBatchNorm", "IterNorm"]
+
+Array = Any
+
+
+class _Whitening(Normalization):
+    _name = "Whitening"
+
+    def __init__(self, num_features: int, num_groups: int, eps: float, momentum: float | None,
+                 affine: bool, axis: int, xp: Any, dtype: Any, device: Any) -> None:
+        fname = self._name
+        for name, n in (("num_features", num_features), ("num_groups", num_groups)):
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise ValueError(f"{fname}: {name} must be a positive int, got {n!r}")
+        if num_features % num_groups:
+            raise ValueError(f"{fname}: num_groups={num_groups} must divide num_features={num_features}")
+        super().__init__(BatchGroups(num_groups, axis), self._operation(), num_features, eps=eps,
+                         affine=affine, xp=xp, dtype=dtype, device=device)
+        self.num_groups, self.axis = num_groups, axis
+        self.momentum = _check_momentum(fname, momentum)
+        d = num_features // num_groups
+        eye = np.array(np.broadcast_to(np.eye(d), (num_groups, d, d)))
+        self.register_buffer("running_mean", xp_from_host(np.zeros(num_features), xp, device, dtype))
+        self.register_buffer("running_whitening", xp_from_host(eye, xp, device, dtype))
+        self.register_buffer("num_batches_tracked", 0)
+
+    def _operation(self) -> Any:  # pragma: no cover - subclasses
+        raise NotImplementedError
+
+    def _normalizer(self, x: Array) -> Normalizer:
+        if self.training:
+            return Normalizer(self.partition, self.operation, self.eps, self._name)
+        from ..whitening import GivenWhitening
+        op = GivenWhitening(self.buffers["running_mean"], self.buffers["running_whitening"],
+                            name=self._name)
+        return Normalizer(self.partition, op, self.eps, self._name)
+
+    def _after_forward(self, ctx: Any) -> None:
+        if not self.training:
+            return
+        xp, st = ctx.xp, ctx.state
+        n = self.buffers["num_batches_tracked"] + 1
+        self.buffers["num_batches_tracked"] = n
+        m = 1.0 / n if self.momentum is None else self.momentum
+        rm, rw = self.buffers["running_mean"], self.buffers["running_whitening"]
+        mean = xp.astype(xp.reshape(st.mean, self.param_shape), rm.dtype)
+        self.buffers["running_mean"] = (1.0 - m) * rm + m * mean
+        self.buffers["running_whitening"] = (1.0 - m) * rw + m * xp.astype(st.whitening_matrix, rw.dtype)
+
+    def extra_repr(self) -> str:
+        return (f"{self.param_shape[0]}, num_groups={self.num_groups}, eps={self.eps}, "
+                f"momentum={self.momentum}")
+
+
+class DecorrelatedBatchNorm(_Whitening):
+    """Decorrelated batch normalization (Huang et al. 2018): each group of C/G channels is
+    centred and whitened, x̂ = W_B (x − μ_B) with W_B = Σ_B^{−1/2} (``method="zca"``, the
+    paper's), or PCA / Cholesky whitening (``"pca"``, ``"cholesky"``), then γ x̂ + β.
+
+    Shapes: x (N, C, *S), channel at ``axis`` (default 1); γ, β (C,); running mean (C,) and
+    running whitening matrix (G, C/G, C/G), G = ``num_groups`` (default 1). Same operation
+    as :func:`arraynorm.decorrelated_batch_norm`. ZCA/PCA/Cholesky need ``xp.linalg.eigh`` /
+    ``cholesky`` (not on Dask). PyTorch has no counterpart.
+    """
+
+    _name = "DecorrelatedBatchNorm"
+
+    def __init__(self, num_features: int, num_groups: int = 1, method: str = "zca",
+                 eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True, *,
+                 axis: int = 1, xp: Any = None, dtype: Any = None, device: Any = None) -> None:
+        self.method = method
+        super().__init__(num_features, num_groups, eps, momentum, affine, axis, xp, dtype, device)
+
+    def _operation(self) -> Any:
+        from ..whitening import CholeskyWhiten, PCAWhiten, ZCAWhiten
+        ops = {"zca": ZCAWhiten, "pca": PCAWhiten, "cholesky": CholeskyWhiten}
+        if self.method not in ops:
+            raise ValueError(f"{self._name}: method must be one of {sorted(ops)}, got {self.method!r}")
+        return ops[self.method](name=self._name)
+
+
+class IterNorm(_Whitening):
+    """Iterative normalization (Huang et al. 2019): whitening by ``T`` Newton iterations
+    towards Σ^{−1/2} (only matmuls: runs on every backend, Dask included), per group of C/G
+    channels. Shapes and running statistics as :class:`DecorrelatedBatchNorm`; same operation
+    as :func:`arraynorm.iter_norm`. PyTorch has no counterpart.
+    """
+
+    _name = "IterNorm"
+
+    def __init__(self, num_features: int, num_groups: int = 1, T: int = 5, eps: float = 1e-5,
+                 momentum: float | None = 0.1, affine: bool = True, *, axis: int = 1,
+                 xp: Any = None, dtype: Any = None, device: Any = None) -> None:
+        self.T = T
+        super().__init__(num_features, num_groups, eps, momentum, affine, axis, xp, dtype, device)
+
+    def _operation(self) -> Any:
+        from ..whitening import IterNormWhiten
+        return IterNormWhiten(self.T, name=self._name)
