@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from . import _kernels
 from ._array_api import (
     xp_check_eps,
     xp_check_floating,
@@ -93,6 +94,11 @@ class Normalizer:
     def forward(self, x: Any, weight: Any = None, bias: Any = None) -> tuple[Any, NormContext]:
         """Return ``(y, ctx)``; ``ctx`` feeds :meth:`backward`."""
         xp, layout = self._prepare(x, weight, bias)
+        # a backend fast path (arraynorm._kernels, proven equal in tests/test_kernels.py) if one
+        # applies; the portable path below otherwise, and always with set_fast_paths(False)
+        fused = _kernels.normalizer_forward(self, xp, layout, x, weight, bias)
+        if fused is not None:
+            return fused
         ct = xp_compute_dtype(xp, x.dtype)
         xc = x if x.dtype == ct else xp.astype(x, ct)
         yv, state = self.operation.forward(xp, xp.reshape(xc, layout.view_shape), layout, self.eps)
@@ -105,6 +111,9 @@ class Normalizer:
     def backward(self, ctx: NormContext, dy: Any) -> tuple[Any, Any, Any]:
         """Return ``(dx, dweight, dbias)`` for the cotangent ``dy`` (``None`` for absent
         parameters), each in its input's dtype."""
+        fused = _kernels.normalizer_backward(self, ctx, dy)  # the fast path that made ctx
+        if fused is not None:
+            return fused
         xp, layout = ctx.xp, ctx.layout
         dy = dy if dy.dtype == ctx.yhat.dtype else xp.astype(dy, ctx.yhat.dtype)
         g, dw, db = affine_backward(xp, dy, ctx.yhat, ctx.weight, ctx.bias, layout.param_axes)

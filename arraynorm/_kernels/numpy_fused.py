@@ -1,0 +1,476 @@
+"""NumPy fast path of :class:`arraynorm.Normalizer` with the standardize or RMS operation.
+
+The portable path (:class:`~arraynorm.operation.Standardize` then
+:func:`~arraynorm.recovery.affine`) makes about ten passes over full-size arrays, each a trip
+through main memory, and keeps a full-size ŷ. This recipe computes the same quantities block by
+block (:mod:`._plan`): a block of about 1 MiB is read from memory once, its statistics, ŷ and
+γ·ŷ + β are computed while it sits in cache, and the result is written once into the output.
+Blocks are shared between threads (NumPy and BLAS release the GIL).
+
+When one statistic spans more than a block (BN over N·H·W), pass 1 computes each chunk's count,
+mean and sum of squared deviations (two-pass in cache) and merges them exactly in float64
+(Chan, Golub & LeVeque 1979: M2 = Σ M2_k + Σ n_k (μ_k − μ)²); pass 2 writes y. The variance
+stays two-pass; E[x²] − E[x]² is never formed.
+
+Numerics are the portable path's: shifted two-pass statistics
+(:func:`arraynorm.operation.moments`), rstd = 1/sqrt(σ² + eps), ŷ = (x − μ)·rstd, y = ŷ·γ + β
+and the same closed-form backward, in the same compute dtype (float32 for float16 input). A
+float32 mean near 10⁴ rounds off up to 5e-4 (half an ulp); that remainder is kept
+(``state.mean_lo``) and enters ŷ in both passes, so y and every cotangent stay as accurate as the portable path's (tests/test_kernels.py checks
+against float64 PyTorch). Sums run per block, products of centred values through BLAS, γ/β
+cotangents accumulate in float64, and where γ is constant over a statistic (BN, IN) rstd·γ is
+one factor; so results agree with the portable path to rounding, not bit for bit.
+
+Like PyTorch, the forward keeps a reference to the input rather than a copy of ŷ and recomputes
+ŷ per block in the backward (``ctx.yhat`` and ``ctx.state.y`` are computed on first access):
+modifying ``x`` in place between forward and backward changes the backward, as modifying
+``weight`` does on either path.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..compose import NormContext
+from ..operation import RMSScale, Standardize, StandardizeState
+from ..partition import Layout
+from ._blocks import dot_over, run_blocks, sum_over
+from ._plan import Plan, plan
+
+__all__ = ["supports", "supports_cotangent", "forward", "backward", "FusedContext",
+           "FusedState", "BLOCK_BYTES"]
+
+#: bytes of one block (in the compute dtype): measured best between 0.5 and 2 MiB on a
+#: 1 MiB-L2 CPU, where Python's per-block overhead (~30 µs) stops mattering
+BLOCK_BYTES = 1 << 20
+
+#: fewer blocks than this run in the calling thread (a thread hand-off costs ~50-100 µs)
+MIN_BLOCKS_FOR_THREADS = 4
+
+#: smaller inputs (bytes in the compute dtype) take the portable path: when the data fits in
+#: cache, NumPy's whole-array passes are as fast and the fast path's ~30 µs of setup is not
+#: (measured crossover 1-2 MiB on LN, BN, GN forward+backward)
+MIN_BYTES = 2 * BLOCK_BYTES
+
+_FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+
+
+def supports(operation: Any, x: Any, weight: Any, bias: Any) -> bool:
+    """Whether this recipe computes ``Normalizer(…, operation)`` for these arguments."""
+    if type(operation) not in (Standardize, RMSScale):  # subclasses (batch renorm) change the math
+        return False
+    if type(x) is not np.ndarray or x.dtype not in _FLOATS:
+        return False
+    if x.size * max(x.dtype.itemsize, 4) < max(MIN_BYTES, 1):
+        return False
+    return all(p is None or type(p) is np.ndarray for p in (weight, bias))
+
+
+def supports_cotangent(ctx: Any, dy: Any) -> bool:
+    """Whether :func:`backward` takes this cotangent (a floating NumPy array of x's shape)."""
+    return (type(dy) is np.ndarray and dy.dtype in _FLOATS
+            and tuple(dy.shape) == tuple(ctx.layout.shape))
+
+
+def _param(p: Plan, a: Any, ct: np.dtype) -> np.ndarray | None:
+    """γ or β in block coordinates: shape (M or 1, *pfine), compute dtype, contiguous."""
+    if a is None:
+        return None
+    lead_shape = tuple(d if q else 1 for d, q in zip(p.lead, p.lead_par))
+    a = np.asarray(a, dtype=ct).reshape(lead_shape + p.pfine)
+    if any(p.lead_par):  # IN, GN: γ depends on the row; spell it out per row (N·C values)
+        a = np.broadcast_to(a, p.lead + p.pfine)
+    return np.ascontiguousarray(a).reshape((-1,) + p.pfine)
+
+
+def _index(a: np.ndarray, sl: tuple[slice, ...]) -> tuple[slice, ...]:
+    """The part of a broadcastable array (full or length-1 axes) that a block's slice sees."""
+    return tuple(s if a.shape[k] != 1 else slice(None) for k, s in enumerate(sl))
+
+
+def _take(a: np.ndarray | None, sl: tuple[slice, ...]) -> np.ndarray | None:
+    return None if a is None else a[_index(a, sl)]
+
+
+def _view(buf: np.ndarray, like: np.ndarray) -> np.ndarray:
+    return buf[: like.size].reshape(like.shape)
+
+
+class FusedState(StandardizeState):
+    """:class:`~arraynorm.operation.StandardizeState` of the fast path: the same ``mean``
+    (``None`` for RMS), ``var``, ``rstd`` (``layout.stats_shape``, compute dtype) and
+    ``axes``; ``y`` (ŷ in the view shape) is computed from the kept input on first access.
+    ``mean_lo`` is what the compute dtype's ``mean`` rounds off the exact mean."""
+
+    def __init__(self, x: np.ndarray, view_shape: tuple[int, ...], mean: Any, mean_lo: Any,
+                 var: Any, rstd: Any, axes: tuple[int, ...]) -> None:
+        self._x, self._view_shape, self._y = x, view_shape, None
+        self.mean, self.mean_lo, self.var, self.rstd, self.axes = mean, mean_lo, var, rstd, axes
+
+    @property
+    def y(self) -> np.ndarray:  # type: ignore[override]
+        if self._y is None:
+            xv = np.asarray(self._x.reshape(self._view_shape), dtype=self.rstd.dtype)
+            if self.mean is None:
+                self._y = xv * self.rstd
+            else:
+                self._y = ((xv - self.mean) - self.mean_lo) * self.rstd
+        return self._y
+
+
+class FusedContext(NormContext):
+    """:class:`~arraynorm.compose.NormContext` of the fast path: also keeps the input (C order),
+    the block plan and the statistics in block coordinates; ``yhat`` is computed on first
+    access."""
+
+    def __init__(self, xp: Any, layout: Layout, state: FusedState, weight: Any, bias: Any,
+                 x: np.ndarray, plan: Plan, stats: tuple[Any, Any, Any]) -> None:
+        super().__init__(xp, layout, state, None, weight, bias, x.dtype)
+        self.x, self.plan, self.stats = x, plan, stats
+
+    @property
+    def yhat(self) -> Any:  # type: ignore[override]
+        if self._yhat is None:
+            self._yhat = np.reshape(self.state.y, self.layout.shape)
+        return self._yhat
+
+    @yhat.setter
+    def yhat(self, value: Any) -> None:
+        self._yhat = value
+
+
+class _Run:
+    """One forward or backward call: the plan, the arrays in block coordinates, block steps."""
+
+    def __init__(self, p: Plan, x: np.ndarray, ct: np.dtype, rms: bool, weight: Any, bias: Any,
+                 threads: int) -> None:
+        self.p, self.ct, self.rms = p, ct, rms
+        self.threads = threads if p.n_blocks >= MIN_BLOCKS_FOR_THREADS else 1
+        self.x = x.reshape((p.rows,) + p.fine)
+        self.W, self.B = _param(p, weight, ct), _param(p, bias, ct)
+        self.rflags, self.pflags = p.rflags, p.pflags
+        self.fold = self.W is None or p.fold
+        # γ/β cotangent axes left after the statistic's own sum (folded γ reuses that sum)
+        self.rest_flags = tuple(q and not r for q, r in zip(p.pflags, p.rflags))
+        self.red_axes = tuple(k for k, r in enumerate(p.red, 1) if r)
+        self.first = tuple(slice(0, 1) if r else slice(None) for r in self.rflags)
+
+    def run(self, fn: Any) -> list[Any]:
+        return run_blocks(fn, self.p.n_blocks, self.threads)
+
+    def scratch(self, k: int) -> list[np.ndarray]:
+        return [np.empty(self.p.block_elems, self.ct) for _ in range(k)]
+
+    def load(self, a: np.ndarray, buf: np.ndarray) -> np.ndarray:
+        """A block in the compute dtype (a cast copy into ``buf`` for float16)."""
+        if a.dtype == self.ct:
+            return a
+        out = _view(buf, a)
+        np.copyto(out, a)
+        return out
+
+    def count(self, block: np.ndarray) -> int:
+        """Elements per statistic inside a block."""
+        n = 1
+        for k in self.red_axes:
+            n *= block.shape[k]
+        return n
+
+    # forward ---------------------------------------------------------------------------
+    def moments(self, src: np.ndarray, t: np.ndarray, t2: np.ndarray) -> tuple[Any, Any, Any, np.ndarray]:
+        """(shift, mean − shift, Σ (x − mean)², x − mean in ``t``) of a block; RMS:
+        (None, None, Σ x², x).
+
+        Shifted two-pass, as the portable path (:func:`arraynorm.operation.moments`): the
+        first value of each statistic is subtracted before the mean is summed, so the sum
+        adds values of the order of the spread (a float32 sum of 10⁴-sized values errs by
+        ~1e-3 in the mean); the shift costs ~3% here because the subtraction is the pass that
+        reads the block from memory anyway.
+        """
+        if self.rms:
+            return None, None, dot_over(src, src, self.rflags, t2), src
+        shift = src[self.first].copy()
+        xs = np.subtract(src, shift, out=_view(t, src))
+        mean_s = sum_over(xs, self.rflags, centred=True) / self.count(src)
+        xc = np.subtract(xs, mean_s, out=xs)
+        return shift, mean_s, dot_over(xc, xc, self.rflags, t2), xc
+
+    def write_y(self, src: np.ndarray, rstd: np.ndarray, sl: tuple[slice, ...], t: np.ndarray,
+                out: np.ndarray, lo: Any = None) -> None:
+        """out ← (src − lo)·rstd·γ + β (src: x − mean, or x for RMS; ``lo`` what the mean in
+        the compute dtype rounded off) through the scratch ``t``; the last operation writes
+        ``out`` directly unless a cast is needed."""
+        W, B = _take(self.W, sl), _take(self.B, sl)
+        if self.fold:  # γ per statistic: one multiplication by rstd·γ, lo goes into β
+            a = rstd if W is None else rstd * W
+            ops = [(np.multiply, a)]
+            if lo is not None:
+                B = -lo * a if B is None else B - lo * a
+        else:
+            ops = [(np.subtract, lo)] if lo is not None else []
+            ops += [(np.multiply, rstd)] + ([(np.multiply, W)] if W is not None else [])
+        if B is not None:
+            ops.append((np.add, B))
+        tb = _view(t, src)
+        direct = out.dtype == tb.dtype
+        a = src
+        for k, (f, v) in enumerate(ops):
+            a = f(a, v, out=out if direct and k == len(ops) - 1 else tb)
+        if not direct:
+            np.copyto(out, tb, casting="same_kind")
+
+    # backward --------------------------------------------------------------------------
+    def centred(self, src: np.ndarray, stats: tuple[Any, Any, Any], buf: np.ndarray) -> np.ndarray:
+        """z, the block from which the backward works: x − mean where γ is folded (ŷ =
+        (z − lo)·rstd, the scaling and ``lo`` go into per-statistic factors), x for RMS then;
+        otherwise ŷ itself, exact: ((x − mean) − lo)·rstd."""
+        mean, rstd, lo = stats
+        if mean is None:
+            return src if self.fold else np.multiply(src, rstd, out=_view(buf, src))
+        z = np.subtract(src, mean, out=_view(buf, src))
+        if self.fold:
+            return z
+        np.subtract(z, lo, out=z)
+        return np.multiply(z, rstd, out=z)
+
+    def grad_sums(self, z: np.ndarray, dy: np.ndarray, stats: tuple[Any, Any, Any],
+                  sl: tuple[slice, ...], bufs: list[np.ndarray],
+                  acc: dict[str, np.ndarray]) -> tuple[np.ndarray, Any, np.ndarray]:
+        """``(g, Σg, Σg·ŷ)`` over the reduced axes, with g = dy·γ, or g = dy where γ is folded
+        (its factor then goes into :meth:`write_dx`); adds the block's Σ dy·ŷ and Σ dy over γ's
+        non-varying axes into ``acc``. Σg is ``None`` for RMS; ``z`` from :meth:`centred`."""
+        t2, t3 = bufs
+        if self.fold:
+            _, rstd, lo = stats
+            sg = None if self.rms else sum_over(dy, self.rflags)
+            sgx = dot_over(dy, z, self.rflags, t3)
+            sgx = rstd * (sgx if lo is None else sgx - lo * sg)
+            if "db" in acc:  # β constant over the statistic too: Σdy is the statistic's sum
+                part = sum_over(sg, self.rest_flags) if self.p.fold and sg is not None \
+                    else sum_over(dy, self.pflags)
+                acc["db"][_index(acc["db"], sl)] += part
+            if "dw" in acc:
+                acc["dw"][_index(acc["dw"], sl)] += sum_over(sgx, self.rest_flags)
+            return dy, sg, sgx
+        if "db" in acc:
+            acc["db"][_index(acc["db"], sl)] += sum_over(dy, self.pflags)
+        acc["dw"][_index(acc["dw"], sl)] += dot_over(dy, z, self.pflags, t3)
+        g = np.multiply(dy, _take(self.W, sl), out=_view(t2, dy))
+        sg = None if self.rms else sum_over(g, self.rflags)
+        return g, sg, dot_over(g, z, self.rflags, t3)
+
+    def write_dx(self, z: np.ndarray, g: np.ndarray, sg: Any, sgx: Any,
+                 stats: tuple[Any, Any, Any], sl: tuple[slice, ...], buf: np.ndarray,
+                 out: np.ndarray) -> None:
+        """out ← f·(g − Σg/n − ŷ·Σgŷ/n) (no Σg term for RMS), f = rstd (or rstd·γ where γ
+        is folded, with ŷ = (z − lo)·rstd), in four passes over the block."""
+        n = self.p.n
+        _, rstd, lo = stats
+        if self.fold:
+            f = rstd if self.W is None else rstd * _take(self.W, sl)
+            k = rstd * sgx / n
+            c = None if sg is None else (sg / n if lo is None else sg / n - lo * k)
+        else:
+            f, k, c = rstd, sgx / n, (None if sg is None else sg / n)
+        t = np.multiply(z, k, out=_view(buf, z))
+        np.subtract(g, t, out=t)
+        if c is not None:
+            np.subtract(t, c, out=t)
+        if out.dtype == t.dtype:
+            np.multiply(t, f, out=out)
+        else:
+            np.multiply(t, f, out=t)
+            np.copyto(out, t, casting="same_kind")
+
+    def accumulators(self) -> dict[str, np.ndarray]:
+        acc = {}
+        if self.W is not None:
+            acc["dw"] = np.zeros(self.W.shape)
+        if self.B is not None:
+            acc["db"] = np.zeros(self.B.shape)
+        return acc
+
+    def partial_index(self, sl: tuple[slice, ...], j: int) -> tuple[Any, ...]:
+        """Where a chunk's statistics go in the (M, partials, *sfine) arrays."""
+        return (sl[0].start, j) + tuple(s if d != 1 else slice(None) for s, d in zip(sl[1:], self.p.sfine))
+
+
+# forward ------------------------------------------------------------------------------------
+
+def _forward_rows(run: _Run, y: np.ndarray, stats: tuple[Any, Any, Any], var: np.ndarray,
+                  eps: float) -> None:
+    p = run.p
+    mean, rstd, mean_lo = stats
+
+    def work(first: int, last: int) -> None:
+        t, t2 = run.scratch(2)
+        for i in range(first, last):
+            sl, _ = p.block(i)
+            src = run.load(run.x[sl], t)
+            shift, mean_s, ss, xc = run.moments(src, t, t2)
+            v = ss / run.count(src)
+            r = 1.0 / np.sqrt(v + eps)
+            var[sl], rstd[sl] = v, r
+            if shift is not None:
+                m = shift + mean_s
+                # what rounding m lost (Fast2Sum: exact when |shift| >= |mean_s|, which holds
+                # whenever the offset is large enough for it to matter)
+                mean[sl], mean_lo[sl] = m, (shift - m) + mean_s
+            run.write_y(xc, r, sl, t, y[sl])
+
+    run.run(work)
+
+
+def _forward_chunks(run: _Run, y: np.ndarray, stats: tuple[Any, Any, Any], var: np.ndarray,
+                    eps: float) -> None:
+    p = run.p
+    mean, rstd, mean_lo = stats
+    shape = (p.rows, p.n_partials) + p.sfine
+    part_mean, part_m2, counts = np.zeros(shape), np.zeros(shape), np.zeros(p.n_partials)
+
+    def chunk_moments(first: int, last: int) -> None:
+        t, t2 = run.scratch(2)
+        for i in range(first, last):
+            sl, j = p.block(i)
+            src = run.load(run.x[sl], t)
+            shift, mean_s, ss, _ = run.moments(src, t, t2)
+            at = run.partial_index(sl, j)
+            part_m2[at] = ss[0]
+            if shift is not None:  # the chunk's mean, exact in float64
+                part_mean[at] = shift[0].astype(np.float64) + mean_s[0]
+            counts[j] = run.count(src)
+
+    run.run(chunk_moments)
+    if run.rms:
+        var[...] = part_m2.sum(axis=1) / p.n
+    else:
+        w = counts.reshape((1, -1) + (1,) * len(p.sfine))
+        mu = (w * part_mean).sum(axis=1) / p.n
+        m2 = part_m2.sum(axis=1) + (w * (part_mean - mu[:, None]) ** 2).sum(axis=1)
+        mean[...], var[...] = mu, m2 / p.n
+        mean_lo[...] = mu - mean
+    rstd[...] = 1.0 / np.sqrt(var + eps)
+
+    def apply(first: int, last: int) -> None:
+        (t,) = run.scratch(1)
+        for i in range(first, last):
+            sl, _ = p.block(i)
+            src = run.load(run.x[sl], t)
+            if mean is not None:
+                src = np.subtract(src, _take(mean, sl), out=_view(t, src))
+            run.write_y(src, _take(rstd, sl), sl, t, y[sl], _take(mean_lo, sl))
+
+    run.run(apply)
+
+
+def forward(normalizer: Any, xp: Any, layout: Layout, x: np.ndarray, weight: Any, bias: Any,
+            threads: int) -> tuple[np.ndarray, FusedContext] | None:
+    """``Normalizer.forward`` for NumPy input, or ``None`` where the layout does not fit."""
+    ct = np.dtype(np.float32) if x.dtype == np.float16 else x.dtype
+    p = plan(layout, weight is not None or bias is not None, BLOCK_BYTES // ct.itemsize)
+    if p is None:
+        return None
+    xa = np.ascontiguousarray(x)
+    rms = type(normalizer.operation) is RMSScale
+    run = _Run(p, xa, ct, rms, weight, bias, threads)
+    y = np.empty((p.rows,) + p.fine, x.dtype)
+    sshape = (p.rows,) + p.sfine
+    mean, mean_lo = (None, None) if rms else (np.empty(sshape, ct), np.empty(sshape, ct))
+    var, rstd = np.empty(sshape, ct), np.empty(sshape, ct)
+    stats = (mean, rstd, mean_lo)
+    (_forward_rows if p.rows_per_block else _forward_chunks)(run, y, stats, var, normalizer.eps)
+    st = layout.stats_shape
+
+    def view(a: Any) -> Any:
+        return None if a is None else a.reshape(st)
+
+    state = FusedState(xa, layout.view_shape, view(mean), view(mean_lo), view(var), view(rstd),
+                       layout.reduce_axes)
+    return y.reshape(layout.shape), FusedContext(xp, layout, state, weight, bias, xa, p, stats)
+
+
+# backward -----------------------------------------------------------------------------------
+
+def _block_stats(stats: tuple[Any, Any, Any], sl: tuple[slice, ...]) -> tuple[Any, Any, Any]:
+    return tuple(_take(a, sl) for a in stats)  # type: ignore[return-value]
+
+
+def _backward_rows(run: _Run, dy: np.ndarray, stats: tuple[Any, Any, Any], dx: np.ndarray) -> list:
+    p = run.p
+
+    def work(first: int, last: int) -> dict[str, np.ndarray]:
+        bufs = run.scratch(4)
+        acc = run.accumulators()
+        for i in range(first, last):
+            sl, _ = p.block(i)
+            st = _block_stats(stats, sl)
+            z = run.centred(run.load(run.x[sl], bufs[3]), st, bufs[0])
+            g, sg, sgx = run.grad_sums(z, run.load(dy[sl], bufs[1]), st, sl, bufs[1:3], acc)
+            run.write_dx(z, g, sg, sgx, st, sl, bufs[0], dx[sl])
+        return acc
+
+    return run.run(work)
+
+
+def _backward_chunks(run: _Run, dy: np.ndarray, stats: tuple[Any, Any, Any], dx: np.ndarray) -> list:
+    p = run.p
+    shape = (p.rows, p.n_partials) + p.sfine
+    part_sg, part_sgx = np.zeros(shape), np.zeros(shape)
+
+    def sums(first: int, last: int) -> dict[str, np.ndarray]:
+        bufs = run.scratch(4)
+        acc = run.accumulators()
+        for i in range(first, last):
+            sl, j = p.block(i)
+            st = _block_stats(stats, sl)
+            z = run.centred(run.load(run.x[sl], bufs[3]), st, bufs[0])
+            _, sg, sgx = run.grad_sums(z, run.load(dy[sl], bufs[1]), st, sl, bufs[1:3], acc)
+            at = run.partial_index(sl, j)
+            part_sgx[at] = sgx[0]
+            if sg is not None:
+                part_sg[at] = sg[0]
+        return acc
+
+    accs = run.run(sums)
+    sg_all = None if run.rms else part_sg.sum(axis=1).astype(run.ct)
+    sgx_all = part_sgx.sum(axis=1).astype(run.ct)
+
+    def apply(first: int, last: int) -> None:
+        bufs = run.scratch(4)
+        for i in range(first, last):
+            sl, _ = p.block(i)
+            st = _block_stats(stats, sl)
+            z = run.centred(run.load(run.x[sl], bufs[3]), st, bufs[0])
+            g = run.load(dy[sl], bufs[1])
+            if not run.fold:
+                g = np.multiply(g, _take(run.W, sl), out=_view(bufs[2], g))
+            run.write_dx(z, g, _take(sg_all, sl), _take(sgx_all, sl), st, sl, bufs[0], dx[sl])
+
+    run.run(apply)
+    return accs
+
+
+def _finish_param(p: Plan, acc: np.ndarray, like: Any, param_shape: tuple[int, ...]) -> np.ndarray:
+    if any(p.lead_par):
+        acc = acc.reshape(p.lead + p.pfine)
+        drop = tuple(i for i, q in enumerate(p.lead_par) if not q)
+        if drop:
+            acc = acc.sum(axis=drop)
+    return acc.reshape(param_shape).astype(like.dtype)
+
+
+def backward(ctx: FusedContext, dy: np.ndarray, threads: int) -> tuple[Any, Any, Any]:
+    """``Normalizer.backward`` for a context made by :func:`forward`."""
+    p, layout = ctx.plan, ctx.layout
+    run = _Run(p, ctx.x, ctx.state.rstd.dtype, ctx.state.mean is None, ctx.weight, ctx.bias, threads)
+    dya = np.ascontiguousarray(dy).reshape((p.rows,) + p.fine)
+    dx = np.empty((p.rows,) + p.fine, ctx.x_dtype)
+    accs = (_backward_rows if p.rows_per_block else _backward_chunks)(run, dya, ctx.stats, dx)
+    dw = db = None
+    if ctx.weight is not None:
+        dw = _finish_param(p, sum(a["dw"] for a in accs), ctx.weight, layout.param_shape)
+    if ctx.bias is not None:
+        db = _finish_param(p, sum(a["db"] for a in accs), ctx.bias, layout.param_shape)
+    return dx.reshape(layout.shape), dw, db

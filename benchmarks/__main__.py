@@ -1,0 +1,37 @@
+"""``python -m benchmarks [--quick] [--cases ID ...] [--backends ID ...]``: see :mod:`benchmarks`."""
+
+from __future__ import annotations
+
+import argparse
+
+from . import run
+from .cases import BACKENDS, CASES
+
+
+def _ids(values: list[str] | None) -> list[str] | None:
+    if not values:
+        return None
+    return [v for item in values for v in item.split(",") if v]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="Time arraynorm's normalizations against a naive NumPy recipe and PyTorch "
+                    "(CPU, and CUDA where present), with the machine's copy bandwidth as the limit.")
+    p.add_argument("--quick", action="store_true", help="small sizes and fewer repeats (under a minute)")
+    p.add_argument("--cases", nargs="+", metavar="ID",
+                   help="cases to run (comma or space separated): " + ", ".join(c.id for c in CASES))
+    p.add_argument("--backends", nargs="+", metavar="ID",
+                   help="backends to run: " + ", ".join(b.id for b in BACKENDS))
+    p.add_argument("--repeats", type=int, help="timed repeats per backend (default 9, quick 3)")
+    p.add_argument("--out", metavar="DIR", help="where results go (default benchmarks/results)")
+    p.add_argument("--no-plot", action="store_true", help="skip the PNG chart")
+    a = p.parse_args(argv)
+    run(cases=_ids(a.cases), backends=_ids(a.backends), quick=a.quick, repeats=a.repeats,
+        out_dir=a.out, plot=not a.no_plot)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,328 @@
+"""The benchmark cases and, for each backend, the calls they time.
+
+A case is one operation at one size (float32). A backend turns a case's NumPy inputs into two
+callables, forward and forward+backward, each returning its outputs; or it says why it cannot
+(``Absent``), which the report shows instead of an error.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import naive
+
+__all__ = ["Case", "CASES", "Backend", "BACKENDS", "Absent", "Impl", "make_inputs"]
+
+EPS = 1e-5
+RMS_EPS = 1e-6
+ITER_T = 5
+
+
+@dataclass(frozen=True)
+class Case:
+    """One operation at a full and a ``--quick`` size."""
+
+    id: str
+    family: str                       # ln, bn, gn, in, rms, wn, sn, iternorm
+    label: str
+    full: tuple[int, ...]
+    quick: tuple[int, ...]
+    groups: int = 0                   # GN and IterNorm groups
+    bandwidth_target: bool = False    # a large LN/RMS/BN case: the GPU bandwidth target applies
+
+    def shape(self, quick: bool) -> tuple[int, ...]:
+        return self.quick if quick else self.full
+
+    def title(self, quick: bool) -> str:
+        s = f"{self.label} {'x'.join(map(str, self.shape(quick)))}"
+        return s + (f" G{self.groups}" if self.groups else "")
+
+
+CASES = [
+    Case("ln", "ln", "LayerNorm", (8192, 1024), (512, 1024)),
+    Case("ln-large", "ln", "LayerNorm", (16384, 4096), (256, 4096), bandwidth_target=True),
+    Case("bn", "bn", "BatchNorm", (256, 64, 56, 56), (16, 64, 28, 28), bandwidth_target=True),
+    Case("bn-2d", "bn", "BatchNorm", (4096, 1024), (512, 1024), bandwidth_target=True),
+    Case("gn", "gn", "GroupNorm", (32, 256, 56, 56), (4, 256, 28, 28), groups=32),
+    Case("in", "in", "InstanceNorm", (16, 64, 128, 128), (2, 64, 64, 64)),
+    Case("rms", "rms", "RMSNorm", (8192, 4096), (256, 4096), bandwidth_target=True),
+    Case("wn", "wn", "WeightNorm", (4096, 4096), (512, 512)),
+    Case("sn", "sn", "SpectralNorm", (4096, 4096), (512, 512)),
+    Case("iternorm", "iternorm", "IterNorm", (8192, 512), (1024, 256), groups=8),
+]
+
+
+def make_inputs(case: Case, quick: bool, seed: int = 0) -> dict[str, np.ndarray]:
+    """float32 inputs of a case: the array, cotangent and parameters each op takes."""
+    rng = np.random.default_rng(seed)
+    shape = case.shape(quick)
+
+    def normal(*s: int) -> np.ndarray:
+        return rng.standard_normal(s, dtype=np.float32)
+
+    if case.family in ("wn", "sn"):
+        out = {"v": normal(*shape), "dy": normal(*shape)}
+        if case.family == "wn":
+            out["g"] = (1.0 + 0.1 * normal(shape[0])).astype(np.float32)
+        else:
+            u = normal(shape[0])
+            out["u"] = (u / np.linalg.norm(u)).astype(np.float32)
+        return out
+    pdim = shape[-1] if case.family in ("ln", "rms") else shape[1]
+    return {"x": normal(*shape), "dy": normal(*shape),
+            "w": (1.0 + 0.1 * normal(pdim)).astype(np.float32), "b": (0.1 * normal(pdim)).astype(np.float32)}
+
+
+class Absent(Exception):
+    """A backend cannot run a case (not installed, no device, no such op): reported, not raised."""
+
+
+@dataclass
+class Impl:
+    fwd: Callable[[], Any]
+    fwdbwd: Callable[[], Any]
+
+
+# arraynorm -------------------------------------------------------------------------------
+
+_AN_FUNCS = {"ln": "layer_norm", "bn": "batch_norm", "gn": "group_norm", "in": "instance_norm",
+             "rms": "rms_norm", "wn": "weight_norm", "sn": "spectral_norm", "iternorm": "iter_norm"}
+
+
+def _arraynorm(case: Case, a: dict[str, Any]) -> Impl:
+    import arraynorm as an
+
+    name = _AN_FUNCS[case.family]
+    if not hasattr(an, name):
+        raise Absent(f"arraynorm.{name} does not exist in this version")
+    f = getattr(an, name)
+    fam = case.family
+    kw: dict[str, Any] = {}
+    if fam in ("ln", "bn", "in"):
+        args = (a["x"], a["w"], a["b"])
+    elif fam == "gn":
+        args = (a["x"], case.groups, a["w"], a["b"])
+    elif fam == "rms":
+        args, kw = (a["x"], a["w"]), {"eps": RMS_EPS}
+    elif fam == "wn":
+        args = (a["v"], a["g"])
+    elif fam == "sn":
+        args, kw = (a["v"], a["u"]), {"n_power_iterations": 1}
+    else:
+        args, kw = (a["x"], a["w"], a["b"]), {"num_groups": case.groups, "T": ITER_T}
+    dy = (a["dy"], None) if fam == "sn" else a["dy"]
+
+    def fwdbwd() -> Any:
+        y, pullback = an.vjp(f, *args, **kw)
+        return y, pullback(dy)
+
+    return Impl(lambda: f(*args, **kw), fwdbwd)
+
+
+def _portable(impl: Impl) -> Impl:
+    """The same calls with the backend fast paths switched off around each."""
+    import arraynorm as an
+
+    def off(fn: Callable[[], Any]) -> Callable[[], Any]:
+        def run() -> Any:
+            with an.use_fast_paths(False):
+                return fn()
+        return run
+
+    return Impl(off(impl.fwd), off(impl.fwdbwd))
+
+
+# naive NumPy -----------------------------------------------------------------------------
+
+def _naive(case: Case, a: dict[str, np.ndarray]) -> Impl:
+    fam = case.family
+    if fam in ("ln", "bn", "gn", "in"):
+        x = a["x"]
+        nd = x.ndim
+        if fam == "ln":
+            view, axes, pshape = x.shape, (nd - 1,), (1,) * (nd - 1) + (x.shape[-1],)
+        else:
+            pshape = (1, x.shape[1]) + (1,) * (nd - 2)
+            if fam == "bn":
+                view, axes = x.shape, (0,) + tuple(range(2, nd))
+            elif fam == "in":
+                view, axes = x.shape, tuple(range(2, nd))
+            else:
+                view, axes = (x.shape[0], case.groups, math.prod(x.shape[1:]) // case.groups), (2,)
+
+        def run() -> Any:
+            return naive.norm(x, a["w"], a["b"], view=view, axes=axes, pshape=pshape, eps=EPS)
+    elif fam == "rms":
+        def run() -> Any:
+            return naive.rms_norm(a["x"], a["w"], eps=RMS_EPS)
+    elif fam == "wn":
+        def run() -> Any:
+            return naive.weight_norm(a["v"], a["g"])
+    elif fam == "sn":
+        def run() -> Any:
+            return naive.spectral_norm(a["v"], a["u"], n_power_iterations=1)
+    else:
+        def run() -> Any:
+            return naive.iter_norm(a["x"], a["w"], a["b"], num_groups=case.groups, T=ITER_T, eps=EPS)
+
+    def fwdbwd() -> Any:
+        y, backward = run()
+        return y, backward(a["dy"])
+
+    return Impl(lambda: run()[0], fwdbwd)
+
+
+# PyTorch ---------------------------------------------------------------------------------
+
+def _torch_param_module(case: Case, a: dict[str, Any], torch: Any) -> Impl:
+    """weight/spectral norm through ``torch.nn.utils.parametrizations`` on a bias-free Linear."""
+    from torch.nn.utils import parametrizations
+
+    v = a["v"]
+    out_f, in_f = v.shape
+    mod = torch.nn.Linear(in_f, out_f, bias=False, device=v.device, dtype=v.dtype)
+    with torch.no_grad():
+        mod.weight.copy_(v)
+    if case.family == "wn":
+        mod = parametrizations.weight_norm(mod, dim=0)
+        params = [mod.parametrizations.weight.original0, mod.parametrizations.weight.original1]
+        with torch.no_grad():
+            params[0].copy_(a["g"].reshape(-1, 1))
+    else:
+        mod = parametrizations.spectral_norm(mod, n_power_iterations=1)
+        params = [mod.parametrizations.weight.original]
+        sn = mod.parametrizations.weight[0]
+        with torch.no_grad():
+            sn._u.copy_(a["u"])
+            sn._v.copy_(torch.nn.functional.normalize(v.T @ a["u"], dim=0, eps=sn.eps))
+    mod.train()
+    dy = a["dy"]
+
+    def fwd() -> Any:
+        with torch.no_grad():
+            return mod.weight
+
+    def fwdbwd() -> Any:
+        w = mod.weight
+        return w, torch.autograd.grad(w, params, dy)
+
+    return Impl(fwd, fwdbwd)
+
+
+def _torch(case: Case, a: dict[str, Any]) -> Impl:
+    import torch
+    import torch.nn.functional as F
+
+    fam = case.family
+    if fam == "iternorm":
+        raise Absent("PyTorch has no IterNorm (peer: naive NumPy only)")
+    if fam in ("wn", "sn"):
+        return _torch_param_module(case, a, torch)
+    x, w, dy = a["x"], a["w"], a["dy"]
+    b = a["b"]
+    if fam == "ln":
+        def f(x: Any, w: Any, b: Any) -> Any:
+            return F.layer_norm(x, (x.shape[-1],), w, b, EPS)
+    elif fam == "bn":
+        def f(x: Any, w: Any, b: Any) -> Any:
+            return F.batch_norm(x, None, None, w, b, training=True, eps=EPS)
+    elif fam == "gn":
+        def f(x: Any, w: Any, b: Any) -> Any:
+            return F.group_norm(x, case.groups, w, b, EPS)
+    elif fam == "in":
+        def f(x: Any, w: Any, b: Any) -> Any:
+            return F.instance_norm(x, weight=w, bias=b, eps=EPS)
+    else:
+        def f(x: Any, w: Any, b: Any) -> Any:
+            return F.rms_norm(x, (x.shape[-1],), w, eps=RMS_EPS)
+    xs, ws, bs = (t.detach().requires_grad_(True) for t in (x, w, b))
+    inputs = (xs, ws) if fam == "rms" else (xs, ws, bs)
+
+    def fwd() -> Any:
+        with torch.no_grad():
+            return f(x, w, b)
+
+    def fwdbwd() -> Any:
+        y = f(xs, ws, bs)
+        return y, torch.autograd.grad(y, inputs, dy)
+
+    return Impl(fwd, fwdbwd)
+
+
+# backends --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Backend:
+    """A library on a device. ``timer``: ``cpu`` (wall clock) or ``cuda`` (CUDA events);
+    ``memory``: how :func:`benchmarks.timing.peak_memory` measures it."""
+
+    id: str
+    device: str
+    timer: str
+    memory: str | None
+    description: str
+
+    def prepare(self, case: Case, arrays: dict[str, np.ndarray]) -> Impl:
+        """The case's callables on this backend, or :class:`Absent`."""
+        if self.id == "arraynorm-numpy":
+            return _arraynorm(case, arrays)
+        if self.id == "arraynorm-portable":
+            return _portable(_arraynorm(case, arrays))
+        if self.id == "naive-numpy":
+            return _naive(case, arrays)
+        if self.id == "arraynorm-cupy":
+            cp = _cupy()
+            return _arraynorm(case, {k: cp.asarray(v) for k, v in arrays.items()})
+        torch = _torch_module()
+        if self.id == "torch-cpu":
+            return _torch(case, {k: torch.from_numpy(v) for k, v in arrays.items()})
+        if not torch.cuda.is_available():
+            raise Absent("no CUDA device visible to PyTorch")
+        return _torch(case, {k: torch.from_numpy(v).to("cuda") for k, v in arrays.items()})
+
+    def check(self) -> None:
+        """Raise :class:`Absent` when this backend cannot run on this machine at all."""
+        if self.id == "arraynorm-cupy":
+            _cupy()
+        elif self.id.startswith("torch"):
+            torch = _torch_module()
+            if self.id == "torch-cuda" and not torch.cuda.is_available():
+                raise Absent("no CUDA device visible to PyTorch")
+
+
+def _cupy() -> Any:
+    try:
+        import cupy as cp
+    except Exception as e:
+        raise Absent(f"CuPy is not installed ({type(e).__name__})") from None
+    try:
+        if cp.cuda.runtime.getDeviceCount() < 1:
+            raise Absent("CuPy finds no CUDA device")
+    except Absent:
+        raise
+    except Exception as e:
+        raise Absent(f"CuPy finds no CUDA device ({type(e).__name__})") from None
+    return cp
+
+
+def _torch_module() -> Any:
+    try:
+        import torch
+    except Exception as e:
+        raise Absent(f"PyTorch is not installed ({type(e).__name__})") from None
+    return torch
+
+
+BACKENDS = [
+    Backend("arraynorm-numpy", "cpu", "cpu", "numpy", "arraynorm on NumPy (fast paths on)"),
+    Backend("arraynorm-portable", "cpu", "cpu", "numpy", "arraynorm on NumPy, fast paths off (the array-API path)"),
+    Backend("naive-numpy", "cpu", "cpu", "numpy", "textbook NumPy recipe (benchmarks/naive.py)"),
+    Backend("torch-cpu", "cpu", "cpu", None, "torch.nn.functional + autograd on CPU"),
+    Backend("arraynorm-cupy", "gpu", "cuda", "cupy", "arraynorm on CuPy (portable path)"),
+    Backend("torch-cuda", "gpu", "cuda", "torch-cuda", "torch.nn.functional + autograd on CUDA"),
+]

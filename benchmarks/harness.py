@@ -1,0 +1,217 @@
+"""The benchmark run: every selected case on every selected backend, timed interleaved, with
+the machine's copy bandwidth, peak memory and an output check; then table, JSON, Markdown, PNG.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from . import machine, report, timing
+from .cases import BACKENDS, CASES, Absent, Backend, Case, make_inputs
+
+__all__ = ["run", "select"]
+
+# repeats, warm-ups and the shortest sample (s): a full run is ~10 min on 2 cores
+FULL = {"repeats": 9, "warmup": 1, "min_sample_s": 0.05}
+QUICK = {"repeats": 3, "warmup": 1, "min_sample_s": 0.01}
+
+
+def select(items: Sequence[Any], wanted: Sequence[str] | None, what: str) -> list[Any]:
+    """The items whose ``id`` is in ``wanted`` (all when ``None``), in the given order."""
+    if not wanted:
+        return list(items)
+    ids = {it.id: it for it in items}
+    bad = [w for w in wanted if w not in ids]
+    if bad:
+        raise SystemExit(f"unknown {what} {', '.join(bad)}; choose from {', '.join(ids)}")
+    return [ids[w] for w in wanted]
+
+
+def _to_numpy(a: Any) -> np.ndarray:
+    if isinstance(a, (tuple, list)):
+        a = a[0]
+    if hasattr(a, "detach"):
+        return a.detach().cpu().numpy()
+    if hasattr(a, "get"):
+        return a.get()
+    return np.asarray(a)
+
+
+def _timer(backend: Backend) -> str:
+    if backend.timer != "cuda":
+        return backend.timer
+    try:
+        import cupyx.profiler  # noqa: F401
+        return "cuda"
+    except Exception:
+        return "cuda-torch"
+
+
+def _free_gpu() -> None:
+    try:
+        import cupy as cp
+        cp.get_default_memory_pool().free_all_blocks()
+    except Exception:
+        pass
+    try:
+        import torch
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:
+        pass
+
+
+def _setup_torch() -> dict[str, Any] | None:
+    try:
+        import torch
+    except Exception:
+        return None
+    n = machine.describe()["cpus_available"]
+    torch.set_num_threads(n)
+    return {"torch_num_threads": torch.get_num_threads()}
+
+
+def _run_case(case: Case, backends: list[Backend], quick: bool, cfg: dict[str, Any],
+              bw: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
+    arrays = make_inputs(case, quick)
+    main = arrays["v"] if case.family in ("wn", "sn") else arrays["x"]
+    nbytes = int(main.nbytes)
+    out: dict[str, Any] = {"title": case.title(quick), "family": case.family,
+                           "shape": list(case.shape(quick)), "dtype": "float32", "input_bytes": nbytes,
+                           "bandwidth_target": case.bandwidth_target, "backends": {}}
+    impls = {}
+    for b in backends:
+        try:
+            impls[b.id] = b.prepare(case, arrays)
+        except Absent as e:
+            out["backends"][b.id] = {"status": f"absent: {e}"}
+    # outputs agree? (the forward of every backend against the first available one); a
+    # forward+backward too, so that a backend that fails is reported before the timing
+    ref = None
+    for bid, impl in list(impls.items()):
+        try:
+            y = _to_numpy(impl.fwd())
+            impl.fwdbwd()
+        except Exception as e:  # a peer that fails is reported, the run goes on
+            out["backends"][bid] = {"status": f"error: {type(e).__name__}: {e}"[:200]}
+            del impls[bid]
+            continue
+        if ref is None:
+            ref, ref_id = y, bid
+        out["backends"][bid] = {"status": "ok", "check": "reference" if bid == ref_id else
+                                f"max|y-{ref_id}|={float(np.max(np.abs(y.astype(np.float64) - ref))):.1e}"}
+    moved = {"fwd": 2 * nbytes, "fwdbwd": 5 * nbytes}
+    bdev = {b.id: b for b in backends}
+    for mode in report.MODES:
+        fns = {bid: (getattr(impl, mode), _timer(bdev[bid])) for bid, impl in impls.items()}
+        timed = timing.interleaved(fns, repeats=cfg["repeats"], warmup=cfg["warmup"],
+                                   min_sample_s=cfg["min_sample_s"])
+        for bid, t in timed.items():
+            ref_bw = bw["gpu"] if bdev[bid].device == "gpu" else bw["cpu"]
+            gbps = moved[mode] / t.median / 1e9
+            out["backends"][bid][mode] = {
+                "median_s": t.median, "min_s": t.min, "samples_s": t.samples, "inner": t.inner,
+                "bytes_moved": moved[mode], "gbps": gbps,
+                "copy_share": gbps / ref_bw["gbps"] if ref_bw else None}
+    for bid, impl in impls.items():
+        peak = timing.peak_memory(impl.fwdbwd, bdev[bid].memory) if bdev[bid].memory else None
+        out["backends"][bid]["peak_bytes"] = peak
+        out["backends"][bid]["peak_over_input"] = None if peak is None else peak / nbytes
+    for bid in [b.id for b in backends]:
+        log(report.format_row(out["title"], bid, out["backends"][bid]))
+    del impls, arrays
+    gc.collect()
+    _free_gpu()
+    return out
+
+
+def run(*, cases: Sequence[str] | None = None, backends: Sequence[str] | None = None,
+        quick: bool = False, repeats: int | None = None, out_dir: str | None = None,
+        plot: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the benchmarks; write ``<date>-<machine>[-quick].{json,md,png}`` into ``out_dir``
+    (default ``benchmarks/results``) and return the results dictionary."""
+    cfg = dict(QUICK if quick else FULL)
+    if repeats is not None:
+        cfg["repeats"] = int(repeats)
+    sel_cases = select(CASES, cases, "case")
+    sel_backends = select(BACKENDS, backends, "backend")
+    torch_info = _setup_torch() if any(b.id.startswith("torch") for b in sel_backends) else None
+    import arraynorm as an
+    from arraynorm._kernels import fast_path_threads
+
+    settings = {"quick": quick, **cfg, "arraynorm_fast_paths": an.fast_paths_enabled(),
+                "arraynorm_threads": fast_path_threads(), **(torch_info or {}),
+                "openblas": _openblas_note()}
+    info = machine.describe()
+    log(f"arraynorm benchmarks on {info['cpu']} ({info['cpus_available']} CPUs), "
+        f"GPU: {info['gpu']['name'] if info['gpu'] else 'none'}; load {info['loadavg_1_5_15']}")
+    log(f"settings: {settings}")
+    bw = {"cpu": timing.copy_bandwidth_cpu(64 * 2**20 if quick else 256 * 2**20), "gpu": timing.copy_bandwidth_gpu()}
+    log(f"copy bandwidth: CPU {bw['cpu']['gbps']:.1f} GB/s"
+        + (f", GPU {bw['gpu']['gbps']:.0f} GB/s" if bw["gpu"] else ", GPU: none"))
+    status = {}
+    for b in sel_backends:
+        try:
+            b.check()
+            status[b.id] = "ok"
+        except Absent as e:
+            status[b.id] = f"absent: {e}"
+            log(f"{b.id}: {status[b.id]}")
+    usable = [b for b in sel_backends if status[b.id] == "ok"]
+    res: dict[str, Any] = {
+        "machine": info, "settings": settings, "bandwidth": bw,
+        "backends": {b.id: {"device": b.device, "description": b.description, "status": status[b.id]}
+                     for b in sel_backends},
+        "cases": {}}
+    log(report.header())
+    for case in sel_cases:
+        c = _run_case(case, usable, quick, cfg, bw, log)
+        for b in sel_backends:
+            if status[b.id] != "ok":
+                c["backends"][b.id] = {"status": status[b.id]}
+        res["cases"][case.id] = c
+    res["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
+    res["targets"] = report.targets(res)
+    for t in res["targets"]:
+        log(f"target {t['title']}: {t['target']} = {t['ratio']:.2f} (limit {t['limit']:.2f}) "
+            f"{'met' if t['met'] else 'NOT met'}")
+    out_dir = out_dir or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+    os.makedirs(out_dir, exist_ok=True)
+    stem = os.path.join(out_dir, machine.slug(info) + ("-quick" if quick else ""))
+    with open(stem + ".json", "w") as f:
+        json.dump(res, f, indent=1, default=_json_default, allow_nan=False)
+    with open(stem + ".md", "w") as f:
+        f.write(report.markdown(res))
+    written = [stem + ".json", stem + ".md"]
+    if plot:
+        try:
+            report.plot(res, stem + ".png")
+            written.append(stem + ".png")
+        except ImportError as e:
+            log(f"no chart: {e}")
+    res["files"] = written
+    log("wrote " + ", ".join(written))
+    return res
+
+
+def _openblas_note() -> str:
+    from . import OPENBLAS_NOTE
+
+    return OPENBLAS_NOTE
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    return str(o)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit("run: python -m benchmarks")

@@ -1,0 +1,163 @@
+"""Terminal table, targets, Markdown note and PNG chart of a benchmark run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["format_row", "header", "targets", "markdown", "plot"]
+
+MODES = ("fwd", "fwdbwd")
+MODE_TITLE = {"fwd": "forward", "fwdbwd": "forward+backward"}
+
+# issue 5's speed targets, as ratios of arraynorm's time to a peer's (same run)
+TORCH_CPU_LIMIT = {"bn": 1.0, "in": 1.0, "rms": 1.0, "ln": 1.5, "gn": 1.5}
+NAIVE_SPEEDUP = 3.0
+TORCH_CUDA_LIMIT = 1.0
+GPU_BANDWIDTH_SHARE = 0.70
+
+
+def _ms(t: float | None) -> str:
+    return "-" if t is None else (f"{t * 1e3:8.2f}" if t < 10 else f"{t * 1e3:8.0f}")
+
+
+def header() -> str:
+    return (f"{'case':30s} {'backend':19s} {'fwd med ms':>10s} {'fwd+bwd med':>11s} {'min':>8s} "
+            f"{'GB/s':>6s} {'%copy':>6s} {'peak/x':>6s}  note")
+
+
+def format_row(title: str, backend: str, r: dict[str, Any]) -> str:
+    if r.get("status") != "ok":
+        return f"{title:30s} {backend:19s} {r.get('status', '')}"
+    fb = r["fwdbwd"]
+    peak = r.get("peak_over_input")
+    share = "-" if fb["copy_share"] is None else f"{100 * fb['copy_share']:.0f}%"
+    return (f"{title:30s} {backend:19s} {_ms(r['fwd']['median_s']):>10s} {_ms(fb['median_s']):>11s} "
+            f"{_ms(fb['min_s']):>8s} {fb['gbps']:6.1f} {share:>6s} "
+            f"{'-' if peak is None else f'{peak:5.1f}x':>6s}  {r.get('check', '')}")
+
+
+def _median(res: dict[str, Any], case: str, backend: str, mode: str) -> float | None:
+    r = res["cases"].get(case, {}).get("backends", {}).get(backend, {})
+    return r[mode]["median_s"] if r.get("status") == "ok" else None
+
+
+def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target of issue 5 that this run can judge: the measured ratio, the limit, met."""
+    out = []
+    for cid, c in res["cases"].items():
+        fam = c["family"]
+        an = _median(res, cid, "arraynorm-numpy", "fwdbwd")
+        for peer, limit, kind in (("torch-cpu", TORCH_CPU_LIMIT.get(fam), "time ratio to"),
+                                  ("naive-numpy", 1.0 / NAIVE_SPEEDUP, "time ratio to")):
+            other = _median(res, cid, peer, "fwdbwd")
+            if limit is None or an is None or other is None:
+                continue
+            ratio = an / other
+            out.append({"case": cid, "title": c["title"], "target": f"arraynorm-numpy {kind} {peer}",
+                        "ratio": ratio, "limit": limit, "met": ratio <= limit})
+        gpu = _median(res, cid, "arraynorm-cupy", "fwdbwd")
+        tc = _median(res, cid, "torch-cuda", "fwdbwd")
+        if fam in TORCH_CPU_LIMIT and gpu is not None and tc is not None:
+            out.append({"case": cid, "title": c["title"], "target": "arraynorm-cupy time ratio to torch-cuda",
+                        "ratio": gpu / tc, "limit": TORCH_CUDA_LIMIT, "met": gpu / tc <= TORCH_CUDA_LIMIT})
+        share = c["backends"].get("arraynorm-cupy", {}).get("fwdbwd", {}).get("copy_share")
+        if c.get("bandwidth_target") and gpu is not None and share is not None:
+            out.append({"case": cid, "title": c["title"], "target": "arraynorm-cupy share of device copy bandwidth",
+                        "ratio": share, "limit": GPU_BANDWIDTH_SHARE, "met": share >= GPU_BANDWIDTH_SHARE})
+    return out
+
+
+def markdown(res: dict[str, Any]) -> str:
+    """A short note: machine, method, the fwd+bwd table, targets."""
+    m = res["machine"]
+    bw = res["bandwidth"]
+    lines = [f"# arraynorm benchmarks — {m['date'][:10]}, {m['cpu']} ({m['cpus_available']} CPUs)", ""]
+    gpu = m.get("gpu")
+    lines += [
+        f"- machine: {m['platform']}; {m['memory_gib']} GiB; caches {m['caches']}; "
+        f"GPU: {gpu['name'] if gpu else 'none'}",
+        f"- load average (1, 5, 15 min) at start {m['loadavg_1_5_15']}, at end {res.get('loadavg_end')}",
+        f"- versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v),
+        f"- BLAS/threads: " + "; ".join(f"{t.get('internal_api')} {t.get('version')} "
+                                          f"{t.get('num_threads')} threads" for t in m["threadpools"]),
+        f"- settings: {res['settings']}",
+        f"- copy bandwidth: CPU {bw['cpu']['gbps']:.1f} GB/s ({bw['cpu']['method']})"
+        + (f"; GPU {bw['gpu']['gbps']:.0f} GB/s ({bw['gpu']['method']})" if bw.get("gpu") else "; GPU: none"),
+        "",
+        "Times are medians of interleaved repeats (min in the JSON); GB/s counts the bytes an op must "
+        "move (forward: read x, write y; forward+backward: that plus read x, dy and write dx) over the "
+        "time; %copy is that against the copy bandwidth above; peak/x is the memory allocated at the "
+        "peak of forward+backward over the input's size.",
+        "",
+    ]
+    backends = [b for b in res["backends"]]
+    lines.append("| case | " + " | ".join(backends) + " |")
+    lines.append("|---|" + "---|" * len(backends))
+    for c in res["cases"].values():
+        cells = []
+        for b in backends:
+            r = c["backends"].get(b, {})
+            if r.get("status") != "ok":
+                cells.append("absent" if str(r.get("status", "")).startswith("absent") else str(r.get("status", "-"))[:30])
+                continue
+            fb, fw = r["fwdbwd"], r["fwd"]
+            share = "" if fb["copy_share"] is None else f", {100 * fb['copy_share']:.0f}%"
+            cells.append(f"{fw['median_s'] * 1e3:.1f} / {fb['median_s'] * 1e3:.1f} ms "
+                         f"({fb['gbps']:.1f} GB/s{share})")
+        lines.append(f"| {c['title']} | " + " | ".join(cells) + " |")
+    lines += ["", "Cells: forward / forward+backward median; GB/s and % of copy bandwidth for forward+backward.", ""]
+    tg = res.get("targets", [])
+    if tg:
+        lines += ["## Targets (issue 5), forward+backward", "", "| case | target | measured | limit | met |", "|---|---|---|---|---|"]
+        for t in tg:
+            lines.append(f"| {t['title']} | {t['target']} | {t['ratio']:.2f} | {t['limit']:.2f} | {'yes' if t['met'] else '**no**'} |")
+        lines.append("")
+    absent = sorted({f"{b}: {r['status']}" for c in res["cases"].values()
+                     for b, r in c["backends"].items() if str(r.get("status", "")).startswith("absent")})
+    if absent:
+        lines += ["## Absent", ""] + [f"- {a}" for a in absent] + [""]
+    return "\n".join(lines)
+
+
+def plot(res: dict[str, Any], path: str) -> None:
+    """Bar chart of forward+backward time per case and backend, CPU and GPU side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cases = list(res["cases"].values())
+    sides = [("cpu", "CPU"), ("gpu", "GPU")]
+    fig, axes = plt.subplots(1, 2, figsize=(15, 0.55 * len(cases) + 2.5), sharey=True)
+    for ax, (dev, title) in zip(axes, sides):
+        names = [b for b, d in res["backends"].items() if d["device"] == dev]
+        have = [b for b in names if any(c["backends"].get(b, {}).get("status") == "ok" for c in cases)]
+        if not have:
+            ax.text(0.5, 0.5, f"no {title} results in this run\n(" + (
+                "no CUDA device" if dev == "gpu" else "no CPU backend selected") + ")",
+                ha="center", va="center", transform=ax.transAxes)
+            ax.set_xticks([])
+        h = 0.8 / max(1, len(have))
+        for k, b in enumerate(have):
+            ys, xs = [], []
+            for i, c in enumerate(cases):
+                r = c["backends"].get(b, {})
+                if r.get("status") == "ok":
+                    ys.append(i + (k - (len(have) - 1) / 2) * h)
+                    xs.append(r["fwdbwd"]["median_s"] * 1e3)
+            ax.barh(ys, xs, height=h, label=b)
+        if have:
+            ax.set_xscale("log")
+            ax.legend(loc="lower right", fontsize=8)
+        ax.set_title(f"{title}: forward+backward, median ms (log scale)")
+        ax.grid(axis="x", which="both", alpha=0.3)
+    axes[0].set_yticks(range(len(cases)))
+    axes[0].set_yticklabels([c["title"] for c in cases], fontsize=8)
+    axes[0].invert_yaxis()
+    m = res["machine"]
+    gpu = m.get("gpu")
+    fig.suptitle(f"arraynorm benchmarks {m['date'][:10]}: {m['cpu']} ({m['cpus_available']} CPUs)"
+                 + (f", {gpu['name']}" if gpu else ", no GPU"), fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
