@@ -144,36 +144,37 @@ class LpScale(Operation):
     p: float = 2.0
 
     def forward(self, xp: Any, xv: Any, layout: Layout, eps: float) -> tuple[Any, _LpState]:
-        axes = layout.reduce_axes
-        p = self.p
-        ax = xp.abs(xv)
-        if p == float("inf"):
-            norm = xp.max(ax, axis=axes, keepdims=True)
-        elif p == 2.0:
+        axes, p = layout.reduce_axes, self.p
+        if p == 2.0:
             norm = xp.sqrt(xp.sum(xv * xv, axis=axes, keepdims=True))
+        elif p == float("inf"):
+            norm = xp.max(xp.abs(xv), axis=axes, keepdims=True)
         elif p == 1.0:
-            norm = xp.sum(ax, axis=axes, keepdims=True)
+            norm = xp.sum(xp.abs(xv), axis=axes, keepdims=True)
         else:
-            norm = xp.sum(ax ** p, axis=axes, keepdims=True) ** (1.0 / p)
+            norm = xp.sum(xp.abs(xv) ** p, axis=axes, keepdims=True) ** (1.0 / p)
         denom = xp.maximum(norm, xp.asarray(eps, dtype=xv.dtype, device=xp_device(xv)))
         return xv / denom, _LpState(xv, norm, denom, axes)
 
     def backward(self, xp: Any, gv: Any, st: _LpState) -> Any:
         p, x, norm, axes = self.p, st.x, st.norm, st.axes
+        # Where the clamp is active the denominator is the constant eps and dx = g/eps; the
+        # switch acts on the per-statistic coefficient, so the full-size work is one
+        # expression, not two branches merged by a full-size where.
+        active = norm >= st.denom
+        safe = xp.where(active, norm, xp.ones_like(norm))
         s = xp.sum(gv * x, axis=axes, keepdims=True)
+        coef = xp.where(active, s / (safe * safe), xp.zeros_like(s))
+        if p == 2.0:
+            return gv / st.denom - (coef / safe) * x
         if p == float("inf"):
             hit = xp.astype(xp.abs(x) == norm, x.dtype)
             dnorm = xp.sign(x) * hit / xp.sum(hit, axis=axes, keepdims=True)
-        elif p == 2.0:
-            dnorm = x / norm
         elif p == 1.0:
             dnorm = xp.sign(x)
         else:
-            dnorm = xp.sign(x) * xp.abs(x) ** (p - 1.0) * norm ** (1.0 - p)
-        active = norm >= st.denom  # norm above the clamp: the norm is differentiated
-        safe = xp.where(active, norm, xp.ones_like(norm))
-        through = gv / safe - (s / (safe * safe)) * dnorm
-        return xp.where(active, through, gv / st.denom)
+            dnorm = xp.sign(x) * xp.abs(x) ** (p - 1.0) * safe ** (1.0 - p)
+        return gv / st.denom - coef * dnorm
 
 
 class GivenStatistics(Operation):
