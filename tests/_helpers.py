@@ -103,3 +103,25 @@ def assert_close(actual, expected, *, xp=None, dtype=None, rtol=None, atol=None,
     if atol is not None:
         tol["atol"] = atol
     np.testing.assert_allclose(a.astype(np.float64), e.astype(np.float64), err_msg=err_msg, **tol)
+
+
+class DaskComputeCounter:
+    """Context manager counting Dask graph executions (``n``): an op that stays lazy runs none."""
+
+    def __enter__(self):
+        from dask.callbacks import Callback
+
+        counter = self
+
+        class _Count(Callback):
+            def _start(self, dsk):
+                counter.n += 1
+
+        self.n = 0
+        self._cb = _Count()
+        self._cb.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._cb.__exit__(*exc)
+        return False

@@ -19,7 +19,7 @@ from scipy.differentiate import derivative
 from scipy.optimize import approx_fprime
 
 import arraynorm as an
-from _helpers import assert_close, backend_name, from_numpy, to_numpy
+from _helpers import DaskComputeCounter, assert_close, backend_name, from_numpy, to_numpy
 
 
 # largest relative error max|got − ref| / max|ref| per (what, op, dtype), printed on
@@ -222,20 +222,10 @@ def test_backward_matches_torch_autograd(method):
 
 def test_oni_on_dask_stays_lazy():
     da = pytest.importorskip("dask.array")
-    from dask.callbacks import Callback
-
-    class CountComputes(Callback):
-        def __init__(self):
-            super().__init__()
-            self.n = 0
-
-        def _start(self, dsk):
-            self.n += 1
-
     rng = np.random.default_rng(6)
     v_np, dw = rng.standard_normal((4, 3, 2)), rng.standard_normal((4, 3, 2))
     v = da.from_array(v_np, chunks=(2, 2, 1))
-    with CountComputes() as counter:
+    with DaskComputeCounter() as counter:
         w, pullback = an.vjp(an.oni, v)
         (dv,) = pullback(da.from_array(dw, chunks=(2, 2, 1)))
     assert counter.n == 0 and isinstance(w, da.Array) and isinstance(dv, da.Array)

@@ -167,3 +167,16 @@ def test_dask_ops_build_a_graph_without_computing():
         y_np, pb_np = an.vjp(f, *np_args, **np_kw)
         np.testing.assert_allclose(y.compute(), y_np, rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(dx.compute(), pb_np(np.ones_like(y_np))[0], rtol=1e-9, atol=1e-9)
+
+
+def test_dask_compute_counter_counts_graph_executions():
+    """The laziness tests assert a count of 0; make sure the counter does count."""
+    da = pytest.importorskip("dask.array")
+    from _helpers import DaskComputeCounter
+
+    x = da.ones((4, 4), chunks=2)
+    with DaskComputeCounter() as counter:
+        an.layer_norm(x)
+        assert counter.n == 0
+        x.sum().compute()
+    assert counter.n == 1

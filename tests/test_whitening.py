@@ -33,7 +33,7 @@ from arraynorm.whitening import (
     PCAWhiten,
     ZCAWhiten,
 )
-from _helpers import assert_close, backend_name, from_numpy, to_numpy
+from _helpers import DaskComputeCounter, assert_close, backend_name, from_numpy, to_numpy
 
 METHODS = ["zca", "pca", "cholesky", "iternorm"]
 EXACT = ["zca", "pca", "cholesky"]
@@ -453,20 +453,10 @@ def test_backward_matches_torch_autograd(method):
 
 def test_dask_iternorm_stays_lazy_and_exact_methods_refuse():
     da = pytest.importorskip("dask.array")
-    from dask.callbacks import Callback
-
-    class CountComputes(Callback):
-        def __init__(self):
-            super().__init__()
-            self.n = 0
-
-        def _start(self, dsk):
-            self.n += 1
-
     rng = np.random.default_rng(15)
     x_np = correlated(rng, (8, 4, 3))
     x = da.from_array(x_np, chunks=(4, 2, 2))
-    with CountComputes() as counter:
+    with DaskComputeCounter() as counter:
         y, pullback = an.vjp(an.iter_norm, x, num_groups=2)
         dx = pullback(da.ones_like(y))[0]
         mean, wm = an.whitening_moments(x, num_groups=2, method="iternorm")
