@@ -29,6 +29,7 @@ __all__ = [
     "xp_check_eps",
     "xp_check_finite_scalar",
     "xp_compute_dtype",
+    "xp_accumulation_dtype",
     "xp_normalize_axis",
     "xp_normalize_axes",
     "xp_check_param_shape",
@@ -111,6 +112,28 @@ def xp_compute_dtype(xp: Any, dtype: Any) -> Any:
     if dtype == xp.float64 or dtype == xp.float32:
         return dtype
     return xp.float32
+
+
+def xp_accumulation_dtype(xp: Any, a: Any) -> Any:
+    """Dtype in which the sums behind a statistic of ``a`` are accumulated.
+
+    float64 for float32 data wherever the backend computes in float64: NumPy sums a strided
+    axis (BN's batch axis) one element after another, so a float32 sum of 10⁶ values errs by
+    ~1e-3 relative — every digit a variance needs. float64 accumulation is exact enough and,
+    the reduction being memory-bound, costs little. Kept at float32 where float64 is missing
+    or emulated: JAX without ``jax_enable_x64`` and PyTorch on Apple's MPS device.
+    """
+    dtype = a.dtype
+    if dtype != xp.float32:
+        return dtype
+    name = xp_backend_name(xp)
+    if name == "jax":
+        import jax
+
+        return xp.float64 if jax.config.jax_enable_x64 else dtype
+    if name == "torch" and getattr(getattr(a, "device", None), "type", "cpu") == "mps":
+        return dtype
+    return xp.float64
 
 
 def xp_check_finite_scalar(fname: str, name: str, value: Any, *, minimum: float | None = None,

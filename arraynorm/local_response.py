@@ -10,6 +10,7 @@ from ._array_api import (
     xp_check_finite_scalar,
     xp_check_floating,
     xp_compute_dtype,
+    xp_device,
     xp_namespace,
     xp_normalize_axis,
 )
@@ -29,7 +30,7 @@ def _window_sum(xp: Any, a: Array, axis: int, before: int, after: int) -> Array:
 
     def zeros(k: int) -> Array:
         zshape[axis] = k
-        return xp.zeros(tuple(zshape), dtype=a.dtype, device=getattr(a, "device", None))
+        return xp.zeros(tuple(zshape), dtype=a.dtype, device=xp_device(a))
 
     parts = ([zeros(before)] if before else []) + [a] + ([zeros(after)] if after else [])
     padded = xp.concat(parts, axis=axis) if len(parts) > 1 else a

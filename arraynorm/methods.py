@@ -250,7 +250,9 @@ def l2_normalize(x: Array, *, p: float = 2.0, axis: int | tuple[int, ...] = 1,
     ``float('inf')``.
     """
     fname = "l2_normalize"
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or not (p >= 1.0):
+    if isinstance(p, bool) or not isinstance(p, (int, float)):
+        raise TypeError(f"{fname}: p must be a Python number >= 1 or inf, got {type(p).__name__}")
+    if not p >= 1.0:
         raise ValueError(f"{fname}: p must be a number >= 1 or inf, got {p!r}")
     xp_check_eps(fname, eps)
     return Composed(Normalizer(Layer(axis), LpScale(float(p)), eps, fname), x)

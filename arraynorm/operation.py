@@ -18,7 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ._array_api import xp_device
+import math
+
+from ._array_api import xp_accumulation_dtype, xp_device
 from .partition import Layout
 
 __all__ = ["Operation", "Standardize", "RMSScale", "LpScale", "GivenStatistics", "StandardizeState"]
@@ -58,23 +60,33 @@ class StandardizeState:
     axes: tuple[int, ...]
 
 
+def mean(xp: Any, a: Any, axes: tuple[int, ...]) -> Any:
+    """Mean over ``axes`` (keepdims) in ``a``'s dtype, the sum accumulated in
+    :func:`~arraynorm._array_api.xp_accumulation_dtype` (float64 for float32 data where
+    available: NumPy's strided sums are not pairwise)."""
+    acc = xp_accumulation_dtype(xp, a)
+    if acc == a.dtype:
+        return xp.mean(a, axis=axes, keepdims=True)
+    n = math.prod(a.shape[i] for i in axes)
+    return xp.astype(xp.sum(a, axis=axes, keepdims=True, dtype=acc) / n, a.dtype)
+
+
 def moments(xp: Any, xv: Any, axes: tuple[int, ...]) -> tuple[Any, Any, Any]:
     """Mean, biased variance and centred input over ``axes`` (keepdims).
 
     Shifted two-pass: the first value of each partition is subtracted before the mean is
-    accumulated, then the variance is the mean of squared deviations from the mean — never
-    E[x²] − E[x]², which loses every significant digit once |mean| ≫ std. The shift matters
-    too: a float32 sum of 10⁴-sized values accumulated along a strided axis (NumPy sums
-    only the contiguous axis pairwise) errs by ~1e-3 in the mean, i.e. ~1e-5 relative in a
-    unit variance; after the shift the summands are O(std) and the error vanishes. The
+    taken, then the variance is the mean of squared deviations from the mean — never
+    E[x²] − E[x]², which loses every significant digit once |mean| ≫ std. The shift keeps the
+    summands O(std) even for inputs offset by 10⁴; the sums are accumulated in float64 for
+    float32 data (:func:`mean`), since NumPy adds a strided axis one element at a time. The
     centred input is returned because every caller needs it next.
     """
     first = tuple(slice(0, 1) if a in axes else slice(None) for a in range(xv.ndim))
     shift = xv[first]
     xs = xv - shift
-    mean_s = xp.mean(xs, axis=axes, keepdims=True)
+    mean_s = mean(xp, xs, axes)
     xc = xs - mean_s
-    var = xp.mean(xc * xc, axis=axes, keepdims=True)
+    var = mean(xp, xc * xc, axes)
     return shift + mean_s, var, xc
 
 
@@ -96,8 +108,8 @@ class Standardize(Operation):
 
     def backward(self, xp: Any, gv: Any, state: StandardizeState) -> Any:
         axes, y = state.axes, state.y
-        g_mean = xp.mean(gv, axis=axes, keepdims=True)
-        gy_mean = xp.mean(gv * y, axis=axes, keepdims=True)
+        g_mean = mean(xp, gv, axes)
+        gy_mean = mean(xp, gv * y, axes)
         return state.rstd * (gv - g_mean - y * gy_mean)
 
 
@@ -109,13 +121,13 @@ class RMSScale(Operation):
 
     def forward(self, xp: Any, xv: Any, layout: Layout, eps: float) -> tuple[Any, StandardizeState]:
         axes = layout.reduce_axes
-        ms = xp.mean(xv * xv, axis=axes, keepdims=True)
+        ms = mean(xp, xv * xv, axes)
         rstd = 1.0 / xp.sqrt(ms + eps)
         y = xv * rstd
         return y, StandardizeState(y, None, ms, rstd, axes)
 
     def backward(self, xp: Any, gv: Any, state: StandardizeState) -> Any:
-        gy_mean = xp.mean(gv * state.y, axis=state.axes, keepdims=True)
+        gy_mean = mean(xp, gv * state.y, state.axes)
         return state.rstd * (gv - state.y * gy_mean)
 
 

@@ -274,7 +274,9 @@ class GivenWhitening(Operation):
                 eps: float) -> tuple[Array, GivenWhiteningState]:
         fname, w = self.name, self.whitening_matrix
         blocks = _Blocks.of(layout)
-        if math.prod(layout.stats_shape) != math.prod(layout.param_shape):
+        # shared by all samples: the batch axis is reduced (Group/Instance keep it, and a
+        # matching element count alone, N·G == C, would let them through silently)
+        if 0 not in layout.reduce_axes or math.prod(layout.stats_shape) != math.prod(layout.param_shape):
             raise ValueError(
                 f"{fname}: given whitening statistics must be shared by all samples, but this "
                 f"partition keeps statistics of shape {layout.stats_shape} for an input of "

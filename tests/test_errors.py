@@ -180,3 +180,8 @@ def test_running_stats_validation():
         an.update_running_stats(z, z, z, z, 4, momentum=1.5)
     with pytest.raises(ValueError, match=r"batch_var must have shape \(3,\)"):
         an.update_running_stats(z, z, z, np.zeros(4), 4)
+
+
+def test_l2_normalize_non_number_p_is_a_type_error():
+    with pytest.raises(TypeError, match="p must be a Python number"):
+        an.l2_normalize(X4, p="2")

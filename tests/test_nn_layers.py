@@ -460,3 +460,10 @@ def test_sequential_slices_share_layers_and_attention_weights_are_causal():
     p = attn.attention_weights
     np.testing.assert_allclose(p.sum(-1), 1.0, rtol=1e-14)
     assert np.all(np.triu(p[0, 0], k=1) == 0) and p.shape == (1, 2, 5, 5)
+
+
+def test_deep_stack_group_norm_default_groups_divide_any_width():
+    for width in (12, 10, 7):
+        model = nn.deep_stack(2, width, norm="group", rng=0)
+        y = model.forward(np.random.default_rng(1).standard_normal((4, width)))
+        assert y.shape[0] == 4 and np.all(np.isfinite(y))

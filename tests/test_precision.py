@@ -180,3 +180,16 @@ def test_dask_compute_counter_counts_graph_executions():
         assert counter.n == 0
         x.sum().compute()
     assert counter.n == 1
+
+
+def test_float32_statistics_over_a_million_strided_values_stay_accurate(xp):
+    """BN on a tall (N, 2) input sums a strided axis: NumPy adds it one value at a time, so a
+    float32 accumulator errs by ~1e-3 relative; sums are accumulated in float64 (portable
+    path) or in short runs merged in float64 (NumPy fast path)."""
+    x64 = (3.0 * RNG.standard_normal((1_000_000, 2)) + 1.0).astype(np.float32).astype(np.float64)
+    x = from_numpy(xp, x64, "float32")
+    expected = x64.var(0)
+    _, var = an.batch_moments(x)
+    assert np.max(np.abs(to_numpy(var) - expected) / expected) <= 1e-5
+    got = stats_var(an.Normalizer(an.partition.Batch(), an.operation.Standardize(), 0.0), x)
+    assert np.max(np.abs(got - expected) / expected) <= 1e-5

@@ -570,3 +570,13 @@ def test_batch_groups_partition_layout():
     last = BatchGroups(3, axis=-1).layout("f", (5, 4, 6))
     assert last.view_shape == (5, 4, 3, 2) and last.reduce_axes == (0, 1)
     assert last.feature_axis == 3 and last.param_axes == (2,)
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_given_whitening_refuses_per_sample_partitions_even_when_sizes_coincide(n):
+    """Group(2) on 4 channels keeps N·2 statistics; with N = 2 that equals C = 4, which a
+    size comparison alone would accept and silently misuse the channel mean."""
+    x = np.random.default_rng(0).standard_normal((n, 4, 3))
+    op = an.whitening.GivenWhitening(np.zeros(4), np.stack([np.eye(2)] * 2))
+    with pytest.raises(ValueError, match="must be shared by all samples"):
+        an.Normalizer(an.partition.Group(2), op)(x)

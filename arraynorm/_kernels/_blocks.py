@@ -54,8 +54,8 @@ def _executor(threads: int) -> ThreadPoolExecutor:
     global _pool, _pool_size
     with _pool_lock:
         if _pool is None or _pool_size < threads:
-            if _pool is not None:
-                _pool.shutdown(wait=False)
+            # the old pool is dropped, not shut down: another thread may still be submitting
+            # to it, and its idle workers exit once it is garbage collected
             _pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="arraynorm")
             _pool_size = threads
         return _pool

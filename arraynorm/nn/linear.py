@@ -13,10 +13,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._array_api import xp_check_floating, xp_namespace
+from .._array_api import xp_check_eps, xp_check_floating, xp_from_host, xp_namespace
 from .._vjp import vjp
 from .init import init_bias, init_weight, make_rng
-from .._array_api import xp_from_host
 from .module import Module
 
 __all__ = ["Linear", "WeightNormLinear", "SpectralNormLinear", "ReparamLinear", "linear",
@@ -200,7 +199,9 @@ class SpectralNormLinear(Module):
         # 15 warm-up iterations, as torch.nn.utils.parametrizations.spectral_norm at creation
         u = spectral_norm_init_u(w, g, dim=0, eps=eps, n_power_iterations=15)
         self.in_features, self.out_features, self.init = in_features, out_features, init
-        self.n_power_iterations, self.eps = int(n_power_iterations), float(eps)
+        from ..weight import _check_iterations
+        self.n_power_iterations = _check_iterations("SpectralNormLinear", n_power_iterations)
+        self.eps = xp_check_eps("SpectralNormLinear", eps)
         self.register_parameter("weight_orig", w)
         self.register_parameter("bias", b)
         self.register_buffer("weight_u", u)

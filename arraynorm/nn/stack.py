@@ -52,7 +52,9 @@ def _norm_layer(norm: str | Callable[[int], Module], width: int, kw: dict[str, A
         return PositionNorm(width, **kw, **where)
     if norm == "group":
         kw = dict(kw)
-        return GroupNorm(kw.pop("num_groups", min(8, width)), width, **kw, **where)
+        # default: the largest group count <= 8 that divides the width (GN needs a divisor)
+        default = max(g for g in range(1, min(8, width) + 1) if width % g == 0)
+        return GroupNorm(kw.pop("num_groups", default), width, **kw, **where)
     if norm == "dbn":
         from .whiten import DecorrelatedBatchNorm
         return DecorrelatedBatchNorm(width, **kw, **where)
