@@ -19,7 +19,7 @@ import importlib
 
 import array_api_compat
 import numpy as np
-from array_api_compat import array_namespace, is_dask_array, to_device
+from array_api_compat import array_namespace, is_dask_array, is_jax_array, to_device
 from array_api_compat import device as xp_device
 
 __all__ = [
@@ -38,6 +38,7 @@ __all__ = [
     "xp_to_host_numpy",
     "xp_move",
     "xp_from_host",
+    "xp_supports_inplace",
 ]
 
 
@@ -251,3 +252,13 @@ def xp_from_host(host: np.ndarray, xp: Any = None, device: Any = None, dtype: An
         dtype = ns.zeros(0, device=device).dtype if device is not None else ns.zeros(0).dtype
     arr = ns.asarray(host) if device is None else ns.asarray(host, device=device)
     return arr if arr.dtype == dtype else ns.astype(arr, dtype)
+
+
+def xp_supports_inplace(a: Any) -> bool:
+    """Whether ``a`` can be updated in place (``a += b`` mutating it).
+
+    True for NumPy, CuPy, PyTorch and array-api-strict arrays (they define the in-place
+    operators); False for JAX (immutable) and Dask (no in-place operators: a Dask array is a
+    node of a lazy graph), which get new arrays.
+    """
+    return not is_jax_array(a) and hasattr(type(a), "__iadd__")

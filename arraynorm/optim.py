@@ -10,7 +10,8 @@ transforms of the survey's third family come from :mod:`arraynorm.gradient`
 Parameters and optimizer state are updated *in place* where the library allows it (NumPy,
 CuPy, PyTorch, array-api-strict: the arrays keep their identity, no new parameter array is
 allocated) and *functionally* where it does not (JAX's immutable arrays, Dask's graph nodes):
-the new array is written back into the model. :func:`supports_inplace` decides, in one place.
+the new array is written back into the model. :func:`supports_inplace`
+(``_array_api.xp_supports_inplace``) decides, in one place.
 
 Example
 -------
@@ -30,25 +31,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from array_api_compat import array_namespace, is_jax_array
+from array_api_compat import array_namespace
 
 from ._array_api import xp_check_eps, xp_check_finite_scalar
 from ._array_api import xp_move, xp_resolve_namespace
+from ._array_api import xp_supports_inplace as supports_inplace
 from .nn.module import Module
 
 __all__ = ["supports_inplace", "Optimizer", "SGD", "NormalizedSGD", "LARS", "LAMB", "Adam", "AdamW"]
 
 Array = Any
-
-
-def supports_inplace(a: Array) -> bool:
-    """Whether ``a`` can be updated in place (``a += b`` mutating it).
-
-    True for NumPy, CuPy, PyTorch and array-api-strict arrays (they define the in-place
-    operators); False for JAX (immutable) and Dask (no in-place operators: a Dask array is a
-    node of a lazy graph), which get new arrays.
-    """
-    return not is_jax_array(a) and hasattr(type(a), "__iadd__")
 
 
 def _axpy(y: Array, a: Any, x: Array) -> Array:
