@@ -125,3 +125,26 @@ class DaskComputeCounter:
     def __exit__(self, *exc):
         self._cb.__exit__(*exc)
         return False
+
+
+class ErrorTable:
+    """Largest errors seen per key, printed as a table when a test module ends (run the module
+    with ``pytest -s`` to see it): the measured accuracy against each oracle."""
+
+    def __init__(self, title: str, widths: tuple[int, ...]):
+        self.title, self.widths, self.rows = title, widths, {}
+
+    def note(self, key: tuple[str, ...], err: float) -> None:
+        self.rows[key] = max(self.rows.get(key, 0.0), err)
+
+    def record(self, key: tuple[str, ...], got, ref) -> None:
+        """Note max|got − ref| / max|ref| under ``key`` + (got's dtype,)."""
+        got = np.asarray(to_numpy(got))
+        ref = np.asarray(ref, dtype=np.float64)
+        err = float(np.abs(got.astype(np.float64) - ref).max() / max(np.abs(ref).max(), 1e-300))
+        self.note(tuple(key) + (str(got.dtype),), err)
+
+    def print(self) -> None:
+        print(f"\n\n{self.title}")
+        for key, e in sorted(self.rows.items()):
+            print("".join(f"{k:<{w}}" for k, w in zip(key, self.widths)) + f"{e:10.2e}")

@@ -10,7 +10,6 @@ ONI runs on every backend.
 
 from __future__ import annotations
 
-from collections import defaultdict
 
 import numpy as np
 import pytest
@@ -19,31 +18,26 @@ from scipy.differentiate import derivative
 from scipy.optimize import approx_fprime
 
 import arraynorm as an
-from _helpers import DaskComputeCounter, assert_close, backend_name, from_numpy, to_numpy
+from _helpers import DaskComputeCounter, ErrorTable, assert_close, backend_name, from_numpy, to_numpy
 
 
 # largest relative error max|got − ref| / max|ref| per (what, op, dtype), printed on
 # teardown: ``python -m pytest -q -s tests/test_orthogonal.py`` shows the table
-_ERRORS: dict[tuple[str, str, str], float] = defaultdict(float)
+_ERRORS = ErrorTable("orthogonalization: max|got - ref| / max|ref| against the oracle (* : |<J^T dw,d> - <dw,Jd>| / (|dw| |d|))", (34, 14, 9))
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _print_error_table():
     yield
-    print("\n\northogonalization: max|got - ref| / max|ref| against the oracle "
-          "(* : |<J^T dw,d> - <dw,Jd>| / (|dw| |d|))")
-    for (what, op, dtype), e in sorted(_ERRORS.items()):
-        print(f"{what:<34}{op:<14}{dtype:<9}{e:10.2e}")
+    _ERRORS.print()
 
 
 def _record(what: str, op: str, got, ref) -> None:
-    got = np.asarray(to_numpy(got))
-    err = float(np.abs(got.astype(np.float64) - ref).max() / max(np.abs(ref).max(), 1e-300))
-    _note((what, op, str(got.dtype)), err)
+    _ERRORS.record((what, op), got, ref)
 
 
 def _note(key: tuple[str, str, str], err: float) -> None:
-    _ERRORS[key] = max(_ERRORS[key], err)
+    _ERRORS.note(key, err)
 
 
 def newton_polynomial(lam: np.ndarray, T: int) -> np.ndarray:

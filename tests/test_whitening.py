@@ -15,7 +15,6 @@ a GPU). ZCA, PCA and Cholesky are not available on Dask: there the same tests as
 
 from __future__ import annotations
 
-from collections import defaultdict
 
 import numpy as np
 import pytest
@@ -33,7 +32,7 @@ from arraynorm.whitening import (
     PCAWhiten,
     ZCAWhiten,
 )
-from _helpers import DaskComputeCounter, assert_close, backend_name, from_numpy, to_numpy
+from _helpers import DaskComputeCounter, ErrorTable, assert_close, backend_name, from_numpy, to_numpy
 
 METHODS = ["zca", "pca", "cholesky", "iternorm"]
 EXACT = ["zca", "pca", "cholesky"]
@@ -41,27 +40,21 @@ OPS = {"zca": ZCAWhiten, "pca": PCAWhiten, "cholesky": CholeskyWhiten, "iternorm
 
 # largest relative error max|got − ref| / max|ref| per (what, method, dtype), printed on
 # teardown: ``python -m pytest -q -s tests/test_whitening.py`` shows the table
-_ERRORS: dict[tuple[str, str, str], float] = defaultdict(float)
+_ERRORS = ErrorTable("whitening: max|got - ref| / max|ref| against the oracle (* : |<J^T dy,v> - <dy,Jv>| / (|dy| |v|))", (34, 10, 9))
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _print_error_table():
     yield
-    print("\n\nwhitening: max|got - ref| / max|ref| against the oracle "
-          "(* : |<J^T dy,v> - <dy,Jv>| / (|dy| |v|))")
-    for (what, method, dtype), e in sorted(_ERRORS.items()):
-        print(f"{what:<34}{method:<10}{dtype:<9}{e:10.2e}")
+    _ERRORS.print()
 
 
 def _record(what: str, method: str, got, ref) -> None:
-    got = np.asarray(to_numpy(got))
-    ref = np.asarray(ref, dtype=np.float64)
-    err = float(np.abs(got.astype(np.float64) - ref).max() / max(np.abs(ref).max(), 1e-300))
-    _note((what, method, str(got.dtype)), err)
+    _ERRORS.record((what, method), got, ref)
 
 
 def _note(key: tuple[str, str, str], err: float) -> None:
-    _ERRORS[key] = max(_ERRORS[key], err)
+    _ERRORS.note(key, err)
 
 
 # --------------------------------------------------------------------------------------
