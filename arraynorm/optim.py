@@ -285,10 +285,13 @@ class Adam(Optimizer):
         st["exp_avg"], st["exp_avg_sq"] = m, v
         return m, v
 
-    def _update(self, names: list[str], params: list[Array], grads: list[Array]) -> list[Array]:
+    def _bias_corrections(self) -> tuple[float, float]:
+        """(1 − β₁ᵗ, 1 − β₂ᵗ) at the current step."""
         b1, b2 = self.betas
-        t = self.steps
-        bc1, bc2 = 1.0 - b1 ** t, 1.0 - b2 ** t
+        return 1.0 - b1 ** self.steps, 1.0 - b2 ** self.steps
+
+    def _update(self, names: list[str], params: list[Array], grads: list[Array]) -> list[Array]:
+        bc1, bc2 = self._bias_corrections()
         out = []
         for n, p, g in zip(names, params, grads):
             xp = array_namespace(p)
@@ -334,9 +337,7 @@ class LAMB(Adam):
 
     def _update(self, names: list[str], params: list[Array], grads: list[Array]) -> list[Array]:
         from .gradient import lamb_trust_ratio
-        b1, b2 = self.betas
-        t = self.steps
-        bc1, bc2 = 1.0 - b1 ** t, 1.0 - b2 ** t
+        bc1, bc2 = self._bias_corrections()
         out = []
         for n, p, g in zip(names, params, grads):
             xp = array_namespace(p)

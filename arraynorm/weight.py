@@ -333,9 +333,9 @@ def _divide_by_sigma(xp: Any, wc: Array, sigma: Array, u: Array, v: Array, d: in
     return _cast(xp, wc / sigma, dtype), pullback
 
 
-def _spectral_norm(weight: Array, u: Array | None, n_power_iterations: int, eps: float,
-                   dim: int):
-    fname = "spectral_norm"
+def _power_iteration_args(fname: str, weight: Array, u: Array | None, n_power_iterations: Any,
+                          eps: Any, dim: Any) -> tuple[Any, int, float, int]:
+    """Validated (xp, iterations, eps, unit axis) of the power-iteration functions."""
     xp = xp_namespace(fname, weight=weight, u=u)
     xp_check_floating(fname, "weight", weight, xp)
     n_it = _check_iterations(fname, n_power_iterations)
@@ -343,6 +343,13 @@ def _spectral_norm(weight: Array, u: Array | None, n_power_iterations: int, eps:
     d = _unit_axis(fname, dim, weight, "weight")
     if d is None:
         raise TypeError(f"{fname}: dim must be an int, got None")
+    return xp, n_it, eps, d
+
+
+def _spectral_norm(weight: Array, u: Array | None, n_power_iterations: int, eps: float,
+                   dim: int):
+    fname = "spectral_norm"
+    xp, n_it, eps, d = _power_iteration_args(fname, weight, u, n_power_iterations, eps, dim)
     ct = xp_compute_dtype(xp, weight.dtype)
     if weight.ndim == 1:
         # PyTorch: a vector's spectral norm is its L2 norm, no power iteration, no u
@@ -525,13 +532,7 @@ def spectral_norm_init_u(weight: Array, seed: int | np.random.Generator, *, dim:
     parametrization runs 15 at construction; pass 15 to match it). Shape: (weight.shape[dim],).
     """
     fname = "spectral_norm_init_u"
-    xp = xp_namespace(fname, weight=weight)
-    xp_check_floating(fname, "weight", weight, xp)
-    eps = xp_check_eps(fname, eps)
-    n_it = _check_iterations(fname, n_power_iterations)
-    d = _unit_axis(fname, dim, weight, "weight")
-    if d is None:
-        raise TypeError(f"{fname}: dim must be an int, got None")
+    xp, n_it, eps, d = _power_iteration_args(fname, weight, None, n_power_iterations, eps, dim)
     if isinstance(seed, bool) or not isinstance(seed, (numbers.Integral, np.random.Generator)):
         raise TypeError(
             f"{fname}: seed must be an int or a numpy.random.Generator, got {type(seed).__name__}"
