@@ -4,10 +4,12 @@ The survey *Normalization Techniques in Training DNNs* (Huang et al., arXiv 2009
 decomposes an activation normalization into area partitioning × operation × representation
 recovery; so does this package (:mod:`arraynorm.partition`, :mod:`arraynorm.operation`,
 :mod:`arraynorm.recovery`, composed by :class:`Normalizer`). The named methods are thin
-compositions, each with its exact closed-form backward pass, reached through :func:`vjp`.
+compositions, each with its exact closed-form backward pass, reached through :func:`vjp`, and
+its forward-mode product, reached through :func:`jvp` / :func:`linearize`.
 """
 
 from . import operation, partition, recovery
+from ._jvp import defjvp, jvp, linearize
 from ._vjp import defvjp, vjp
 from .adain import adain
 from .compose import NormContext, Normalizer, normalize
@@ -34,7 +36,7 @@ from ._kernels import fast_paths_enabled, set_fast_paths, use_fast_paths
 __version__ = "0.1.0"
 
 __all__ = [
-    "vjp", "defvjp", "Normalizer", "NormContext", "normalize",
+    "vjp", "defvjp", "jvp", "linearize", "defjvp", "Normalizer", "NormContext", "normalize",
     "partition", "operation", "recovery",
     "batch_norm", "layer_norm", "instance_norm", "group_norm", "rms_norm", "position_norm",
     "ghost_batch_norm", "batch_renorm", "local_response_norm", "l2_normalize", "adain",

@@ -33,6 +33,7 @@ __all__ = [
     "xp_normalize_axis",
     "xp_normalize_axes",
     "xp_check_param_shape",
+    "xp_check_tangent",
     "xp_backend_name",
     "xp_resolve_namespace",
     "xp_to_host_numpy",
@@ -187,6 +188,22 @@ def xp_check_param_shape(fname: str, name: str, a: Any, expected: tuple[int, ...
         raise ValueError(
             f"{fname}: {name} must have shape {tuple(expected)}, got {tuple(a.shape)}"
         )
+
+
+def xp_check_tangent(fname: str, name: str, t: Any, xp: Any, shape: tuple[int, ...]) -> None:
+    """A tangent must be a real floating array of the forward pass's namespace ``xp`` with the
+    primal's ``shape``; raise ``TypeError``/``ValueError`` naming ``name`` otherwise."""
+    try:
+        txp = array_namespace(t)
+    except TypeError:
+        raise TypeError(f"{fname}: {name} must be an array, got {type(t).__name__}") from None
+    if xp_backend_name(txp) != xp_backend_name(xp):
+        raise TypeError(f"{fname}: {name} is a {xp_backend_name(txp)} array but the forward pass "
+                        f"ran on {xp_backend_name(xp)}")
+    xp_check_floating(fname, name, t, xp)
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{fname}: {name} must have the primal's shape {tuple(shape)}, got "
+                         f"{tuple(t.shape)}")
 
 
 # --------------------------------------------------------------------------------------

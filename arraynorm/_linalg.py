@@ -9,6 +9,10 @@ symmetric perturbation E (S only ever varies in symmetric directions, so the gra
 defined up to an antisymmetric part, and the symmetric representative is the one that
 composes with ``S = X Xᵀ``).
 
+The pullback is a :class:`Linearization`: calling it is the VJP, and its ``jvp(dS) -> dW``
+is the forward-mode product at the same S, for a symmetric direction dS, reusing the
+factorization (the transpose of the VJP: ⟨gW, jvp(dS)⟩ = ⟨pullback(gW), dS⟩).
+
 :func:`whiten_rows` composes one of them with centring and the covariance, so that both the
 whitening operations (rows = features, columns = samples) and the weight orthogonalizations
 (rows = output units, columns = inputs) share one forward and one backward.
@@ -28,6 +32,7 @@ from typing import Any
 from ._array_api import xp_backend_name, xp_device
 
 __all__ = [
+    "Linearization",
     "require_linalg",
     "inv_sqrt_eigh",
     "pca_whitening_matrix",
@@ -39,6 +44,19 @@ __all__ = [
 
 Array = Any
 Pullback = Callable[[Array], Array]
+
+
+@dataclass(frozen=True)
+class Linearization:
+    """The derivative of a matrix function W(S) at one S, both ways: ``vjp(gW) -> gS`` (also
+    what calling the object does, so it serves wherever a pullback is expected) and
+    ``jvp(dS) -> dW`` for a symmetric direction dS."""
+
+    vjp: Pullback
+    jvp: Pullback
+
+    def __call__(self, gw: Array) -> Array:
+        return self.vjp(gw)
 
 # Dask's linalg wraps NumPy's for a single in-memory chunk only: it has no eigh and its
 # cholesky refuses stacks of matrices, so whitening by decomposition is not offered there.
@@ -88,7 +106,7 @@ def _conjugate(xp: Any, u: Array, m: Array) -> Array:
 # ZCA: S^{-1/2} by eigendecomposition
 # --------------------------------------------------------------------------------------
 
-def inv_sqrt_eigh(xp: Any, s: Array, floor: float = 0.0) -> tuple[Array, Pullback]:
+def inv_sqrt_eigh(xp: Any, s: Array, floor: float = 0.0) -> tuple[Array, Linearization]:
     """W = S^{-1/2} = U Λ^{-1/2} Uᵀ from ``S = U Λ Uᵀ`` (ZCA whitening matrix).
 
     Eigenvalues are clamped below at ``floor`` (pass the eps that was added to S: the exact
@@ -115,11 +133,13 @@ def inv_sqrt_eigh(xp: Any, s: Array, floor: float = 0.0) -> tuple[Array, Pullbac
     r = xp.sqrt(lam)
     w = xp.matmul(u / r[..., None, :], _t(xp, u))
 
-    def pullback(gw: Array) -> Array:
+    def frechet(e: Array) -> Array:
+        # the Fréchet derivative of S^{-1/2} in direction E, U (K ∘ Uᵀ E U) Uᵀ: a self-adjoint
+        # map of E (K is symmetric), so the JVP (E = dS) and the VJP (E = sym(gW)) are one formula
         k = -1.0 / (r[..., :, None] * r[..., None, :] * (r[..., :, None] + r[..., None, :]))
-        return _conjugate(xp, u, k * _conjugate(xp, _t(xp, u), _sym(xp, gw)))
+        return _conjugate(xp, u, k * _conjugate(xp, _t(xp, u), e))
 
-    return w, pullback
+    return w, Linearization(lambda gw: frechet(_sym(xp, gw)), frechet)
 
 
 # --------------------------------------------------------------------------------------
@@ -142,17 +162,32 @@ def _eigh_vjp(xp: Any, lam: Array, u: Array, glam: Array, gu: Array, eye: Array)
     the instability of PCA whitening that Huang et al. (2018, §3) report and that made DBN
     choose ZCA.
     """
+    inner = glam[..., None, :] * eye + _eigen_gaps(xp, lam) * xp.matmul(_t(xp, u), gu)
+    return _sym(xp, _conjugate(xp, u, inner))
+
+
+def _eigen_gaps(xp: Any, lam: Array) -> Array:
+    """F_ij = 1/(λ_j − λ_i), zero on the diagonal and where the two eigenvalues are equal to
+    working precision (the guard :func:`_eigh_vjp` describes)."""
     d = lam.shape[-1]
     tol = d * float(xp.finfo(lam.dtype).eps)
     diff = lam[..., None, :] - lam[..., :, None]  # λ_j − λ_i
     scale = xp.max(xp.abs(lam), axis=-1, keepdims=True)[..., None]
     tiny = xp.abs(diff) <= tol * scale
-    f = xp.where(tiny, xp.zeros_like(diff), 1.0 / xp.where(tiny, xp.ones_like(diff), diff))
-    inner = glam[..., None, :] * eye + f * xp.matmul(_t(xp, u), gu)
-    return _sym(xp, _conjugate(xp, u, inner))
+    return xp.where(tiny, xp.zeros_like(diff), 1.0 / xp.where(tiny, xp.ones_like(diff), diff))
 
 
-def pca_whitening_matrix(xp: Any, s: Array, floor: float = 0.0) -> tuple[Array, Pullback]:
+def _eigh_jvp(xp: Any, lam: Array, u: Array, ds: Array, eye: Array) -> tuple[Array, Array]:
+    """(dλ, dU) of ``(λ, U) = eigh(S)`` in a symmetric direction dS, the transpose of
+    :func:`_eigh_vjp` with the same guard: with M = Uᵀ dS U,
+
+        dλ_i = M_ii,   dU = U (F ∘ M),   F_ij = 1/(λ_j − λ_i) (0 for i = j).
+    """
+    m = _conjugate(xp, _t(xp, u), ds)
+    return _diag_part(xp, m, eye), xp.matmul(u, _eigen_gaps(xp, lam) * m)
+
+
+def pca_whitening_matrix(xp: Any, s: Array, floor: float = 0.0) -> tuple[Array, Linearization]:
     """W = Λ^{-1/2} Uᵀ (PCA whitening matrix), eigenvalues in *descending* order.
 
     Eigenvectors are only defined up to sign; to make W the same on every backend (and
@@ -179,7 +214,12 @@ def pca_whitening_matrix(xp: Any, s: Array, floor: float = 0.0) -> tuple[Array, 
         glam = -0.5 * r ** 3 * _diag_part(xp, xp.matmul(gw, u), eye)
         return _eigh_vjp(xp, lam, u, glam, gu, eye)
 
-    return w, pullback
+    def jvp(ds: Array) -> Array:
+        # dW = diag(dr) Uᵀ + diag(r) dUᵀ with dr = −½ r³ dλ
+        dlam, du = _eigh_jvp(xp, lam, u, ds, _eye(xp, ds))
+        return (-0.5 * r ** 3 * dlam)[..., :, None] * _t(xp, u) + r[..., :, None] * _t(xp, du)
+
+    return w, Linearization(pullback, jvp)
 
 
 # --------------------------------------------------------------------------------------
@@ -206,13 +246,15 @@ def _cholesky_vjp(xp: Any, l: Array, linv: Array, gl: Array) -> Array:
     return xp.matmul(xp.matmul(_t(xp, linv), phi), linv)
 
 
-def cholesky_whitening_matrix(xp: Any, s: Array) -> tuple[Array, Pullback]:
+def cholesky_whitening_matrix(xp: Any, s: Array) -> tuple[Array, Linearization]:
     """W = L^{-1}, S = L Lᵀ (Cholesky whitening; W is lower triangular, so output feature
     k depends on input features 1..k only).
 
     The inverse of the triangular factor comes from ``xp.linalg.inv`` (the standard has no
     triangular solve; LU with partial pivoting is backward stable for this matrix).
     Backward: the inverse's VJP gL = −Wᵀ gW Wᵀ composed with :func:`_cholesky_vjp`.
+    Forward mode: dL = L Φ(L^{-1} dS L^{-T}), Φ(A) = the lower triangle of A with its
+    diagonal halved, so dW = −W dL W = −Φ(W dS Wᵀ) W.
     S must be numerically positive definite: with eps too small for ‖S‖ in float32 the
     backend's Cholesky raises (NumPy, PyTorch) or returns NaN (CuPy).
     """
@@ -222,14 +264,19 @@ def cholesky_whitening_matrix(xp: Any, s: Array) -> tuple[Array, Pullback]:
     def pullback(gw: Array) -> Array:
         return _cholesky_vjp(xp, l, w, _inv_vjp(xp, w, gw))
 
-    return w, pullback
+    def jvp(ds: Array) -> Array:
+        a = _conjugate(xp, w, ds)
+        phi = 0.5 * (xp.tril(a) + xp.tril(a, k=-1))
+        return -xp.matmul(phi, w)
+
+    return w, Linearization(pullback, jvp)
 
 
 # --------------------------------------------------------------------------------------
 # Newton–Schulz iterations (IterNorm, ONI): matmul only
 # --------------------------------------------------------------------------------------
 
-def newton_inv_sqrt(xp: Any, s: Array, T: int) -> tuple[Array, Pullback]:
+def newton_inv_sqrt(xp: Any, s: Array, T: int) -> tuple[Array, Linearization]:
     """W = P_T / sqrt(tr S), the Newton iteration for S^{-1/2} (Huang et al. 2019, IterNorm):
 
         S_N = S / tr(S),   P_0 = I,   P_{k+1} = 1.5 P_k − 0.5 P_k³ S_N.
@@ -282,7 +329,23 @@ def newton_inv_sqrt(xp: Any, s: Array, T: int) -> tuple[Array, Pullback]:
         gtr = gtr - xp.sum(gsn * s, axis=(-2, -1), keepdims=True) / (tr * tr)
         return _sym(xp, gsn / tr + gtr * eye)
 
-    return w, pullback
+    def jvp(ds: Array) -> Array:
+        # the recurrence differentiated forward, step by step, with the kept powers:
+        # dP_{k+1} = 1.5 dP_k − 0.5 (d(P_k³) S_N + P_k³ dS_N), d(P²) = dP P + P dP,
+        # d(P³) = d(P²) P + P² dP; dP_0 = 0, so the first step is −0.5 dS_N
+        dtr = xp.sum(ds * eye, axis=(-2, -1), keepdims=True)
+        dsn = ds / tr - sn * (dtr / tr)
+        dp = None
+        for pk, p2, p3 in powers:
+            if dp is None:
+                dp = -0.5 * xp.matmul(p3, dsn)
+                continue
+            dp2 = xp.matmul(dp, pk) + xp.matmul(pk, dp)
+            dp3 = xp.matmul(dp2, pk) + xp.matmul(p2, dp)
+            dp = 1.5 * dp - 0.5 * (xp.matmul(dp3, sn) + xp.matmul(p3, dsn))
+        return dp / rt - (0.5 * dtr / tr) * w
+
+    return w, Linearization(pullback, jvp)
 
 
 # --------------------------------------------------------------------------------------
@@ -299,7 +362,7 @@ class RowWhitening:
     Built by :func:`whiten_rows`. ``x`` is (..., d, m): d rows to decorrelate, m columns
     (samples, or a weight's inputs). ``mean`` is (..., d, 1) (``None`` when not centring),
     ``w`` (..., d, d). :meth:`output` forms Y (callers that only want the statistics skip
-    that product); :meth:`pullback` maps gY to gX.
+    that product); :meth:`pullback` maps gY to gX and :meth:`jvp` tX to dY.
 
     Backward: gW = gY X_cᵀ and gX_c = Wᵀ gY directly; gS = the matrix function's
     pullback(gW); through S = scale·X_c X_cᵀ, gX_c += scale (gS + gSᵀ) X_c; through centring,
@@ -311,7 +374,7 @@ class RowWhitening:
     xc: Array
     mean: Array | None
     w: Array
-    matrix_pullback: Pullback
+    matrix_pullback: Linearization
     scale: float
 
     def output(self) -> Array:
@@ -325,8 +388,20 @@ class RowWhitening:
             gxc = gxc - xp.mean(gxc, axis=-1, keepdims=True)
         return gxc
 
+    def jvp(self, tx: Array) -> Array:
+        """The forward-mode product of X -> Y along tX (the transpose of :meth:`pullback`):
 
-def whiten_rows(xp: Any, x: Array, matrix: Callable[[Any, Array], tuple[Array, Pullback]], *,
+            dX_c = tX − mean(tX),   dS = scale (dX_c X_cᵀ + X_c dX_cᵀ),
+            dW = the matrix function's ``jvp(dS)``,   dY = dW X_c + W dX_c.
+        """
+        xp, xc = self.xp, self.xc
+        txc = tx - xp.mean(tx, axis=-1, keepdims=True) if self.mean is not None else tx
+        a = xp.matmul(txc, _t(xp, xc))
+        dw = self.matrix_pullback.jvp(self.scale * (a + _t(xp, a)))
+        return xp.matmul(dw, xc) + xp.matmul(self.w, txc)
+
+
+def whiten_rows(xp: Any, x: Array, matrix: Callable[[Any, Array], tuple[Array, Linearization]], *,
                 scale: float, eps: float, center: bool = True) -> RowWhitening:
     """Centre the rows of ``x`` (..., d, m), form S = scale·X_c X_cᵀ + eps·I and the
     whitening matrix ``matrix(xp, S) -> (W, pullback)``; see :class:`RowWhitening`."""

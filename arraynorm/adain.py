@@ -6,18 +6,22 @@ from collections.abc import Callable
 from typing import Any
 
 from ._array_api import xp_check_eps, xp_check_floating, xp_compute_dtype, xp_namespace
+from ._jvp import defjvp
 from ._vjp import defvjp
 from .compose import Normalizer
-from .operation import Standardize
+from .operation import Standardize, mean
 from .partition import Instance
-from .recovery import affine, affine_backward
+from .recovery import affine, affine_backward, affine_jvp
 
-__all__ = ["adain"]
+__all__ = ["adain", "adain_linearized"]
 
 Array = Any
 
 
-def _adain(content: Array, style: Array, eps: float, axis: int):
+def adain_linearized(content: Array, style: Array, eps: float, axis: int
+                     ) -> tuple[Array, Callable[[Array], tuple[Array, Array]], Callable[..., Array]]:
+    """``(y, pullback, pushforward)`` of :func:`adain` from one forward pass:
+    ``pullback(dy) -> (dcontent, dstyle)``, ``pushforward(dcontent, dstyle=None) -> dy``."""
     fname = "adain"
     xp = xp_namespace(fname, content=content, style=style)
     xp_check_floating(fname, "content", content, xp)
@@ -59,7 +63,22 @@ def _adain(content: Array, style: Array, eps: float, axis: int):
             dstyle = xp.astype(dstyle, style.dtype)
         return dcontent, dstyle
 
-    return y, pullback
+    def pushforward(dcontent: Array | None, dstyle: Array | None = None) -> Array:
+        # dy = σ(s)·dĉ + dσ(s)·ĉ + dμ(s), with dμ = mean(ds) and dσ = mean(ŝ·ds) per sample and
+        # channel (the transpose of the style pullback above); dĉ = the standardization JVP
+        dchat = None if dcontent is None else norm.jvp(cctx, dcontent)
+        if dchat is not None and dchat.dtype != chat_ct.dtype:
+            dchat = xp.astype(dchat, chat_ct.dtype)
+        dgamma = dbeta = None
+        if dstyle is not None:
+            ds = dstyle if dstyle.dtype == ct else xp.astype(dstyle, ct)
+            axes = s_layout.reduce_axes
+            dgamma = xp.reshape(mean(xp, s_hat * ds, axes), pshape)
+            dbeta = xp.reshape(mean(xp, ds, axes), pshape)
+        dy = affine_jvp(xp, dchat, chat_ct, gamma, cond_axes, tuple(content.shape), dgamma, dbeta)
+        return dy if dy.dtype == content.dtype else xp.astype(dy, content.dtype)
+
+    return y, pullback, pushforward
 
 
 def adain(content: Array, style: Array, *, eps: float = 1e-5, axis: int = 1) -> Array:
@@ -73,9 +92,15 @@ def adain(content: Array, style: Array, *, eps: float = 1e-5, axis: int = 1) -> 
     uses the biased variance (as instance norm does), so content and style are measured the
     same way. ``vjp(adain, c, s)`` gives cotangents for both content and style.
     """
-    return _adain(content, style, eps, axis)[0]
+    return adain_linearized(content, style, eps, axis)[0]
 
 
 @defvjp(adain)
 def _adain_vjp(content: Array, style: Array, *, eps: float = 1e-5, axis: int = 1) -> tuple[Array, Callable]:
-    return _adain(content, style, eps, axis)
+    return adain_linearized(content, style, eps, axis)[:2]
+
+
+@defjvp(adain)
+def _adain_jvp(content: Array, style: Array, *, eps: float = 1e-5, axis: int = 1) -> tuple[Array, Callable]:
+    y, _, pushforward = adain_linearized(content, style, eps, axis)
+    return y, pushforward

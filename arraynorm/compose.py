@@ -2,9 +2,9 @@
 
 A :class:`Normalizer` is one method of the survey's taxonomy: ``Normalizer(Group(8),
 Standardize())`` is GroupNorm, ``Normalizer(Batch(), ZCAWhiten())`` is decorrelated BN.
-It owns the whole forward and backward pass, so the named functions in :mod:`methods`
-are one line each, and a user or the ``analysis`` package can build methods the survey
-only describes.
+It owns the whole forward and backward pass and the forward-mode product (JVP), so the named
+functions in :mod:`methods` are one line each, and a user or the ``analysis`` package can
+build methods the survey only describes.
 """
 
 from __future__ import annotations
@@ -18,13 +18,15 @@ from ._array_api import (
     xp_check_eps,
     xp_check_floating,
     xp_check_param_shape,
+    xp_check_tangent,
     xp_compute_dtype,
     xp_namespace,
 )
+from ._jvp import defjvp
 from ._vjp import defvjp
 from .operation import Operation, Standardize
 from .partition import Layout, Partition
-from .recovery import affine, affine_backward
+from .recovery import affine, affine_backward, affine_jvp
 
 __all__ = ["Normalizer", "NormContext", "normalize"]
 
@@ -123,6 +125,44 @@ class Normalizer:
             dx = xp.astype(dx, ctx.x_dtype)
         return dx, dw, db
 
+    def jvp(self, ctx: NormContext, dx: Any, dweight: Any = None, dbias: Any = None) -> Any:
+        """Forward-mode product at the point ``ctx`` was computed at (Jacobian–vector product):
+
+            dy = γ · op.jvp(dx) + dγ · ŷ + dβ,
+
+        with the operation's closed form (:mod:`arraynorm.operation`,
+        :mod:`arraynorm.whitening`); the statistics move with x, so for a batch partition the
+        tangent ``dx`` is the whole batch's and the product couples its samples. ``None`` is a
+        zero tangent. ``ctx`` is not modified: any number of ``jvp`` and :meth:`backward`
+        calls may follow one forward (they are a linear map and its adjoint). Returns dy in
+        ``x``'s dtype; tangents have their primals' shapes.
+
+        Examples
+        --------
+        >>> import numpy as np, arraynorm as an
+        >>> norm = an.Normalizer(an.partition.Layer(), an.operation.Standardize())
+        >>> x = np.random.default_rng(0).standard_normal((2, 5))
+        >>> y, ctx = norm.forward(x)
+        >>> bool(np.allclose(norm.jvp(ctx, np.ones_like(x)), 0.0))  # a shift does not move y
+        True
+        """
+        xp, layout, fname = ctx.xp, ctx.layout, f"{self.name}.jvp"
+        for name, t, shape in (("dx", dx, layout.shape), ("dweight", dweight, layout.param_shape),
+                               ("dbias", dbias, layout.param_shape)):
+            if t is not None:
+                xp_check_tangent(fname, name, t, xp, shape)
+        ct = xp_compute_dtype(xp, ctx.x_dtype)
+        dyhat = None
+        if dx is not None:
+            t = dx if dx.dtype == ct else xp.astype(dx, ct)
+            dyv = self.operation.jvp(xp, xp.reshape(t, layout.view_shape), ctx.state)
+            dyhat = xp.reshape(dyv, layout.shape)
+        # ŷ is only needed for the γ tangent (the fast path forms it on demand)
+        yhat = ctx.yhat if dweight is not None or dyhat is None else None
+        dy = affine_jvp(xp, dyhat, yhat, ctx.weight, layout.param_axes, layout.shape,
+                        dweight, dbias)
+        return dy if dy.dtype == ctx.x_dtype else xp.astype(dy, ctx.x_dtype)
+
     def __call__(self, x: Any, weight: Any = None, bias: Any = None) -> Any:
         return self.forward(x, weight, bias)[0]
 
@@ -167,3 +207,16 @@ def _normalize_vjp(x: Any, partition: Partition, operation: Operation | None = N
         return dx, None, None, dw, db
 
     return y, pullback
+
+
+@defjvp(normalize)
+def _normalize_jvp(x: Any, partition: Partition, operation: Operation | None = None,
+                   weight: Any = None, bias: Any = None, *, eps: float = 1e-5) -> tuple[Any, Any]:
+    norm = Normalizer(partition, operation or Standardize(), eps, "normalize")
+    y, ctx = norm.forward(x, weight, bias)
+
+    def pushforward(dx: Any = None, _p: Any = None, _o: Any = None, dweight: Any = None,
+                    dbias: Any = None) -> Any:
+        return norm.jvp(ctx, dx, dweight, dbias)
+
+    return y, pushforward

@@ -14,9 +14,10 @@ from ._array_api import (
     xp_namespace,
     xp_normalize_axis,
 )
+from ._jvp import defjvp
 from ._vjp import defvjp
 
-__all__ = ["local_response_norm"]
+__all__ = ["local_response_norm", "lrn_linearized"]
 
 Array = Any
 
@@ -43,7 +44,10 @@ def _window_sum(xp: Any, a: Array, axis: int, before: int, after: int) -> Array:
     return out
 
 
-def _lrn(x: Array, size: int, alpha: float, beta: float, k: float, axis: int):
+def lrn_linearized(x: Array, size: int, alpha: float, beta: float, k: float, axis: int
+                   ) -> tuple[Array, Callable[[Array], tuple[Array, None]], Callable[[Array], Array]]:
+    """``(y, pullback, pushforward)`` of :func:`local_response_norm` from one forward pass
+    (the layer keeps both)."""
     fname = "local_response_norm"
     xp = xp_namespace(fname, x=x)
     xp_check_floating(fname, "x", x, xp)
@@ -75,7 +79,14 @@ def _lrn(x: Array, size: int, alpha: float, beta: float, k: float, axis: int):
         dx = g * s_pow - (2.0 * alpha * beta / size) * xc * t
         return (dx if dx.dtype == x.dtype else xp.astype(dx, x.dtype)), None
 
-    return y, pullback
+    def pushforward(tx: Array) -> Array:
+        # dy_c = t_c s_c^{−β} − β x_c s_c^{−β−1} ds_c,  ds_c = (2α/size) Σ_{window(c)} x t
+        t = tx if tx.dtype == ct else xp.astype(tx, ct)
+        ds = (2.0 * alpha / size) * _window_sum(xp, xc * t, ax, lo, hi)
+        dy = t * s_pow - beta * (xc * s_pow / s) * ds
+        return dy if dy.dtype == x.dtype else xp.astype(dy, x.dtype)
+
+    return y, pullback, pushforward
 
 
 def local_response_norm(x: Array, size: int, alpha: float = 1e-4, beta: float = 0.75,
@@ -89,11 +100,22 @@ def local_response_norm(x: Array, size: int, alpha: float = 1e-4, beta: float = 
     original AlexNet formula). ``x`` is (N, C, *S) with at least one spatial axis;
     ``axis`` is the channel axis (PyTorch fixes it at 1).
     """
-    return _lrn(x, size, alpha, beta, k, axis)[0]
+    return lrn_linearized(x, size, alpha, beta, k, axis)[0]
 
 
 @defvjp(local_response_norm)
 def _lrn_vjp(x: Array, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0, *,
              axis: int = 1) -> tuple[Array, Callable]:
-    y, pb = _lrn(x, size, alpha, beta, k, axis)
+    y, pb, _ = lrn_linearized(x, size, alpha, beta, k, axis)
     return y, lambda dy: pb(dy) + (None, None, None)
+
+
+@defjvp(local_response_norm)
+def _lrn_jvp(x: Array, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0, *,
+             axis: int = 1) -> tuple[Array, Callable]:
+    y, _, push = lrn_linearized(x, size, alpha, beta, k, axis)
+
+    def pushforward(tx: Array = None, *hyperparameters: None) -> Array:
+        return push(tx) if tx is not None else xp_namespace("local_response_norm", y=y).zeros_like(y)
+
+    return y, pushforward

@@ -2,8 +2,9 @@
 
 Every function here is written as its *composition*: it returns
 ``(Normalizer(partition, operation, eps), x, weight, bias)`` and the :func:`composition`
-decorator turns that into the public op (returning ``y``) and registers its VJP, so
-``vjp(group_norm, …)`` runs the fused closed-form backward of ``Normalizer``.
+decorator turns that into the public op (returning ``y``) and registers its VJP and JVP, so
+``vjp(group_norm, …)`` runs the fused closed-form backward of ``Normalizer`` and
+``jvp(group_norm, …)`` its forward-mode product.
 
 Conventions (DESIGN.md §3.6): PyTorch's defaults where a PyTorch user looks (eps=1e-5,
 channel axis 1 = NCHW for BN/IN/GN, LN over trailing axes, biased variance in the
@@ -23,6 +24,7 @@ from ._array_api import (
     xp_check_floating,
     xp_namespace,
 )
+from ._jvp import defjvp
 from ._vjp import defvjp, positional_parameters
 from .compose import Normalizer
 from .operation import GivenStatistics, LpScale, RMSScale, Standardize
@@ -46,10 +48,11 @@ class Composed(NamedTuple):
 
 
 def composition(spec: Callable[..., Composed]) -> Callable[..., Array]:
-    """Turn a composition spec into the public op and register its VJP rule.
+    """Turn a composition spec into the public op and register its VJP and JVP rules.
 
     The op evaluates ``normalizer(x, weight, bias)``. Its pullback returns one cotangent per
-    positional parameter of the spec, the ones named ``x``, ``weight`` and ``bias`` filled in.
+    positional parameter of the spec, the ones named ``x``, ``weight`` and ``bias`` filled in;
+    its pushforward takes one tangent per positional argument and uses those three.
     """
     names = positional_parameters(spec)
 
@@ -70,6 +73,17 @@ def composition(spec: Callable[..., Composed]) -> Callable[..., Array]:
             return tuple(grads.get(name) for name in names)
 
         return y, pullback
+
+    @defjvp(op)
+    def jvp_rule(*args: Any, **kwargs: Any) -> tuple[Array, Callable[..., Array]]:
+        n, x, w, b = spec(*args, **kwargs)
+        y, ctx = n.forward(x, w, b)
+
+        def pushforward(*tangents: Any) -> Array:
+            t = dict(zip(names, tangents))
+            return n.jvp(ctx, t.get("x"), t.get("weight"), t.get("bias"))
+
+        return y, pushforward
 
     return op
 
@@ -217,6 +231,14 @@ class Renormalize(Standardize):
     def backward(self, xp: Any, gv: Array, state: Any) -> Array:
         st, r = state
         return super().backward(xp, gv * r, st)
+
+    def jvp(self, xp: Any, tv: Array, state: Any) -> Array:
+        """Forward mode with the same stop-gradient as :meth:`backward` (r, d constant):
+        r · (the standardization JVP), the transpose of the backward, so that the two
+        together are one linear map and its adjoint. Where r and d clip (or with rmax = 1,
+        dmax = 0) this is the exact derivative of the forward."""
+        st, r = state
+        return super().jvp(xp, tv, st) * r
 
 
 @composition

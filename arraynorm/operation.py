@@ -7,7 +7,10 @@ dtype, see ``_array_api.xp_compute_dtype``) and has two methods:
 ``forward(xp, xv, layout, eps) -> (yv, state)``
     the normalized view and whatever the backward pass needs;
 ``backward(xp, gv, state) -> dxv``
-    the exact vector–Jacobian product for a cotangent ``gv`` of the output.
+    the exact vector–Jacobian product for a cotangent ``gv`` of the output;
+``jvp(xp, tv, state) -> dyv``
+    the exact Jacobian–vector product for a tangent ``tv`` of the input, at the same point
+    (the statistics move with x; the transpose of ``backward``).
 
 Operations never branch on array values (DESIGN.md §3.4). Whitening operations (ZCA, PCA,
 Cholesky, IterNorm) implement the same two methods and use ``layout.feature_axis``.
@@ -45,6 +48,10 @@ class Operation:
 
     def backward(self, xp: Any, gv: Any, state: Any) -> Any:  # pragma: no cover
         raise NotImplementedError
+
+    def jvp(self, xp: Any, tv: Any, state: Any) -> Any:
+        """Forward-mode product J·tv at the point ``state`` was computed at."""
+        raise NotImplementedError(f"{type(self).__name__} has no forward-mode product (jvp)")
 
 
 @dataclass
@@ -112,6 +119,18 @@ class Standardize(Operation):
         gy_mean = mean(xp, gv * y, axes)
         return state.rstd * (gv - g_mean - y * gy_mean)
 
+    def jvp(self, xp: Any, tv: Any, state: StandardizeState) -> Any:
+        """Forward mode: on each partition of n elements the Jacobian is
+
+            J = rstd · (I − 11ᵀ/n − ŷŷᵀ/n),
+
+        a symmetric matrix (centring is an orthogonal projection, and the scale's derivative
+        −rstd·ŷŷᵀ/n is symmetric because ∂rstd/∂x ∝ ŷ). So J·t = Jᵀ·t: the JVP is the
+        backward formula applied to the tangent, rstd · (t − mean(t) − ŷ · mean(t · ŷ)).
+        """
+        # this class's formula, not a subclass's backward (batch renorm scales it)
+        return Standardize.backward(self, xp, tv, state)
+
 
 class RMSScale(Operation):
     """Scale only (RMSNorm, Zhang & Sennrich 2019): ŷ = x / sqrt(mean(x²) + eps).
@@ -129,6 +148,11 @@ class RMSScale(Operation):
     def backward(self, xp: Any, gv: Any, state: StandardizeState) -> Any:
         gy_mean = mean(xp, gv * state.y, state.axes)
         return state.rstd * (gv - state.y * gy_mean)
+
+    def jvp(self, xp: Any, tv: Any, state: StandardizeState) -> Any:
+        """Forward mode: J = rstd · (I − ŷŷᵀ/n) per partition is symmetric, so the JVP is the
+        backward formula, rstd · (t − ŷ · mean(t · ŷ))."""
+        return RMSScale.backward(self, xp, tv, state)
 
 
 @dataclass
@@ -188,6 +212,31 @@ class LpScale(Operation):
             dnorm = xp.sign(x) * xp.abs(x) ** (p - 1.0) * safe ** (1.0 - p)
         return gv / st.denom - coef * dnorm
 
+    def jvp(self, xp: Any, tv: Any, st: _LpState) -> Any:
+        """Forward mode, the transpose of :meth:`backward`: where ‖x‖_p > eps,
+
+            dŷ = t / ‖x‖_p − x · ⟨∂‖x‖_p/∂x, t⟩ / ‖x‖_p²,
+
+        and dŷ = t / eps where the clamp is active. Not symmetric for p ≠ 2 (∂‖x‖_p/∂x is
+        not parallel to x), so it is not the backward formula.
+        """
+        p, x, norm, axes = self.p, st.x, st.norm, st.axes
+        active = norm >= st.denom
+        safe = xp.where(active, norm, xp.ones_like(norm))
+        if p == 2.0:
+            dn = xp.sum(x * tv, axis=axes, keepdims=True) / safe
+        elif p == float("inf"):
+            hit = xp.astype(xp.abs(x) == norm, x.dtype)
+            dn = (xp.sum(xp.sign(x) * hit * tv, axis=axes, keepdims=True)
+                  / xp.sum(hit, axis=axes, keepdims=True))
+        elif p == 1.0:
+            dn = xp.sum(xp.sign(x) * tv, axis=axes, keepdims=True)
+        else:
+            dn = xp.sum(xp.sign(x) * xp.abs(x) ** (p - 1.0) * tv, axis=axes,
+                        keepdims=True) * safe ** (1.0 - p)
+        coef = xp.where(active, dn / (safe * safe), xp.zeros_like(dn))
+        return tv / st.denom - coef * x
+
 
 class GivenStatistics(Operation):
     """Standardize with statistics given by the caller (inference-mode BN):
@@ -214,3 +263,7 @@ class GivenStatistics(Operation):
 
     def backward(self, xp: Any, gv: Any, state: StandardizeState) -> Any:
         return gv * state.rstd
+
+    def jvp(self, xp: Any, tv: Any, state: StandardizeState) -> Any:
+        """Forward mode: the Jacobian is diagonal, J·t = rstd · t."""
+        return tv * state.rstd

@@ -9,13 +9,14 @@ One mechanism serves both recoveries of the survey (§3.3):
 
 Backward, with dy = ∂L/∂y and the sum over every axis not in ``param_axes``:
   ∂L/∂ŷ = γ·dy,   ∂L/∂γ = Σ dy·ŷ,   ∂L/∂β = Σ dy.
+Forward mode, for tangents dŷ, dγ, dβ:  dy = γ·dŷ + dγ·ŷ + dβ.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["broadcast_shape", "affine", "affine_backward"]
+__all__ = ["broadcast_shape", "affine", "affine_backward", "affine_jvp"]
 
 
 def broadcast_shape(shape: tuple[int, ...], param_axes: tuple[int, ...]) -> tuple[int, ...]:
@@ -56,3 +57,23 @@ def affine_backward(xp: Any, dy: Any, yhat: Any, weight: Any | None, bias: Any |
     db = reduce(dy, bias) if bias is not None else None
     g = dy * _b(xp, weight, shape, param_axes, dy.dtype) if weight is not None else dy
     return g, dw, db
+
+
+def affine_jvp(xp: Any, dyhat: Any | None, yhat: Any | None, weight: Any | None,
+               param_axes: tuple[int, ...], shape: tuple[int, ...], dweight: Any | None = None,
+               dbias: Any | None = None) -> Any:
+    """dy = γ·dŷ + dγ·ŷ + dβ, each term present only where its tangent is (``None`` is a zero
+    tangent; γ absent means γ = 1). ``yhat`` is only read when ``dweight`` is given; ``shape``
+    is the output's, used when every tangent is zero. The result has ``dyhat``'s dtype (or
+    ``yhat``'s)."""
+    out = None if dyhat is None else affine(xp, dyhat, weight, None, param_axes)
+    if dweight is not None:
+        term = affine(xp, yhat, dweight, None, param_axes)
+        out = term if out is None else out + term
+    if dbias is not None:
+        like = yhat if out is None else out
+        b = _b(xp, dbias, shape, param_axes, like.dtype)
+        out = b + xp.zeros_like(like) if out is None else out + b
+    if out is None:
+        out = xp.zeros_like(yhat)
+    return out

@@ -29,7 +29,10 @@ fall out of the framework:
 
 Backward passes are exact and closed-form (:mod:`arraynorm._linalg`): through the symmetric
 eigendecomposition (ZCA, PCA), the Cholesky factor and its inverse, or the unrolled Newton
-iterations, and through the centring and the covariance, so the gradient reaches x.
+iterations, and through the centring and the covariance, so the gradient reaches x. Each
+operation's ``jvp`` is the forward-mode product through the same steps, its transpose:
+Daleckii–Krein for ZCA, the eigenvector derivative dU = U (F ∘ Uᵀ dΣ U) for PCA,
+dL = L Φ(L⁻¹ dΣ L⁻ᵀ) for Cholesky, the Newton recurrence differentiated forward for IterNorm.
 
 Backends: ZCA, PCA and Cholesky need batched ``xp.linalg.eigh`` / ``cholesky``; Dask has
 neither and gets ``NotImplementedError``. IterNorm needs only ``matmul`` and runs lazily on
@@ -44,7 +47,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import _linalg
-from ._linalg import Pullback
+from ._linalg import Linearization, Pullback
 from ._array_api import (
     xp_check_eps,
     xp_check_floating,
@@ -113,12 +116,14 @@ class WhiteningState:
     :class:`~arraynorm.operation.StandardizeState`) and ``whitening_matrix`` W of shape
     (B, d, d), one per block of the view (the groups for :class:`BatchGroups`, (sample,)
     for :class:`Group`), so running statistics can be kept. ``pullback`` maps the view's
-    cotangent, as (B, d, m), to the input's."""
+    cotangent, as (B, d, m), to the input's; ``pushforward`` the input's tangent to the
+    view's."""
 
     mean: Array
     whitening_matrix: Array
     blocks: _Blocks
     pullback: Pullback
+    pushforward: Pullback | None = None
 
 
 # --------------------------------------------------------------------------------------
@@ -141,7 +146,7 @@ class _Whiten(Operation):
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
-    def matrix(self, xp: Any, sigma: Array, eps: float) -> tuple[Array, Pullback]:  # pragma: no cover
+    def matrix(self, xp: Any, sigma: Array, eps: float) -> tuple[Array, Linearization]:  # pragma: no cover
         raise NotImplementedError
 
     def _whiten(self, xp: Any, xv: Array, layout: Layout,
@@ -161,12 +166,19 @@ class _Whiten(Operation):
 
     def forward(self, xp: Any, xv: Array, layout: Layout, eps: float) -> tuple[Array, WhiteningState]:
         blocks, rw = self._whiten(xp, xv, layout, eps)
-        state = WhiteningState(blocks.stats_from_blocks(xp, rw.mean), rw.w, blocks, rw.pullback)
+        state = WhiteningState(blocks.stats_from_blocks(xp, rw.mean), rw.w, blocks, rw.pullback,
+                               rw.jvp)
         return blocks.from_blocks(xp, rw.output()), state
 
     def backward(self, xp: Any, gv: Array, state: WhiteningState) -> Array:
         blocks = state.blocks
         return blocks.from_blocks(xp, state.pullback(blocks.to_blocks(xp, gv)))
+
+    def jvp(self, xp: Any, tv: Array, state: WhiteningState) -> Array:
+        """The forward-mode product through centring, covariance, the whitening matrix and
+        the product (:meth:`arraynorm._linalg.RowWhitening.jvp`)."""
+        blocks = state.blocks
+        return blocks.from_blocks(xp, state.pushforward(blocks.to_blocks(xp, tv)))
 
 
 class ZCAWhiten(_Whiten):
@@ -182,7 +194,7 @@ class ZCAWhiten(_Whiten):
     what = "ZCA whitening"
     routines = ("eigh",)
 
-    def matrix(self, xp: Any, sigma: Array, eps: float) -> tuple[Array, Pullback]:
+    def matrix(self, xp: Any, sigma: Array, eps: float) -> tuple[Array, Linearization]:
         return _linalg.inv_sqrt_eigh(xp, sigma, eps)
 
 
@@ -200,7 +212,7 @@ class PCAWhiten(_Whiten):
     what = "PCA whitening"
     routines = ("eigh",)
 
-    def matrix(self, xp: Any, sigma: Array, eps: float) -> tuple[Array, Pullback]:
+    def matrix(self, xp: Any, sigma: Array, eps: float) -> tuple[Array, Linearization]:
         return _linalg.pca_whitening_matrix(xp, sigma, eps)
 
 
@@ -214,7 +226,7 @@ class CholeskyWhiten(_Whiten):
     what = "Cholesky whitening"
     routines = ("cholesky", "inv")
 
-    def matrix(self, xp: Any, sigma: Array, eps: float) -> tuple[Array, Pullback]:
+    def matrix(self, xp: Any, sigma: Array, eps: float) -> tuple[Array, Linearization]:
         return _linalg.cholesky_whitening_matrix(xp, sigma)
 
 
@@ -239,7 +251,7 @@ class IterNormWhiten(_Whiten):
     def __repr__(self) -> str:
         return f"IterNormWhiten(T={self.T})"
 
-    def matrix(self, xp: Any, sigma: Array, eps: float) -> tuple[Array, Pullback]:
+    def matrix(self, xp: Any, sigma: Array, eps: float) -> tuple[Array, Linearization]:
         return _linalg.newton_inv_sqrt(xp, sigma, self.T)
 
 
@@ -298,6 +310,11 @@ class GivenWhitening(Operation):
         blocks = state.blocks
         g = xp.matmul(xp.matrix_transpose(state.whitening_matrix), blocks.to_blocks(xp, gv))
         return blocks.from_blocks(xp, g)
+
+    def jvp(self, xp: Any, tv: Array, state: GivenWhiteningState) -> Array:
+        """dY = W dX per block (linear in x)."""
+        blocks = state.blocks
+        return blocks.from_blocks(xp, xp.matmul(state.whitening_matrix, blocks.to_blocks(xp, tv)))
 
 
 # --------------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 Each layer caches only what its derivative needs (the input, or the output for tanh) and
 returns dx = φ'(x) · dy. Derivatives at kinks follow PyTorch (ReLU'(0) = 0; hard-tanh' = 0 at
-the clip points), so whole-stack gradients agree with ``torch.autograd`` everywhere.
+the clip points), so whole-stack gradients agree with ``torch.autograd`` everywhere. The
+Jacobian is diagonal, hence symmetric: ``jvp(dx) = φ'(x) · dx`` is the same product.
 """
 
 from __future__ import annotations
@@ -19,11 +20,25 @@ Array = Any
 
 
 class _Pointwise(Module):
+    """An elementwise φ: subclasses cache what φ' needs and give :meth:`_scale`, the product
+    φ'(x) · t, which is both the VJP and the JVP (the Jacobian is diagonal)."""
+
     def _xp(self, x: Array) -> Any:
         fname = f"{type(self).__name__}.forward"
         xp = xp_namespace(fname, x=x)
         xp_check_floating(fname, "x", x, xp)
         return xp
+
+    def _scale(self, c: dict[str, Any], t: Array) -> Array:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def backward(self, dy: Array) -> Array:
+        return self._scale(self._saved(), dy)
+
+    def jvp(self, dx: Array) -> Array:
+        c = self._saved("jvp")
+        self._check_tangent(dx, c["xp"], c["shape"])
+        return self._scale(c, dx)
 
 
 class Identity(Module):
@@ -35,19 +50,21 @@ class Identity(Module):
     def backward(self, dy: Array) -> Array:
         return dy
 
+    def jvp(self, dx: Array) -> Array:
+        return dx
+
 
 class ReLU(_Pointwise):
     """y = max(x, 0); dy/dx = 1 where x > 0, else 0 (PyTorch's choice at 0)."""
 
     def forward(self, x: Array) -> Array:
         xp = self._xp(x)
-        self._save(xp=xp, x=x)
+        self._save(xp=xp, x=x, shape=tuple(x.shape))
         return xp.where(x > 0, x, xp.zeros_like(x))
 
-    def backward(self, dy: Array) -> Array:
-        c = self._saved()
+    def _scale(self, c: dict[str, Any], t: Array) -> Array:
         xp = c["xp"]
-        return xp.where(c["x"] > 0, dy, xp.zeros_like(dy))
+        return xp.where(c["x"] > 0, t, xp.zeros_like(t))
 
 
 class Tanh(_Pointwise):
@@ -56,12 +73,12 @@ class Tanh(_Pointwise):
     def forward(self, x: Array) -> Array:
         xp = self._xp(x)
         y = xp.tanh(x)
-        self._save(y=y)
+        self._save(xp=xp, y=y, shape=tuple(x.shape))
         return y
 
-    def backward(self, dy: Array) -> Array:
-        y = self._saved()["y"]
-        return dy * (1.0 - y * y)
+    def _scale(self, c: dict[str, Any], t: Array) -> Array:
+        y = c["y"]
+        return t * (1.0 - y * y)
 
 
 class GELU(_Pointwise):
@@ -80,11 +97,10 @@ class GELU(_Pointwise):
     def forward(self, x: Array) -> Array:
         xp = self._xp(x)
         t = xp.tanh(self._C * (x + self._A * x * x * x))
-        self._save(x=x, t=t)
+        self._save(xp=xp, x=x, t=t, shape=tuple(x.shape))
         return 0.5 * x * (1.0 + t)
 
-    def backward(self, dy: Array) -> Array:
-        c = self._saved()
+    def _scale(self, c: dict[str, Any], dy: Array) -> Array:
         x, t = c["x"], c["t"]
         du = self._C * (1.0 + 3.0 * self._A * x * x)
         return dy * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du)
@@ -104,14 +120,13 @@ class HardTanh(_Pointwise):
 
     def forward(self, x: Array) -> Array:
         xp = self._xp(x)
-        self._save(xp=xp, x=x)
+        self._save(xp=xp, x=x, shape=tuple(x.shape))
         return xp.clip(x, self.min_val, self.max_val)
 
-    def backward(self, dy: Array) -> Array:
-        c = self._saved()
+    def _scale(self, c: dict[str, Any], t: Array) -> Array:
         xp, x = c["xp"], c["x"]
         inside = (x > self.min_val) & (x < self.max_val)
-        return xp.where(inside, dy, xp.zeros_like(dy))
+        return xp.where(inside, t, xp.zeros_like(t))
 
     def extra_repr(self) -> str:
         return f"min_val={self.min_val}, max_val={self.max_val}"

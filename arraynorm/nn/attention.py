@@ -10,6 +10,14 @@ Backward, with dO from the output projection's backward:
 
     dV = Pᵀ dO,   dP = dO Vᵀ,   dS = P ⊙ (dP − Σ_j dP ⊙ P) / √d,
     dQ = dS K,    dK = dSᵀ Q,   dx = in-projection backward of [dQ dK dV].
+
+Forward mode (input tangent, parameters fixed), with [dQ dK dV] = dx W_inᵀ:
+
+    dS = (dQ Kᵀ + Q dKᵀ) / √d,   dP = P ⊙ (dS − Σ_j P ⊙ dS),   dO = dP V + P dV,
+    dy = merged dO W_outᵀ.
+
+The softmax Jacobian diag(p) − ppᵀ is symmetric, so dP is the softmax backward formula applied
+to the tangent; masked scores are the constant −∞ and have P = 0, so they contribute nothing.
 """
 
 from __future__ import annotations
@@ -104,6 +112,17 @@ class MultiHeadSelfAttention(Module):
         dk = xp.matmul(xp.matrix_transpose(ds), q)
         dqkv = xp.concat([self._merge(xp, t, n, steps) for t in (dq, dk, dv)], axis=-1)
         return self.in_proj.backward(dqkv)
+
+    def jvp(self, dx: Array) -> Array:
+        c = self._saved("jvp")
+        xp, q, k, v, p, n, steps = c["xp"], c["q"], c["k"], c["v"], c["p"], c["n"], c["steps"]
+        dqkv = self.in_proj.jvp(dx)
+        d = self.embed_dim
+        dq, dk, dv = (self._heads(xp, dqkv[..., i * d:(i + 1) * d], n, steps) for i in range(3))
+        ds = (xp.matmul(dq, xp.matrix_transpose(k)) + xp.matmul(q, xp.matrix_transpose(dk))) * c["scale"]
+        dp = softmax_backward(xp, ds, p, axis=-1)  # symmetric Jacobian: JVP = VJP formula
+        do = xp.matmul(dp, v) + xp.matmul(p, dv)
+        return self.out_proj.jvp(self._merge(xp, do, n, steps))
 
     @property
     def attention_weights(self) -> Array | None:

@@ -1,7 +1,8 @@
 """Composition of layers: a chain (:class:`Sequential`) and a skip connection (:class:`Residual`).
 
 Backward is the chain rule written out: ``Sequential`` calls its layers' ``backward`` in
-reverse order; ``Residual`` adds the skip path's cotangent to the block's.
+reverse order; ``Residual`` adds the skip path's cotangent to the block's. Forward mode is
+the same chain in the forward order: ``jvp`` pushes a tangent through the layers' ``jvp``.
 """
 
 from __future__ import annotations
@@ -63,6 +64,12 @@ class Sequential(Module):
             dy = layer.backward(dy)
         return dy
 
+    def jvp(self, dx: Array) -> Array:
+        """J·dx = J_L ⋯ J_2 J_1 dx, each layer's ``jvp`` in the forward order."""
+        for layer in self._children.values():
+            dx = layer.jvp(dx)
+        return dx
+
 
 class Residual(Module):
     """y = shortcut(x) + scale · block(x) (He et al. 2016); the shortcut is the identity
@@ -94,6 +101,12 @@ class Residual(Module):
         dblock = self.block.backward(dy if self.scale == 1.0 else self.scale * dy)
         dskip = self._children["shortcut"].backward(dy) if "shortcut" in self._children else dy
         return dskip + dblock
+
+    def jvp(self, dx: Array) -> Array:
+        """J·dx = shortcut.jvp(dx) + scale · block.jvp(dx)."""
+        dh = self.block.jvp(dx)
+        ds = self._children["shortcut"].jvp(dx) if "shortcut" in self._children else dx
+        return ds + dh if self.scale == 1.0 else ds + self.scale * dh
 
     def extra_repr(self) -> str:
         return "" if self.scale == 1.0 else f"scale={self.scale}"

@@ -3,7 +3,9 @@
 y = x Wᵀ + b, W of shape (out_features, in_features) as in ``torch.nn.Linear``; ``x`` has any
 leading shape (..., in_features). With dy = ∂L/∂y flattened to (M, out) and x to (M, in):
 
-    ∂L/∂x = dy W,   ∂L/∂W = dyᵀ x,   ∂L/∂b = Σ_rows dy.
+    ∂L/∂x = dy W,   ∂L/∂W = dyᵀ x,   ∂L/∂b = Σ_rows dy;
+
+forward mode (input tangent, parameters fixed): dy = dx Wᵀ.
 
 The reparameterized layers compute W from their own parameters with the weight-normalization
 ops of :mod:`arraynorm.weight` and pull ∂L/∂W back through those ops' VJPs.
@@ -64,7 +66,20 @@ def _init_arrays(in_features: int, out_features: int, bias: bool, init: str,
     return w, b
 
 
-class Linear(Module):
+class _LinearLayer(Module):
+    """What the fully connected layers share: the JVP dy = dx Wᵀ with the weight the last
+    forward multiplied by (the reparameterized layers cache it as ``w``)."""
+
+    def _weight_used(self, c: dict[str, Any]) -> Array:
+        return c["w"]
+
+    def jvp(self, dx: Array) -> Array:
+        c = self._saved("jvp")
+        self._check_tangent(dx, c["xp"], tuple(c["x"].shape))
+        return linear(c["xp"], dx, self._weight_used(c), None)
+
+
+class Linear(_LinearLayer):
     """Fully connected layer y = x Wᵀ + b.
 
     Parameters
@@ -105,6 +120,9 @@ class Linear(Module):
         """The weight the layer multiplies by (here the parameter itself)."""
         return self.params["weight"]
 
+    def _weight_used(self, c: dict[str, Any]) -> Array:
+        return self.params["weight"]  # as backward: the parameter itself
+
     def backward(self, dy: Array) -> Array:
         c = self._saved()
         w = self.params["weight"]
@@ -119,7 +137,7 @@ class Linear(Module):
                 f"init={self.init!r}")
 
 
-class WeightNormLinear(Module):
+class WeightNormLinear(_LinearLayer):
     """Weight-normalized linear layer (Salimans & Kingma 2016): W = g · v / ‖v‖, norms of
     the rows of v (one per output unit, PyTorch's ``weight_norm(dim=0)``), then y = x Wᵀ + b.
 
@@ -174,7 +192,7 @@ class WeightNormLinear(Module):
         return f"{self.in_features}, {self.out_features}, bias={'bias' in self.params}"
 
 
-class SpectralNormLinear(Module):
+class SpectralNormLinear(_LinearLayer):
     """Spectrally normalized linear layer (Miyato et al. 2018): W = W_orig / σ(W_orig),
     σ estimated by ``n_power_iterations`` steps of power iteration from the buffer ``u``
     (out,), which each training forward updates (as ``torch.nn.utils.spectral_norm``).
@@ -251,7 +269,7 @@ def _reparam_functions() -> dict[str, Any]:
             "orthogonal": orthogonal_weight_norm, "oni": oni}
 
 
-class ReparamLinear(Module):
+class ReparamLinear(_LinearLayer):
     """Linear layer whose weight is a normalized function of a proxy weight V:
     y = x f(V)ᵀ + b, with f one of the survey's weight normalizations (§3.4):
 

@@ -11,6 +11,11 @@ Differences from ``torch.nn.Module``, on purpose:
 * ``backward`` *sets* gradients (it does not accumulate them), and the forward cache is kept
   until the next ``forward``: several ``backward`` calls after one ``forward`` give several
   vector–Jacobian products of the same point, which is how Jacobians are built row by row.
+* ``jvp(dx)`` is the forward-mode product J·dx at the point of the last ``forward`` (input
+  tangent, parameters held fixed), from the same cache and without changing it: ``jvp`` and
+  ``backward`` are a linear map and its adjoint, so the input–output Jacobian is a
+  ``scipy.sparse.linalg.LinearOperator`` (matvec = ``jvp``, rmatvec = ``backward``) that is
+  never formed. Batch-coupled layers (BatchNorm, whitening) take the whole batch's tangent.
 * gradients are cached only while ``requires_grad`` is on (``requires_grad_(False)`` for
   inference); ``train()``/``eval()`` only choose batch vs running statistics.
 """
@@ -22,7 +27,7 @@ from typing import Any
 
 from array_api_compat import array_namespace
 
-from .._array_api import xp_backend_name, xp_device
+from .._array_api import xp_backend_name, xp_check_tangent, xp_device
 from .._array_api import xp_move, xp_resolve_namespace
 
 __all__ = ["Module"]
@@ -35,8 +40,8 @@ class Module:
 
     Subclasses register arrays with :meth:`register_parameter` / :meth:`register_buffer`
     (then readable as attributes, ``layer.weight``), assign sub-layers as attributes, and
-    implement :meth:`forward` and :meth:`backward`, storing what backward needs with
-    :meth:`_save` and reading it back with :meth:`_saved`.
+    implement :meth:`forward`, :meth:`backward` and :meth:`jvp`, storing what backward needs
+    with :meth:`_save` and reading it back with :meth:`_saved`.
     """
 
     def __init__(self) -> None:
@@ -148,6 +153,18 @@ class Module:
     def backward(self, dy: Array) -> Array:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def jvp(self, dx: Array) -> Array:
+        """Forward-mode product: dy = (∂y/∂x)·dx at the input of the last ``forward``, with the
+        parameters held fixed; ``dx`` has the input's shape (the whole batch's).
+
+        Needs the forward cache (gradients enabled) and leaves it as it is, so ``backward``
+        and further ``jvp`` calls may follow: ⟨jvp(v), u⟩ = ⟨v, backward(u)⟩.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} has no forward-mode product: jvp is not implemented for "
+            f"this layer"
+        )
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.forward(*args, **kwargs)
 
@@ -155,12 +172,16 @@ class Module:
         """Keep what backward needs, only when gradients are enabled."""
         object.__setattr__(self, "_cache", saved if self.requires_grad else None)
 
-    def _saved(self) -> dict[str, Any]:
+    def _saved(self, caller: str = "backward") -> dict[str, Any]:
         if self._cache is None:
             why = ("gradients are disabled (requires_grad_(False))" if not self.requires_grad
                    else "forward has not been called")
-            raise RuntimeError(f"{type(self).__name__}.backward: nothing cached, {why}")
+            raise RuntimeError(f"{type(self).__name__}.{caller}: nothing cached, {why}")
         return self._cache
+
+    def _check_tangent(self, dx: Array, xp: Any, shape: tuple[int, ...]) -> None:
+        """``dx`` must be a floating array of the forward's namespace and input ``shape``."""
+        xp_check_tangent(f"{type(self).__name__}.jvp", "dx", dx, xp, shape)
 
     # ----------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:

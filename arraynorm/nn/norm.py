@@ -142,6 +142,12 @@ class Normalization(Module):
             self.grads["bias"] = db
         return dx
 
+    def jvp(self, dx: Array) -> Array:
+        """J·dx with γ, β fixed, by :meth:`arraynorm.Normalizer.jvp` (the operation's closed
+        form; for batch statistics the tangent is the whole batch's)."""
+        c = self._saved("jvp")
+        return c["norm"].jvp(c["ctx"], dx)
+
     def extra_repr(self) -> str:
         return (f"{self.partition}, {type(self.operation).__name__}, eps={self.eps}, "
                 f"affine={'weight' in self.params}")
@@ -350,18 +356,23 @@ class LocalResponseNorm(Module):
         self.size, self.alpha, self.beta, self.k, self.axis = size, alpha, beta, k, axis
 
     def forward(self, x: Array) -> Array:
-        from .._vjp import vjp
-        from ..local_response import local_response_norm
+        from ..local_response import local_response_norm, lrn_linearized
         args = (x, self.size, self.alpha, self.beta, self.k)
         if not self.requires_grad:
             self._save()
             return local_response_norm(*args, axis=self.axis)
-        y, pullback = vjp(local_response_norm, *args, axis=self.axis)
-        self._save(pullback=pullback)
+        y, pullback, pushforward = lrn_linearized(*args, self.axis)
+        self._save(pullback=pullback, pushforward=pushforward, shape=tuple(x.shape),
+                   xp=xp_namespace("LocalResponseNorm.forward", x=x))
         return y
 
     def backward(self, dy: Array) -> Array:
         return self._saved()["pullback"](dy)[0]
+
+    def jvp(self, dx: Array) -> Array:
+        c = self._saved("jvp")
+        self._check_tangent(dx, c["xp"], c["shape"])
+        return c["pushforward"](dx)
 
     def extra_repr(self) -> str:
         return f"{self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._array_api import xp_check_eps
-from .._vjp import vjp
-from ..adain import adain
+from array_api_compat import array_namespace
+
+from .._array_api import xp_check_eps, xp_check_tangent
+from ..adain import adain, adain_linearized
 from .module import Module
 
 __all__ = ["AdaIN"]
@@ -45,8 +46,9 @@ class AdaIN(Module):
 
     def forward(self, content: Array, style: Array) -> Array:
         if self.requires_grad:
-            y, pullback = vjp(adain, content, style, eps=self.eps, axis=self.axis)
-            self._save(pullback=pullback)
+            y, pullback, pushforward = adain_linearized(content, style, self.eps, self.axis)
+            self._save(pullback=pullback, pushforward=pushforward, xp=array_namespace(y),
+                       shapes=(tuple(content.shape), tuple(style.shape)))
             return y
         self._save()
         return adain(content, style, eps=self.eps, axis=self.axis)
@@ -54,6 +56,21 @@ class AdaIN(Module):
     def backward(self, dy: Array) -> tuple[Array, Array]:
         dcontent, dstyle = self._saved()["pullback"](dy)
         return dcontent, dstyle
+
+    def jvp(self, dcontent: Array, dstyle: Array | None = None) -> Array:
+        """J·(dcontent, dstyle) at the last forward's inputs; ``dstyle=None`` holds the style
+        fixed (the Jacobian with respect to the content input).
+
+            dy = σ(s) · dĉ + ĉ · mean(ŝ · ds) + mean(ds),
+
+        with dĉ the instance-standardization JVP and the means per sample and channel over
+        the style's spatial axes.
+        """
+        c = self._saved("jvp")
+        self._check_tangent(dcontent, c["xp"], c["shapes"][0])
+        if dstyle is not None:
+            xp_check_tangent("AdaIN.jvp", "dstyle", dstyle, c["xp"], c["shapes"][1])
+        return c["pushforward"](dcontent, dstyle)
 
     def extra_repr(self) -> str:
         return f"eps={self.eps}"

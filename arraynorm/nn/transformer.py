@@ -80,6 +80,9 @@ class TransformerEncoderBlock(Module):
         h = self.norm1.forward(x + self.self_attn.forward(x))
         return self.norm2.forward(h + self._ffn(h))
 
+    def _ffn_jvp(self, dh: Array) -> Array:
+        return self.linear2.jvp(self.activation.jvp(self.linear1.jvp(dh)))
+
     def backward(self, dy: Array) -> Array:
         if self.norm_first:
             dh = dy + self.norm2.backward(self._ffn_backward(dy))
@@ -88,6 +91,15 @@ class TransformerEncoderBlock(Module):
         dh = da + self._ffn_backward(da)
         db = self.norm1.backward(dh)            # cotangent of x + MHSA(x)
         return db + self.self_attn.backward(db)
+
+    def jvp(self, dx: Array) -> Array:
+        """J·dx through the block in forward order: the sub-layers' JVPs, the residual
+        tangents added."""
+        if self.norm_first:
+            dh = dx + self.self_attn.jvp(self.norm1.jvp(dx))
+            return dh + self._ffn_jvp(self.norm2.jvp(dh))
+        dh = self.norm1.jvp(dx + self.self_attn.jvp(dx))
+        return self.norm2.jvp(dh + self._ffn_jvp(dh))
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, {'Pre-LN' if self.norm_first else 'Post-LN'}"
