@@ -50,7 +50,11 @@ def linearize(f: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, Ca
     >>> import numpy as np, arraynorm as an
     >>> x = np.random.default_rng(0).standard_normal((3, 4))
     >>> y, push = an.linearize(an.layer_norm, x)
-    >>> bool(np.allclose(push(x), 0.0, atol=1e-4))   # LN is scale invariant: J·x ≈ 0 (eps)
+    >>> bool(np.allclose(push(np.ones_like(x)), 0.0))   # LN ignores a shift of each row
+    True
+    >>> t = np.random.default_rng(1).standard_normal((3, 4))
+    >>> fd = (an.layer_norm(x + 1e-6 * t) - an.layer_norm(x - 1e-6 * t)) / 2e-6
+    >>> bool(np.allclose(push(t), fd, atol=1e-8))
     True
     """
     rule = getattr(f, _RULE_ATTR, None)

@@ -12,6 +12,7 @@ from .container import Residual, Sequential
 from .linear import Linear, ReparamLinear, SpectralNormLinear, WeightNormLinear
 from .loss import CrossEntropyLoss, MSELoss
 from .module import Module
+from .probe import Probe
 from .norm import (
     BatchNorm,
     BatchRenorm,
@@ -22,10 +23,11 @@ from .norm import (
     Normalization,
     PositionNorm,
     RMSNorm,
+    UncenteredBatchNorm,
 )
 from .stack import NORMS, deep_stack
 from .style import AdaIN
-from .transformer import TransformerEncoderBlock
+from .transformer import TransformerEncoderBlock, transformer_stack
 from .whiten import DecorrelatedBatchNorm, IterNorm
 
 __all__ = [
@@ -33,7 +35,7 @@ __all__ = [
     "Linear", "WeightNormLinear", "SpectralNormLinear", "ReparamLinear",
     "Identity", "ReLU", "Tanh", "GELU", "HardTanh", "ACTIVATIONS", "make_activation",
     "Normalization", "BatchNorm", "BatchRenorm", "LayerNorm", "GroupNorm", "InstanceNorm",
-    "RMSNorm", "PositionNorm", "LocalResponseNorm", "DecorrelatedBatchNorm", "IterNorm", "AdaIN",
-    "MultiHeadSelfAttention", "TransformerEncoderBlock",
-    "MSELoss", "CrossEntropyLoss", "deep_stack", "NORMS",
+    "RMSNorm", "UncenteredBatchNorm", "PositionNorm", "LocalResponseNorm", "DecorrelatedBatchNorm", "IterNorm", "AdaIN",
+    "MultiHeadSelfAttention", "TransformerEncoderBlock", "transformer_stack",
+    "MSELoss", "CrossEntropyLoss", "deep_stack", "NORMS", "Probe",
 ]

@@ -25,6 +25,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from array_api_compat import array_namespace
+
 from .._array_api import xp_check_floating, xp_device, xp_namespace
 from .functional import softmax, softmax_backward
 from .init import make_rng
@@ -46,7 +48,12 @@ class MultiHeadSelfAttention(Module):
     bias : biases in the input and output projections (default True).
     causal : mask positions j > i (each position attends only to itself and the past).
     init : initialization of both projections (default ``"xavier_uniform"`` as
-        ``torch.nn.MultiheadAttention``'s ``in_proj_weight``; biases start at zero).
+        ``torch.nn.MultiheadAttention``'s ``in_proj_weight``; biases start at zero);
+        ``sigma_w`` its gain (``init="gaussian", sigma_w=1`` is N(0, 1/D)).
+    zero_query_key : start W_Q = W_K = 0 (uniform attention at initialization, the setting
+        of Xiong et al. 2020's analysis); the weights are still drawn first, so a seed gives
+        the same W_V either way.
+    identity_output : start W_out = I (Xiong et al. 2020).
     rng, xp, dtype, device : as :class:`~arraynorm.nn.Linear`.
 
     Shapes: x (N, T, D) → y (N, T, D). Sub-layers ``in_proj`` (Linear D → 3D, rows ordered
@@ -57,7 +64,8 @@ class MultiHeadSelfAttention(Module):
     """
 
     def __init__(self, embed_dim: int, num_heads: int, bias: bool = True, *,
-                 causal: bool = False, init: str = "xavier_uniform", rng: Any = None,
+                 causal: bool = False, init: str = "xavier_uniform", sigma_w: float | None = None,
+                 zero_query_key: bool = False, identity_output: bool = False, rng: Any = None,
                  xp: Any = None, dtype: Any = None, device: Any = None) -> None:
         super().__init__()
         fname = "MultiHeadSelfAttention"
@@ -69,9 +77,18 @@ class MultiHeadSelfAttention(Module):
         g = make_rng(rng)
         self.embed_dim, self.num_heads, self.causal = embed_dim, num_heads, bool(causal)
         self.head_dim = embed_dim // num_heads
-        kw = dict(init=init, sigma_b=0.0, rng=g, xp=xp, dtype=dtype, device=device)
+        kw = dict(init=init, sigma_w=sigma_w, sigma_b=0.0, rng=g, xp=xp, dtype=dtype, device=device)
         self.in_proj = Linear(embed_dim, 3 * embed_dim, bias, **kw)
         self.out_proj = Linear(embed_dim, embed_dim, bias, **kw)
+        if zero_query_key:
+            w = self.in_proj.params["weight"]
+            wxp = array_namespace(w)
+            self.in_proj.weight = wxp.concat(
+                [wxp.zeros_like(w[:2 * embed_dim, :]), w[2 * embed_dim:, :]], axis=0)
+        if identity_output:
+            w = self.out_proj.params["weight"]
+            self.out_proj.weight = array_namespace(w).eye(embed_dim, dtype=w.dtype,
+                                                          device=xp_device(w))
 
     def _heads(self, xp: Any, t: Array, n: int, steps: int) -> Array:
         return xp.permute_dims(xp.reshape(t, (n, steps, self.num_heads, self.head_dim)), (0, 2, 1, 3))

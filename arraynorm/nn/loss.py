@@ -1,7 +1,8 @@
 """Losses with their gradients: mean squared error and softmax cross-entropy.
 
 A loss is a :class:`~arraynorm.nn.Module` whose ``forward(y, target)`` returns a 0-d array and
-whose ``backward(dl=1.0)`` returns ∂(dl · L)/∂y. Both average over the batch as PyTorch's
+whose ``backward(dl=1.0)`` returns ∂(dl · L)/∂y; ``jvp(dy)`` is the directional derivative
+⟨∂L/∂y, dy⟩ (0-d), so a loss closes a chain of layer JVPs. Both average as PyTorch's
 ``reduction="mean"``.
 """
 
@@ -29,38 +30,53 @@ class MSELoss(Module):
         if tuple(target.shape) != tuple(y.shape):
             raise ValueError(f"{fname}: target must have y's shape {tuple(y.shape)}, got {tuple(target.shape)}")
         diff = y - xp.astype(target, y.dtype)
-        self._save(diff=diff, n=math.prod(y.shape))
+        self._save(diff=diff, n=math.prod(y.shape), xp=xp)
         return xp.mean(diff * diff)
 
     def backward(self, dl: Any = 1.0) -> Array:
         c = self._saved()
         return c["diff"] * (2.0 / c["n"]) * dl
 
+    def jvp(self, dy: Array) -> Array:
+        """dL = Σ 2 (y − t) dy / n (the target is held fixed)."""
+        c = self._saved("jvp")
+        return c["xp"].sum(c["diff"] * dy) * (2.0 / c["n"])
+
 
 class CrossEntropyLoss(Module):
-    """Softmax cross-entropy of logits z (N, K): L = mean_n [logsumexp(z_n) − z_n,t_n].
+    """Softmax cross-entropy of logits z (..., K), classes on the last axis:
+    L = mean over positions of [logsumexp(z) − z_t].
 
-    ``target`` is either integer class indices (N,) or class probabilities (N, K)
-    (then L = −mean_n Σ_k t_nk log softmax(z_n)_k), as ``torch.nn.CrossEntropyLoss()``.
-    The log-sum-exp is taken after subtracting each row's maximum (no overflow for any
-    logits), in float32 at least. ∂L/∂z = (softmax(z) − t)/N (t one-hot for indices).
+    ``target`` is either integer class indices of shape z.shape[:-1] — (N,) for (N, K)
+    logits, (N, T) for sequence logits (N, T, V) — or class probabilities of z's shape (then
+    L = −mean Σ_k t_k log softmax(z)_k). The mean is over every position (N·T for sequences):
+    ``torch.nn.functional.cross_entropy(z.reshape(-1, V), t.reshape(-1))``. For (N, K) this is
+    ``torch.nn.CrossEntropyLoss()``; unlike PyTorch, whose sequence logits are (N, V, T), the
+    class axis is always the last one. The log-sum-exp is taken after subtracting each row's
+    maximum (no overflow for any logits), in float32 at least.
+    ∂L/∂z = (softmax(z) − t)/M over M positions (t one-hot for indices).
     """
 
     def forward(self, logits: Array, target: Array) -> Array:
         fname = "CrossEntropyLoss.forward"
         xp = xp_namespace(fname, logits=logits, target=target)
         xp_check_floating(fname, "logits", logits, xp)
-        if logits.ndim != 2:
-            raise ValueError(f"{fname}: logits must have shape (N, K), got {tuple(logits.shape)}")
-        n, k = logits.shape
+        if logits.ndim < 2:
+            raise ValueError(f"{fname}: logits must have shape (N, K) or (N, ..., K), got "
+                             f"{tuple(logits.shape)}")
+        lead, k = tuple(logits.shape[:-1]), logits.shape[-1]
+        n = math.prod(lead)
         if xp.isdtype(target.dtype, "integral"):
-            if tuple(target.shape) != (n,):
-                raise ValueError(f"{fname}: class-index target must have shape ({n},), got {tuple(target.shape)}")
-            classes = xp.reshape(xp.arange(k, dtype=target.dtype, device=xp_device(target)), (1, k))
-            t = xp.astype(xp.reshape(target, (n, 1)) == classes, logits.dtype)
+            if tuple(target.shape) != lead:
+                raise ValueError(f"{fname}: class-index target must have shape {lead} (the "
+                                 f"logits' without the class axis), got {tuple(target.shape)}")
+            classes = xp.reshape(xp.arange(k, dtype=target.dtype, device=xp_device(target)),
+                                 (1,) * len(lead) + (k,))
+            t = xp.astype(xp.reshape(target, lead + (1,)) == classes, logits.dtype)
         elif xp.isdtype(target.dtype, "real floating"):
-            if tuple(target.shape) != (n, k):
-                raise ValueError(f"{fname}: probability target must have shape ({n}, {k}), got {tuple(target.shape)}")
+            if tuple(target.shape) != lead + (k,):
+                raise ValueError(f"{fname}: probability target must have shape {lead + (k,)}, "
+                                 f"got {tuple(target.shape)}")
             t = xp.astype(target, logits.dtype)
         else:
             raise TypeError(f"{fname}: target must be integer class indices or float probabilities, got {target.dtype}")
@@ -68,9 +84,17 @@ class CrossEntropyLoss(Module):
         self._save(logp=logp, t=t, n=n, xp=xp)
         return -xp.sum(t * logp) / n
 
-    def backward(self, dl: Any = 1.0) -> Array:
-        c = self._saved()
+    def _grad(self, c: dict[str, Any]) -> Array:
         xp, t = c["xp"], c["t"]
         # softmax(z) − t, written for a soft target whose rows sum to s: Σ_k t_k · (p − e_k)
         s = xp.sum(t, axis=-1, keepdims=True)
-        return (xp.exp(c["logp"]) * s - t) * (dl / c["n"])
+        return xp.exp(c["logp"]) * s - t
+
+    def backward(self, dl: Any = 1.0) -> Array:
+        c = self._saved()
+        return self._grad(c) * (dl / c["n"])
+
+    def jvp(self, dz: Array) -> Array:
+        """dL = Σ (softmax(z) − t) · dz / M (the target is held fixed)."""
+        c = self._saved("jvp")
+        return c["xp"].sum(self._grad(c) * dz) / c["n"]

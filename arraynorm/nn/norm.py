@@ -27,6 +27,8 @@ from __future__ import annotations
 import numbers
 from typing import Any
 
+from array_api_compat import array_namespace
+
 import numpy as np
 
 from .._array_api import xp_check_eps, xp_check_finite_scalar, xp_namespace
@@ -38,8 +40,8 @@ from ..running_stats import update_running_stats
 from .._array_api import xp_from_host
 from .module import Module
 
-__all__ = ["Normalization", "BatchNorm", "BatchRenorm", "LayerNorm", "GroupNorm",
-           "InstanceNorm", "RMSNorm", "PositionNorm", "LocalResponseNorm"]
+__all__ = ["Normalization", "BatchNorm", "BatchRenorm", "UncenteredBatchNorm", "LayerNorm",
+           "GroupNorm", "InstanceNorm", "RMSNorm", "PositionNorm", "LocalResponseNorm"]
 
 Array = Any
 
@@ -63,6 +65,14 @@ def _check_momentum(fname: str, momentum: float | None) -> float | None:
     if m > 1.0:
         raise ValueError(f"{fname}: momentum must be in [0, 1] or None, got {m}")
     return m
+
+
+def _blend(running: Array, batch: Array, momentum: float | None, num_batches_tracked: int) -> Array:
+    """running ← (1 − m)·running + m·batch (PyTorch's momentum: m is the new batch's weight;
+    ``momentum=None``: the cumulative average, m = 1/num_batches_tracked), in running's dtype."""
+    m = 1.0 / num_batches_tracked if momentum is None else momentum
+    xp = array_namespace(running)
+    return (1.0 - m) * running + m * xp.astype(batch, running.dtype)
 
 
 class Normalization(Module):
@@ -342,6 +352,62 @@ class BatchRenorm(BatchNorm):
 
     def extra_repr(self) -> str:
         return f"{self.param_shape[0]}, rmax={self.rmax}, dmax={self.dmax}, eps={self.eps}"
+
+
+class UncenteredBatchNorm(Normalization):
+    """Batch normalization without centring (scale-only BN): batch partition ∘ RMS scale,
+
+        y = γ · x / sqrt(mean_B(x²) + eps)  (+ β with ``bias=True``),
+
+    the second moment per channel over the batch and spatial axes. This is the BN that
+    Daneshmand et al. analyse ("Batch normalization provably avoids rank collapse for randomly
+    initialised deep networks", NeurIPS 2020: BN(H) = diag(H Hᵀ)^{-1/2} H): dividing by the
+    per-feature batch norm alone already keeps the representations of a batch from collapsing
+    to rank one with depth. The Jacobian couples the batch as BN's does, but without the
+    mean direction in its null space.
+
+    Running statistics: ``running_mean_square`` (C,), starting at ones and blended with
+    PyTorch's momentum convention (``momentum=None``: cumulative average); no Bessel
+    correction, the batch mean of x² being already unbiased for E[x²]. In eval mode (or with
+    ``track_running_stats=False``, always batch statistics) y = γ x / sqrt(running + eps).
+    Defaults as :class:`BatchNorm` (eps=1e-5, momentum=0.1, channel ``axis`` 1), except that
+    the affine is γ only (``bias=False``) as for RMSNorm. PyTorch has no counterpart.
+    """
+
+    _name = "UncenteredBatchNorm"
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
+                 affine: bool = True, bias: bool = False, track_running_stats: bool = True, *,
+                 axis: int = 1, xp: Any = None, dtype: Any = None, device: Any = None) -> None:
+        super().__init__(Batch(axis), RMSScale(), num_features, eps=eps, affine=affine,
+                         bias=bias, xp=xp, dtype=dtype, device=device)
+        self.momentum = _check_momentum(self._name, momentum)
+        self.track_running_stats = bool(track_running_stats)
+        self.axis = axis
+        if self.track_running_stats:
+            ones = xp_from_host(np.ones(self.param_shape), xp, device, dtype)
+            self.register_buffer("running_mean_square", ones)
+            self.register_buffer("num_batches_tracked", 0)
+
+    def _normalizer(self, x: Array) -> Normalizer:
+        if self.training or not self.track_running_stats:
+            return Normalizer(self.partition, self.operation, self.eps, self._name)
+        ms = self.buffers["running_mean_square"]
+        op = GivenStatistics(array_namespace(ms).zeros_like(ms), ms)
+        return Normalizer(self.partition, op, self.eps, self._name)
+
+    def _after_forward(self, ctx: Any) -> None:
+        if not (self.training and self.track_running_stats):
+            return
+        n = self.buffers["num_batches_tracked"] + 1
+        self.buffers["num_batches_tracked"] = n
+        ms = ctx.xp.reshape(ctx.state.var, self.param_shape)  # RMSScale keeps mean(x²) as var
+        self.buffers["running_mean_square"] = _blend(self.buffers["running_mean_square"], ms,
+                                                     self.momentum, n)
+
+    def extra_repr(self) -> str:
+        return (f"{self.param_shape[0]}, eps={self.eps}, momentum={self.momentum}, "
+                f"affine={'weight' in self.params}, track_running_stats={self.track_running_stats}")
 
 
 class LocalResponseNorm(Module):

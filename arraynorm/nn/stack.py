@@ -18,14 +18,15 @@ from .container import Residual, Sequential
 from .init import make_rng
 from .linear import Linear, ReparamLinear, SpectralNormLinear, WeightNormLinear
 from .module import Module
-from .norm import BatchNorm, BatchRenorm, GroupNorm, LayerNorm, PositionNorm, RMSNorm
+from .norm import (BatchNorm, BatchRenorm, GroupNorm, LayerNorm, PositionNorm, RMSNorm,
+                   UncenteredBatchNorm)
 
 __all__ = ["deep_stack", "NORMS"]
 
 #: normalizations :func:`deep_stack` knows by name (activation normalizations act on the
 #: (N, width) pre/post-activations; weight normalizations replace the Linear layers)
-NORMS = ("none", "batch", "layer", "group", "rms", "position", "batch_renorm", "dbn",
-         "iternorm", "weight_norm", "spectral_norm", "weight_standardization",
+NORMS = ("none", "batch", "batch_uncentered", "layer", "group", "rms", "position", "batch_renorm",
+         "dbn", "iternorm", "weight_norm", "spectral_norm", "weight_standardization",
          "centered_weight_norm")
 
 _WEIGHT_NORMS = {"weight_norm": WeightNormLinear, "spectral_norm": SpectralNormLinear,
@@ -44,6 +45,8 @@ def _norm_layer(norm: str | Callable[[int], Module], width: int, kw: dict[str, A
         return BatchNorm(width, **kw, **where)
     if norm == "batch_renorm":
         return BatchRenorm(width, **kw, **where)
+    if norm == "batch_uncentered":
+        return UncenteredBatchNorm(width, **kw, **where)
     if norm == "layer":
         return LayerNorm(width, **kw, **where)
     if norm == "rms":
@@ -85,7 +88,8 @@ def deep_stack(depth: int, width: int, *, in_features: int | None = None,
         (and is then not residual).
     out_features : if given, a final ``Linear(width, out_features)`` read-out (no norm, no φ).
     activation : ``"relu"``, ``"tanh"``, ``"gelu"``, ``"hardtanh"``, ``"identity"``.
-    norm : ``None``/``"none"``, ``"batch"``, ``"layer"``, ``"group"``, ``"rms"``,
+    norm : ``None``/``"none"``, ``"batch"``, ``"batch_uncentered"`` (scale-only BN,
+        :class:`UncenteredBatchNorm`), ``"layer"``, ``"group"``, ``"rms"``,
         ``"position"``, ``"batch_renorm"``, ``"dbn"`` (decorrelated BN), ``"iternorm"`` —
         a layer after each Linear — or ``"weight_norm"``, ``"spectral_norm"``,
         ``"weight_standardization"``, ``"centered_weight_norm"``, which reparameterize every

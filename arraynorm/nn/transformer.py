@@ -7,21 +7,55 @@ Pre-LN (``norm_first=True``):
 with FFN(z) = W₂ φ(W₁ z + b₁) + b₂. The survey (§6) discusses why the arrangement matters:
 Pre-LN keeps an identity path from input to output, so its gradients at initialization are
 well-scaled without learning-rate warm-up. Backward is the chain rule over the sub-layers'
-closed-form backward passes, the residual cotangents added.
+closed-form backward passes, the residual cotangents added; ``jvp`` the same chain forwards.
+:func:`transformer_stack` builds a stack of blocks with an optional final normalization and
+read-out, for the depth studies of Xiong et al. (2020).
 """
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 from .activation import make_activation
 from .attention import MultiHeadSelfAttention
-from .init import make_rng
+from .container import Sequential
+from .init import SCHEMES, make_rng
 from .linear import Linear
 from .module import Module
 from .norm import LayerNorm, RMSNorm
 
-__all__ = ["TransformerEncoderBlock"]
+__all__ = ["TransformerEncoderBlock", "transformer_stack", "INIT_PRESETS"]
+
+#: initialization presets of :class:`TransformerEncoderBlock` beyond the weight schemes:
+#: ``"xiong2020"`` = every weight N(0, 1/fan_in) (``init="gaussian", sigma_w=1``), W_Q = W_K = 0,
+#: W_out = I, biases 0 — the setting of Xiong et al. (2020), "On layer normalization in the
+#: transformer architecture", §3, in which Post-LN's last-layer gradient grows with depth
+#: and Pre-LN's shrinks as 1/√L.
+INIT_PRESETS = ("xiong2020",)
+
+
+def _init_options(fname: str, init: str | None, sigma_w: float | None, zero_query_key: bool,
+                  identity_output: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Keyword arguments of the attention and of the FFN's linears for one block."""
+    if init is None:
+        if sigma_w is not None:
+            raise ValueError(f"{fname}: sigma_w needs an init scheme (init=...)")
+        attn: dict[str, Any] = {}
+        ffn: dict[str, Any] = {}
+    elif init == "xiong2020":
+        sw = 1.0 if sigma_w is None else sigma_w
+        attn = dict(init="gaussian", sigma_w=sw)
+        ffn = dict(init="gaussian", sigma_w=sw)
+        zero_query_key = identity_output = True
+    elif init in SCHEMES:
+        attn = dict(init=init, sigma_w=sigma_w)
+        ffn = dict(init=init, sigma_w=sigma_w)
+    else:
+        raise ValueError(f"{fname}: init must be None, one of {SCHEMES} or a preset "
+                         f"{INIT_PRESETS}, got {init!r}")
+    attn.update(zero_query_key=bool(zero_query_key), identity_output=bool(identity_output))
+    return attn, ffn
 
 Array = Any
 
@@ -39,6 +73,12 @@ class TransformerEncoderBlock(Module):
     causal : causal self-attention mask.
     norm : ``"layer"`` (default) or ``"rms"`` for both normalizations.
     eps : the normalizations' eps (default 1e-5).
+    init : ``None`` (default: Xavier-uniform attention projections as PyTorch, He for the
+        FFN), a weight scheme of :mod:`arraynorm.nn.init` for every linear map (with gain
+        ``sigma_w``; ``"gaussian"`` with σ_w = 1 is N(0, 1/fan_in)), or ``"xiong2020"``:
+        N(0, 1/fan_in) weights, W_Q = W_K = 0 and W_out = I (Xiong et al. 2020, §3).
+    zero_query_key, identity_output : W_Q = W_K = 0, resp. W_out = I, at initialization,
+        with any ``init`` (see :class:`MultiHeadSelfAttention`).
     rng, xp, dtype, device : as :class:`~arraynorm.nn.Linear`.
 
     Sub-layers carry PyTorch's names (``self_attn``, ``linear1``, ``linear2``, ``norm1``,
@@ -49,17 +89,22 @@ class TransformerEncoderBlock(Module):
 
     def __init__(self, d_model: int, num_heads: int, dim_feedforward: int | None = None, *,
                  activation: Any = "relu", norm_first: bool = False, causal: bool = False,
-                 norm: str = "layer", eps: float = 1e-5, rng: Any = None, xp: Any = None,
+                 norm: str = "layer", eps: float = 1e-5, init: str | None = None,
+                 sigma_w: float | None = None, zero_query_key: bool = False,
+                 identity_output: bool = False, rng: Any = None, xp: Any = None,
                  dtype: Any = None, device: Any = None) -> None:
         super().__init__()
+        attn_kw, ffn_kw = _init_options("TransformerEncoderBlock", init, sigma_w, zero_query_key,
+                                        identity_output)
         g = make_rng(rng)
         ff = 4 * d_model if dim_feedforward is None else dim_feedforward
         where = dict(xp=xp, dtype=dtype, device=device)
         self.norm_first, self.d_model = bool(norm_first), d_model
-        self.self_attn = MultiHeadSelfAttention(d_model, num_heads, causal=causal, rng=g, **where)
-        self.linear1 = Linear(d_model, ff, rng=g, **where)
+        self.self_attn = MultiHeadSelfAttention(d_model, num_heads, causal=causal, rng=g,
+                                                **attn_kw, **where)
+        self.linear1 = Linear(d_model, ff, rng=g, **ffn_kw, **where)
         self.activation = make_activation(activation)
-        self.linear2 = Linear(ff, d_model, rng=g, **where)
+        self.linear2 = Linear(ff, d_model, rng=g, **ffn_kw, **where)
         if norm == "layer":
             self.norm1, self.norm2 = LayerNorm(d_model, eps, **where), LayerNorm(d_model, eps, **where)
         elif norm == "rms":
@@ -103,3 +148,66 @@ class TransformerEncoderBlock(Module):
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, {'Pre-LN' if self.norm_first else 'Post-LN'}"
+
+
+def transformer_stack(depth: int, d_model: int, n_heads: int, *,
+                      dim_feedforward: int | None = None, norm_position: str = "post",
+                      final_norm: bool | None = None, out_features: int | None = None,
+                      activation: Any = "relu", causal: bool = False, norm: str = "layer",
+                      eps: float = 1e-5, init: str | None = None, sigma_w: float | None = None,
+                      zero_query_key: bool = False, identity_output: bool = False,
+                      rng: Any = None, xp: Any = None, dtype: Any = None,
+                      device: Any = None) -> Sequential:
+    """A stack of ``depth`` Transformer encoder blocks, as a :class:`Sequential`.
+
+    Layers ``"0"`` … ``str(depth - 1)`` are :class:`TransformerEncoderBlock` (Post-LN with
+    ``norm_position="post"``, Pre-LN with ``"pre"``); then, when ``final_norm``, a final
+    normalization (``LayerNorm(d_model)``, or RMSNorm with ``norm="rms"``); then, when
+    ``out_features`` is given, a read-out ``Linear(d_model, out_features)`` (logits over a
+    vocabulary: pair it with :class:`CrossEntropyLoss` on (N, T, V) logits).
+    ``final_norm=None`` (default) is the usual arrangement: a final norm for Pre-LN (whose
+    residual stream is never normalized otherwise), none for Post-LN (whose last block
+    already ends with one) — the two models Xiong et al. (2020) compare.
+
+    Other arguments are those of :class:`TransformerEncoderBlock`, shared by every block
+    (``init="xiong2020"`` for the paper's initialization; the read-out then is N(0, 1/d)
+    too); each block draws its own weights from ``rng``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from arraynorm.nn import transformer_stack, CrossEntropyLoss
+    >>> model = transformer_stack(6, 16, 4, norm_position="pre", out_features=10,
+    ...                           init="xiong2020", rng=0)
+    >>> x = np.random.default_rng(1).standard_normal((2, 5, 16))
+    >>> logits = model(x)
+    >>> loss = CrossEntropyLoss()
+    >>> value = loss(logits, np.zeros((2, 5), dtype=np.int64))
+    >>> dx = model.backward(loss.backward())
+    >>> len(model), logits.shape, dx.shape
+    (8, (2, 5, 10), (2, 5, 16))
+    """
+    fname = "transformer_stack"
+    if isinstance(depth, bool) or not isinstance(depth, numbers.Integral) or depth < 1:
+        raise ValueError(f"{fname}: depth must be a positive int, got {depth!r}")
+    if norm_position not in ("post", "pre"):
+        raise ValueError(f"{fname}: norm_position must be 'post' or 'pre', got {norm_position!r}")
+    if norm not in ("layer", "rms"):
+        raise ValueError(f"{fname}: norm must be 'layer' or 'rms', got {norm!r}")
+    _init_options(fname, init, sigma_w, zero_query_key, identity_output)  # fail before building
+    g = make_rng(rng)
+    where = dict(xp=xp, dtype=dtype, device=device)
+    pre = norm_position == "pre"
+    layers: list[Module] = [
+        TransformerEncoderBlock(d_model, n_heads, dim_feedforward, activation=activation,
+                                norm_first=pre, causal=causal, norm=norm, eps=eps, init=init,
+                                sigma_w=sigma_w, zero_query_key=zero_query_key,
+                                identity_output=identity_output, rng=g, **where)
+        for _ in range(int(depth))]
+    if pre if final_norm is None else final_norm:
+        layers.append(LayerNorm(d_model, eps, **where) if norm == "layer"
+                      else RMSNorm(d_model, eps, **where))
+    if out_features is not None:
+        _, lin_kw = _init_options(fname, init, sigma_w, False, False)
+        layers.append(Linear(d_model, out_features, rng=g, **lin_kw, **where))
+    return Sequential(*layers)

@@ -24,7 +24,7 @@ import numpy as np
 from ..compose import Normalizer
 from ..partition import BatchGroups
 from .._array_api import xp_from_host
-from .norm import Normalization, _check_momentum
+from .norm import Normalization, _blend, _check_momentum
 
 __all__ = ["DecorrelatedBatchNorm", "IterNorm"]
 
@@ -69,11 +69,11 @@ class _Whitening(Normalization):
         xp, st = ctx.xp, ctx.state
         n = self.buffers["num_batches_tracked"] + 1
         self.buffers["num_batches_tracked"] = n
-        m = 1.0 / n if self.momentum is None else self.momentum
-        rm, rw = self.buffers["running_mean"], self.buffers["running_whitening"]
-        mean = xp.astype(xp.reshape(st.mean, self.param_shape), rm.dtype)
-        self.buffers["running_mean"] = (1.0 - m) * rm + m * mean
-        self.buffers["running_whitening"] = (1.0 - m) * rw + m * xp.astype(st.whitening_matrix, rw.dtype)
+        b = self.buffers
+        b["running_mean"] = _blend(b["running_mean"], xp.reshape(st.mean, self.param_shape),
+                                   self.momentum, n)
+        b["running_whitening"] = _blend(b["running_whitening"], st.whitening_matrix,
+                                        self.momentum, n)
 
     def extra_repr(self) -> str:
         return (f"{self.param_shape[0]}, num_groups={self.num_groups}, eps={self.eps}, "
