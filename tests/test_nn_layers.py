@@ -55,8 +55,8 @@ def assert_directional(model, x, seed=0):
     assert abs(analytic - fd) <= 1e-8 * max(1.0, abs(fd)) + 10 * err, (analytic, fd, err)
 
 
-FD_NORMS = ["none", "batch", "layer", "group", "rms", "position", "dbn", "iternorm", "weight_norm",
-            "weight_standardization", "centered_weight_norm"]
+FD_NORMS = ["none", "batch", "batch_uncentered", "layer", "group", "rms", "position", "dbn",
+            "iternorm", "weight_norm", "weight_standardization", "centered_weight_norm"]
 
 
 @pytest.mark.parametrize("norm", FD_NORMS)

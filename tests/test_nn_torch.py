@@ -348,6 +348,71 @@ def test_stack_of_transformer_blocks_matches_torch():
     _close("transformer-stack[dx]", dx, tx.grad)
 
 
+@pytest.mark.parametrize("position", ["post", "pre"])
+def test_transformer_stack_with_readout_and_sequence_cross_entropy_matches_torch(position):
+    # transformer_stack = torch.nn.TransformerEncoderLayer × depth (+ final LayerNorm for
+    # Pre-LN) + Linear read-out; the loss is F.cross_entropy on the (N·T, V) reshaped logits
+    rng = np.random.default_rng(12)
+    d, heads, ff, vocab, steps = 8, 2, 12, 7, 5
+    model = nn.transformer_stack(3, d, heads, dim_feedforward=ff, norm_position=position,
+                                 out_features=vocab, init="xiong2020", rng=13)
+    _perturb_affine(model, rng)
+    layers = list(model)
+    tmods = [_torch_block(b, ff) for b in layers[:3]]
+    for m in layers[3:]:
+        if isinstance(m, nn.LayerNorm):
+            t = torch.nn.LayerNorm(d, eps=m.eps, dtype=torch.float64)
+            t.load_state_dict({"weight": _t(m.weight), "bias": _t(m.bias)})
+        else:
+            t = torch.nn.Linear(d, vocab, dtype=torch.float64)
+            t.load_state_dict({"weight": _t(m.weight), "bias": _t(m.bias)})
+        tmods.append(t)
+    tmodel = torch.nn.Sequential(*tmods)
+    x = rng.standard_normal((3, steps, d))
+    target = rng.integers(0, vocab, (3, steps))
+    loss = nn.CrossEntropyLoss()
+    value = loss(model(x), target)
+    dx = model.backward(loss.backward())
+    tx = _t(x).requires_grad_(True)
+    tl = F.cross_entropy(tmodel(tx).reshape(-1, vocab), torch.tensor(target).reshape(-1))
+    tl.backward()
+    label = f"transformer-stack/{position}"
+    _close(f"{label}[loss]", value, tl)
+    _close(f"{label}[dx]", dx, tx.grad)
+    tg = dict(tmodel.named_parameters())
+    pairs = {"self_attn.in_proj.weight": "self_attn.in_proj_weight",
+             "self_attn.in_proj.bias": "self_attn.in_proj_bias"}
+    grads = model.gradients()
+    assert len(grads) == len(tg)
+    for name, g in grads.items():
+        head, _, rest = name.partition(".")
+        _close(f"{label}[d{name}]", g, tg[f"{head}.{pairs.get(rest, rest)}"].grad)
+
+
+def test_sequence_cross_entropy_matches_torch_on_reshaped_logits():
+    rng = np.random.default_rng(14)
+    z = rng.standard_normal((4, 6, 9)) * 25
+    t = rng.integers(0, 9, (4, 6))
+    ce = nn.CrossEntropyLoss()
+    tz = _t(z).requires_grad_(True)
+    tl = F.cross_entropy(tz.reshape(-1, 9), torch.tensor(t).reshape(-1))
+    tl.backward()
+    _close("loss[cross-entropy-NTV]", ce(z, t), tl)
+    _close("loss[cross-entropy-NTV-grad]", ce.backward(), tz.grad)
+    # PyTorch's own (N, V, T) layout gives the same numbers with the class axis moved
+    tz2 = _t(np.moveaxis(z, -1, 1)).requires_grad_(True)
+    tl2 = F.cross_entropy(tz2, torch.tensor(t))
+    tl2.backward()
+    _close("loss[cross-entropy-NVT]", ce(z, t), tl2)
+    _close("loss[cross-entropy-NVT-grad]", ce.backward(), tz2.grad.permute(0, 2, 1))
+    p = rng.dirichlet(np.ones(9), (4, 6))
+    tz = _t(z).requires_grad_(True)
+    tl = F.cross_entropy(tz.reshape(-1, 9), _t(p).reshape(-1, 9))
+    tl.backward()
+    _close("loss[cross-entropy-NTV-soft]", ce(z, p), tl)
+    _close("loss[cross-entropy-NTV-soft-grad]", ce.backward(), tz.grad)
+
+
 def test_multi_head_attention_matches_torch_module():
     rng = np.random.default_rng(6)
     attn = nn.MultiHeadSelfAttention(8, 4, causal=True, rng=7)
