@@ -1,8 +1,10 @@
 """The benchmark cases and, for each backend, the calls they time.
 
-A case is one operation at one size (float32). A backend turns a case's NumPy inputs into two
-callables, forward and forward+backward, each returning its outputs; or it says why it cannot
-(``Absent``), which the report shows instead of an error.
+A case is one operation at one size (float32), or one whole model (``MODEL_FAMILIES``: a
+200-block BatchNorm MLP, a Transformer block — the models the analysis package studies, whose
+time is matrix products and many small passes rather than memory bandwidth). A backend turns a
+case's NumPy inputs into two callables, forward and forward+backward, each returning its
+outputs; or it says why it cannot (``Absent``), which the report shows instead of an error.
 """
 
 from __future__ import annotations
@@ -16,11 +18,17 @@ import numpy as np
 
 from . import naive
 
-__all__ = ["Case", "CASES", "Backend", "BACKENDS", "Absent", "Impl", "make_inputs"]
+__all__ = ["Case", "CASES", "MODEL_FAMILIES", "Backend", "BACKENDS", "Absent", "Impl",
+           "make_inputs"]
 
 EPS = 1e-5
 RMS_EPS = 1e-6
 ITER_T = 5
+
+
+#: cases that time a whole model (forward and backward of every layer), not one op; their
+#: shape is (depth, batch, width) for "stack", (N, T, D) for "transformer"
+MODEL_FAMILIES = ("stack", "transformer")
 
 
 @dataclass(frozen=True)
@@ -28,19 +36,25 @@ class Case:
     """One operation at a full and a ``--quick`` size."""
 
     id: str
-    family: str                       # ln, bn, gn, in, rms, wn, sn, iternorm
+    family: str                       # ln, bn, gn, in, rms, wn, sn, iternorm; stack, transformer
     label: str
     full: tuple[int, ...]
     quick: tuple[int, ...]
     groups: int = 0                   # GN and IterNorm groups
     bandwidth_target: bool = False    # a large LN/RMS/BN case: the GPU bandwidth target applies
+    heads: int = 0                    # attention heads of a Transformer case
 
     def shape(self, quick: bool) -> tuple[int, ...]:
         return self.quick if quick else self.full
 
+    def input_shape(self, quick: bool) -> tuple[int, ...]:
+        """Shape of the input x (a deep stack's shape starts with its depth)."""
+        shape = self.shape(quick)
+        return shape[1:] if self.family == "stack" else shape
+
     def title(self, quick: bool) -> str:
         s = f"{self.label} {'x'.join(map(str, self.shape(quick)))}"
-        return s + (f" G{self.groups}" if self.groups else "")
+        return s + (f" G{self.groups}" if self.groups else "") + (f" H{self.heads}" if self.heads else "")
 
 
 CASES = [
@@ -54,16 +68,23 @@ CASES = [
     Case("wn", "wn", "WeightNorm", (4096, 4096), (512, 512)),
     Case("sn", "sn", "SpectralNorm", (4096, 4096), (512, 512)),
     Case("iternorm", "iternorm", "IterNorm", (8192, 512), (1024, 256), groups=8),
+    # issue 10: one forward+backward of deep_stack(200, 256, norm="batch") at batch 64
+    # (depth x batch x width), and a Post-LN Transformer block (N x T x D, FFN 4D)
+    Case("deep-stack", "stack", "deep_stack BN", (200, 64, 256), (20, 64, 256)),
+    Case("transformer", "transformer", "Transformer block", (32, 128, 256), (4, 32, 64), heads=4),
 ]
 
 
 def make_inputs(case: Case, quick: bool, seed: int = 0) -> dict[str, np.ndarray]:
     """float32 inputs of a case: the array, cotangent and parameters each op takes."""
     rng = np.random.default_rng(seed)
-    shape = case.shape(quick)
+    shape = case.input_shape(quick)
 
     def normal(*s: int) -> np.ndarray:
         return rng.standard_normal(s, dtype=np.float32)
+
+    if case.family in MODEL_FAMILIES:
+        return {"x": normal(*shape), "dy": normal(*shape)}
 
     if case.family in ("wn", "sn"):
         out = {"v": normal(*shape), "dy": normal(*shape)}
@@ -124,6 +145,35 @@ def _arraynorm(case: Case, a: dict[str, Any]) -> Impl:
     return Impl(lambda: f(*args, **kw), fwdbwd)
 
 
+def _model(case: Case, quick: bool) -> Any:
+    """The arraynorm model of a model case, float32, weights drawn with seed 0 (every backend
+    runs these same weights)."""
+    from arraynorm import nn
+
+    shape = case.shape(quick)
+    if case.family == "stack":
+        depth, _, width = shape
+        return nn.deep_stack(depth, width, norm="batch", rng=0, dtype="float32")
+    d = shape[-1]
+    return nn.TransformerEncoderBlock(d, case.heads, 4 * d, rng=0, dtype="float32")
+
+
+def _arraynorm_model(case: Case, a: dict[str, Any], quick: bool) -> Impl:
+    """forward+backward of the training model (caching for backward, parameter gradients
+    set); forward alone of a copy with gradients off, as ``torch.no_grad``."""
+    from array_api_compat import array_namespace
+
+    ns = array_namespace(a["x"])
+    train, infer = _model(case, quick).to(ns), _model(case, quick).to(ns).requires_grad_(False)
+    x, dy = a["x"], a["dy"]
+
+    def fwdbwd() -> Any:
+        y = train(x)
+        return y, train.backward(dy)
+
+    return Impl(lambda: infer(x), fwdbwd)
+
+
 def _portable(impl: Impl) -> Impl:
     """The same calls with the backend fast paths switched off around each."""
     import arraynorm as an
@@ -141,6 +191,8 @@ def _portable(impl: Impl) -> Impl:
 
 def _naive(case: Case, a: dict[str, np.ndarray]) -> Impl:
     fam = case.family
+    if fam in MODEL_FAMILIES:
+        raise Absent("no naive NumPy recipe for a whole model (peers: PyTorch)")
     if fam in ("ln", "bn", "gn", "in"):
         x = a["x"]
         nd = x.ndim
@@ -214,6 +266,53 @@ def _torch_param_module(case: Case, a: dict[str, Any], torch: Any) -> Impl:
     return Impl(fwd, fwdbwd)
 
 
+def _torch_model(case: Case, a: dict[str, Any], quick: bool, torch: Any) -> Impl:
+    """The same model in ``torch.nn`` with arraynorm's weights (Linear → BatchNorm1d → ReLU
+    blocks; ``TransformerEncoderLayer`` with dropout 0), timed with autograd."""
+    m = _model(case, quick)
+
+    def t(p: Any) -> Any:
+        return torch.from_numpy(np.asarray(p))
+
+    if case.family == "stack":
+        layers = []
+        for block in m:
+            lin, bn, _ = block
+            tl = torch.nn.Linear(lin.in_features, lin.out_features)
+            tl.load_state_dict({"weight": t(lin.weight), "bias": t(lin.bias)})
+            tb = torch.nn.BatchNorm1d(lin.out_features, eps=bn.eps, momentum=bn.momentum)
+            tb.load_state_dict({"weight": t(bn.weight), "bias": t(bn.bias),
+                                "running_mean": t(bn.running_mean), "running_var": t(bn.running_var),
+                                "num_batches_tracked": torch.tensor(0)})
+            layers += [tl, tb, torch.nn.ReLU()]
+        tm = torch.nn.Sequential(*layers)
+    else:
+        at = m.self_attn
+        tm = torch.nn.TransformerEncoderLayer(m.d_model, at.num_heads, m.linear1.out_features,
+                                              dropout=0.0, activation="relu", batch_first=True)
+        tm.load_state_dict({
+            "self_attn.in_proj_weight": t(at.in_proj.weight), "self_attn.in_proj_bias": t(at.in_proj.bias),
+            "self_attn.out_proj.weight": t(at.out_proj.weight), "self_attn.out_proj.bias": t(at.out_proj.bias),
+            "linear1.weight": t(m.linear1.weight), "linear1.bias": t(m.linear1.bias),
+            "linear2.weight": t(m.linear2.weight), "linear2.bias": t(m.linear2.bias),
+            "norm1.weight": t(m.norm1.weight), "norm1.bias": t(m.norm1.bias),
+            "norm2.weight": t(m.norm2.weight), "norm2.bias": t(m.norm2.bias)})
+    x, dy = a["x"], a["dy"]
+    tm = tm.to(device=x.device, dtype=torch.float32).train()
+    params = list(tm.parameters())
+    xs = x.detach().requires_grad_(True)
+
+    def fwd() -> Any:
+        with torch.no_grad():
+            return tm(x)
+
+    def fwdbwd() -> Any:
+        y = tm(xs)
+        return y, torch.autograd.grad(y, [xs] + params, dy)
+
+    return Impl(fwd, fwdbwd)
+
+
 def _torch(case: Case, a: dict[str, Any]) -> Impl:
     import torch
     import torch.nn.functional as F
@@ -267,23 +366,32 @@ class Backend:
     memory: str | None
     description: str
 
-    def prepare(self, case: Case, arrays: dict[str, np.ndarray]) -> Impl:
-        """The case's callables on this backend, or :class:`Absent`."""
+    def prepare(self, case: Case, arrays: dict[str, np.ndarray], quick: bool = False) -> Impl:
+        """The case's callables on this backend, or :class:`Absent` (``quick`` picks a model
+        case's size)."""
+        model = case.family in MODEL_FAMILIES
+
+        def an(a: dict[str, Any]) -> Impl:
+            return _arraynorm_model(case, a, quick) if model else _arraynorm(case, a)
+
+        def tc(a: dict[str, Any], torch: Any) -> Impl:
+            return _torch_model(case, a, quick, torch) if model else _torch(case, a)
+
         if self.id == "arraynorm-numpy":
-            return _arraynorm(case, arrays)
+            return an(arrays)
         if self.id == "arraynorm-portable":
-            return _portable(_arraynorm(case, arrays))
+            return _portable(an(arrays))
         if self.id == "naive-numpy":
             return _naive(case, arrays)
         if self.id == "arraynorm-cupy":
             cp = _cupy()
-            return _arraynorm(case, {k: cp.asarray(v) for k, v in arrays.items()})
+            return an({k: cp.asarray(v) for k, v in arrays.items()})
         torch = _torch_module()
         if self.id == "torch-cpu":
-            return _torch(case, {k: torch.from_numpy(v) for k, v in arrays.items()})
+            return tc({k: torch.from_numpy(v) for k, v in arrays.items()}, torch)
         if not torch.cuda.is_available():
             raise Absent("no CUDA device visible to PyTorch")
-        return _torch(case, {k: torch.from_numpy(v).to("cuda") for k, v in arrays.items()})
+        return tc({k: torch.from_numpy(v).to("cuda") for k, v in arrays.items()}, torch)
 
     def check(self) -> None:
         """Raise :class:`Absent` when this backend cannot run on this machine at all."""

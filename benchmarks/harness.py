@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from . import machine, report, timing
-from .cases import BACKENDS, CASES, Absent, Backend, Case, make_inputs
+from .cases import BACKENDS, CASES, MODEL_FAMILIES, Absent, Backend, Case, make_inputs
 
 __all__ = ["run", "select"]
 
@@ -89,7 +89,7 @@ def _run_case(case: Case, backends: list[Backend], quick: bool, cfg: dict[str, A
     impls = {}
     for b in backends:
         try:
-            impls[b.id] = b.prepare(case, arrays)
+            impls[b.id] = b.prepare(case, arrays, quick)
         except Absent as e:
             out["backends"][b.id] = {"status": f"absent: {e}"}
     # outputs agree? (the forward of every backend against the first available one); a
@@ -107,7 +107,8 @@ def _run_case(case: Case, backends: list[Backend], quick: bool, cfg: dict[str, A
             ref, ref_id = y, bid
         out["backends"][bid] = {"status": "ok", "check": "reference" if bid == ref_id else
                                 f"max|y-{ref_id}|={float(np.max(np.abs(y.astype(np.float64) - ref))):.1e}"}
-    moved = {"fwd": 2 * nbytes, "fwdbwd": 5 * nbytes}
+    # a whole model's time is matrix products and many passes: no bandwidth figure for it
+    moved = None if case.family in MODEL_FAMILIES else {"fwd": 2 * nbytes, "fwdbwd": 5 * nbytes}
     bdev = {b.id: b for b in backends}
     for mode in report.MODES:
         fns = {bid: (getattr(impl, mode), _timer(bdev[bid])) for bid, impl in impls.items()}
@@ -115,11 +116,11 @@ def _run_case(case: Case, backends: list[Backend], quick: bool, cfg: dict[str, A
                                    min_sample_s=cfg["min_sample_s"])
         for bid, t in timed.items():
             ref_bw = bw["gpu"] if bdev[bid].device == "gpu" else bw["cpu"]
-            gbps = moved[mode] / t.median / 1e9
+            gbps = None if moved is None else moved[mode] / t.median / 1e9
             out["backends"][bid][mode] = {
                 "median_s": t.median, "min_s": t.min, "samples_s": t.samples, "inner": t.inner,
-                "bytes_moved": moved[mode], "gbps": gbps,
-                "copy_share": gbps / ref_bw["gbps"] if ref_bw else None}
+                "bytes_moved": None if moved is None else moved[mode], "gbps": gbps,
+                "copy_share": gbps / ref_bw["gbps"] if ref_bw and gbps is not None else None}
     for bid, impl in impls.items():
         peak = timing.peak_memory(impl.fwdbwd, bdev[bid].memory) if bdev[bid].memory else None
         out["backends"][bid]["peak_bytes"] = peak

@@ -32,7 +32,7 @@ def format_row(title: str, backend: str, r: dict[str, Any]) -> str:
     peak = r.get("peak_over_input")
     share = "-" if fb["copy_share"] is None else f"{100 * fb['copy_share']:.0f}%"
     return (f"{title:30s} {backend:19s} {_ms(r['fwd']['median_s']):>10s} {_ms(fb['median_s']):>11s} "
-            f"{_ms(fb['min_s']):>8s} {fb['gbps']:6.1f} {share:>6s} "
+            f"{_ms(fb['min_s']):>8s} {'-' if fb['gbps'] is None else format(fb['gbps'], '6.1f'):>6s} {share:>6s} "
             f"{'-' if peak is None else f'{peak:5.1f}x':>6s}  {r.get('check', '')}")
 
 
@@ -102,8 +102,8 @@ def markdown(res: dict[str, Any]) -> str:
                 continue
             fb, fw = r["fwdbwd"], r["fwd"]
             share = "" if fb["copy_share"] is None else f", {100 * fb['copy_share']:.0f}%"
-            cells.append(f"{fw['median_s'] * 1e3:.1f} / {fb['median_s'] * 1e3:.1f} ms "
-                         f"({fb['gbps']:.1f} GB/s{share})")
+            rate = "" if fb["gbps"] is None else f" ({fb['gbps']:.1f} GB/s{share})"
+            cells.append(f"{fw['median_s'] * 1e3:.1f} / {fb['median_s'] * 1e3:.1f} ms{rate}")
         lines.append(f"| {c['title']} | " + " | ".join(cells) + " |")
     lines += ["", "Cells: forward / forward+backward median; GB/s and % of copy bandwidth for forward+backward.", ""]
     tg = res.get("targets", [])
