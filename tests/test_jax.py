@@ -63,3 +63,26 @@ def test_adain_vjp_matches_jax_grad_for_content_and_style():
     _, pb = an.vjp(an.adain, jnp.asarray(c), jnp.asarray(s))
     for ours, oracle in zip(pb(jnp.asarray(dy)), g):
         np.testing.assert_allclose(np.asarray(ours), np.asarray(oracle), rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_jvp_matches_jax_forward_mode_in_every_array_argument(name):
+    # jax.jvp differentiates the traced forward pass: an autodiff oracle for the closed form
+    f, _ = CASES[name]
+    x, w, b = RNG.standard_normal((4, 6, 3, 3)), RNG.uniform(0.5, 1.5, 6), RNG.standard_normal(6)
+    tx, tw, tb = RNG.standard_normal(x.shape), RNG.standard_normal(6), RNG.standard_normal(6)
+    primals = tuple(jnp.asarray(a) for a in (x, w, b))
+    # (the cases that ignore w, b have an output that does not depend on their tangents)
+    _, oracle = jax.jvp(f, primals, tuple(jnp.asarray(a) for a in (tx, tw, tb)))
+    op = getattr(an, name)
+    xj, wj, bj = primals
+    txj, twj, tbj = (jnp.asarray(a) for a in (tx, tw, tb))
+    args, tans = {"batch_norm": ((xj, wj, bj), (txj, twj, tbj)),
+                  "group_norm": ((xj, 3, wj, bj), (txj, None, twj, tbj)),
+                  "instance_norm": ((xj, wj, bj), (txj, twj, tbj)),
+                  "position_norm": ((xj, wj, bj), (txj, twj, tbj)),
+                  "ghost_batch_norm": ((xj, 2, wj, bj), (txj, None, twj, tbj)),
+                  "local_response_norm": ((xj, 3), (txj, None))}.get(name, ((xj,), (txj,)))
+    kwargs = {"layer_norm": dict(axis=(1, 2, 3))}.get(name, {})
+    _, ours = an.jvp(op, args, tans, **kwargs)
+    np.testing.assert_allclose(np.asarray(ours), np.asarray(oracle), rtol=1e-9, atol=1e-10)

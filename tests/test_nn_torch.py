@@ -270,6 +270,46 @@ def test_mlp_gradients_match_torch_autograd(norm, position):
     check_against_torch(model, x, f"mlp/{norm}")
 
 
+def _torch_jvp(tmodel: torch.nn.Module, x: np.ndarray, v: np.ndarray) -> torch.Tensor:
+    """J·v by PyTorch's forward-mode autodiff (torch.func.jvp) of the mirror model; BatchNorm
+    keeps batch statistics but stops updating running buffers, which forward mode forbids."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    torch.func.replace_all_batch_norm_modules_(tmodel)
+    # the fused CPU attention kernel has no forward-mode derivative; the math one does
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
+        return torch.func.jvp(tmodel, (_t(x),), (_t(v),))[1]
+
+
+# torch.func imports modules that use the deprecated torch.jit.script
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("norm", NORMS_VS_TORCH)
+def test_mlp_jvp_matches_torch_forward_mode_autodiff(norm):
+    rng = np.random.default_rng(15)
+    kw = {"num_groups": 2} if norm in ("group", "dbn", "iternorm") else {}
+    model = nn.deep_stack(4, 8, in_features=5, out_features=3, norm=norm, activation="tanh",
+                          init="gaussian", sigma_w=1.5, sigma_b=0.1, norm_kwargs=kw, rng=16)
+    _perturb_affine(model, rng)
+    x, v = rng.standard_normal((16, 5)) * 2.0, rng.standard_normal((16, 5))
+    tmodel = to_torch(model)  # before the forward: the mirror takes the current buffers
+    model(x)
+    _close(f"jvp/{norm}[Jv]", model.jvp(v), _torch_jvp(tmodel, x, v), rtol=1e-12)
+
+
+# torch.func imports modules that use the deprecated torch.jit.script
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("norm_first", [False, True], ids=["post-LN", "pre-LN"])
+def test_transformer_block_jvp_matches_torch_forward_mode_autodiff(norm_first):
+    rng = np.random.default_rng(17)
+    block = nn.TransformerEncoderBlock(12, 3, 20, norm_first=norm_first, rng=18)
+    _perturb_affine(block, rng)
+    x, v = rng.standard_normal((3, 6, 12)), rng.standard_normal((3, 6, 12))
+    tblock = _torch_block(block, 20).train()
+    block(x)
+    _close(f"jvp/transformer-{'pre' if norm_first else 'post'}-LN[Jv]", block.jvp(v),
+           _torch_jvp(tblock, x, v), rtol=1e-12)
+
+
 @pytest.mark.parametrize("activation", ["relu", "gelu", "hardtanh", "identity"])
 def test_residual_mlp_gradients_match_torch_autograd(activation):
     rng = np.random.default_rng(1)

@@ -175,9 +175,10 @@ class Probe:
             self.activations[name] = self._keep(y)
             return y
 
-        def probed_backward(dy: Any, *args: Any, **kwargs: Any) -> Any:
-            dx = backward(dy, *args, **kwargs)
-            self.output_grads[name] = self._keep(dy)
+        def probed_backward(*args: Any, **kwargs: Any) -> Any:
+            dx = backward(*args, **kwargs)
+            # the cotangent at the output (a loss's backward may take none: dl = 1)
+            self.output_grads[name] = self._keep(args[0] if args else next(iter(kwargs.values()), None))
             self.input_grads[name] = self._keep(dx)
             for pname, g in m.gradients().items():
                 self.param_grads[f"{name}.{pname}" if name else pname] = self._keep(g)
