@@ -190,9 +190,10 @@ def xp_check_param_shape(fname: str, name: str, a: Any, expected: tuple[int, ...
         )
 
 
-def xp_check_tangent(fname: str, name: str, t: Any, xp: Any, shape: tuple[int, ...]) -> None:
+def xp_check_tangent(fname: str, name: str, t: Any, xp: Any, shape: tuple[int, ...],
+                     of: str = "the primal") -> None:
     """A tangent must be a real floating array of the forward pass's namespace ``xp`` with the
-    primal's ``shape``; raise ``TypeError``/``ValueError`` naming ``name`` otherwise."""
+    shape of its primal ``of``; raise ``TypeError``/``ValueError`` naming ``name`` otherwise."""
     try:
         txp = array_namespace(t)
     except TypeError:
@@ -202,7 +203,7 @@ def xp_check_tangent(fname: str, name: str, t: Any, xp: Any, shape: tuple[int, .
                         f"ran on {xp_backend_name(xp)}")
     xp_check_floating(fname, name, t, xp)
     if tuple(t.shape) != tuple(shape):
-        raise ValueError(f"{fname}: {name} must have the primal's shape {tuple(shape)}, got "
+        raise ValueError(f"{fname}: {name} must have {of}'s shape {tuple(shape)}, got "
                          f"{tuple(t.shape)}")
 
 

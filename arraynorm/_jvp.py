@@ -77,7 +77,7 @@ def linearize(f: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, Ca
                 raise TypeError(f"{fname} pushforward: {name} is not an array, its tangent must "
                                 f"be None, got {type(t).__name__}")
             xp_check_tangent(f"{fname} pushforward", f"the tangent of {name}", t,
-                             array_namespace(a), tuple(a.shape))
+                             array_namespace(a), tuple(a.shape), name)
         return pushforward(*tangents)
 
     return y, checked

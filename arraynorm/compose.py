@@ -150,7 +150,7 @@ class Normalizer:
         for name, t, shape in (("dx", dx, layout.shape), ("dweight", dweight, layout.param_shape),
                                ("dbias", dbias, layout.param_shape)):
             if t is not None:
-                xp_check_tangent(fname, name, t, xp, shape)
+                xp_check_tangent(fname, name, t, xp, shape, name[1:])
         ct = xp_compute_dtype(xp, ctx.x_dtype)
         dyhat = None
         if dx is not None:

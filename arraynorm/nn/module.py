@@ -181,7 +181,7 @@ class Module:
 
     def _check_tangent(self, dx: Array, xp: Any, shape: tuple[int, ...]) -> None:
         """``dx`` must be a floating array of the forward's namespace and input ``shape``."""
-        xp_check_tangent(f"{type(self).__name__}.jvp", "dx", dx, xp, shape)
+        xp_check_tangent(f"{type(self).__name__}.jvp", "dx", dx, xp, shape, "the input")
 
     # ----------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:

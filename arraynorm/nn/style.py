@@ -69,7 +69,7 @@ class AdaIN(Module):
         c = self._saved("jvp")
         self._check_tangent(dcontent, c["xp"], c["shapes"][0])
         if dstyle is not None:
-            xp_check_tangent("AdaIN.jvp", "dstyle", dstyle, c["xp"], c["shapes"][1])
+            xp_check_tangent("AdaIN.jvp", "dstyle", dstyle, c["xp"], c["shapes"][1], "style")
         return c["pushforward"](dcontent, dstyle)
 
     def extra_repr(self) -> str:
