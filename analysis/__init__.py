@@ -1,7 +1,36 @@
-"""arraynorm.analysis — studies of normalization built on arraynorm and SciPy.
+"""analysis — why normalization works, measured: theory computed with SciPy beside
+measurements taken with arraynorm's exact forward, backward and forward-mode passes.
 
-This package is reserved for the survey's analyses (scale invariance, Jacobian conditioning,
-gradient flow through deep stacks, run as ``python -m analysis report``). None of them is
-implemented yet: the package is declared so that ``pip install -e .`` installs the layout the
-project's design fixes, and importing it provides nothing else.
+Each study is one call and one command::
+
+    >>> import analysis
+    >>> r = analysis.rank(quick=True, progress=False)      # doctest: +SKIP
+    >>> print(r)                                           # table, verdict  # doctest: +SKIP
+    >>> r.to_json("rank.json"); r.plot("rank.png")         # doctest: +SKIP
+
+    $ python -m analysis rank --depth 50 --json rank.json --plot rank.png
+    $ python -m analysis report            # every study, report.md with figures
+
+Every study returns a :class:`StudyResult` whose JSON has one skeleton — ``study``,
+``params``, ``measured``, ``theory`` (same keys as ``measured``), ``verdict`` — and takes the
+common options ``backend``, ``dtype``, ``seed``, ``threads``, ``quick``, ``executor``,
+``progress``. The shared core: :mod:`._study` (the protocol and registry), :mod:`._result`,
+:mod:`._backend` (backends, threads, seeds), :mod:`._executor` (points of a sweep),
+:mod:`._fit` (rates with confidence intervals), :mod:`._operator` (Jacobians as SciPy
+``LinearOperator``), :mod:`._plot`.
 """
+
+from __future__ import annotations
+
+from ._executor import FuturesExecutor, SerialExecutor
+from ._fit import LineFit, fit_growth, fit_line, fit_power
+from ._result import StudyResult
+from ._study import STUDIES, Context, Outcome, study
+from .report import report
+
+# studies register themselves on import, in report order
+from .rank import rank  # noqa: E402
+
+__all__ = ["StudyResult", "STUDIES", "study", "Context", "Outcome", "report",
+           "SerialExecutor", "FuturesExecutor", "LineFit", "fit_line", "fit_growth", "fit_power",
+           "rank"]
