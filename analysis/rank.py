@@ -67,19 +67,12 @@ def mean_log_sin2(h: np.ndarray) -> float:
         return float(np.mean(np.log(s2))) if s2.size else float("nan")
 
 
-def _norm(norm: str) -> Any:
-    if norm == "batch_uncentered":  # scale-only BN, the setting of Daneshmand et al.
-        return lambda w: an.nn.Normalization(an.partition.Batch(), an.operation.RMSScale(),
-                                                 affine=False)
-    return norm
-
-
 def _point(*, norm: str, width: int, depth: int, batch: int, activation: str, rep: int,
            backend: str, dtype: str, seed: int) -> dict[str, list[float]]:
     """Per-layer rank measures of one random network on one random batch."""
     b = Backend(backend, dtype)
     rng = point_rng(seed, "rank", norm, width, rep)
-    model = an.nn.deep_stack(depth, width, activation=activation, norm=_norm(norm),
+    model = an.nn.deep_stack(depth, width, activation=activation, norm=norm,
                              init="gaussian", sigma_w=1.0, bias=False, rng=rng, xp=b.xp,
                              dtype=b.dtype)
     model.requires_grad_(False)
