@@ -18,7 +18,8 @@ Every few steps, two measures of internal covariate shift (ICS):
    train mode — caused by one update. With per-unit means μⱼ and standard deviations σⱼ before
    and after the step, the drift is the root-mean-square over units of the 2-Wasserstein
    distance between the Gaussian fits, √(meanⱼ[(Δμⱼ)² + (Δσⱼ)²]), reported relative to the
-   layer's scale √(meanⱼ[μⱼ² + σⱼ²]).
+   layer's scale √(meanⱼ[μⱼ² + σⱼ²]). For noisy BN the redrawn noise alone moves it by
+   √(5a²/6)/√(1 + a + 2a²/3) (γ = 1, β = 0, many units): the theory column of its drift.
 2. **Gradient-based** (Santurkar et al. Definition 2.1): with G_ℓ the gradient of layer ℓ's
    weight at step t on the step's batch, and G'_ℓ the same gradient after only the
    preceding layers (blocks < ℓ, their Linear and normalization parameters) take their SGD
@@ -45,16 +46,16 @@ import numpy as np
 
 import arraynorm as an
 from arraynorm._array_api import xp_from_host
-from arraynorm.nn.demo import spirals
 
 from ._backend import Backend, point_rng
-from .landscape import diverging
 from ._hessian import ModelLoss, hessian_operator, parameter_layout, set_flat
 from ._plot import colors, figure
 from ._result import register_plotter
 from ._study import Context, Outcome, check_choices, study
+from ._training import diverging, make_task, mean_over_seeds, spirals_data
 
-__all__ = ["covariate_shift", "VARIANTS", "NoisyAffine", "gradient_ics", "preactivation_drift"]
+__all__ = ["covariate_shift", "VARIANTS", "NoisyAffine", "gradient_ics", "preactivation_drift",
+           "noise_drift"]
 
 VARIANTS = ("none", "batch", "noisy_batch", "layer")
 
@@ -97,6 +98,14 @@ class NoisyAffine(an.nn.Module):
     def backward(self, dy: Any) -> Any:
         scale = self._saved()["scale"]
         return dy if scale is None else dy * scale
+
+
+def noise_drift(a: float) -> float:
+    """The relative one-step drift that noisy BN's redrawn noise alone causes, for γ = 1,
+    β = 0 and many units: the unit's mean s·β + m and standard deviation s·γ move by
+    Δm and Δs·γ, with E(Δm)² = 2 Var m = 2a²/3 and E(Δs)² = 2 Var s = a²/6, against a scale
+    E[m²] + E[s²] = a²/3 + 1 + a + a²/3, so the drift is √(5a²/6) / √(1 + a + 2a²/3)."""
+    return float(np.sqrt(5 * a * a / 6) / np.sqrt(1 + a + 2 * a * a / 3))
 
 
 def _norm(variant: str, noise: float, b: Backend) -> Any:
@@ -179,27 +188,24 @@ def preactivation_drift(before: list[tuple[np.ndarray, np.ndarray]],
     return absolute, relative
 
 
-def _run(*, variant: str, depth: int, width: int, samples: int, batch: int, activation: str,
-         lr: float, steps: int, measurements: int, noise: float, first_order: bool,
-         backend: str, dtype: str, seed: int) -> dict[str, Any]:
+def _run(*, variant: str, rep: int, depth: int, width: int, samples: int, batch: int,
+         activation: str, lr: float, steps: int, measurements: int, noise: float,
+         first_order: bool, backend: str, dtype: str, seed: int) -> dict[str, Any]:
     """One variant: SGD with both ICS measures taken along the way."""
     b = Backend(backend, dtype)
-    data_seed = int(point_rng(seed, "spirals").integers(2 ** 31))
-    xh, yh = spirals(samples, seed=data_seed)
-    model = an.nn.deep_stack(depth, width, in_features=2, out_features=2,
-                             norm=_norm(variant, noise, b), activation=activation, init="he",
-                             rng=point_rng(seed, "weights"), xp=b.xp, dtype=b.dtype)
+    xh, yh = spirals_data(seed, rep, samples)
+    model, loss, x_all, y_all = make_task(b, seed=seed, rep=rep, samples=samples, depth=depth,
+                                          width=width, norm=_norm(variant, noise, b),
+                                          activation=activation, loss="cross_entropy")
     noisy = [m for _, m in model.named_modules() if isinstance(m, NoisyAffine)]
-    noise_rng = point_rng(seed, "covariate-shift", variant, "noise")
-    order = point_rng(seed, "covariate-shift", "batches")  # the same batches for every variant
-    x_all = b.asarray(xh)
-    y_all = b.xp.asarray(yh.astype(np.int64))
-    f = ModelLoss(model, an.nn.CrossEntropyLoss(), x_all, y_all, b)
+    noise_rng = point_rng(seed, "covariate-shift", variant, rep, "noise")
+    order = point_rng(seed, "covariate-shift", rep, "batches")  # the same for every variant
+    f = ModelLoss(model, loss, x_all, y_all, b)
     theta = f.theta0.copy()
     layers, blocks = layer_weight_slices(model), block_of(model)
     at = set(np.unique(np.linspace(0, steps - 1, measurements).round().astype(int)).tolist())
 
-    pilot = point_rng(seed, "covariate-shift", variant, "pilot")
+    pilot = point_rng(seed, "covariate-shift", variant, rep, "pilot")
 
     def draw_noise() -> list[tuple[np.ndarray, np.ndarray]]:
         return [m.draw(noise_rng) for m in noisy]
@@ -259,12 +265,12 @@ def _run(*, variant: str, depth: int, width: int, samples: int, batch: int, acti
 
 @study("covariate-shift",
        quick=dict(depth=3, width=8, samples=128, batch=32, steps=40, measurements=4),
-       report=dict(depth=5, width=16, samples=256, batch=64, steps=300, measurements=12))
+       report=dict(depth=5, width=16, samples=256, batch=64, steps=300, measurements=12, seeds=2))
 def covariate_shift(ctx: Context, *, variants: tuple[str, ...] = ("none", "batch", "noisy_batch"),
                     depth: int = 6, width: int = 32, samples: int = 512, batch: int = 64,
                     activation: str = "relu", lr: float = 0.1, steps: int = 600,
-                    measurements: int = 20, noise: float = 1.0,
-                    first_order: bool = True) -> Outcome:
+                    measurements: int = 20, noise: float = 1.0, first_order: bool = True,
+                    seeds: int = 1) -> Outcome:
     """Internal covariate shift by pre-activation drift and by Santurkar et al.'s gradient definition, with/without BN and with noisy BN.
 
     Parameters
@@ -280,6 +286,8 @@ def covariate_shift(ctx: Context, *, variants: tuple[str, ...] = ("none", "batch
     noise : a, the noisy BN's scale s ~ U(1, 1 + a) and shift m ~ U(−a, a).
     first_order : also compute the first-order prediction η‖[H G_{<ℓ}]_ℓ‖ (one Hessian–vector
         product per layer).
+    seeds : independent repetitions (data, initial weights, batches, noise); every reported
+        number is their mean (scalars of each repetition under ``per_seed``).
     """
     fname = "covariate-shift"
     variants = check_choices(fname, "variants", variants, VARIANTS)
@@ -291,35 +299,33 @@ def covariate_shift(ctx: Context, *, variants: tuple[str, ...] = ("none", "batch
                          f"measurements={measurements}")
     if not lr > 0 or not noise >= 0:
         raise ValueError(f"{fname}: lr must be positive and noise >= 0, got lr={lr}, noise={noise}")
-    points = [dict(variant=v, depth=depth, width=width, samples=samples, batch=batch,
+    if seeds < 1:
+        raise ValueError(f"{fname}: seeds must be >= 1, got {seeds}")
+    points = [dict(variant=v, rep=rep, depth=depth, width=width, samples=samples, batch=batch,
                    activation=activation, lr=lr, steps=steps, measurements=measurements,
                    noise=noise, first_order=first_order, **ctx.point_options())
-              for v in variants]
+              for v in variants for rep in range(seeds)]
     runs = ctx.map(_run, points, desc="covariate-shift")
+    by: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
+    for p, r in zip(points, runs):
+        by[p["variant"]].append(r)
     measured: dict[str, Any] = {}
     theory: dict[str, Any] = {}
     table = []
-    for v, r in zip(variants, runs):
-        rec = r["record"]
-        tail = r["losses"][-max(1, steps // 5):]
-
-        def per_layer(key: str) -> list[float]:
-            return np.nanmean(np.array(rec[key], dtype=float), axis=0).tolist() if rec[key] else []
-
-        m = {"layers": r["layers"], "steps": rec["step"], "diverged": r["diverged"],
-             "train_loss_last": float(np.mean(tail)), "eval_loss": r["eval_loss"],
-             "eval_accuracy": r["eval_accuracy"], "loss_curve": r["losses"],
-             "drift": per_layer("drift"), "drift_relative": per_layer("drift_relative"),
-             "gradient_ics": per_layer("ics"), "gradient_ics_relative": per_layer("ics_relative"),
-             "gradient_ics_cosine": per_layer("ics_cosine")}
-        for key in ("drift_relative", "gradient_ics", "gradient_ics_relative", "gradient_ics_cosine"):
-            m[f"{key}_mean"] = float(np.mean(m[key])) if m[key] else float("nan")
-        m["drift_relative_curve"] = [float(np.mean(d)) for d in rec["drift_relative"]]
-        m["gradient_ics_relative_curve"] = [float(np.nanmean(d)) for d in rec["ics_relative"]]
+    for v in variants:
+        per = [_summarize(r, steps) for r in by[v]]
+        m = mean_over_seeds([s for s, _ in per])
+        # per-layer curves: the mean over repetitions too (the same layers in every one)
+        for key in ("drift", "drift_relative", "gradient_ics", "gradient_ics_relative",
+                    "gradient_ics_cosine"):
+            m[key] = np.mean([s[key] for s, _ in per], axis=0).tolist()
         measured[v] = m
-        if first_order and rec["ics_first_order"] and rec["ics_first_order"][0]:
-            fo = per_layer("ics_first_order")
-            theory[v] = {"gradient_ics": fo, "gradient_ics_mean": float(np.mean(fo))}
+        theory[v] = {}
+        if all(fo is not None for _, fo in per):
+            fo = np.mean([fo for _, fo in per], axis=0)
+            theory[v] = {"gradient_ics": fo.tolist(), "gradient_ics_mean": float(np.mean(fo))}
+        if v == "noisy_batch":
+            theory[v]["drift_relative_mean"] = noise_drift(noise)
         table.append({"variant": v, "train loss (last 20%)": m["train_loss_last"],
                       "eval acc": m["eval_accuracy"], "drift (rel.)": m["drift_relative_mean"],
                       "‖G−G'‖": m["gradient_ics_mean"],
@@ -327,7 +333,32 @@ def covariate_shift(ctx: Context, *, variants: tuple[str, ...] = ("none", "batch
                       "‖G−G'‖/‖G‖": m["gradient_ics_relative_mean"],
                       "cos(G, G')": m["gradient_ics_cosine_mean"]})
     verdict = _verdict(measured, theory, variants)
+    if seeds > 1:
+        verdict = verdict[:-1] + f" (means over {seeds} seeds)."
     return Outcome(measured, theory, verdict, table)
+
+
+def _summarize(r: dict[str, Any], steps: int) -> tuple[dict[str, Any], np.ndarray | None]:
+    """One run's summary (per-layer means over the measurement steps) and its first-order
+    prediction per layer (``None`` when not computed)."""
+    rec = r["record"]
+    tail = r["losses"][-max(1, steps // 5):]
+
+    def per_layer(key: str) -> list[float]:
+        return np.nanmean(np.array(rec[key], dtype=float), axis=0).tolist() if rec[key] else []
+
+    m = {"layers": r["layers"], "steps": rec["step"], "diverged": r["diverged"],
+         "train_loss_last": float(np.mean(tail)), "eval_loss": r["eval_loss"],
+         "eval_accuracy": r["eval_accuracy"], "loss_curve": r["losses"],
+         "drift": per_layer("drift"), "drift_relative": per_layer("drift_relative"),
+         "gradient_ics": per_layer("ics"), "gradient_ics_relative": per_layer("ics_relative"),
+         "gradient_ics_cosine": per_layer("ics_cosine")}
+    for key in ("drift_relative", "gradient_ics", "gradient_ics_relative", "gradient_ics_cosine"):
+        m[f"{key}_mean"] = float(np.mean(m[key])) if m[key] else float("nan")
+    m["drift_relative_curve"] = [float(np.mean(d)) for d in rec["drift_relative"]]
+    m["gradient_ics_relative_curve"] = [float(np.nanmean(d)) for d in rec["ics_relative"]]
+    fo = rec["ics_first_order"]
+    return m, (np.mean(np.array(fo, dtype=float), axis=0) if fo and fo[0] else None)
 
 
 def _verdict(m: dict[str, Any], t: dict[str, Any], variants: tuple[str, ...]) -> str:
@@ -350,7 +381,8 @@ def _verdict(m: dict[str, Any], t: dict[str, Any], variants: tuple[str, ...]) ->
     if "noisy_batch" in m:
         nb = m["noisy_batch"]
         ref = m.get("batch")
-        s = (f"noisy BN: drift {nb['drift_relative_mean']:.3g}"
+        s = (f"noisy BN: drift {nb['drift_relative_mean']:.3g} (the noise alone: "
+             f"{t['noisy_batch']['drift_relative_mean']:.3g})"
              + (f" (×{nb['drift_relative_mean'] / m['none']['drift_relative_mean']:.2g} the plain "
                 f"network's)" if "none" in m else ""))
         s += f", train loss {nb['train_loss_last']:.3g}, accuracy {nb['eval_accuracy']:.3g}"
@@ -361,7 +393,7 @@ def _verdict(m: dict[str, Any], t: dict[str, Any], variants: tuple[str, ...]) ->
             s += ")"
         parts.append(s)
     fo = [(v, m[v]["gradient_ics_mean"] / t[v]["gradient_ics_mean"]) for v in variants
-          if v in t and t[v]["gradient_ics_mean"] > 0]
+          if t.get(v, {}).get("gradient_ics_mean", 0) > 0]
     if fo:
         parts.append("measured/first-order ‖G−G'‖: " + ", ".join(f"{v} {q:.3g}" for v, q in fo))
     return "; ".join(parts) + "."
@@ -378,7 +410,7 @@ def _plot(r: Any) -> Any:
         ax[0].semilogy(np.arange(len(d["drift_relative"])), np.maximum(d["drift_relative"], 1e-300),
                        "o-", color=col[v], label=v)
         ax[1].semilogy(d["layers"], np.maximum(d["gradient_ics"], 1e-300), "o-", color=col[v], label=v)
-        if v in r.theory:
+        if "gradient_ics" in r.theory.get(v, {}):
             ax[1].semilogy(d["layers"], np.maximum(r.theory[v]["gradient_ics"], 1e-300), "x--",
                            color=col[v], lw=1)
         ax[2].plot(d["layers"], d["gradient_ics_cosine"], "o-", color=col[v], label=v)

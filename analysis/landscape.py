@@ -40,17 +40,15 @@ from typing import Any
 
 import numpy as np
 
-import arraynorm as an
-from arraynorm.nn.demo import spirals
-
 from ._backend import Backend, point_rng
 from ._hessian import (ModelLoss, dense_matrix, hessian_operator, hutchinson_trace, slq,
                        top_eigenvalues)
 from ._plot import colors, figure
 from ._result import register_plotter
 from ._study import Context, Outcome, check_choices, study
+from ._training import diverging, make_task, mean_over_seeds
 
-__all__ = ["landscape", "NORMS", "make_task", "diverging"]
+__all__ = ["landscape", "NORMS"]
 
 #: normalizations whose loss is a function of the parameters alone (spectral norm and batch
 #: renorm carry state that every training forward changes, so their "Hessian" would not be
@@ -58,29 +56,6 @@ __all__ = ["landscape", "NORMS", "make_task", "diverging"]
 NORMS = ("none", "batch", "layer", "group", "rms", "weight_norm", "weight_standardization",
          "centered_weight_norm", "dbn", "iternorm")
 LOSSES = ("mse", "cross_entropy")
-
-
-def make_task(backend: Backend, *, seed: int, samples: int, depth: int, width: int, norm: str,
-              activation: str, loss: str) -> tuple[Any, Any, Any, Any]:
-    """``(model, loss_module, x, target)`` of the spirals task on ``backend``. The data and the
-    Linear weights come from the study's seed alone, not from the normalization, so every
-    normalization starts from the same weights (a paired comparison)."""
-    data_seed = int(point_rng(seed, "spirals").integers(2 ** 31))
-    xh, yh = spirals(samples, seed=data_seed)
-    model = an.nn.deep_stack(depth, width, in_features=2, out_features=2, norm=norm,
-                             activation=activation, init="he", rng=point_rng(seed, "weights"),
-                             xp=backend.xp, dtype=backend.dtype)
-    x = backend.asarray(xh)
-    if loss == "mse":
-        return model, an.nn.MSELoss(), x, backend.asarray(np.eye(2)[yh])
-    return model, an.nn.CrossEntropyLoss(), x, backend.xp.asarray(yh.astype(np.int64))
-
-
-def diverging(value: float, initial: float) -> bool:
-    """Whether training has diverged: a loss that is not finite or above 10⁴ × its initial
-    value (with a saturating activation the loss of a diverging run can stay finite while the
-    read-out weights grow without bound)."""
-    return not np.isfinite(value) or value > 1e4 * max(initial, 1e-300)
 
 
 def _spectrum(f: ModelLoss, theta: np.ndarray, *, dtype: str, rng: np.random.Generator,
@@ -100,15 +75,15 @@ def _spectrum(f: ModelLoss, theta: np.ndarray, *, dtype: str, rng: np.random.Gen
             "hvp": op.step.as_dict(), "products": op.products}
 
 
-def _run(*, norm: str, depth: int, width: int, samples: int, activation: str, loss: str,
+def _run(*, norm: str, rep: int, depth: int, width: int, samples: int, activation: str, loss: str,
          lr: float, steps: int, measurements: int, probe_steps: tuple[float, ...], top_k: int,
          trace_probes: int, lanczos_steps: int, slq_probes: int, broadening: float,
          exact: bool, backend: str, dtype: str, seed: int) -> dict[str, Any]:
     """One normalization: full-batch GD with the landscape measured along the way."""
     b = Backend(backend, dtype)
-    rng = point_rng(seed, "landscape", norm)
-    model, loss_fn, x, t = make_task(b, seed=seed, samples=samples, depth=depth, width=width,
-                                     norm=norm, activation=activation, loss=loss)
+    rng = point_rng(seed, "landscape", norm, rep)
+    model, loss_fn, x, t = make_task(b, seed=seed, rep=rep, samples=samples, depth=depth,
+                                     width=width, norm=norm, activation=activation, loss=loss)
     f = ModelLoss(model, loss_fn, x, t, b)
     spec = dict(dtype=dtype, top_k=top_k, trace_probes=trace_probes, lanczos_steps=lanczos_steps,
                 slq_probes=slq_probes, broadening=broadening, grid=160)
@@ -179,8 +154,8 @@ def landscape(ctx: Context, *, norms: tuple[str, ...] = ("none", "batch", "layer
               depth: int = 3, width: int = 16, samples: int = 256, activation: str = "tanh",
               loss: str = "mse", lr: float = 0.2, steps: int = 600, measurements: int = 20,
               probe_steps: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0), top_k: int = 4,
-              trace_probes: int = 20, lanczos_steps: int = 24, slq_probes: int = 2,
-              broadening: float = 0.01, exact: bool = True) -> Outcome:
+              trace_probes: int = 50, lanczos_steps: int = 24, slq_probes: int = 2,
+              broadening: float = 0.01, exact: bool = True, seeds: int = 1) -> Outcome:
     """Loss landscape smoothness and Hessian sharpness/trace/density over full-batch GD (Santurkar et al.; edge of stability).
 
     Parameters
@@ -201,6 +176,8 @@ def landscape(ctx: Context, *, norms: tuple[str, ...] = ("none", "batch", "layer
     broadening : Gaussian width of the density, as a fraction of the spectrum's range.
     exact : also form the dense Hessian at the end (n products): the exact eigenvalues and
         trace that the estimators are checked against.
+    seeds : independent repetitions (data and initial weights); scalars are their means
+        (each repetition's values under ``per_seed``), curves and spectra the first's.
     """
     fname = "landscape"
     norms = check_choices(fname, "norms", norms, NORMS)
@@ -216,59 +193,74 @@ def landscape(ctx: Context, *, norms: tuple[str, ...] = ("none", "batch", "layer
         raise ValueError(f"{fname}: need top_k >= 1, trace_probes >= 2, lanczos_steps >= 2, "
                          f"slq_probes >= 1 and broadening > 0, got {top_k}, {trace_probes}, "
                          f"{lanczos_steps}, {slq_probes}, {broadening}")
-    points = [dict(norm=n, depth=depth, width=width, samples=samples, activation=activation,
-                   loss=loss, lr=lr, steps=steps, measurements=measurements,
-                   probe_steps=tuple(probe_steps), top_k=top_k, trace_probes=trace_probes,
-                   lanczos_steps=lanczos_steps, slq_probes=slq_probes, broadening=broadening,
-                   exact=exact, **ctx.point_options())
-              for n in norms]
+    if seeds < 1:
+        raise ValueError(f"{fname}: seeds must be >= 1, got {seeds}")
+    points = [dict(norm=n, rep=rep, depth=depth, width=width, samples=samples,
+                   activation=activation, loss=loss, lr=lr, steps=steps,
+                   measurements=measurements, probe_steps=tuple(probe_steps), top_k=top_k,
+                   trace_probes=trace_probes, lanczos_steps=lanczos_steps, slq_probes=slq_probes,
+                   broadening=broadening, exact=exact, **ctx.point_options())
+              for n in norms for rep in range(seeds)]
     runs = ctx.map(_run, points, desc="landscape")
+    by: dict[str, list[dict[str, Any]]] = {n: [] for n in norms}
+    for p, r in zip(points, runs):
+        by[p["norm"]].append(r)
     edge = 2.0 / lr
     measured: dict[str, Any] = {"edge_of_stability": edge}
     theory: dict[str, Any] = {}
     table = []
-    for n, r in zip(norms, runs):
-        c = r["curves"]
-        m: dict[str, Any] = {
-            "curves": c, "diverged": r["diverged"], "parameters": r["parameters"],
-            "loss_initial": float(r["loss_curve"][0]),
-            "loss_final": float(r["loss_curve"][-1]),
-            "sharpness_initial": r["init"]["sharpness"],
-            "sharpness_max": float(np.max(c["sharpness"])) if c["sharpness"] else float("nan"),
-            "init": _summary(r["init"]),
-        }
-        # medians over each half of training: before and after GD reaches the edge of
-        # stability the measures along −∇L differ by orders of magnitude (at the edge the
-        # gradient swings along the top eigenvector), so one mean would mix the two phases
-        for key in ("sharpness", "loss_range", "grad_change", "beta"):
-            for half, keep in (("early", lambda st: st < steps // 2),
-                               ("late", lambda st: st >= steps // 2)):
-                vals = [v for st, v in zip(c["step"], c[key]) if keep(st)]
-                m[f"{key}_{half}"] = float(np.median(vals)) if vals else float("nan")
+    for n in norms:
+        m = mean_over_seeds([_summarize(r, steps) for r in by[n]])
         th: dict[str, Any] = {"sharpness_late": edge}
-        if "final" in r:
-            m["final"] = _summary(r["final"])
-            if "exact" in r:
-                e = r["exact"]
-                th["final"] = {"trace": e["trace"], "sharpness": e["sharpness"]}
-                m["final"]["exact_top_eigenvalues"] = e["top_eigenvalues"]
-                m["final"]["exact_eigenvalues"] = e["eigenvalues"]
-                m["final"]["trace_z"] = ((m["final"]["trace"] - e["trace"])
-                                         / m["final"]["trace_stderr"])
+        first = by[n][0]
+        if "exact" in first:
+            e = first["exact"]
+            th["final"] = {"trace": e["trace"], "sharpness": e["sharpness"]}
         measured[n], theory[n] = m, th
-        row = {"norm": n, "params": r["parameters"], "loss 0→end":
-               f"{m['loss_initial']:.3f}→{m['loss_final']:.3f}" if not r["diverged"] else "diverged",
+        row = {"norm": n, "params": m["parameters"], "loss 0→end":
+               f"{m['loss_initial']:.3f}→{m['loss_final']:.3f}" if not m["diverged"] else "diverged",
                "λmax init": m["sharpness_initial"], "λmax late": m["sharpness_late"],
                "2/η": edge, "loss range early/late":
                f"{m['loss_range_early']:.2g}/{m['loss_range_late']:.2g}",
                "β eff early/late": f"{m['beta_early']:.2g}/{m['beta_late']:.2g}"}
         if "final" in m:
             row["trace (Hutch.)"] = f"{m['final']['trace']:.3g}±{m['final']['trace_stderr']:.2g}"
-            if "exact" in r:
-                row["trace exact"] = r["exact"]["trace"]
+            if "exact" in first:
+                row["trace exact"] = first["exact"]["trace"]
         table.append(row)
     verdict = _verdict(measured, theory, norms, lr, steps)
+    if seeds > 1:
+        verdict = verdict[:-1] + f" (means over {seeds} seeds; spectra of the first)."
     return Outcome(measured, theory, verdict, table)
+
+
+def _summarize(r: dict[str, Any], steps: int) -> dict[str, Any]:
+    """One run's measured summary: scalars, its curves, spectra at init and at the end."""
+    c = r["curves"]
+    m: dict[str, Any] = {
+        "curves": c, "diverged": r["diverged"], "parameters": r["parameters"],
+        "loss_initial": float(r["loss_curve"][0]),
+        "loss_final": float(r["loss_curve"][-1]),
+        "sharpness_initial": r["init"]["sharpness"],
+        "sharpness_max": float(np.max(c["sharpness"])) if c["sharpness"] else float("nan"),
+        "init": _summary(r["init"]),
+    }
+    # medians over each half of training: before and after GD reaches the edge of
+    # stability the measures along −∇L differ by orders of magnitude (at the edge the
+    # gradient swings along the top eigenvector), so one mean would mix the two phases
+    for key in ("sharpness", "loss_range", "grad_change", "beta"):
+        for half, keep in (("early", lambda st: st < steps // 2),
+                           ("late", lambda st: st >= steps // 2)):
+            vals = [v for st, v in zip(c["step"], c[key]) if keep(st)]
+            m[f"{key}_{half}"] = float(np.median(vals)) if vals else float("nan")
+    if "final" in r:
+        m["final"] = _summary(r["final"])
+        if "exact" in r:
+            e = r["exact"]
+            m["final"]["exact_top_eigenvalues"] = e["top_eigenvalues"]
+            m["final"]["exact_eigenvalues"] = e["eigenvalues"]
+            m["final"]["trace_z"] = (m["final"]["trace"] - e["trace"]) / m["final"]["trace_stderr"]
+    return m
 
 
 def _summary(s: dict[str, Any]) -> dict[str, Any]:
@@ -281,13 +273,16 @@ def _verdict(m: dict[str, Any], t: dict[str, Any], norms: tuple[str, ...], lr: f
     edge = 2.0 / lr
     ok = [n for n in norms if not m[n]["diverged"]]
     parts = []
+    at_edge = []
     if ok:
         groups: dict[str, list[str]] = {}
         for n in ok:
             q = m[n]["sharpness_late"] / edge
             where = "at the edge" if 0.8 <= q <= 1.25 else ("below it" if q < 0.8 else "above it")
             groups.setdefault(where, []).append(f"{n} {q:.2f}")
-        parts.append(f"edge of stability (2/η = {edge:.3g} for full-batch GD at η = {lr:g}): "
+            if where == "at the edge":
+                at_edge.append(n)
+        parts.append(f"edge of stability (2/η = {edge:.3g}, full-batch GD at η = {lr:g}): "
                      f"median λmax/(2/η) over the second half of training "
                      + "; ".join(f"{', '.join(v)} — {k}" for k, v in groups.items())
                      + " (λmax at init: "
@@ -295,18 +290,24 @@ def _verdict(m: dict[str, Any], t: dict[str, Any], norms: tuple[str, ...], lr: f
     bad = [n for n in norms if m[n]["diverged"]]
     if bad:
         parts.append("diverged: " + ", ".join(bad))
+    if at_edge:
+        # at the edge the gradient swings along the top eigenvector, so β_eff ≈ λmax ≈ 2/η
+        q = {n: m[n]["beta_late"] / edge for n in at_edge}
+        same = all(0.7 <= v <= 1.4 for v in q.values())
+        parts.append("at the edge, Santurkar et al.'s effective β-smoothness "
+                     + ("is set by η, not by the normalization" if same else "varies")
+                     + ": β_eff/(2/η) = " + ", ".join(f"{n} {v:.2f}" for n, v in q.items()))
     if "none" in ok and len(ok) > 1:
         base = m["none"]
 
         def ratio(n: str, key: str) -> str:
             return f"×{m[n][key] / base[key]:.2g}" if base[key] > 0 else "—"
 
-        cmp = [f"{n} loss range {ratio(n, 'loss_range_early')}/{ratio(n, 'loss_range_late')}, "
-               f"‖Δ∇L‖ {ratio(n, 'grad_change_early')}/{ratio(n, 'grad_change_late')}, "
-               f"β_eff {ratio(n, 'beta_early')}/{ratio(n, 'beta_late')}"
+        cmp = [f"{n} loss range {ratio(n, 'loss_range_early')}, ‖Δ∇L‖ "
+               f"{ratio(n, 'grad_change_early')}, β_eff {ratio(n, 'beta_early')}"
                for n in ok if n != "none"]
-        parts.append("along the gradient (Santurkar et al.), relative to no normalization, "
-                     "first/second half of training (medians): " + "; ".join(cmp))
+        parts.append("in the first half of training (medians), relative to no normalization: "
+                     + "; ".join(cmp))
     zs = [(n, m[n]["final"]["trace_z"]) for n in ok if "trace_z" in m[n].get("final", {})]
     if zs:
         parts.append("Hutchinson trace vs exact: "
