@@ -20,14 +20,15 @@ Error (Taylor's theorem with g = ∇L): the difference quotient is Hv̂ + (h²/6
 + O(h⁴), and each computed gradient carries a rounding error of size ε_g, so
 
     ‖error‖ ≲ h² M / 6 + ε_g / h,    M = ‖D³g[v̂,v̂,v̂]‖ (L's fourth derivative along v̂),
-    ε_g = ε · (‖g(θ)‖ + ‖Hv̂‖ ‖θ‖)
+    ε_g = ε · (‖g(θ)‖ + ‖Hv̂‖ (‖θ‖ + p))
 
-with ε the dtype's machine epsilon (the second term is the gradient change caused by rounding
-θ ± hv̂ to the dtype, which moves θ by up to ε‖θ‖). The sum is least at h* = (3ε_g/M)^{1/3},
-where it is 1.5 · 3^{-1/3} ε_g^{2/3} M^{1/3}: about ε^{2/3} relative (≈ 4e-11 in float64,
-≈ 2e-5 in float32). :func:`choose_step` estimates M and ‖Hv̂‖ from a pilot third difference
-along a random direction (step ε^{1/5}, the optimum for a third difference) and returns h*
-with both error terms; the operator carries them (``op.step``).
+with ε the dtype's machine epsilon: the gradient at θ ± hv̂ is a value of size up to
+‖g(θ)‖ + p‖Hv̂‖ (h ≤ p, the pilot step below) computed to relative precision ε, and rounding
+θ ± hv̂ to the dtype moves it by up to ε‖θ‖, which changes the gradient by ε‖θ‖‖Hv̂‖. The
+sum is least at h* = (3ε_g/M)^{1/3}, where it is 1.5 · 3^{-1/3} ε_g^{2/3} M^{1/3}: about
+ε^{2/3} relative (≈ 4e-11 in float64, ≈ 2e-5 in float32). :func:`choose_step` estimates M
+and ‖Hv̂‖ from pilot third differences (step p = ε^{1/5}, the optimum for a third
+difference) and returns h* with both error terms; the operator carries them (``op.step``).
 
 References: Pearlmutter 1994 (Hessian–vector products); Yao, Gholami, Keutzer & Mahoney 2020
 (PyHessian); Hutchinson 1990; Avron & Toledo 2011 (the estimator's variance); Golub & Meurant
@@ -216,7 +217,7 @@ def choose_step(grad: Callable[[np.ndarray], np.ndarray], theta: np.ndarray, eps
     if scale > 0:
         hv2, third2 = pilot(hv)
         scale, third = max(scale, float(np.linalg.norm(hv2))), max(third, third2)
-    noise = eps * (float(np.linalg.norm(g0)) + scale * float(np.linalg.norm(theta)))
+    noise = eps * (float(np.linalg.norm(g0)) + scale * (float(np.linalg.norm(theta)) + p))
     h = (3 * noise / third) ** (1 / 3) if third > 0 else p
     return StepChoice(min(h, p) if math.isfinite(h) and h > 0 else p, third, noise, scale, eps)
 

@@ -359,3 +359,11 @@ def test_options_are_validated():
         analysis.landscape(lr=0.0, progress=False)
     with pytest.raises(ValueError, match="loss must be among"):
         analysis.landscape(loss="hinge", progress=False)
+
+
+def test_docstring_examples_of_the_hessian_module_run():
+    import doctest
+
+    import analysis._hessian
+
+    assert doctest.testmod(analysis._hessian).failed == 0
