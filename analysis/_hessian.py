@@ -141,8 +141,11 @@ class ModelLoss:
         return self._scalar(self.loss(self.model(self.x), self.target))
 
     def _scalar(self, value: Any) -> float:
-        # NumPy reductions give NumPy scalars, which have no DLPack to cross with
-        if isinstance(value, (float, np.generic)):
+        # NumPy reductions give NumPy scalars, which have no DLPack to cross with; so does a
+        # 0-d Dask array once computed (xp_to_host_numpy would hand it to from_dlpack)
+        if callable(getattr(value, "compute", None)):
+            value = value.compute()
+        if isinstance(value, (float, np.generic, np.ndarray)):
             return float(value)
         return float(self.backend.to_numpy(value))
 
