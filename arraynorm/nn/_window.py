@@ -29,7 +29,7 @@ import numbers
 from dataclasses import dataclass
 from typing import Any
 
-from .._array_api import xp_device
+from .._array_api import xp_device, xp_whole_axes
 
 __all__ = ["pair", "Window2d", "pad2d", "window_slices", "scatter_windows"]
 
@@ -99,9 +99,11 @@ def _concat_borders(xp: Any, a: Array, axis: int, before: int, after: int,
 
 
 def pad2d(xp: Any, x: Array, padding: tuple[int, int, int, int], value: float = 0.0) -> Array:
-    """(N, C, H, W) → (N, C, H + top + bottom, W + left + right), borders filled with ``value``."""
+    """(N, C, H, W) → (N, C, H + top + bottom, W + left + right), borders filled with ``value``
+    (on Dask, channel and spatial axes in one chunk: every window slice would cut them)."""
     top, bottom, left, right = padding
-    return _concat_borders(xp, _concat_borders(xp, x, 2, top, bottom, value), 3, left, right, value)
+    xpad = _concat_borders(xp, _concat_borders(xp, x, 2, top, bottom, value), 3, left, right, value)
+    return xp_whole_axes(xpad, (1, 2, 3))
 
 
 def window_slices(xp: Any, xpad: Array, win: Window2d, out_hw: tuple[int, int]) -> list[Array]:
@@ -127,7 +129,9 @@ def _place(xp: Any, a: Array, axis: int, offset: int, step: int, total: int) -> 
         idx = [slice(None)] * a.ndim
         idx[axis] = slice(0, (n - 1) * step + 1)
         a = a[tuple(idx)]
-    return _concat_borders(xp, a, axis, offset, total - offset - a.shape[axis])
+    placed = _concat_borders(xp, a, axis, offset, total - offset - a.shape[axis])
+    # Dask: one chunk per map again, or each sum of placements refines every chunk boundary
+    return xp_whole_axes(placed, (1, 2, 3))
 
 
 def scatter_windows(xp: Any, cols: list[Array] | Array, win: Window2d,

@@ -29,7 +29,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .._array_api import xp_check_floating, xp_compute_dtype, xp_from_host, xp_namespace
+from .._array_api import (xp_check_floating, xp_compute_dtype, xp_from_host, xp_namespace,
+                          xp_whole_axes)
 from ._window import Window2d, pad2d, pair, scatter_windows, window_slices
 from .init import init_bias, init_weight, make_rng
 from .module import Module
@@ -208,7 +209,7 @@ class Conv2d(Module):
         wt = self.params["weight"]
         g, o, k = self.groups, self.out_channels, self.win.offsets
         ho, wo = dy.shape[2], dy.shape[3]
-        dy = self._up(xp, dy)
+        dy = xp_whole_axes(self._up(xp, dy), (1, 2, 3))
         dyg = _reshape(xp, dy, (n, o, ho * wo), (n, g, o // g, ho * wo))
         dw = xp.sum(xp.matmul(dyg, xp.matrix_transpose(cols)), axis=0)  # Σ_n dY X_colᵀ
         dw = _reshape(xp, dw, (g, o // g, ch // g, k), tuple(wt.shape))
