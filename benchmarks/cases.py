@@ -3,6 +3,11 @@
 A case is one operation at one size (float32). A backend turns a case's NumPy inputs into two
 callables, forward and forward+backward, each returning its outputs; or it says why it cannot
 (``Absent``), which the report shows instead of an error.
+
+The ``conv`` and ``cnn`` cases time layers rather than functional ops: a 3×3 ``Conv2d`` at a
+small-CNN size, and a whole ``cnn_stack`` (conv–BN–ReLU blocks, max pooling, global average
+pooling, linear head) against the same network in ``torch.nn`` with the same weights. They are
+compute-bound (matmuls), so their GB/s columns mean little; the times are what to compare.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ class Case:
     full: tuple[int, ...]
     quick: tuple[int, ...]
     groups: int = 0                   # GN and IterNorm groups
+    out_channels: int = 0             # conv: output channels (input shape is (N, C, H, W))
     bandwidth_target: bool = False    # a large LN/RMS/BN case: the GPU bandwidth target applies
 
     def shape(self, quick: bool) -> tuple[int, ...]:
@@ -54,7 +60,12 @@ CASES = [
     Case("wn", "wn", "WeightNorm", (4096, 4096), (512, 512)),
     Case("sn", "sn", "SpectralNorm", (4096, 4096), (512, 512)),
     Case("iternorm", "iternorm", "IterNorm", (8192, 512), (1024, 256), groups=8),
+    Case("conv", "conv", "Conv2d 3x3 32->64", (64, 32, 16, 16), (16, 32, 16, 16), out_channels=64),
+    Case("cnn", "cnn", "CNN 16-32-64 BN", (64, 3, 32, 32), (16, 3, 16, 16)),
 ]
+
+CNN_CHANNELS = (16, 32, 64)
+CNN_CLASSES = 10
 
 
 def make_inputs(case: Case, quick: bool, seed: int = 0) -> dict[str, np.ndarray]:
@@ -73,6 +84,15 @@ def make_inputs(case: Case, quick: bool, seed: int = 0) -> dict[str, np.ndarray]
             u = normal(shape[0])
             out["u"] = (u / np.linalg.norm(u)).astype(np.float32)
         return out
+    if case.family == "conv":
+        n, c, h, w = shape
+        o = case.out_channels
+        bound = 1.0 / math.sqrt(c * 9)  # PyTorch's default initialization
+        return {"x": normal(*shape), "dy": normal(n, o, h, w),
+                "w": rng.uniform(-bound, bound, (o, c, 3, 3)).astype(np.float32),
+                "b": rng.uniform(-bound, bound, o).astype(np.float32)}
+    if case.family == "cnn":  # the weights come from the model's seed (cnn_stack(rng=0))
+        return {"x": normal(*shape), "dy": normal(shape[0], CNN_CLASSES)}
     pdim = shape[-1] if case.family in ("ln", "rms") else shape[1]
     return {"x": normal(*shape), "dy": normal(*shape),
             "w": (1.0 + 0.1 * normal(pdim)).astype(np.float32), "b": (0.1 * normal(pdim)).astype(np.float32)}
@@ -94,9 +114,45 @@ _AN_FUNCS = {"ln": "layer_norm", "bn": "batch_norm", "gn": "group_norm", "in": "
              "rms": "rms_norm", "wn": "weight_norm", "sn": "spectral_norm", "iternorm": "iter_norm"}
 
 
+def _an_model(case: Case, xp: Any = None, dtype: str = "float32") -> Any:
+    """The case's arraynorm layer (the conv with the case's weights, or the seeded CNN)."""
+    import arraynorm.nn as nn
+
+    if case.family == "conv":
+        c, o = case.full[1], case.out_channels  # quick sizes keep the channels
+        model = nn.Conv2d(c, o, 3, padding=1, rng=0)
+    else:
+        model = nn.cnn_stack(CNN_CHANNELS, in_channels=case.full[1], num_classes=CNN_CLASSES,
+                             norm="batch", rng=0)
+    return model.to(xp if xp is not None else np, dtype=dtype)
+
+
+def _arraynorm_layer(case: Case, a: dict[str, Any]) -> Impl:
+    from array_api_compat import array_namespace
+
+    xp = array_namespace(a["x"])
+    models = []
+    for _ in range(2):  # one caching for backward, one inference-only for the forward timing
+        m = _an_model(case, xp)
+        if case.family == "conv":
+            m.load_state_dict({"weight": a["w"], "bias": a["b"]})
+        models.append(m)
+    infer, train = models
+    infer.requires_grad_(False)
+    x, dy = a["x"], a["dy"]
+
+    def fwdbwd() -> Any:
+        y = train.forward(x)
+        return y, train.backward(dy)
+
+    return Impl(lambda: infer.forward(x), fwdbwd)
+
+
 def _arraynorm(case: Case, a: dict[str, Any]) -> Impl:
     import arraynorm as an
 
+    if case.family in ("conv", "cnn"):
+        return _arraynorm_layer(case, a)
     name = _AN_FUNCS[case.family]
     if not hasattr(an, name):
         raise Absent(f"arraynorm.{name} does not exist in this version")
@@ -141,6 +197,8 @@ def _portable(impl: Impl) -> Impl:
 
 def _naive(case: Case, a: dict[str, np.ndarray]) -> Impl:
     fam = case.family
+    if fam in ("conv", "cnn"):
+        raise Absent("no naive NumPy convolution (peers: PyTorch)")
     if fam in ("ln", "bn", "gn", "in"):
         x = a["x"]
         nd = x.ndim
@@ -214,11 +272,74 @@ def _torch_param_module(case: Case, a: dict[str, Any], torch: Any) -> Impl:
     return Impl(fwd, fwdbwd)
 
 
+def _torch_mirror(model: Any, torch: Any) -> Any:
+    """``torch.nn`` copy of an arraynorm ``cnn_stack`` (conv, BN, ReLU, max pool, GAP, linear)."""
+    import arraynorm.nn as nn
+
+    layers = []
+    for layer in model:
+        if isinstance(layer, nn.Sequential):
+            layers.append(_torch_mirror(layer, torch))
+            continue
+        if isinstance(layer, nn.Conv2d):
+            mod = torch.nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size,
+                                  padding=layer.padding, bias="bias" in layer.params)
+        elif isinstance(layer, nn.BatchNorm):
+            mod = torch.nn.BatchNorm2d(layer.param_shape[0], eps=layer.eps)
+        elif isinstance(layer, nn.Linear):
+            mod = torch.nn.Linear(layer.in_features, layer.out_features)
+        elif isinstance(layer, nn.ReLU):
+            mod = torch.nn.ReLU()
+        elif isinstance(layer, nn.MaxPool2d):
+            mod = torch.nn.MaxPool2d(layer.win.kernel, layer.win.stride)
+        elif isinstance(layer, nn.GlobalAvgPool2d):
+            mod = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+        else:
+            raise Absent(f"no torch mirror for {type(layer).__name__}")
+        with torch.no_grad():
+            for k, v in layer.params.items():
+                getattr(mod, k).copy_(torch.from_numpy(np.asarray(v)))
+        layers.append(mod)
+    return torch.nn.Sequential(*layers)
+
+
+def _torch_layer(case: Case, a: dict[str, Any], torch: Any) -> Impl:
+    """F.conv2d, or the CNN in torch.nn (train mode: batch statistics), with autograd."""
+    x, dy = a["x"], a["dy"]
+    if case.family == "conv":
+        w, b = a["w"], a["b"]
+
+        def f(x: Any, w: Any, b: Any) -> Any:
+            return torch.nn.functional.conv2d(x, w, b, padding=1)
+        ws, bs = w.detach().requires_grad_(True), b.detach().requires_grad_(True)
+        inputs = [ws, bs]
+
+        def run(x: Any) -> Any:
+            return f(x, ws, bs)
+    else:
+        mod = _torch_mirror(_an_model(case), torch).to(x.device).train()
+        inputs = list(mod.parameters())
+        run = mod
+    xs = x.detach().requires_grad_(True)
+
+    def fwd() -> Any:
+        with torch.no_grad():
+            return run(x)
+
+    def fwdbwd() -> Any:
+        y = run(xs)
+        return y, torch.autograd.grad(y, [xs] + inputs, dy)
+
+    return Impl(fwd, fwdbwd)
+
+
 def _torch(case: Case, a: dict[str, Any]) -> Impl:
     import torch
     import torch.nn.functional as F
 
     fam = case.family
+    if fam in ("conv", "cnn"):
+        return _torch_layer(case, a, torch)
     if fam == "iternorm":
         raise Absent("PyTorch has no IterNorm (peer: naive NumPy only)")
     if fam in ("wn", "sn"):

@@ -111,6 +111,23 @@ def test_conv2d_jvp_matches_central_differences_and_is_adjoint_to_backward(xp, c
     assert abs(lhs - rhs) <= RTOL * np.linalg.norm(to_numpy(jv)) * np.linalg.norm(u)
 
 
+@pytest.mark.parametrize("case", CONV_CASES, ids=_case_id)
+def test_in_place_and_functional_window_scatter_agree(case):
+    # the col2im behind every backward: writes into slices (NumPy, CuPy, PyTorch, strict)
+    # vs. interleave-and-concatenate (Dask, JAX); both forced here on NumPy
+    from array_api_compat import numpy as npx
+    from arraynorm.nn._window import scatter_windows
+
+    i, o, k, s, p, d, g, b, (h, w) = case
+    win = _layer(case).win
+    ho, wo = win.output_size("test", h, w)
+    cols = np.random.default_rng(6).standard_normal((2, i, win.offsets, ho, wo))
+    a = scatter_windows(npx, cols, win, (h, w), inplace=True)
+    f = scatter_windows(npx, cols, win, (h, w), inplace=False)
+    assert a.shape == (2, i, h, w)
+    np.testing.assert_allclose(f, a, rtol=0, atol=1e-15 * np.abs(a).max())
+
+
 def test_conv2d_jvp_leaves_the_forward_cache_alone():
     rng = np.random.default_rng(3)
     layer = nn.Conv2d(3, 4, 3, stride=2, padding=1, rng=0)

@@ -15,12 +15,19 @@ for the kernel offsets 0 ≤ i < k_h, 0 ≤ j < k_w. Three operations serve ever
 * :func:`scatter_windows` — the adjoint of ``window_slices`` followed by the crop of the
   padding: Σ over offsets of each cotangent placed back where its slice came from.
 
-``scatter_windows`` is written without writes into slices (the standard allows them, but
-Dask and JAX have no in-place updates): each offset's cotangent is spread to its strided
-positions by interleaving with zeros (stack + reshape) and shifted into place by
-concatenating zero borders, and the k_h k_w placed arrays are summed. That costs a few
-passes over k_h k_w input-sized arrays — the size of the im2col matrix the matmul has just
-read — so it stays a fraction of the convolution's matmul work, on every backend alike.
+``scatter_windows`` has two formulations of the same sum, chosen by capability
+(:func:`~arraynorm._array_api.xp_supports_inplace`), both standard array-API code:
+
+* in place (NumPy, CuPy, PyTorch, array-api-strict): ``acc[offset slice] += cotangent`` into
+  a zero padded array — per offset one read–modify–write of an output-sized slice;
+* functional (Dask, JAX: no in-place updates): each offset's cotangent is spread to its
+  strided positions by interleaving with zeros (stack + reshape), shifted into place by
+  concatenating zero borders, and the placed arrays are summed — about twice the memory
+  traffic (a placement along W per offset and along H per kernel row, each a new array and
+  an add), which is why it is not used where writes into slices exist.
+
+Both add the same terms, grouped differently (the functional one sums each kernel row
+first), so they agree to rounding (tested).
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ import numbers
 from dataclasses import dataclass
 from typing import Any
 
-from .._array_api import xp_device, xp_whole_axes
+from .._array_api import xp_device, xp_supports_inplace, xp_whole_axes
 
 __all__ = ["pair", "Window2d", "pad2d", "window_slices", "scatter_windows"]
 
@@ -106,13 +113,18 @@ def pad2d(xp: Any, x: Array, padding: tuple[int, int, int, int], value: float = 
     return xp_whole_axes(xpad, (1, 2, 3))
 
 
+def _offset_index(win: Window2d, out_hw: tuple[int, int]) -> list[tuple[slice, ...]]:
+    """Index of the padded input read by each kernel offset (i, j), row-major."""
+    (kh, kw), (sh, sw), (dh, dw) = win.kernel, win.stride, win.dilation
+    ho, wo = out_hw
+    return [(slice(None), slice(None), slice(i * dh, i * dh + sh * (ho - 1) + 1, sh),
+             slice(j * dw, j * dw + sw * (wo - 1) + 1, sw)) for i in range(kh) for j in range(kw)]
+
+
 def window_slices(xp: Any, xpad: Array, win: Window2d, out_hw: tuple[int, int]) -> list[Array]:
     """The k_h k_w strided slices (N, C, H_out, W_out) of the padded input, offset (i, j) at
     position i k_w + j (row-major: the scan order of PyTorch's pooling kernels)."""
-    (kh, kw), (sh, sw), (dh, dw) = win.kernel, win.stride, win.dilation
-    ho, wo = out_hw
-    return [xpad[:, :, i * dh:i * dh + sh * (ho - 1) + 1:sh, j * dw:j * dw + sw * (wo - 1) + 1:sw]
-            for i in range(kh) for j in range(kw)]
+    return [xpad[idx] for idx in _offset_index(win, out_hw)]
 
 
 def _place(xp: Any, a: Array, axis: int, offset: int, step: int, total: int) -> Array:
@@ -135,30 +147,40 @@ def _place(xp: Any, a: Array, axis: int, offset: int, step: int, total: int) -> 
 
 
 def scatter_windows(xp: Any, cols: list[Array] | Array, win: Window2d,
-                    in_hw: tuple[int, int]) -> Array:
+                    in_hw: tuple[int, int], *, inplace: bool | None = None) -> Array:
     """Adjoint of ``window_slices ∘ pad2d``: Σ_(i,j) cols[i k_w + j] placed at its strided
     positions of the padded input, padding cropped → (N, C, H, W).
 
     ``cols`` is the list of k_h k_w arrays (N, C, H_out, W_out) or one array
-    (N, C, k_h k_w, H_out, W_out).
+    (N, C, k_h k_w, H_out, W_out). ``inplace``: ``None`` (default) chooses by the backend's
+    capability; ``True``/``False`` force a formulation (tests compare the two).
     """
     (kh, kw), (sh, sw), (dh, dw) = win.kernel, win.stride, win.dilation
     top, bottom, left, right = win.padding
     h, w = in_hw
-    hp, wp = h + top + bottom, w + left + right
 
     def col(k: int) -> Array:
         return cols[k] if isinstance(cols, list) else cols[:, :, k, :, :]
 
-    total = None
-    for i in range(kh):
-        # place along W first: the H placement then moves k_h arrays, not k_h k_w
-        row = None
-        for j in range(kw):
-            placed = _place(xp, col(i * kw + j), 3, j * dw, sw, wp)
-            row = placed if row is None else row + placed
-        placed = _place(xp, row, 2, i * dh, sh, hp)
-        total = placed if total is None else total + placed
+    first = col(0)
+    n, c, ho, wo = first.shape
+    hp, wp = h + top + bottom, w + left + right
+    if inplace is None:
+        inplace = xp_supports_inplace(first)
+    if inplace:
+        total = xp.zeros((n, c, hp, wp), dtype=first.dtype, device=xp_device(first))
+        for k, idx in enumerate(_offset_index(win, (ho, wo))):
+            total[idx] += col(k)
+    else:
+        total = None
+        for i in range(kh):
+            # place along W first: the H placement then moves k_h arrays, not k_h k_w
+            row = None
+            for j in range(kw):
+                placed = _place(xp, col(i * kw + j), 3, j * dw, sw, wp)
+                row = placed if row is None else row + placed
+            placed = _place(xp, row, 2, i * dh, sh, hp)
+            total = placed if total is None else total + placed
     if top or bottom or left or right:
         total = total[:, :, top:top + h, left:left + w]
     return total
