@@ -36,11 +36,32 @@ import numbers
 from dataclasses import dataclass
 from typing import Any
 
-from .._array_api import xp_device, xp_supports_inplace, xp_whole_axes
+from .._array_api import (xp_check_floating, xp_compute_dtype, xp_device, xp_supports_inplace,
+                          xp_whole_axes)
 
-__all__ = ["pair", "Window2d", "pad2d", "window_slices", "scatter_windows"]
+__all__ = ["pair", "check_nchw", "to_compute", "cast", "Window2d", "pad2d", "window_slices",
+           "scatter_windows"]
 
 Array = Any
+
+
+def check_nchw(fname: str, xp: Any, x: Array) -> None:
+    """x must be a floating (N, C, H, W) array (batched; PyTorch also takes (C, H, W))."""
+    xp_check_floating(fname, "x", x, xp)
+    if x.ndim != 4:
+        raise ValueError(f"{fname}: x must have shape (N, C, H, W) (rank 4), got shape "
+                         f"{tuple(x.shape)} (rank {x.ndim})")
+
+
+def to_compute(xp: Any, a: Array) -> Array:
+    """``a`` in the computation dtype (float16/bfloat16 promoted to float32, DESIGN.md §3.3)."""
+    ct = xp_compute_dtype(xp, a.dtype)
+    return a if a.dtype == ct else xp.astype(a, ct)
+
+
+def cast(xp: Any, a: Array, dtype: Any) -> Array:
+    """``a`` cast back to ``dtype`` (no copy when it already has it)."""
+    return a if a.dtype == dtype else xp.astype(a, dtype)
 
 
 def pair(fname: str, name: str, value: Any, minimum: int) -> tuple[int, int]:

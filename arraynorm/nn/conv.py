@@ -29,23 +29,15 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .._array_api import (xp_check_floating, xp_compute_dtype, xp_from_host, xp_namespace,
-                          xp_whole_axes)
-from ._window import Window2d, pad2d, pair, scatter_windows, window_slices
+from .._array_api import xp_from_host, xp_namespace, xp_whole_axes
+from ._window import (Window2d, cast, check_nchw, pad2d, pair, scatter_windows, to_compute,
+                      window_slices)
 from .init import init_bias, init_weight, make_rng
 from .module import Module
 
-__all__ = ["Conv2d", "check_nchw"]
+__all__ = ["Conv2d"]
 
 Array = Any
-
-
-def check_nchw(fname: str, xp: Any, x: Array) -> None:
-    """x must be a floating (N, C, H, W) array (batched; PyTorch also takes (C, H, W))."""
-    xp_check_floating(fname, "x", x, xp)
-    if x.ndim != 4:
-        raise ValueError(f"{fname}: x must have shape (N, C, H, W) (rank 4), got shape "
-                         f"{tuple(x.shape)} (rank {x.ndim})")
 
 
 def _padding(fname: str, padding: Any, kernel: tuple[int, int], stride: tuple[int, int],
@@ -185,12 +177,8 @@ class Conv2d(Module):
                             f"cast one (or move the model with .to(xp, dtype=...))")
         return xp
 
-    def _up(self, xp: Any, a: Array) -> Array:
-        ct = xp_compute_dtype(xp, a.dtype)
-        return a if a.dtype == ct else xp.astype(a, ct)
-
     def _conv(self, xp: Any, x: Array) -> tuple[Array, Array]:
-        return _conv(xp, self._up(xp, x), self._up(xp, self.params["weight"]), self.win,
+        return _conv(xp, to_compute(xp, x), to_compute(xp, self.params["weight"]), self.win,
                      self.groups)
 
     def forward(self, x: Array) -> Array:
@@ -198,9 +186,9 @@ class Conv2d(Module):
         y, cols = self._conv(xp, x)
         b = self.params.get("bias")
         if b is not None:
-            y = y + xp.reshape(self._up(xp, b), (1, -1, 1, 1))
+            y = y + xp.reshape(to_compute(xp, b), (1, -1, 1, 1))
         self._save(xp=xp, cols=cols, in_shape=tuple(x.shape))
-        return y if y.dtype == x.dtype else xp.astype(y, x.dtype)
+        return cast(xp, y, x.dtype)
 
     def backward(self, dy: Array) -> Array:
         c = self._saved()
@@ -209,26 +197,26 @@ class Conv2d(Module):
         wt = self.params["weight"]
         g, o, k = self.groups, self.out_channels, self.win.offsets
         ho, wo = dy.shape[2], dy.shape[3]
-        dy = xp_whole_axes(self._up(xp, dy), (1, 2, 3))
+        dy = xp_whole_axes(to_compute(xp, dy), (1, 2, 3))
         dyg = _reshape(xp, dy, (n, o, ho * wo), (n, g, o // g, ho * wo))
         dw = xp.sum(xp.matmul(dyg, xp.matrix_transpose(cols)), axis=0)  # Σ_n dY X_colᵀ
         dw = _reshape(xp, dw, (g, o // g, ch // g, k), tuple(wt.shape))
-        self.grads["weight"] = dw if dw.dtype == wt.dtype else xp.astype(dw, wt.dtype)
+        self.grads["weight"] = cast(xp, dw, wt.dtype)
         if "bias" in self.params:
             db = xp.sum(dy, axis=(0, 2, 3))
-            self.grads["bias"] = db if db.dtype == wt.dtype else xp.astype(db, wt.dtype)
-        wmat = _kernel_matrix(xp, self._up(xp, wt), g)
+            self.grads["bias"] = cast(xp, db, wt.dtype)
+        wmat = _kernel_matrix(xp, to_compute(xp, wt), g)
         dcols = xp.matmul(xp.matrix_transpose(wmat), dyg)  # (N, G, C/G·k_h k_w, H_out W_out)
         dcols = _reshape(xp, dcols, (n, g, ch // g, k, ho, wo), (n, ch, k, ho, wo))
         dx = scatter_windows(xp, dcols, self.win, (h, w))
-        return dx if dx.dtype == wt.dtype else xp.astype(dx, wt.dtype)
+        return cast(xp, dx, wt.dtype)
 
     def jvp(self, dx: Array) -> Array:
         """∂y/∂x · dx = conv(dx, W) (no bias: the parameters are held fixed). Linear in x, so
         it needs no forward point and leaves the forward cache alone."""
         xp = self._check("Conv2d.jvp", dx)
         dy = self._conv(xp, dx)[0]
-        return dy if dy.dtype == dx.dtype else xp.astype(dy, dx.dtype)
+        return cast(xp, dy, dx.dtype)
 
     def extra_repr(self) -> str:
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "

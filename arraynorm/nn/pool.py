@@ -29,23 +29,14 @@ from typing import Any
 
 import numpy as np
 
-from .._array_api import xp_compute_dtype, xp_device, xp_from_host, xp_namespace
-from ._window import Window2d, pad2d, pair, scatter_windows, window_slices
-from .conv import check_nchw
+from .._array_api import xp_device, xp_from_host, xp_namespace
+from ._window import (Window2d, cast, check_nchw, pad2d, pair, scatter_windows, to_compute,
+                      window_slices)
 from .module import Module
 
 __all__ = ["MaxPool2d", "AvgPool2d", "GlobalAvgPool2d", "Flatten"]
 
 Array = Any
-
-
-def _up(xp: Any, a: Array) -> Array:
-    ct = xp_compute_dtype(xp, a.dtype)
-    return a if a.dtype == ct else xp.astype(a, ct)
-
-
-def _down(xp: Any, a: Array, dtype: Any) -> Array:
-    return a if a.dtype == dtype else xp.astype(a, dtype)
 
 
 class _Pool2d(Module):
@@ -175,13 +166,13 @@ class AvgPool2d(_Pool2d):
         return xp_from_host(host, xp, xp_device(like), like.dtype)
 
     def _pool(self, xp: Any, x: Array, out_hw: tuple[int, int]) -> Array:
-        xu = _up(xp, x)
+        xu = to_compute(xp, x)
         slices = window_slices(xp, pad2d(xp, xu, self.win.padding), self.win, out_hw)
         total = slices[0]
         for s in slices[1:]:
             total = total + s
         y = total / self._divisor(xp, xu, tuple(x.shape[2:]), out_hw)
-        return _down(xp, y, x.dtype)
+        return cast(xp, y, x.dtype)
 
     def forward(self, x: Array) -> Array:
         xp, out_hw = self._check("AvgPool2d.forward", x)
@@ -191,9 +182,9 @@ class AvgPool2d(_Pool2d):
     def backward(self, dy: Array) -> Array:
         c = self._saved()
         xp = c["xp"]
-        g = _up(xp, dy)
+        g = to_compute(xp, dy)
         g = g / self._divisor(xp, g, c["in_hw"], tuple(dy.shape[2:]))
-        return _down(xp, scatter_windows(xp, [g] * self.win.offsets, self.win, c["in_hw"]),
+        return cast(xp, scatter_windows(xp, [g] * self.win.offsets, self.win, c["in_hw"]),
                      dy.dtype)
 
     def jvp(self, dx: Array) -> Array:
@@ -210,6 +201,20 @@ class GlobalAvgPool2d(Module):
     ``torch.nn.functional.adaptive_avg_pool2d(x, 1).flatten(1)``; in float32 at least.
 
     ∂L/∂x = dy / (H W) broadcast over (H, W); the JVP is the mean of the tangent.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from arraynorm.nn import GlobalAvgPool2d
+    >>> pool = GlobalAvgPool2d()
+    >>> pool(np.arange(8.0).reshape(1, 2, 2, 2))
+    array([[1.5, 5.5]])
+    >>> pool.backward(np.array([[4.0, 8.0]]))[0]
+    array([[[1., 1.],
+            [1., 1.]],
+    <BLANKLINE>
+           [[2., 2.],
+            [2., 2.]]])
     """
 
     def forward(self, x: Array) -> Array:
@@ -217,27 +222,36 @@ class GlobalAvgPool2d(Module):
         xp = xp_namespace(fname, x=x)
         check_nchw(fname, xp, x)
         self._save(xp=xp, shape=tuple(x.shape))
-        return _down(xp, xp.mean(_up(xp, x), axis=(2, 3)), x.dtype)
+        return cast(xp, xp.mean(to_compute(xp, x), axis=(2, 3)), x.dtype)
 
     def backward(self, dy: Array) -> Array:
         c = self._saved()
         xp, shape = c["xp"], c["shape"]
-        g = _up(xp, dy) / float(shape[2] * shape[3])
+        g = to_compute(xp, dy) / float(shape[2] * shape[3])
         # a new array, not a broadcast view: later layers may keep or update it
         dx = xp.zeros(shape, dtype=g.dtype, device=xp_device(g)) + g[:, :, None, None]
-        return _down(xp, dx, dy.dtype)
+        return cast(xp, dx, dy.dtype)
 
     def jvp(self, dx: Array) -> Array:
         """The mean of the tangent over (H, W) (linear; no forward point needed)."""
         fname = "GlobalAvgPool2d.jvp"
         xp = xp_namespace(fname, x=dx)
         check_nchw(fname, xp, dx)
-        return _down(xp, xp.mean(_up(xp, dx), axis=(2, 3)), dx.dtype)
+        return cast(xp, xp.mean(to_compute(xp, dx), axis=(2, 3)), dx.dtype)
 
 
 class Flatten(Module):
     """Merge axes ``start_dim`` … ``end_dim`` (default 1 … −1: (N, C, H, W) → (N, C·H·W)),
-    as ``torch.nn.Flatten``; backward and JVP reshape."""
+    as ``torch.nn.Flatten``; backward and JVP reshape.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from arraynorm.nn import Flatten
+    >>> flat = Flatten()
+    >>> flat(np.zeros((2, 3, 4, 5))).shape, flat.backward(np.zeros((2, 60))).shape
+    ((2, 60), (2, 3, 4, 5))
+    """
 
     def __init__(self, start_dim: int = 1, end_dim: int = -1) -> None:
         super().__init__()
