@@ -49,6 +49,7 @@ CONV_CASES = [
     (6, 4, (3, 2), (3, 2), (2, 1), (1, 2), 2, True, (10, 9)),
     (2, 4, 5, 1, "valid", 1, 1, True, (5, 5)),                  # one output pixel
     (3, 3, 2, 3, 0, 1, 1, True, (7, 8)),                        # stride > kernel: skipped pixels
+    (4, 12, 3, 2, 0, 1, 2, True, (5, 5)),   # O/G = 6 > H_out W_out = 4: dW by one matmul over N·HW
 ]
 
 
@@ -231,7 +232,14 @@ BAD_CONV = [
      "x has dtype float32 but the weight has dtype float64"),
     (lambda: nn.Conv2d(2, 4, 3).jvp(np.ones((1, 2, 5))), ValueError, r"Conv2d.jvp: x must have shape \(N, C, H, W\)"),
     (lambda: nn.Conv2d(2, 4, 3).backward(np.ones((1, 4, 3, 3))), RuntimeError, "forward has not been called"),
+    (lambda: _after_forward(nn.Conv2d(2, 4, 3), (1, 2, 5, 5)).backward(np.ones((1, 4, 5, 5))), ValueError,
+     r"Conv2d.backward: dy must have the output's shape \(1, 4, 3, 3\), got \(1, 4, 5, 5\)"),
 ]
+
+
+def _after_forward(layer, shape):
+    layer(np.ones(shape))
+    return layer
 
 
 @pytest.mark.parametrize("make, exc, msg", BAD_CONV, ids=[m for _, _, m in BAD_CONV])

@@ -198,7 +198,18 @@ BAD_POOL = [
     (lambda: nn.Flatten(2, 1)(np.ones((2, 3, 4))), ValueError, "Flatten.forward: start_dim=2, end_dim=1"),
     (lambda: nn.Flatten(1, 5)(np.ones((2, 3, 4))), ValueError, "do not name axes"),
     (lambda: nn.Flatten(1.0), TypeError, "Flatten: start_dim must be an int"),
+    (lambda: _after_forward(nn.MaxPool2d(2), (1, 1, 4, 4)).backward(np.ones((1, 1, 4, 4))), ValueError,
+     r"MaxPool2d.backward: dy must have the output's shape \(1, 1, 2, 2\)"),
+    (lambda: _after_forward(nn.AvgPool2d(2), (1, 1, 4, 4)).backward(np.ones((1, 2, 2))), ValueError,
+     r"AvgPool2d.backward: dy must have the output's shape \(1, 1, 2, 2\), got \(1, 2, 2\)"),
+    (lambda: _after_forward(nn.GlobalAvgPool2d(), (2, 3, 4, 4)).backward(np.ones((2, 3, 1, 1))), ValueError,
+     r"GlobalAvgPool2d.backward: dy must have the output's shape \(2, 3\)"),
 ]
+
+
+def _after_forward(layer, shape):
+    layer(np.ones(shape))
+    return layer
 
 
 @pytest.mark.parametrize("make, exc, msg", BAD_POOL, ids=[m for _, _, m in BAD_POOL])

@@ -39,8 +39,8 @@ from typing import Any
 from .._array_api import (xp_check_floating, xp_compute_dtype, xp_device, xp_supports_inplace,
                           xp_whole_axes)
 
-__all__ = ["pair", "check_nchw", "to_compute", "cast", "Window2d", "pad2d", "window_slices",
-           "scatter_windows"]
+__all__ = ["pair", "check_nchw", "check_cotangent", "to_compute", "cast", "Window2d", "pad2d",
+           "window_slices", "scatter_windows"]
 
 Array = Any
 
@@ -51,6 +51,13 @@ def check_nchw(fname: str, xp: Any, x: Array) -> None:
     if x.ndim != 4:
         raise ValueError(f"{fname}: x must have shape (N, C, H, W) (rank 4), got shape "
                          f"{tuple(x.shape)} (rank {x.ndim})")
+
+
+def check_cotangent(fname: str, dy: Any, shape: tuple[int, ...]) -> None:
+    """dy must have the shape of the forward's output."""
+    if tuple(getattr(dy, "shape", ())) != tuple(shape):
+        raise ValueError(f"{fname}: dy must have the output's shape {tuple(shape)}, got "
+                         f"{tuple(getattr(dy, 'shape', ())) or type(dy).__name__}")
 
 
 def to_compute(xp: Any, a: Array) -> Array:

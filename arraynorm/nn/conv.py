@@ -30,8 +30,8 @@ import math
 from typing import Any
 
 from .._array_api import xp_from_host, xp_namespace, xp_whole_axes
-from ._window import (Window2d, cast, check_nchw, pad2d, pair, scatter_windows, to_compute,
-                      window_slices)
+from ._window import (Window2d, cast, check_cotangent, check_nchw, pad2d, pair, scatter_windows,
+                      to_compute, window_slices)
 from .init import init_bias, init_weight, make_rng
 from .module import Module
 
@@ -71,6 +71,23 @@ def _kernel_matrix(xp: Any, w: Array, groups: int) -> Array:
     """W (O, C/G, k_h, k_w) as W_mat (G, O/G, C/G·k_h k_w)."""
     o, cg, kh, kw = w.shape
     return _reshape(xp, w, (groups, o // groups, cg, kh, kw), (groups, o // groups, cg * kh * kw))
+
+
+def _weight_grad(xp: Any, dyg: Array, cols: Array) -> Array:
+    """∂L/∂W_mat = Σ_n dY_n X_col,nᵀ, shape (G, O/G, C/G·k_h k_w).
+
+    When O/G <= H_out W_out: N per-sample matmuls and a sum over N (their (N, G, O/G,
+    C/G·k_h k_w) products are no larger than the window matrix). Otherwise — many channels on
+    a small map, where those products would be up to O/(G H_out W_out) times the window
+    matrix — one matmul over N·H_out W_out after moving N beside the spatial axis (a copy of
+    the window matrix, nothing N-fold).
+    """
+    n, g, og, hw = dyg.shape
+    if og <= hw:
+        return xp.sum(xp.matmul(dyg, xp.matrix_transpose(cols)), axis=0)
+    dyt = xp.reshape(xp.permute_dims(dyg, (1, 2, 0, 3)), (g, og, n * hw))
+    colt = xp.reshape(xp.permute_dims(cols, (1, 0, 3, 2)), (g, n * hw, cols.shape[2]))
+    return xp.matmul(dyt, colt)
 
 
 def _conv(xp: Any, x: Array, w: Array, win: Window2d, groups: int) -> tuple[Array, Array]:
@@ -187,20 +204,20 @@ class Conv2d(Module):
         b = self.params.get("bias")
         if b is not None:
             y = y + xp.reshape(to_compute(xp, b), (1, -1, 1, 1))
-        self._save(xp=xp, cols=cols, in_shape=tuple(x.shape))
+        self._save(xp=xp, cols=cols, in_shape=tuple(x.shape), out_shape=tuple(y.shape))
         return cast(xp, y, x.dtype)
 
     def backward(self, dy: Array) -> Array:
         c = self._saved()
         xp, cols = c["xp"], c["cols"]
+        check_cotangent("Conv2d.backward", dy, c["out_shape"])
         n, ch, h, w = c["in_shape"]
         wt = self.params["weight"]
         g, o, k = self.groups, self.out_channels, self.win.offsets
         ho, wo = dy.shape[2], dy.shape[3]
         dy = xp_whole_axes(to_compute(xp, dy), (1, 2, 3))
         dyg = _reshape(xp, dy, (n, o, ho * wo), (n, g, o // g, ho * wo))
-        dw = xp.sum(xp.matmul(dyg, xp.matrix_transpose(cols)), axis=0)  # Σ_n dY X_colᵀ
-        dw = _reshape(xp, dw, (g, o // g, ch // g, k), tuple(wt.shape))
+        dw = _reshape(xp, _weight_grad(xp, dyg, cols), (g, o // g, ch // g, k), tuple(wt.shape))
         self.grads["weight"] = cast(xp, dw, wt.dtype)
         if "bias" in self.params:
             db = xp.sum(dy, axis=(0, 2, 3))

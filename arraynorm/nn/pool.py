@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 
 from .._array_api import xp_device, xp_from_host, xp_namespace
-from ._window import (Window2d, cast, check_nchw, pad2d, pair, scatter_windows, to_compute,
-                      window_slices)
+from ._window import (Window2d, cast, check_cotangent, check_nchw, pad2d, pair, scatter_windows,
+                      to_compute, window_slices)
 from .module import Module
 
 __all__ = ["MaxPool2d", "AvgPool2d", "GlobalAvgPool2d", "Flatten"]
@@ -102,7 +102,8 @@ class MaxPool2d(_Pool2d):
         xp, out_hw = self._check("MaxPool2d.forward", x)
         windows = xp.stack(window_slices(xp, pad2d(xp, x, self.win.padding, -math.inf),
                                          self.win, out_hw), axis=2)
-        self._save(xp=xp, argmax=xp.argmax(windows, axis=2), in_hw=tuple(x.shape[2:]))
+        argmax = xp.argmax(windows, axis=2)
+        self._save(xp=xp, argmax=argmax, in_hw=tuple(x.shape[2:]))
         return xp.max(windows, axis=2)
 
     def _winner(self, c: dict[str, Any]) -> Array:
@@ -113,6 +114,7 @@ class MaxPool2d(_Pool2d):
     def backward(self, dy: Array) -> Array:
         c = self._saved()
         xp = c["xp"]
+        check_cotangent("MaxPool2d.backward", dy, tuple(c["argmax"].shape))
         g = xp.expand_dims(dy, axis=2)
         dcols = xp.where(self._winner(c), g, xp.zeros_like(g))
         return scatter_windows(xp, dcols, self.win, c["in_hw"])
@@ -176,12 +178,13 @@ class AvgPool2d(_Pool2d):
 
     def forward(self, x: Array) -> Array:
         xp, out_hw = self._check("AvgPool2d.forward", x)
-        self._save(xp=xp, in_hw=tuple(x.shape[2:]))
+        self._save(xp=xp, in_hw=tuple(x.shape[2:]), out_shape=tuple(x.shape[:2]) + out_hw)
         return self._pool(xp, x, out_hw)
 
     def backward(self, dy: Array) -> Array:
         c = self._saved()
         xp = c["xp"]
+        check_cotangent("AvgPool2d.backward", dy, c["out_shape"])
         g = to_compute(xp, dy)
         g = g / self._divisor(xp, g, c["in_hw"], tuple(dy.shape[2:]))
         return cast(xp, scatter_windows(xp, [g] * self.win.offsets, self.win, c["in_hw"]),
@@ -227,6 +230,7 @@ class GlobalAvgPool2d(Module):
     def backward(self, dy: Array) -> Array:
         c = self._saved()
         xp, shape = c["xp"], c["shape"]
+        check_cotangent("GlobalAvgPool2d.backward", dy, shape[:2])
         g = to_compute(xp, dy) / float(shape[2] * shape[3])
         # a new array, not a broadcast view: later layers may keep or update it
         dx = xp.zeros(shape, dtype=g.dtype, device=xp_device(g)) + g[:, :, None, None]
