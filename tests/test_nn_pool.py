@@ -200,6 +200,8 @@ BAD_POOL = [
     (lambda: nn.Flatten(1.0), TypeError, "Flatten: start_dim must be an int"),
     (lambda: _after_forward(nn.MaxPool2d(2), (1, 1, 4, 4)).backward(np.ones((1, 1, 4, 4))), ValueError,
      r"MaxPool2d.backward: dy must have the output's shape \(1, 1, 2, 2\)"),
+    (lambda: _after_forward(nn.MaxPool2d(2), (1, 1, 4, 4)).jvp(np.ones((1, 1, 6, 6))), ValueError,
+     r"MaxPool2d.jvp: dx must have the input's shape \(1, 1, 4, 4\), got \(1, 1, 6, 6\)"),
     (lambda: _after_forward(nn.AvgPool2d(2), (1, 1, 4, 4)).backward(np.ones((1, 2, 2))), ValueError,
      r"AvgPool2d.backward: dy must have the output's shape \(1, 1, 2, 2\), got \(1, 2, 2\)"),
     (lambda: _after_forward(nn.GlobalAvgPool2d(), (2, 3, 4, 4)).backward(np.ones((2, 3, 1, 1))), ValueError,

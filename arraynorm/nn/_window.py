@@ -53,10 +53,11 @@ def check_nchw(fname: str, xp: Any, x: Array) -> None:
                          f"{tuple(x.shape)} (rank {x.ndim})")
 
 
-def check_cotangent(fname: str, dy: Any, shape: tuple[int, ...]) -> None:
-    """dy must have the shape of the forward's output."""
+def check_cotangent(fname: str, dy: Any, shape: tuple[int, ...], name: str = "dy",
+                    of: str = "output") -> None:
+    """A cotangent ``dy`` must have the forward output's shape (a tangent ``dx``: the input's)."""
     if tuple(getattr(dy, "shape", ())) != tuple(shape):
-        raise ValueError(f"{fname}: dy must have the output's shape {tuple(shape)}, got "
+        raise ValueError(f"{fname}: {name} must have the {of}'s shape {tuple(shape)}, got "
                          f"{tuple(getattr(dy, 'shape', ())) or type(dy).__name__}")
 
 

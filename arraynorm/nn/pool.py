@@ -103,7 +103,7 @@ class MaxPool2d(_Pool2d):
         windows = xp.stack(window_slices(xp, pad2d(xp, x, self.win.padding, -math.inf),
                                          self.win, out_hw), axis=2)
         argmax = xp.argmax(windows, axis=2)
-        self._save(xp=xp, argmax=argmax, in_hw=tuple(x.shape[2:]))
+        self._save(xp=xp, argmax=argmax, in_shape=tuple(x.shape))
         return xp.max(windows, axis=2)
 
     def _winner(self, c: dict[str, Any]) -> Array:
@@ -117,12 +117,13 @@ class MaxPool2d(_Pool2d):
         check_cotangent("MaxPool2d.backward", dy, tuple(c["argmax"].shape))
         g = xp.expand_dims(dy, axis=2)
         dcols = xp.where(self._winner(c), g, xp.zeros_like(g))
-        return scatter_windows(xp, dcols, self.win, c["in_hw"])
+        return scatter_windows(xp, dcols, self.win, c["in_shape"][2:])
 
     def jvp(self, dx: Array) -> Array:
         """The tangent at each window's argmax (the forward point's; one non-zero term per sum)."""
         c = self._saved()
         xp = c["xp"]
+        check_cotangent("MaxPool2d.jvp", dx, c["in_shape"], name="dx", of="input")
         out_hw = tuple(c["argmax"].shape[2:])
         windows = xp.stack(window_slices(xp, pad2d(xp, dx, self.win.padding), self.win, out_hw),
                            axis=2)
