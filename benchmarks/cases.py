@@ -5,6 +5,11 @@ A case is one operation at one size (float32), or one whole model (``MODEL_FAMIL
 time is matrix products and many small passes rather than memory bandwidth). A backend turns a
 case's NumPy inputs into two callables, forward and forward+backward, each returning its
 outputs; or it says why it cannot (``Absent``), which the report shows instead of an error.
+
+The ``conv`` and ``cnn`` cases time layers rather than functional ops: a 3×3 ``Conv2d`` at a
+small-CNN size, and a whole ``cnn_stack`` (conv–BN–ReLU blocks, max pooling, global average
+pooling, linear head) against the same network in ``torch.nn`` with the same weights. They are
+compute-bound (matmuls), so their GB/s columns mean little; the times are what to compare.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ class Case:
     full: tuple[int, ...]
     quick: tuple[int, ...]
     groups: int = 0                   # GN and IterNorm groups
+    out_channels: int = 0             # conv: output channels (input shape is (N, C, H, W))
     bandwidth_target: bool = False    # a large LN/RMS/BN case: the GPU bandwidth target applies
     heads: int = 0                    # attention heads of a Transformer case
 
@@ -72,7 +78,12 @@ CASES = [
     # (depth x batch x width), and a Post-LN Transformer block (N x T x D, FFN 4D)
     Case("deep-stack", "stack", "deep_stack BN", (200, 64, 256), (20, 64, 256)),
     Case("transformer", "transformer", "Transformer block", (32, 128, 256), (4, 32, 64), heads=4),
+    Case("conv", "conv", "Conv2d 3x3 32->64", (64, 32, 16, 16), (16, 32, 16, 16), out_channels=64),
+    Case("cnn", "cnn", "CNN 16-32-64 BN", (64, 3, 32, 32), (16, 3, 16, 16)),
 ]
+
+CNN_CHANNELS = (16, 32, 64)
+CNN_CLASSES = 10
 
 
 def make_inputs(case: Case, quick: bool, seed: int = 0) -> dict[str, np.ndarray]:
@@ -94,6 +105,15 @@ def make_inputs(case: Case, quick: bool, seed: int = 0) -> dict[str, np.ndarray]
             u = normal(shape[0])
             out["u"] = (u / np.linalg.norm(u)).astype(np.float32)
         return out
+    if case.family == "conv":
+        n, c, h, w = shape
+        o = case.out_channels
+        bound = 1.0 / math.sqrt(c * 9)  # PyTorch's default initialization
+        return {"x": normal(*shape), "dy": normal(n, o, h, w),
+                "w": rng.uniform(-bound, bound, (o, c, 3, 3)).astype(np.float32),
+                "b": rng.uniform(-bound, bound, o).astype(np.float32)}
+    if case.family == "cnn":  # the weights come from the model's seed (cnn_stack(rng=0))
+        return {"x": normal(*shape), "dy": normal(shape[0], CNN_CLASSES)}
     pdim = shape[-1] if case.family in ("ln", "rms") else shape[1]
     return {"x": normal(*shape), "dy": normal(*shape),
             "w": (1.0 + 0.1 * normal(pdim)).astype(np.float32), "b": (0.1 * normal(pdim)).astype(np.float32)}
@@ -115,9 +135,45 @@ _AN_FUNCS = {"ln": "layer_norm", "bn": "batch_norm", "gn": "group_norm", "in": "
              "rms": "rms_norm", "wn": "weight_norm", "sn": "spectral_norm", "iternorm": "iter_norm"}
 
 
+def _an_model(case: Case, xp: Any = None, dtype: str = "float32") -> Any:
+    """The case's arraynorm layer (the conv with the case's weights, or the seeded CNN)."""
+    import arraynorm.nn as nn
+
+    if case.family == "conv":
+        c, o = case.full[1], case.out_channels  # quick sizes keep the channels
+        model = nn.Conv2d(c, o, 3, padding=1, rng=0)
+    else:
+        model = nn.cnn_stack(CNN_CHANNELS, in_channels=case.full[1], num_classes=CNN_CLASSES,
+                             norm="batch", rng=0)
+    return model.to(xp if xp is not None else np, dtype=dtype)
+
+
+def _arraynorm_layer(case: Case, a: dict[str, Any]) -> Impl:
+    from array_api_compat import array_namespace
+
+    xp = array_namespace(a["x"])
+    models = []
+    for _ in range(2):  # one caching for backward, one inference-only for the forward timing
+        m = _an_model(case, xp)
+        if case.family == "conv":
+            m.load_state_dict({"weight": a["w"], "bias": a["b"]})
+        models.append(m)
+    infer, train = models
+    infer.requires_grad_(False)
+    x, dy = a["x"], a["dy"]
+
+    def fwdbwd() -> Any:
+        y = train.forward(x)
+        return y, train.backward(dy)
+
+    return Impl(lambda: infer.forward(x), fwdbwd)
+
+
 def _arraynorm(case: Case, a: dict[str, Any]) -> Impl:
     import arraynorm as an
 
+    if case.family in ("conv", "cnn"):
+        return _arraynorm_layer(case, a)
     name = _AN_FUNCS[case.family]
     if not hasattr(an, name):
         raise Absent(f"arraynorm.{name} does not exist in this version")
@@ -193,6 +249,8 @@ def _naive(case: Case, a: dict[str, np.ndarray]) -> Impl:
     fam = case.family
     if fam in MODEL_FAMILIES:
         raise Absent("no naive NumPy recipe for a whole model (peers: PyTorch)")
+    if fam in ("conv", "cnn"):
+        raise Absent("no naive NumPy convolution (peers: PyTorch)")
     if fam in ("ln", "bn", "gn", "in"):
         x = a["x"]
         nd = x.ndim
@@ -266,6 +324,57 @@ def _torch_param_module(case: Case, a: dict[str, Any], torch: Any) -> Impl:
     return Impl(fwd, fwdbwd)
 
 
+def _torch_mirror(model: Any, torch: Any) -> Any:
+    """``torch.nn`` copy of an arraynorm ``cnn_stack`` (conv, BN, ReLU, max pool, GAP, linear)."""
+    import arraynorm.nn as nn
+
+    layers = []
+    for layer in model:
+        if isinstance(layer, nn.Sequential):
+            layers.append(_torch_mirror(layer, torch))
+            continue
+        if isinstance(layer, nn.Conv2d):
+            mod = torch.nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size,
+                                  padding=layer.padding, bias="bias" in layer.params)
+        elif isinstance(layer, nn.BatchNorm):
+            mod = torch.nn.BatchNorm2d(layer.param_shape[0], eps=layer.eps)
+        elif isinstance(layer, nn.Linear):
+            mod = torch.nn.Linear(layer.in_features, layer.out_features)
+        elif isinstance(layer, nn.ReLU):
+            mod = torch.nn.ReLU()
+        elif isinstance(layer, nn.MaxPool2d):
+            mod = torch.nn.MaxPool2d(layer.win.kernel, layer.win.stride)
+        elif isinstance(layer, nn.GlobalAvgPool2d):
+            mod = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+        else:
+            raise Absent(f"no torch mirror for {type(layer).__name__}")
+        with torch.no_grad():
+            for k, v in layer.params.items():
+                getattr(mod, k).copy_(torch.from_numpy(np.asarray(v)))
+        layers.append(mod)
+    return torch.nn.Sequential(*layers)
+
+
+def _torch_layer(case: Case, a: dict[str, Any], torch: Any) -> Impl:
+    """F.conv2d, or the CNN in torch.nn (train mode: batch statistics), with autograd."""
+    x, dy = a["x"], a["dy"]
+    if case.family == "conv":
+        w, b = a["w"], a["b"]
+
+        def f(x: Any, w: Any, b: Any) -> Any:
+            return torch.nn.functional.conv2d(x, w, b, padding=1)
+        ws, bs = w.detach().requires_grad_(True), b.detach().requires_grad_(True)
+        inputs = [ws, bs]
+
+        def run(x: Any) -> Any:
+            return f(x, ws, bs)
+    else:
+        mod = _torch_mirror(_an_model(case), torch).to(x.device).train()
+        inputs = list(mod.parameters())
+        run = mod
+    return _autograd_impl(run, x, dy, inputs, torch)
+
+
 def _torch_model(case: Case, a: dict[str, Any], quick: bool, torch: Any) -> Impl:
     """The same model in ``torch.nn`` with arraynorm's weights (Linear → BatchNorm1d → ReLU
     blocks; ``TransformerEncoderLayer`` with dropout 0), timed with autograd."""
@@ -297,18 +406,22 @@ def _torch_model(case: Case, a: dict[str, Any], quick: bool, torch: Any) -> Impl
             "linear2.weight": t(m.linear2.weight), "linear2.bias": t(m.linear2.bias),
             "norm1.weight": t(m.norm1.weight), "norm1.bias": t(m.norm1.bias),
             "norm2.weight": t(m.norm2.weight), "norm2.bias": t(m.norm2.bias)})
-    x, dy = a["x"], a["dy"]
+    x = a["x"]
     tm = tm.to(device=x.device, dtype=torch.float32).train()
-    params = list(tm.parameters())
+    return _autograd_impl(tm, x, a["dy"], list(tm.parameters()), torch)
+
+
+def _autograd_impl(run: Any, x: Any, dy: Any, inputs: list[Any], torch: Any) -> Impl:
+    """Forward without a graph, and forward+backward (∂/∂x and ∂/∂inputs) with autograd."""
     xs = x.detach().requires_grad_(True)
 
     def fwd() -> Any:
         with torch.no_grad():
-            return tm(x)
+            return run(x)
 
     def fwdbwd() -> Any:
-        y = tm(xs)
-        return y, torch.autograd.grad(y, [xs] + params, dy)
+        y = run(xs)
+        return y, torch.autograd.grad(y, [xs] + inputs, dy)
 
     return Impl(fwd, fwdbwd)
 
@@ -318,6 +431,8 @@ def _torch(case: Case, a: dict[str, Any]) -> Impl:
     import torch.nn.functional as F
 
     fam = case.family
+    if fam in ("conv", "cnn"):
+        return _torch_layer(case, a, torch)
     if fam == "iternorm":
         raise Absent("PyTorch has no IterNorm (peer: naive NumPy only)")
     if fam in ("wn", "sn"):

@@ -49,12 +49,17 @@ def _check_scheme(fname: str, scheme: str) -> None:
         raise ValueError(f"{fname}: init must be one of {SCHEMES}, got {scheme!r}")
 
 
-def init_weight(scheme: str, shape: tuple[int, int], rng: np.random.Generator,
+def init_weight(scheme: str, shape: tuple[int, ...], rng: np.random.Generator,
                 sigma_w: float | None = None) -> np.ndarray:
     """A float64 weight of ``shape = (fan_out, fan_in)`` drawn by ``scheme`` (table above);
-    ``sigma_w`` is the gain (None: the scheme's default)."""
+    ``sigma_w`` is the gain (None: the scheme's default).
+
+    A convolution kernel (out, in/groups, k_h, k_w) is drawn with PyTorch's fans:
+    fan_in = in/groups · k_h k_w and fan_out = out · k_h k_w; ``"orthogonal"`` makes the
+    (out, in/groups · k_h k_w) matrix orthogonal, as ``torch.nn.init.orthogonal_``."""
     _check_scheme("init_weight", scheme)
-    fan_out, fan_in = shape
+    receptive = math.prod(shape[2:])
+    fan_out, fan_in = shape[0] * receptive, shape[1] * receptive
     gain = _DEFAULT_GAIN[scheme] if sigma_w is None else float(sigma_w)
     if scheme in ("gaussian", "he"):
         return rng.standard_normal(shape) * (gain / math.sqrt(fan_in))
@@ -68,11 +73,12 @@ def init_weight(scheme: str, shape: tuple[int, int], rng: np.random.Generator,
         return rng.uniform(-a, a, shape)
     # orthogonal: QR of a tall Gaussian; multiplying Q's columns by sign(diag R) makes Q
     # Haar-distributed (Mezzadri 2007) rather than biased by the QR convention
-    rows, cols = max(shape), min(shape)
+    mat = (shape[0], fan_in)
+    rows, cols = max(mat), min(mat)
     q, r = np.linalg.qr(rng.standard_normal((rows, cols)))
     q = q * np.sign(np.diag(r))
-    w = q if fan_out >= fan_in else q.T
-    return gain * w
+    w = q if mat[0] >= mat[1] else q.T
+    return gain * np.reshape(w, shape)
 
 
 def init_bias(scheme: str, fan_in: int, fan_out: int, rng: np.random.Generator,

@@ -35,11 +35,11 @@ _WEIGHT_NORMS = {"weight_norm": WeightNormLinear, "spectral_norm": SpectralNormL
 
 
 def _norm_layer(norm: str | Callable[[int], Module], width: int, kw: dict[str, Any],
-                where: dict[str, Any]) -> Module | None:
+                where: dict[str, Any], fname: str = "deep_stack") -> Module | None:
     if callable(norm) and not isinstance(norm, str):
         layer = norm(width)
         if not isinstance(layer, Module):
-            raise TypeError(f"deep_stack: norm(width) must return a Module, got {type(layer).__name__}")
+            raise TypeError(f"{fname}: norm(width) must return a Module, got {type(layer).__name__}")
         return layer
     if norm == "batch":
         return BatchNorm(width, **kw, **where)
