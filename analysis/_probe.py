@@ -75,6 +75,13 @@ def probe_stack(blocks: Sequence[Any], x: Any, cotangent: Any | Callable[[Any], 
     ``weight`` names the parameter whose gradient is recorded in each block (a qualified name
     such as ``"linear2.weight"``, or a function of the block); by default its first matrix.
     The blocks must be in training mode with gradients enabled (their caches are used).
+
+    >>> import numpy as np, arraynorm as an
+    >>> model = an.nn.deep_stack(30, 64, norm="batch", bias=False, rng=0)
+    >>> rng = np.random.default_rng(1)
+    >>> p = probe_stack(list(model), rng.standard_normal((16, 64)), rng.standard_normal((16, 64)))
+    >>> p.depth, p.grad_norm.shape, bool(p.grad_norm[0] > 100 * p.grad_norm[-1])
+    (30, (31,), True)
     """
     b = backend or Backend()
     blocks = list(blocks)

@@ -161,7 +161,12 @@ def transformer_stack(depth: int, d_model: int, *, pre_ln: bool, num_heads: int 
     as a Sequential. ``init="xiong"`` sets the weights of Xiong et al. 2020's analysis after
     construction: zero query/key projections, value N(0, 1/d), identity output projection,
     FFN of width d with N(0, 1/d) weights, zero biases; ``"library"`` keeps the block's own
-    initialization (Xavier-uniform attention, He FFN of width 4d)."""
+    initialization (Xavier-uniform attention, He FFN of width 4d).
+
+    >>> model = transformer_stack(4, 16, pre_ln=True, rng=0)
+    >>> len(model), type(model[-1]).__name__
+    (5, 'LayerNorm')
+    """
     g = an.nn.init.make_rng(rng)
     ff = d_model if init == "xiong" else None
     blocks: list[Any] = []
@@ -246,6 +251,15 @@ def gradient_flow(ctx: Context, *, depth: int = 200, widths: tuple[int, ...] = (
     tf_init : "xiong" (the initialization of their analysis) or "library".
     tf_seeds : stacks per depth.
     theory_samples : Monte Carlo directions for the BN backward map's spectrum.
+
+    Examples
+    --------
+    >>> r = gradient_flow(norms=("batch",), positions=("before",), connections=("plain",),
+    ...                   depth=20, widths=(64,), batches=(8,), bn_batches=(), tf_depths=(),
+    ...                   progress=False)
+    >>> m = r.measured["sweep"]["batch/before/plain/relu/he/w64/b8"]
+    >>> m["behaviour"], round(r.theory["sweep"]["batch/before/plain/relu/he/w64/b8"]["grad_rate"], 3)
+    ('explodes', 1.337)
     """
     fname = "gradient-flow"
     norms = check_choices(fname, "norms", norms, NORMS) if norms else ()
@@ -441,12 +455,13 @@ def _verdict(m: dict[str, Any], t: dict[str, Any], depth: int) -> str:
         groups: dict[str, list[str]] = {}
         for label, v in m["sweep"].items():
             groups.setdefault(v["behaviour"], []).append(_short(label))
-        verbs = {"explodes": "explode", "vanishes": "vanish", "overflows": "overflow",
-                 "within ×10": "stay within ×10"}
+        verbs = {"explodes": "explode", "vanishes": "vanish", "overflows": "overflow"}
         for beh, verb in verbs.items():
             if beh in groups:
                 names = ", ".join(dict.fromkeys(groups[beh]))
-                parts.append(f"gradients {verb} over {depth} layers: {names}")
+                parts.append(f"gradients {verb} over {depth} layers with {names}")
+        if "within ×10" in groups:
+            parts.append(f"they stay within ×10 in the {len(groups['within ×10'])} other stacks")
     if "bn_batch" in m:
         for a, byb in m["bn_batch"].items():
             pairs = ", ".join(f"B={B} ×{byb[f'B={B}']['grad_rate']:.3f} "
