@@ -283,7 +283,8 @@ def q_star(act: str | Activation, sigma_w2: Any, sigma_b2: Any, q1: Any = 1.0) -
     sw2, sb2, q1 = (np.asarray(v, dtype=np.float64) for v in np.broadcast_arrays(sigma_w2, sigma_b2, q1))
     if np.any(q1 <= 0) or np.any(sw2 < 0) or np.any(sb2 < 0):
         raise ValueError("q_star: need q1 > 0, sigma_w2 >= 0 and sigma_b2 >= 0")
-    m = _second_moment_grid(a.name) if a.name in ACTIVATIONS else _expect_q(a, lambda x: a.phi(x) ** 2, _Q_GRID)
+    m = (_second_moment_grid(a.name) if ACTIVATIONS.get(a.name) is a
+         else _expect_q(a, lambda x: a.phi(x) ** 2, _Q_GRID))
     g = sw2[..., None] * m + sb2[..., None] - _Q_GRID                     # V(q) − q on the grid
     g1 = length_map(a, q1, sw2, sb2) - q1
     tol = 1e-12 * q1

@@ -23,11 +23,14 @@ Measured, for each configuration ``activation:σ_w²:σ_b²[:norm]`` (σ_w² may
 critical line at that σ_b²): a batch of inputs with ‖x‖²/N = q_in and pairwise correlation
 c_in exactly is sent through ``deep_stack(depth, width, activation, init="gaussian",
 sigma_w=σ_w, sigma_b=σ_b, norm=…)``; at every block the Linear output h^ℓ gives q_ℓ (mean
-over units and inputs) and c_ℓ (mean over pairs of inputs), and the exact backward of a random
-cotangent gives ‖∂L/∂h^ℓ‖², whose ratio between consecutive layers is the gradient factor
-(theory χ(q_ℓ)). Their tail averages estimate q*, c*, χ₁ (with the standard error over
-independent networks: the finite-width error), and the slope of log|c_ℓ − c*| (log|q_ℓ − q*|)
-over the layers where it stands above that error gives ξ_c (ξ_q).
+over units and inputs) and c_ℓ (mean over pairs of inputs), and the exact backward of a
+standard normal cotangent gives ‖∂L/∂h^ℓ‖², whose ratio between consecutive layers is the
+gradient factor (theory χ(q_ℓ)). Beside the theory's per-layer curves (iterated from the same
+q_in, c_in) stand their averages over the second half of the layers, measured and predicted
+(``q_tail``, ``c_tail``, ``grad_factor_tail``, with the standard error over independent
+networks: the finite-width error), the fixed points and slopes (q*, c*, χ₁, χ_q, χ_c) and the
+depth scales: ξ_c (ξ_q) fitted to the slope of log|c_ℓ − c*| (log|q_ℓ − q*|) over the layers
+where it stands above that error, beside the same fit of the theory curve and −1/log χ_c.
 
 Normalization changes the maps. LayerNorm (or RMSNorm) before φ feeds φ inputs of second moment
 1 whatever q_ℓ is: q_{ℓ+1} = V(1) from the second block on, c_{ℓ+1} = C(c_ℓ; 1), and the
@@ -49,6 +52,7 @@ import math
 from typing import Any
 
 import numpy as np
+from scipy import stats
 
 import arraynorm as an
 
@@ -255,7 +259,7 @@ def mean_field(ctx: Context, *, configs: tuple[str, ...] = DEFAULT_CONFIGS, dept
         m = _summarize(runs[i * seeds:(i + 1) * seeds])
         plain = _with_tails(th["none"])
         t = _with_tails(th[cfg["norm"]]) if cfg["norm"] in th else None   # this network's theory
-        fits_m, fits_t = _depth_scales(m, t)
+        fits_m, fits_t = _depth_scales(m, t, runs[i * seeds:(i + 1) * seeds])
         m.update(fits_m)
         if t:
             t.update(fits_t)
@@ -289,25 +293,32 @@ def _tail(depth: int) -> slice:
 
 def _summarize(runs: list[dict[str, list[float]]]) -> dict[str, Any]:
     """Per-layer means over the networks, and averages over the tail layers with their
-    standard error over the networks (the finite-width error)."""
+    standard error over the networks (the finite-width error).
+
+    The gradient factor is the arithmetic mean of the per-layer ratios r_ℓ = ‖δ^ℓ‖²/‖δ^{ℓ+1}‖²:
+    mean-field theory predicts E r_ℓ = χ(q_ℓ), while the mean of log r_ℓ (the typical growth
+    rate) falls below log χ by about Var(r_ℓ)/2, an O(1/width) effect (≈ −0.5% at width 512)."""
     q = np.array([r["q"] for r in runs])
     c = np.array([r["c"] for r in runs])
+    g = np.array([r["grad_sq"] for r in runs])
     with np.errstate(divide="ignore", invalid="ignore"):
-        log_g = np.log(np.array([r["grad_sq"] for r in runs]))
-    log_ratio = log_g[:, :-1] - log_g[:, 1:]                    # log ‖δ^ℓ‖²/‖δ^{ℓ+1}‖²
+        ratio = g[:, :-1] / g[:, 1:]                             # ‖δ^ℓ‖²/‖δ^{ℓ+1}‖²
     tail = _tail(q.shape[1])
     s = len(runs)
 
     def mean_se(per_seed: np.ndarray) -> tuple[float, float]:
         return float(per_seed.mean()), float(per_seed.std(ddof=1) / math.sqrt(s))
 
+    def se(a: np.ndarray) -> np.ndarray:
+        return a.std(axis=0, ddof=1) / math.sqrt(s)
+
     q_tail, q_se = mean_se(q[:, tail].mean(axis=1))
     c_tail, c_se = mean_se(c[:, tail].mean(axis=1))
-    lg, lg_se = mean_se(log_ratio[:, tail].mean(axis=1))       # geometric mean of the factors
-    return {"q": q.mean(axis=0), "c": c.mean(axis=0), "grad_factor": np.exp(log_ratio.mean(axis=0)),
-            "q_se": q.std(axis=0, ddof=1) / math.sqrt(s), "c_se": c.std(axis=0, ddof=1) / math.sqrt(s),
+    g_tail, g_se = mean_se(ratio[:, tail].mean(axis=1))
+    return {"q": q.mean(axis=0), "c": c.mean(axis=0), "grad_factor": ratio.mean(axis=0),
+            "q_se": se(q), "c_se": se(c), "grad_factor_se": se(ratio),
             "q_tail": q_tail, "q_tail_se": q_se, "c_tail": c_tail, "c_tail_se": c_se,
-            "grad_factor_tail": math.exp(lg), "grad_factor_tail_se": math.exp(lg) * lg_se}
+            "grad_factor_tail": g_tail, "grad_factor_tail_se": g_se}
 
 
 def _with_tails(t: dict[str, Any]) -> dict[str, Any]:
@@ -316,27 +327,25 @@ def _with_tails(t: dict[str, Any]) -> dict[str, Any]:
     out = dict(t)
     for key in ("q", "c", "grad_factor"):
         if key in t:
-            v = np.asarray(t[key], dtype=float)
-            v = v[_tail(len(t["q"]))]
-            out[f"{key}_tail"] = float(np.exp(np.mean(np.log(v))) if key == "grad_factor" else np.mean(v))
+            out[f"{key}_tail"] = float(np.mean(np.asarray(t[key], dtype=float)[_tail(len(t["q"]))]))
     return out
 
 
-def _fit_xi(layers: np.ndarray, dist: np.ndarray) -> tuple[float, list[float]]:
-    """ξ = −1/slope of log dist against layer, with the slope's 95% interval mapped through."""
-    fit = fit_growth(layers, dist)
-    lo, hi = fit.confidence_interval()
-    xi = -1.0 / fit.slope if fit.slope < 0 else math.inf
-    return xi, sorted(-1.0 / v if v < 0 else math.inf for v in (lo, hi))
+def _xi(slope: float) -> float:
+    return -1.0 / slope if slope < 0 else math.inf
 
 
-def _depth_scales(m: dict[str, Any], t: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Measured ξ_q and ξ_c: −1/slope of log|q_ℓ − q*| and log|c_ℓ − c*| against ℓ, around the
-    theory's fixed point (else the measured tail mean), over the layers where the distance
-    stands above 3 standard errors of the measurement (beyond, finite-width noise dominates);
-    for c only once q has settled (within 1% of q*), since c's map depends on q. The theory
-    curve is fitted over the same layers: the like-for-like value beside the asymptotic
-    ξ = −1/log χ. Returns (measured entries, theory entries)."""
+def _depth_scales(m: dict[str, Any], t: dict[str, Any] | None,
+                  runs: list[dict[str, list[float]]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Measured ξ_q and ξ_c: −1/slope of log|q_ℓ − q*| and log|c_ℓ − c*| against ℓ (the mean
+    curve over the networks), around the theory's fixed point (else the measured tail mean),
+    over the layers where the distance stands above 3 standard errors of the measurement
+    (beyond, finite-width noise dominates); for c only once q has settled (within 1% of q*),
+    since c's map depends on q. The 95% interval is Student's over the slopes fitted to each
+    network alone on the same layers (a curve's layers are correlated, so the least-squares
+    interval of one curve would be too narrow). The theory curve is fitted over the same
+    layers: the like-for-like value beside the asymptotic ξ = −1/log χ. Returns (measured
+    entries, theory entries)."""
     meas: dict[str, Any] = {}
     theo: dict[str, Any] = {}
     t = t or {}
@@ -353,10 +362,16 @@ def _depth_scales(m: dict[str, Any], t: dict[str, Any] | None) -> tuple[dict[str
             stop += 1
         xi, ci, theory_xi = math.nan, [math.nan, math.nan], math.nan
         if stop - start >= 3:
-            window = slice(start, stop)
-            xi, ci = _fit_xi(layers[window], np.abs(values[window] - ref))
+            w = slice(start, stop)
+            xi = _xi(fit_growth(layers[w], np.abs(values[w] - ref)).slope)
+            slopes = np.array([fit_growth(layers[w], np.abs(np.asarray(r[key])[w] - ref)).slope
+                               for r in runs])
+            slopes = slopes[np.isfinite(slopes)]
+            if len(slopes) >= 2:
+                half = stats.t.ppf(0.975, len(slopes) - 1) * slopes.std(ddof=1) / math.sqrt(len(slopes))
+                ci = sorted(float(_xi(v)) for v in (slopes.mean() - half, slopes.mean() + half))
             if key in t:
-                theory_xi = _fit_xi(layers[window], np.abs(np.asarray(t[key], dtype=float)[window] - ref))[0]
+                theory_xi = _xi(fit_growth(layers[w], np.abs(np.asarray(t[key], dtype=float)[w] - ref)).slope)
         meas[f"xi_{key}_fit"], meas[f"xi_{key}_fit_ci"] = xi, ci
         meas[f"xi_{key}_fit_layers"] = [start + 1, stop] if stop - start >= 3 else []
         if key in t:
