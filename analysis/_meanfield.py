@@ -24,17 +24,21 @@ the factor σ_w² ∫ φ'(z)² Dz / q_ℓ (= χ(1)/V(1) from the second layer on
 and :func:`fixed_point` take ``norm="layer"`` for this (RMSNorm is the same at large width).
 
 Gaussian integrals — why composite Gauss–Legendre: Gauss–Hermite quadrature converges
-exponentially for smooth φ but only algebraically across the kinks of ReLU and hard-tanh (one
-kink costs it ~1e-4 relative at 100 nodes), and ``scipy.integrate.quad``/``dblquad`` are
-accurate but take ~0.1–10 ms per integral, far too slow for a phase-diagram grid or a
-depth-by-depth correlation map. Here the real line is cut at fixed points of z (±2.5, ±5,
-±10: the Gaussian's own scale) and at the activation's breakpoints mapped into z (its kinks,
-and for tanh/GELU a geometric ladder ±½ … ±32 that resolves the sharp transition at large q);
-each piece is smooth, so 12 Gauss–Legendre nodes per piece give ~1e-14 relative for q from
-1e-4 to 1e6, vectorized over any array of (q, c) with NumPy. The 2-D correlation integral is
-the same rule nested (outer over z₁; the inner over z₂ is a 1-D Gaussian expectation of
-φ(m + s z₂), m = √q c z₁, s = √(q(1−c²)), cut at the kinks (x_k − m)/s). The tests check them
-against closed forms, Monte Carlo and ``scipy.integrate.quad``/``dblquad``.
+exponentially for smooth φ but only algebraically across a kink (measured: 100 nodes are off
+by 3e-3 relative for hard-tanh's ∫φ², and for the shifted ReLU of the 2-D map's inner
+integral), and ``scipy.integrate.quad``/``dblquad`` are accurate but slow — milliseconds per
+1-D integral, and per 2-D one 0.1 s for tanh and about a minute for hard-tanh (measured on
+this machine under load) — far too slow for a phase-diagram grid or a depth-by-depth
+correlation map. Here the real line is cut at fixed points of z (±2.5, ±5, ±10: the
+Gaussian's own scale) and at the activation's breakpoints mapped into z (its kinks, and for
+tanh/GELU a geometric ladder ±½ … ±32 that resolves the sharp transition at large q); each
+piece is smooth, so 12 Gauss–Legendre nodes per piece give ~1e-14 relative for q from 1e-4
+to 1e6, vectorized over any array of (q, c) with NumPy (~0.3 ms per 1-D and ~4 ms per 2-D
+integral, same conditions). The 2-D correlation integral is the same rule nested (outer over
+z₁; the inner over z₂ is a 1-D Gaussian expectation of φ(m + s z₂), m = √q c z₁,
+s = √(q(1−c²)), cut at the kinks (x_k − m)/s; the outer line is cut as well where the inner
+expectation rounds a kink, a layer of width s/c that near c = 1 would fall between nodes).
+The tests check them against closed forms, Monte Carlo and ``scipy.integrate.quad``/``dblquad``.
 """
 
 from __future__ import annotations

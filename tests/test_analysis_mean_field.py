@@ -311,7 +311,8 @@ def test_layer_norm_fixes_q_and_turns_ordered_tanh_chaotic(wide):
     q = np.asarray(ln["q"][1:])
     assert np.all(np.abs(q / v1 - 1) < 0.05)        # every layer, not only on average
     assert plain["grad_factor_tail"] < 0.8 and ln["grad_factor_tail"] > 1.0
-    assert "LN on tanh" in wide.verdict and "(chaotic)" in wide.verdict
+    assert "LN on tanh σw²=1 σb²=0.05 (unnormalized: ordered" in wide.verdict
+    assert "χ(1)/V(1) = 1.045: chaotic" in wide.verdict
 
 
 def test_measured_correlation_depth_scale_matches_theory_in_the_ordered_phase(wide):
