@@ -31,10 +31,11 @@ from .report import report
 # studies register themselves on import, in report order: signal propagation (issue 10),
 # then optimization geometry (issue 11)
 from .gradient_flow import gradient_flow  # noqa: E402
+from .mean_field import mean_field  # noqa: E402
 from .rank import rank  # noqa: E402
 from .landscape import landscape  # noqa: E402
 from .covariate_shift import covariate_shift  # noqa: E402
 
 __all__ = ["StudyResult", "STUDIES", "study", "Context", "Outcome", "report",
            "SerialExecutor", "FuturesExecutor", "LineFit", "fit_line", "fit_growth", "fit_power",
-           "gradient_flow", "rank", "landscape", "covariate_shift"]
+           "gradient_flow", "mean_field", "rank", "landscape", "covariate_shift"]
