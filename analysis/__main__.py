@@ -16,9 +16,20 @@ from . import STUDIES, report
 from ._backend import BACKENDS, DTYPES
 
 
+def _bool(text: str) -> bool:
+    low = text.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
 def _splitter(kind: type) -> Any:
+    conv = _bool if kind is bool else kind  # bool("False") is True: parse the words
+
     def parse(text: str) -> list[Any]:
-        return [kind(v) for v in text.split(",") if v != ""]
+        return [conv(v) for v in text.split(",") if v != ""]
 
     return parse
 
