@@ -57,7 +57,11 @@ _LRS = (0.001, 0.003162, 0.01, 0.03162, 0.1, 0.3162, 1.0, 3.162, 10.0)
 
 
 def parse_method(method: str) -> tuple[str, str | None]:
-    """``"batch+clip"`` → ``("batch", "clip")``; ``"layer"`` → ``("layer", None)``."""
+    """A method's normalization and gradient transform.
+
+    >>> parse_method("batch+clip"), parse_method("layer")
+    (('batch', 'clip'), ('layer', None))
+    """
     norm, _, grad = method.partition("+")
     if norm not in an.nn.NORMS or (grad and grad not in GRADIENT_METHODS):
         raise ValueError(f"convergence: a method is a normalization among {an.nn.NORMS}, "
@@ -67,7 +71,11 @@ def parse_method(method: str) -> tuple[str, str | None]:
 
 def largest_stable(lrs: list[float], stable: list[bool]) -> float | None:
     """The largest ``lr`` such that every grid value up to it is stable (``None`` if the
-    smallest is not)."""
+    smallest is not).
+
+    >>> largest_stable([0.1, 1.0, 10.0], [True, False, True])   # 10 is above a failure
+    0.1
+    """
     best = None
     for lr, ok in sorted(zip(lrs, stable)):
         if not ok:
@@ -129,7 +137,7 @@ def _applies(task: str, method: str) -> bool:
        quick=dict(tasks=("spirals", "teacher", "sequence"), methods=("none", "batch", "layer", "none+clip"),
                   lrs=(0.03162, 0.1, 0.3162, 1.0, 3.162), steps=30, samples=256, depth=6, width=16,
                   seq_depth=1, seq_width=8),
-       report=dict(steps=80, samples=512, lrs=_LRS[2:]))
+       report=dict(steps=60, samples=512, lrs=_LRS[2:]))
 def convergence(ctx: Context, *, tasks: tuple[str, ...] = TASKS,
                 methods: tuple[str, ...] = ("none", "batch", "layer", "group", "rms", "weight_norm",
                                             "none+ngd", "none+clip"),
@@ -280,8 +288,8 @@ def _plot(r: Any) -> Any:
                 c = np.array([np.nan if v is None else v for v in d["curve_at_best_lr"]], dtype=float)
                 bottom.semilogy(np.linspace(0, r.params["steps"], len(c)), c, color=col[meth],
                                 label=f"{meth} (lr {d['best_lr']:g})")
-            top.axhline(d["initial_loss"], color="k", lw=0.5)
-        top.set(title=t, xlabel="learning rate", ylabel="final loss (L₀ black)")
+            top.axhline(d["initial_loss"], color=col[meth], lw=0.6, ls="--")
+        top.set(title=t, xlabel="learning rate", ylabel="final loss (dashed: L₀; dotted: η*)")
         bottom.set(xlabel="step", ylabel="minibatch loss")
         top.legend(fontsize=6)
         bottom.legend(fontsize=6)

@@ -30,7 +30,9 @@ in PyTorch's form (v ← μv + g + λw, w ← w − ηv). With u_t = w_{t+1} −
 
 independent of the loss, and (assuming E⟨u_{t−1}, g_t⟩ = 0) the equilibrium norm
 ‖w*‖⁴ = η L̃ / (λ(1 − μ)(2 − ηλ/(1 + μ))), L̃ = E‖g‖²‖w‖² the squared gradient norm on
-the unit sphere (Wan et al.'s Theorem 2 in PyTorch's convention). Summed over a window,
+the unit sphere (Wan et al.'s Theorem 2 in PyTorch's convention). These runs use
+normalizations without γ, β (a γ under weight decay shrinks on its own slow time scale and
+drags the equilibrium with it) and weight decay on every parameter. Summed over a window,
 the two exact relations give the mean ‖u‖²/‖w‖² as 2ηλ/(1+μ) times (1 + d), where the
 *stationarity defect* d is a boundary term (the window's norm drift, and 2η⟨w, g⟩ when
 eps > 0) — the measured distance from equilibrium, reported beside the angle.
@@ -83,20 +85,32 @@ _NO_AFFINE = {"batch": {"affine": False}, "group": {"affine": False},
 # ----------------------------------------------------------------------------- theory
 def smd_angular_update(lr: float, weight_decay: float, momentum: float = 0.0) -> float:
     """Δ* = arccos(1 − ηλ/(1 + μ)): the equilibrium angle between w_t and w_{t+1} of a
-    scale-invariant weight under SGD (momentum μ, L2 weight decay λ, PyTorch's form)."""
+    scale-invariant weight under SGD (momentum μ, L2 weight decay λ, PyTorch's form).
+
+    >>> round(smd_angular_update(0.1, 0.1), 4), round(smd_angular_update(0.01, 0.1, 0.9), 4)
+    (0.1415, 0.0324)
+    """
     return float(np.arccos(1.0 - lr * weight_decay / (1.0 + momentum)))
 
 
 def smd_equilibrium_norm(lr: float, weight_decay: float, momentum: float,
                          unit_grad_sq: Any) -> Any:
-    """‖w*‖ = [η L̃ / (λ(1 − μ)(2 − ηλ/(1 + μ)))]^{1/4}, L̃ = E‖∇L(w)‖²‖w‖² (Wan et al.)."""
+    """‖w*‖ = [η L̃ / (λ(1 − μ)(2 − ηλ/(1 + μ)))]^{1/4}, L̃ = E‖∇L(w)‖²‖w‖² (Wan et al.).
+
+    >>> round(float(smd_equilibrium_norm(0.1, 0.1, 0.0, 63.0)), 4)   # L̃ = d − 1 for d = 64
+    2.372
+    """
     eta, lam, mu = lr, weight_decay, momentum
     return (eta * np.asarray(unit_grad_sq) / (lam * (1 - mu) * (2 - eta * lam / (1 + mu)))) ** 0.25
 
 
 def exp_lr_alpha(lr: float, weight_decay: float, momentum: float) -> float:
     """α, the larger root of α² − (1 + μ − ηλ)α + μ = 0 (Li & Arora 2020): weight decay λ is
-    the learning-rate schedule η α^{−2t−1} without it. For μ = 0, α = 1 − ηλ."""
+    the learning-rate schedule η α^{−2t−1} without it. For μ = 0, α = 1 − ηλ.
+
+    >>> exp_lr_alpha(0.1, 0.01, 0.0), round(exp_lr_alpha(0.1, 0.01, 0.9), 6)
+    (0.999, 0.988873)
+    """
     p = 1.0 + momentum - lr * weight_decay
     return float((p + math.sqrt(p * p - 4.0 * momentum)) / 2.0)
 
@@ -283,10 +297,12 @@ def _train_point(*, kind: str, norm: str, eps_mode: str, momentum: float, lr: fl
                  weight_decay: float, depth: int, width: int, batch: int, samples: int,
                  d_in: int, steps: int, window: float, windows: int, backend: str, dtype: str,
                  seed: int, affine: bool = True) -> dict[str, Any]:
-    """One SGD run (``kind`` "gd": no momentum, no weight decay; "smd": momentum and weight
-    decay; ``affine=False`` drops γ, β, which under weight decay would slowly shift the
-    gradient scale and with it the equilibrium) recording, per scale-invariant layer and step, ‖w_t‖², ‖g_t‖², ⟨w_t, g_t⟩, the
-    step u_t = w_{t+1} − w_t and the angle between w_t and w_{t+1}."""
+    """One SGD run recording, per scale-invariant layer and step, ‖w_t‖², ‖g_t‖², ⟨w_t, g_t⟩,
+    the step u_t = w_{t+1} − w_t and the angle between w_t and w_{t+1}.
+
+    ``kind`` "gd": no momentum, no weight decay (Li–Arora); "smd": momentum and weight decay.
+    ``affine=False`` drops γ, β, which under weight decay shrink slowly and with them the
+    gradient scale of the layer before, so the equilibrium would keep moving."""
     b = Backend(backend, dtype)
     data = make_task("teacher", samples, point_rng(seed, "train-data"), d_in=d_in)
     model = _model(norm, depth, width, seed, ("train", norm), b, d_in, affine)
@@ -329,7 +345,7 @@ def _train_point(*, kind: str, norm: str, eps_mode: str, momentum: float, lr: fl
     unit = (g2 * n[:-1])[s:].mean(axis=0)
     out.update(
         angular_update=np.sqrt((ang[s:] ** 2).mean(axis=0)).tolist(),
-        angular_update_curve=_sample(ang, windows),
+        angular_update_curve=np.sqrt(np.asarray(_sample(ang ** 2, windows))).tolist(),
         equilibrium_norm=np.sqrt(n[s:-1].mean(axis=0)).tolist(),
         unit_grad_sq=unit.tolist(),
         equilibrium_effective_lr=(lr / n[s:-1].mean(axis=0)).tolist(),
@@ -624,8 +640,12 @@ def _verdict(m: dict[str, Any], t: dict[str, Any], norms: tuple[str, ...]) -> st
                      f"SGD (norms grow ×{min(growth):.2f}–{max(growth):.2f}, effective lr falls as much)")
     for key, d in m["smd"].items():
         th = t["smd"][key]["angular_update_mean"]
+        worst = max(d["stationarity_defect"], key=abs)
+        state = ("at equilibrium" if abs(worst) < 0.05
+                 else "not yet at equilibrium: run longer")
         parts.append(f"SMD {key}: angular update {d['angular_update_mean']:.4f} rad (theory {th:.4f}), "
-                     f"‖w‖ at {d['norm_to_theory']:.3f} of the predicted equilibrium")
+                     f"‖w‖ at {d['norm_to_theory']:.3f} of the predicted equilibrium "
+                     f"(stationarity defect up to {worst:+.3f}, {state})")
     for key, d in m["exp_lr"].items():
         s = f"weight decay ≡ exponential lr ({key}): directions coincide to {d['eps0']['max_angle']:.1e} rad"
         if "default_eps" in d:
@@ -673,11 +693,12 @@ def _plot(r: Any) -> Any:
         for v in d["lr"] / np.asarray(d["equilibrium_norm_theory"]) ** 2:
             ax[3].axhline(v, color=c, lw=0.6, ls="--")
         ang = np.asarray(d["angular_update_curve"])
-        ax[4].plot(np.linspace(0, r.params["smd_steps"], len(ang)), ang, color=c, lw=1,
-                   label=key)
+        steps = np.linspace(0, r.params["smd_steps"], len(ang))
+        for i in range(ang.shape[1]):
+            ax[4].plot(steps, ang[:, i], color=c, lw=1, label=key if i == 0 else None)
         ax[4].axhline(t["smd"][key]["angular_update_mean"], color=c, ls="--", lw=0.8)
     ax[3].set(xlabel="step", ylabel="η/‖W_ℓ‖²", title="with weight decay: equilibrium (dashed: SMD)")
-    ax[4].set(xlabel="step", ylabel="angle(w_t, w_t+1) (rad)", title="angular update (dashed: √(2ηλ/(1+μ)))")
+    ax[4].set(xlabel="step", ylabel="angle(w_t, w_t+1) (rad)", title="angular update per layer (dashed: Δ* of SMD)")
     for key, d in m["exp_lr"].items():
         for mode, ls in (("eps0", "-"), ("default_eps", ":")):
             if mode in d:
