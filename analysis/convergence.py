@@ -214,7 +214,8 @@ def convergence(ctx: Context, *, tasks: tuple[str, ...] = TASKS,
             finite = [i for i, f in enumerate(final) if math.isfinite(f)]
             best = min(finite, key=lambda i: final[i]) if finite else None
             curves = np.array([[r["curve"] for r in c] for c in cells], dtype=float)
-            growth = [c[0]["weight_norm_growth"] for c in cells]
+            growth = [None if any(r["weight_norm_growth"] is None for r in c)
+                      else float(np.mean([r["weight_norm_growth"] for r in c])) for c in cells]
             mt[m] = {
                 "initial_loss": float(np.mean([r["initial_loss"] for r in cells[0]])),
                 "final_loss": final, "score": score, "stable": stable,
