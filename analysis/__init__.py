@@ -33,9 +33,12 @@ from .report import report
 from .gradient_flow import gradient_flow  # noqa: E402
 from .mean_field import mean_field  # noqa: E402
 from .rank import rank  # noqa: E402
+from .scale_invariance import scale_invariance  # noqa: E402
 from .landscape import landscape  # noqa: E402
 from .covariate_shift import covariate_shift  # noqa: E402
+from .convergence import convergence  # noqa: E402
 
 __all__ = ["StudyResult", "STUDIES", "study", "Context", "Outcome", "report",
            "SerialExecutor", "FuturesExecutor", "LineFit", "fit_line", "fit_growth", "fit_power",
-           "gradient_flow", "mean_field", "rank", "landscape", "covariate_shift"]
+           "gradient_flow", "mean_field", "rank", "scale_invariance", "landscape",
+           "covariate_shift", "convergence"]
