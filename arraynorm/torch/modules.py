@@ -8,9 +8,9 @@ detached input into their buffers with :func:`arraynorm.update_running_stats` un
 forward pass's own normalizer state (the values :func:`arraynorm.whitening_moments` returns),
 so the decomposition is not computed twice.
 
-=============================  ==============================================  ==============
-layer                          training / eval                                 running stats
-=============================  ==============================================  ==============
+==============================  ==============================================  ==============
+layer                           training / eval                                 running stats
+==============================  ==============================================  ==============
 :class:`DecorrelatedBatchNorm`  ZCA/PCA/Cholesky whitening per channel group    mean, W
 :class:`IterNorm`               Newton-iteration whitening per channel group    mean, W
 :class:`GroupWhitening`         whitening of channel groups, per sample         —
@@ -18,7 +18,7 @@ layer                          training / eval                                 r
 :class:`BatchRenorm`            BN corrected towards running stats / BN         mean, var
 :class:`GhostBatchNorm`         BN per virtual batch / BN                       mean, var
 :class:`AdaIN`                  content normalized to the style's statistics    —
-=============================  ==============================================  ==============
+==============================  ==============================================  ==============
 
 Conventions are PyTorch's: ``momentum`` (default 0.1) is the weight of the new batch,
 ``momentum=None`` the cumulative average over ``num_batches_tracked`` batches, the running

@@ -9,14 +9,14 @@ access to ``module.<name>`` computes the normalized weight through an op of
 with ``torch.nn.utils.parametrize.remove_parametrizations(module, name)``; cache it for a
 forward pass with ``parametrize.cached()``.
 
-=============================  =========================================  ======================
-function                       module.weight = …                          reference
-=============================  =========================================  ======================
-:func:`centered_weight_norm`   g · (v − μ)/sqrt(‖v − μ‖² + eps) per unit  Huang et al. 2017
-:func:`weight_standardization` (v − μ)/sqrt(σ² + eps) per unit            Qiao et al. 2019
-:func:`orthogonal_weight_norm` (V_c V_cᵀ + eps·I)^{-1/2} V_c              Huang et al. 2018 (OWN)
-:func:`oni`                    Newton-iteration orthogonalization of V_c  Huang et al. 2020 (ONI)
-=============================  =========================================  ======================
+==============================  =========================================  =======================
+function                        module.weight = …                          reference
+==============================  =========================================  =======================
+:func:`centered_weight_norm`    g · (v − μ)/sqrt(‖v − μ‖² + eps) per unit  Huang et al. 2017
+:func:`weight_standardization`  (v − μ)/sqrt(σ² + eps) per unit            Qiao et al. 2019
+:func:`orthogonal_weight_norm`  (V_c V_cᵀ + eps·I)^{-1/2} V_c              Huang et al. 2018 (OWN)
+:func:`oni`                     Newton-iteration orthogonalization of V_c  Huang et al. 2020 (ONI)
+==============================  =========================================  =======================
 
 An output unit is one index along axis 0 (PyTorch's (out, in, *kernel) layout; ``dim``
 chooses another for centred WN). Why parametrizations rather than new ``Linear``/``Conv2d``
