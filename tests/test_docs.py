@@ -24,8 +24,15 @@ def _modules():
     return names
 
 
+#: modules that need an optional framework, and that framework
+_OPTIONAL = {"arraynorm.torch": "torch", "arraynorm.jax": "jax"}
+
+
 @pytest.mark.parametrize("name", _modules())
 def test_docstring_examples_run(name):
+    for prefix, framework in _OPTIONAL.items():
+        if name == prefix or name.startswith(prefix + "."):
+            pytest.importorskip(framework)
     module = importlib.import_module(name)
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.failed == 0, f"{result.failed} doctest(s) failed in {name}"
@@ -39,6 +46,8 @@ def _readme_blocks():
 @pytest.mark.parametrize("i", range(len(_readme_blocks())))
 def test_readme_python_examples_run_as_written(i):
     code = _readme_blocks()[i]
+    for framework in re.findall(r"^import (torch|jax)\b", code, flags=re.M):
+        pytest.importorskip(framework)
     if "import cupy" in code:
         from _helpers import cuda_available
         if not cuda_available():
