@@ -30,7 +30,8 @@ from .report import report
 
 # studies register themselves on import, in report order
 from .rank import rank  # noqa: E402
+from .jacobian import jacobian  # noqa: E402
 
 __all__ = ["StudyResult", "STUDIES", "study", "Context", "Outcome", "report",
            "SerialExecutor", "FuturesExecutor", "LineFit", "fit_line", "fit_growth", "fit_power",
-           "rank"]
+           "rank", "jacobian"]
