@@ -15,8 +15,8 @@ transform, M(λ) = λG(λ) − 1 = Σ_k m_k λ^{-k} the moment generating functi
 S(z) = (1 + z)/(z M⁻¹(z)). The spectral density is ρ(λ) = −Im G(λ + i0)/π.
 
 Solving it. Write D² = t ~ the law of φ'(h)², h ~ N(0, q*), as atoms t_j with weights w_j
-(exact for ReLU and hard-tanh, which have φ'² ∈ {0, 1}; equal-mass quantile atoms for tanh).
-With the D²-variable z, M = M_D(z) = Σ w_j t_j/(z − t_j) is explicit and the equation
+— exact for linear (t = 1), ReLU and hard-tanh (φ'² ∈ {0, 1}). With the D²-variable z,
+M = M_D(z) = Σ w_j t_j/(z − t_j) is explicit and the equation
 λ = M_JJᵀ⁻¹(M) = (1 + M)/(M S_JJᵀ(M)) becomes one equation for z:
 
     log λ = a·log(1 + M) − (1 − L)·log M + L·log z + L·log σ_w²,   a = 1 − L + L·[Gaussian].
@@ -24,8 +24,11 @@ With the D²-variable z, M = M_D(z) = Σ w_j t_j/(z − t_j) is explicit and the
 For λ in the upper half-plane the physical root has Im M < 0 and Im z > 0, where these
 principal logarithms are continuous; it is followed by Newton's method
 (``scipy.optimize.newton``, vectorized over a grid of λ, in the variable log z) from far above
-the real axis (where M ≈ m₁/λ) down to λ = x + i·10⁻¹⁰x, x on the grid. The dead units of
-ReLU/hard-tanh put an atom at λ = 0 of mass P(φ' = 0); the continuous part carries the rest.
+the real axis (where M ≈ m₁/λ) down to λ = x + i·10⁻¹⁰x, x on the grid. Point masses are
+known in closed form and subtracted: the dead units of ReLU/hard-tanh put an atom at λ = 0 of
+mass P(φ' = 0); with orthogonal weights the part of the input that stays in every layer's
+linear region is mapped isometrically, an atom at σ_w^{2L} (Bercovici–Voiculescu). tanh has
+a continuous law of φ'², so only its moments are given here.
 
 Moments follow from the S-transform's expansion S(z) = s₀ + s₁z + …: m₁ = 1/s₀ and
 m₂/m₁² − 1 = −s₁/s₀, which adds over free factors, so
@@ -48,7 +51,7 @@ from typing import Any
 import numpy as np
 from scipy import integrate, optimize, special, stats
 
-__all__ = ["ACTIVATIONS", "INITS", "CriticalPoint", "critical_point", "DerivativeLaw",
+__all__ = ["ACTIVATIONS", "INITS", "gaussian_expectation", "CriticalPoint", "critical_point", "DerivativeLaw",
            "derivative_law", "fuss_catalan", "jjt_moments", "FreeSpectrum", "jjt_spectrum",
            "DENSITY_ACTIVATIONS"]
 
@@ -56,6 +59,8 @@ __all__ = ["ACTIVATIONS", "INITS", "CriticalPoint", "critical_point", "Derivativ
 ACTIVATIONS = ("linear", "relu", "hardtanh", "tanh")
 #: weight distributions with a known S-transform
 INITS = ("gaussian", "orthogonal")
+#: activations whose law of φ'² is a finite set of atoms, so the density of JJᵀ is computed
+DENSITY_ACTIVATIONS = ("linear", "relu", "hardtanh")
 
 _HERMITE = special.roots_hermitenorm(101)  # probabilists' Gauss–Hermite: ∫ f dN(0, 1)
 
@@ -146,12 +151,13 @@ class DerivativeLaw:
 
 
 @functools.lru_cache(maxsize=64)
-def derivative_law(activation: str, q_star: float = 0.25, atoms: int = 64) -> DerivativeLaw:
-    """The law of φ'(h)² at the fixed point: exact two atoms {0, 1} for ReLU (mass ½ each)
-    and hard-tanh (mass P(|h| < 1) at 1), one atom at 1 for linear, and for tanh ``atoms``
-    equal-mass atoms at the midpoint quantiles of h (sech⁴ of them), whose discretization
-    error in any CDF is at most 1/(2·atoms) and in μ₁, μ₂ of order atoms⁻² (the exact μ₁, μ₂
-    are used for the moments)."""
+def derivative_law(activation: str, q_star: float = 0.25) -> DerivativeLaw:
+    """The law of φ'(h)² at the fixed point, h ~ N(0, q*): one atom at 1 for linear, atoms
+    {0, 1} of mass ½ each for ReLU and of mass 1 − p, p = P(|h| < 1), for hard-tanh.
+
+    >>> derivative_law("hardtanh", 1.0).w.round(4).tolist()
+    [0.3173, 0.6827]
+    """
     if activation == "linear":
         return DerivativeLaw(np.array([1.0]), np.array([1.0]))
     if activation == "relu":
@@ -159,12 +165,8 @@ def derivative_law(activation: str, q_star: float = 0.25, atoms: int = 64) -> De
     if activation == "hardtanh":
         p = _erf_inside(q_star)
         return DerivativeLaw(np.array([0.0, 1.0]), np.array([1.0 - p, p]))
-    if activation == "tanh":
-        # symmetric in h: half the quantiles, each atom carrying twice the mass
-        u = (np.arange(atoms) + 0.5) / (2 * atoms)
-        h = math.sqrt(q_star) * stats.norm.ppf(0.5 + u)
-        return DerivativeLaw(np.cosh(h) ** -4, np.full(atoms, 1.0 / atoms))
-    raise ValueError(f"derivative_law: activation must be one of {ACTIVATIONS}, got {activation!r}")
+    raise ValueError(f"derivative_law: the law of φ'² is a finite set of atoms for {DENSITY_ACTIVATIONS}, "
+                     f"got {activation!r}")
 
 
 def _exact_mu(activation: str, q_star: float) -> tuple[float, float]:
@@ -347,7 +349,7 @@ class FreeSpectrum:
         return float(pts[min(i, len(pts) - 1)])
 
     def moment(self, k: int) -> float:
-        """Σ atoms + ∫ λᵏ ρ(λ) dλ by the trapezoid rule on the grid (λᵏ kills the unresolved
+        """Σ atoms + ∫ λᵏ ρ(λ) dλ by Simpson's rule in log λ on the grid (λᵏ kills the unresolved
         mass near 0)."""
         total = sum(mass * loc ** k for loc, mass in self.atoms)
         if self.grid.size >= 2:
@@ -363,10 +365,6 @@ class FreeSpectrum:
         """(u, density of u = log₁₀ λ) = (log₁₀ λ, ρ(λ)·λ·ln 10) of the continuous part:
         the curve a histogram of log₁₀ λ is compared with."""
         return np.log10(self.grid), np.nan_to_num(self.density) * self.grid * math.log(10.0)
-
-
-#: activations whose derivative law is a finite set of atoms, so the density is exact
-DENSITY_ACTIVATIONS = ("linear", "relu", "hardtanh")
 
 
 @functools.lru_cache(maxsize=256)

@@ -151,14 +151,14 @@ def restricted_singular_values(jac: np.ndarray, null: np.ndarray) -> np.ndarray:
     return scipy.linalg.svdvals(jac @ q)
 
 
-def ks_distance(lam: np.ndarray, spectrum: Any, floor: float) -> float:
+def ks_distance(lam: np.ndarray, spectrum: Any, floor: float, snap: float = 1e-8) -> float:
     """sup |F_measured − F_theory| over λ ≥ ``floor`` (and at the floor itself, so the mass
-    below it — dead units, unresolvable λ — is compared too). Measured λ within 10⁻⁸
+    below it — dead units, unresolvable λ — is compared too). Measured λ within ``snap``
     (relative) of a theory atom count as on it (rounding)."""
     lam = np.sort(np.asarray(lam, dtype=np.float64))
     for loc, _ in spectrum.atoms:
         if loc > 0:
-            lam[np.abs(lam - loc) <= 1e-8 * loc] = loc
+            lam[np.abs(lam - loc) <= snap * loc] = loc
     lam = np.sort(lam)
     n = lam.size
     pts = np.concatenate([[floor], lam[lam >= floor]])
@@ -471,7 +471,8 @@ def _summarize(recs: list[dict[str, Any]], depths: tuple[int, ...], edges: np.nd
         cols["above"].append(float(np.mean(u > edges[-1])))
         # the theory CDF is compared where float64 resolves λ: above (10³·n·ε·s_max)²
         floor = (1e3 * dimension * feps * s_max) ** 2
-        cols["ks"].append(ks_distance(lam, spectra[ell], floor) if spectra else None)
+        snap = max(1e-8, 1e3 * feps)  # an atom measured through float32 rounding
+        cols["ks"].append(ks_distance(lam, spectra[ell], floor, snap) if spectra else None)
     out: dict[str, Any] = {"method": method, **cols, "null_residual": resid}
     fit = fit_growth(depths, cols["m1"])
     out["m1_rate"], out["m1_rate_ci"] = fit.rate, list(fit.rate_interval())
