@@ -30,6 +30,7 @@ from .report import report
 
 # studies register themselves on import, in report order: signal propagation (issue 10),
 # then optimization geometry (issue 11)
+from .jacobian import jacobian  # noqa: E402
 from .gradient_flow import gradient_flow  # noqa: E402
 from .mean_field import mean_field  # noqa: E402
 from .rank import rank  # noqa: E402
@@ -40,5 +41,5 @@ from .convergence import convergence  # noqa: E402
 
 __all__ = ["StudyResult", "STUDIES", "study", "Context", "Outcome", "report",
            "SerialExecutor", "FuturesExecutor", "LineFit", "fit_line", "fit_growth", "fit_power",
-           "gradient_flow", "mean_field", "rank", "scale_invariance", "landscape",
+           "jacobian", "gradient_flow", "mean_field", "rank", "scale_invariance", "landscape",
            "covariate_shift", "convergence"]
