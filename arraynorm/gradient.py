@@ -46,6 +46,7 @@ from ._array_api import (
     xp_device,
     xp_namespace,
 )
+from .operation import lp_norm
 
 __all__ = [
     "normalized_gradient", "block_normalized_gradient", "clip_by_global_norm",
@@ -117,28 +118,14 @@ def _cast(xp: Any, a: Array, dtype: Any) -> Array:
 
 def _norm(xp: Any, a: Array, p: float = 2.0, axis: tuple[int, ...] | None = None,
           keepdims: bool = False) -> Array:
-    """‖a‖_p over ``axis`` (all axes if None) in the compute dtype, without overflow.
-
-    m·(Σ(|a|/m)^p)^(1/p) with m = max|a|: the p-th powers are at most 1, so they neither
-    overflow nor lose everything to underflow. inf/NaN entries make m non-finite, which is
-    then returned as the norm (inf, or NaN when a NaN is present), as ``vector_norm`` does.
+    """‖a‖_p over ``axis`` (all axes if None) in the compute dtype, without overflow
+    (:func:`arraynorm.operation.lp_norm`: squares accumulated in float64 for float32, other
+    powers scaled by the largest magnitude). inf/NaN entries make the norm inf (or NaN when a
+    NaN is present), as ``vector_norm`` does; an empty reduction gives 0.
     """
     a = _cast(xp, a, xp_compute_dtype(xp, a.dtype))
     axes = tuple(range(a.ndim)) if axis is None else axis
-    if any(a.shape[ax] == 0 for ax in axes):  # an empty reduction: the norm is 0
-        shape = tuple(1 if ax in axes else n for ax, n in enumerate(a.shape))
-        z = xp.zeros(shape, dtype=a.dtype, device=xp_device(a))
-        return z if keepdims else xp.reshape(z, tuple(n for ax, n in enumerate(a.shape) if ax not in axes))
-    mag = xp.abs(a)
-    m = xp.max(mag, axis=axes, keepdims=True)
-    if p != math.inf:
-        ok = xp.isfinite(m) & (m > 0)
-        scale = xp.where(ok, m, xp.ones_like(m))
-        r = mag / scale
-        rp = r * r if p == 2.0 else (r if p == 1.0 else r ** p)
-        s = xp.sum(rp, axis=axes, keepdims=True)
-        root = xp.sqrt(s) if p == 2.0 else (s if p == 1.0 else s ** (1.0 / p))
-        m = xp.where(ok, scale * root, m)
+    m = lp_norm(xp, a, p, axes)
     return m if keepdims else xp.reshape(m, tuple(n for ax, n in enumerate(a.shape) if ax not in axes))
 
 
