@@ -38,6 +38,7 @@ import numbers
 from collections.abc import Callable, MutableMapping
 from typing import Any
 
+from ._vjp import defvjp
 from ._array_api import (
     xp_check_eps,
     xp_check_finite_scalar,
@@ -104,8 +105,9 @@ def _map(xp: Any, leaves: list[Any], f: Callable[[Array, Array], Array]) -> list
             out.append(None)
             continue
         ct = xp_compute_dtype(xp, leaf.dtype)
-        r = f(_cast(xp, leaf, ct), leaf)
-        out.append(_cast(xp, r, leaf.dtype))
+        r = _cast(xp, f(_cast(xp, leaf, ct), leaf), leaf.dtype)
+        # NumPy turns 0-d results into scalars (np.float64); give back an array as received
+        out.append(xp.asarray(r) if leaf.ndim == 0 else r)
     return out
 
 
@@ -209,6 +211,15 @@ def clip_by_global_norm(grads: Tree, max_norm: float, *, norm_type: float = 2.0,
     finite float32 gradient whose squares would overflow still gets its finite norm (and
     no error) instead of inf.
 
+    ``vjp(clip_by_global_norm, grads, max_norm)`` pulls ``(dclipped, dtotal)`` (a container
+    like ``grads`` or ``None``, and a 0-d array or ``None``) back to ``(dgrads, None)``, with
+    c = min(1, M/(N + 1e-6)) and ∂N/∂g = sign(g)|g/N|^{p−1}:
+
+        dg = c·dclipped + (dtotal − [c < 1 or equal]·c·Σ dclipped·g/(N + 1e-6)) · ∂N/∂g,
+
+    the ∞-norm's subgradient split equally between tied maxima, as for
+    :func:`~arraynorm.l2_normalize`; for p < 1 the subgradient 0 is taken at g = 0.
+
     Examples
     --------
     >>> import numpy as np, arraynorm as an
@@ -217,6 +228,11 @@ def clip_by_global_norm(grads: Tree, max_norm: float, *, norm_type: float = 2.0,
     >>> float(total), np.round(clipped["b"], 6)
     (5.0, array([0.8]))
     """
+    return _clip_by_global_norm(grads, max_norm, norm_type, error_if_nonfinite)[0]
+
+
+def _clip_by_global_norm(grads: Tree, max_norm: float, norm_type: float,
+                         error_if_nonfinite: bool) -> tuple[tuple[Tree, Array], Callable]:
     fname = "clip_by_global_norm"
     max_norm = xp_check_finite_scalar(fname, "max_norm", max_norm, minimum=0.0)
     p = _check_norm_type(fname, norm_type)
@@ -230,8 +246,50 @@ def clip_by_global_norm(grads: Tree, max_norm: float, *, norm_type: float = 2.0,
             f"(inf or NaN), so it cannot be clipped; pass error_if_nonfinite=False to scale "
             f"the gradients by the non-finite norm anyway"
         )
-    coef = xp.clip(max_norm / (total + 1e-6), max=1.0)
-    return rebuild(_map(xp, leaves, lambda g, _: g * _cast(xp, coef, g.dtype))), total
+    raw = max_norm / (total + 1e-6)
+    coef = xp.clip(raw, max=1.0)
+    clipped = rebuild(_map(xp, leaves, lambda g, _: g * _cast(xp, coef, g.dtype)))
+
+    def pullback(dy: tuple[Tree, Array | None]) -> tuple[Tree, None]:
+        dclipped, dtotal = dy
+        dleaves = [None] * len(leaves) if dclipped is None else _flatten(fname, "dy", dclipped)[1]
+        n = total
+        safe = xp.where(n > 0, n, xp.ones_like(n))
+        # Σ dclipped·g/(N + 1e-6): each term of the order of dclipped, no product overflows
+        terms = [xp.sum(_cast(xp, d, n.dtype) * (_cast(xp, g, n.dtype) / (n + 1e-6)))
+                 for g, d in zip(leaves, dleaves) if g is not None and d is not None]
+        sgx = sum(terms[1:], terms[0]) if terms else xp.zeros_like(n)
+        k = xp.where(raw <= 1.0, -coef * sgx, xp.zeros_like(n))
+        if dtotal is not None:
+            k = k + _cast(xp, dtotal, n.dtype)
+        if p == math.inf:
+            hits = [None if g is None else xp.astype(xp.abs(_cast(xp, g, n.dtype)) == n, n.dtype)
+                    for g in leaves]
+            counts = [xp.sum(h) for h in hits if h is not None]
+            ties = sum(counts[1:], counts[0])
+
+        def one(i: int, g: Array) -> Array:
+            d = dleaves[i]
+            gc = _cast(xp, g, n.dtype)
+            if p == math.inf:
+                dnorm = xp.sign(gc) * hits[i] / ties
+            else:
+                u = gc / safe  # sign(0) = 0 picks the subgradient 0 where |u|^{p−1} is inf
+                au = xp.where(u == 0, xp.ones_like(u), xp.abs(u))
+                dnorm = u if p == 2.0 else xp.sign(u) * au ** (p - 1.0)
+            dg = k * dnorm if d is None else coef * _cast(xp, d, n.dtype) + k * dnorm
+            return _cast(xp, dg, g.dtype)
+
+        dgrads = [None if g is None else one(i, g) for i, g in enumerate(leaves)]
+        return rebuild([xp.asarray(a) if a is not None and a.ndim == 0 else a for a in dgrads]), None
+
+    return (clipped, total), pullback
+
+
+@defvjp(clip_by_global_norm)
+def _clip_by_global_norm_vjp(grads: Tree, max_norm: float, *, norm_type: float = 2.0,
+                             error_if_nonfinite: bool = False) -> tuple[tuple[Tree, Array], Callable]:
+    return _clip_by_global_norm(grads, max_norm, norm_type, error_if_nonfinite)
 
 
 def clip_by_value(grads: Tree, clip_value: float) -> Tree:
