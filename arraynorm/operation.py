@@ -173,7 +173,8 @@ def centre(xp: Any, xv: Any, axes: tuple[int, ...]) -> tuple[Any, Any]:
     mean. A non-finite first value is not used as the shift (inf − inf would turn an inf mean
     into NaN); the shift is then 0.
     """
-    first = tuple(slice(0, 1) if a in axes else slice(None) for a in range(xv.ndim))
+    # slice(0, 0) on an empty axis: the standard leaves out-of-bounds slices unspecified
+    first = tuple(slice(0, min(1, xv.shape[a])) if a in axes else slice(None) for a in range(xv.ndim))
     shift = xv[first]
     shift = xp.where(xp.isfinite(shift), shift, xp.zeros_like(shift))
     xs = xv - shift
