@@ -144,8 +144,9 @@ def scaled_mean_square(xp: Any, a: Any, axes: tuple[int, ...]) -> tuple[Any, Any
 
 def unscale(xp: Any, s: Any, ms: Any, dtype: Any) -> Any:
     """s²·ms in ``dtype``: inf where it is not representable there (a float32 variance of
-    values beyond 1.8e19 is), never a wrong finite number."""
-    v = ms if s is None else (s * s) * ms
+    values beyond 1.8e19 is), never a wrong finite number. Formed as (s·ms)·s: s² alone
+    may overflow where s²·ms does not (ms >= 1/(4n): the largest value counts)."""
+    v = ms if s is None else (s * ms) * s
     return v if v.dtype == dtype else xp.astype(v, dtype)
 
 
