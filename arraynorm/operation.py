@@ -332,7 +332,10 @@ class GivenStatistics(Operation):
     """Standardize with statistics given by the caller (inference-mode BN):
     ŷ = (x − mean) / sqrt(var + eps), ``mean``/``var`` of the partition's parameter shape.
 
-    Backward: ∂L/∂x = g · rstd (the statistics are inputs, not functions of x).
+    Backward: ∂L/∂x = g · rstd (the statistics are inputs, not functions of x). An inf
+    variance (the running variance of values whose variance overflowed its dtype, see
+    :func:`statistics`) gives NaN, not the 0 that (x − mean)/inf would: the variance is unknown,
+    not infinite.
     """
 
     uses_input_statistics = False
@@ -348,6 +351,7 @@ class GivenStatistics(Operation):
         mean = xp.reshape(xp.astype(self.mean, xv.dtype), shape)
         var = xp.reshape(xp.astype(self.var, xv.dtype), shape)
         rstd = 1.0 / xp.sqrt(var + eps)
+        rstd = xp.where(xp.isinf(var), xp.asarray(float("nan"), dtype=rstd.dtype, device=xp_device(rstd)), rstd)
         y = (xv - mean) * rstd
         return y, StandardizeState(y, mean, var, rstd, layout.reduce_axes)
 

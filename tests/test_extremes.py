@@ -295,12 +295,15 @@ def test_float64_values_beyond_the_square_range_are_scale_invariant(xp, f, args,
 
 def test_results_that_cannot_be_represented_are_inf_or_nan_never_finite_and_wrong(xp):
     """A float32 variance of values ~1e20 (~1e40) is not representable: batch_moments reports
-    inf, not a finite number, while the mean and the normalized output stay right; a float64
-    LRN window whose squares overflow gives NaN, not the 0 it used to."""
+    inf, not a finite number, while the mean stays right, and inference with it gives NaN; a
+    float64 LRN window whose squares overflow gives NaN, not the 0 it used to."""
     mean, var = an.batch_moments(from_numpy(xp, X20, "float32"))
     assert np.all(np.isinf(to_numpy(var)))
     assert rel_err(mean, X20.astype(np.float64).mean(axis=(0, 2, 3))) <= 1e-6
     y = to_numpy(an.local_response_norm(from_numpy(xp, np.full((1, 3, 2), 1e200)), 3))
+    assert np.all(np.isnan(y))
+    # inference with that inf running variance: NaN, not the 0 that (x − mean)/inf would give
+    y = to_numpy(an.batch_norm(from_numpy(xp, X20, "float32"), mean=mean, var=var))
     assert np.all(np.isnan(y))
 
 
