@@ -26,6 +26,7 @@ __all__ = [
     "xp_namespace",
     "xp_device",
     "xp_check_floating",
+    "xp_check_cotangent",
     "xp_check_eps",
     "xp_check_finite_scalar",
     "xp_compute_dtype",
@@ -97,12 +98,39 @@ def xp_namespace(fname: str, **arrays: Any) -> Any:
     return first_xp
 
 
+def _not_an_array(fname: str, name: str, a: Any) -> TypeError:
+    return TypeError(
+        f"{fname}: {name} must be an array (NumPy, CuPy, PyTorch, JAX, Dask or any array-API "
+        f"array), got {type(a).__name__}"
+    )
+
+
 def xp_check_floating(fname: str, name: str, a: Any, xp: Any) -> None:
-    """Raise ``TypeError`` unless ``a`` has a real floating dtype."""
+    """Raise ``TypeError`` unless ``a`` is an array with a real floating dtype (``None`` or a
+    list where a required array belongs is a ``TypeError`` naming the argument too)."""
+    if a is None or not hasattr(a, "dtype") or not hasattr(a, "shape"):
+        raise _not_an_array(fname, name, a)
     if not xp.isdtype(a.dtype, "real floating"):
         raise TypeError(
             f"{fname}: {name} must have a real floating dtype (float16, bfloat16, float32 or "
             f"float64), got {a.dtype}"
+        )
+
+
+def xp_check_cotangent(fname: str, name: str, d: Any, like: Any) -> None:
+    """A cotangent ``d`` of the output ``like`` must be an array of the same library and
+    device, with a real floating dtype (any precision: it is cast) and ``like``'s shape.
+
+    ``TypeError`` otherwise (an integer, bool or complex cotangent — whose imaginary part
+    would be dropped silently —, a list, an array of another library), ``ValueError`` for
+    another device or shape, each naming ``name``.
+    """
+    xp = xp_namespace(fname, output=like, **{name: d})
+    xp_check_floating(fname, name, d, xp)
+    if tuple(d.shape) != tuple(like.shape):
+        raise ValueError(
+            f"{fname}: {name} must have the output's shape {tuple(like.shape)}, "
+            f"got {tuple(d.shape)}"
         )
 
 

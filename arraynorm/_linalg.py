@@ -2,7 +2,8 @@
 orthogonalization.
 
 Every function here takes a stack of symmetric positive-definite matrices ``S`` of shape
-(..., d, d) and returns ``(W, pullback)``: a whitening matrix (W S Wᵀ = I, or a polynomial
+(..., d, d) (and the eps that was added to it, a lower bound on its eigenvalues) and returns
+``(W, pullback)``: a whitening matrix (W S Wᵀ = I, or a polynomial
 approximation of it) and the vector–Jacobian product ``pullback(gW) -> gS``. ``gS`` is
 returned *symmetric*, the unique symmetric matrix with ⟨gS, E⟩ = ⟨gW, dW[E]⟩ for every
 symmetric perturbation E (S only ever varies in symmetric directions, so the gradient is
@@ -25,11 +26,13 @@ CuPy never synchronizes.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from ._array_api import xp_backend_name, xp_device
+from .operation import centre, mean, pow2_scale
 
 __all__ = [
     "Linearization",
@@ -106,11 +109,18 @@ def _conjugate(xp: Any, u: Array, m: Array) -> Array:
 # ZCA: S^{-1/2} by eigendecomposition
 # --------------------------------------------------------------------------------------
 
-def inv_sqrt_eigh(xp: Any, s: Array, floor: float = 0.0) -> tuple[Array, Linearization]:
+def _floor(xp: Any, lam: Array, floor: Any) -> Array:
+    """``floor`` (a Python float or an array broadcasting against the eigenvalues) as an array."""
+    if hasattr(floor, "shape"):
+        return floor if floor.dtype == lam.dtype else xp.astype(floor, lam.dtype)
+    return xp.asarray(floor, dtype=lam.dtype, device=xp_device(lam))
+
+
+def inv_sqrt_eigh(xp: Any, s: Array, floor: Any = 0.0) -> tuple[Array, Linearization]:
     """W = S^{-1/2} = U Λ^{-1/2} Uᵀ from ``S = U Λ Uᵀ`` (ZCA whitening matrix).
 
-    Eigenvalues are clamped below at ``floor`` (pass the eps that was added to S: the exact
-    eigenvalues are then >= floor, and the clamp only removes rounding that would make a
+    Eigenvalues are clamped below at ``floor`` (pass the eps that was added to S, a float or
+    an array of shape (..., 1): the exact eigenvalues are then >= floor, and the clamp only removes rounding that would make a
     float32 eigenvalue of a rank-deficient covariance negative and W NaN). The clamp is the
     identity in exact arithmetic, and the backward pass treats it so.
 
@@ -129,7 +139,7 @@ def inv_sqrt_eigh(xp: Any, s: Array, floor: float = 0.0) -> tuple[Array, Lineari
     smooth function of S there, unlike its eigenvectors.
     """
     lam, u = xp.linalg.eigh(s)
-    lam = xp.maximum(lam, xp.asarray(floor, dtype=lam.dtype, device=xp_device(lam)))
+    lam = xp.maximum(lam, _floor(xp, lam, floor))
     r = xp.sqrt(lam)
     w = xp.matmul(u / r[..., None, :], _t(xp, u))
 
@@ -187,7 +197,7 @@ def _eigh_jvp(xp: Any, lam: Array, u: Array, ds: Array, eye: Array) -> tuple[Arr
     return _diag_part(xp, m, eye), xp.matmul(u, _eigen_gaps(xp, lam) * m)
 
 
-def pca_whitening_matrix(xp: Any, s: Array, floor: float = 0.0) -> tuple[Array, Linearization]:
+def pca_whitening_matrix(xp: Any, s: Array, floor: Any = 0.0) -> tuple[Array, Linearization]:
     """W = Λ^{-1/2} Uᵀ (PCA whitening matrix), eigenvalues in *descending* order.
 
     Eigenvectors are only defined up to sign; to make W the same on every backend (and
@@ -204,7 +214,7 @@ def pca_whitening_matrix(xp: Any, s: Array, floor: float = 0.0) -> tuple[Array, 
     lam, u = xp.flip(lam, axis=-1), xp.flip(u, axis=-1)
     sign = xp.sign(xp.max(u, axis=-2, keepdims=True) + xp.min(u, axis=-2, keepdims=True))
     u = u * xp.where(sign == 0, xp.ones_like(sign), sign)
-    lam = xp.maximum(lam, xp.asarray(floor, dtype=lam.dtype, device=xp_device(lam)))
+    lam = xp.maximum(lam, _floor(xp, lam, floor))
     r = 1.0 / xp.sqrt(lam)
     w = r[..., :, None] * _t(xp, u)
 
@@ -246,7 +256,7 @@ def _cholesky_vjp(xp: Any, l: Array, linv: Array, gl: Array) -> Array:
     return xp.matmul(xp.matmul(_t(xp, linv), phi), linv)
 
 
-def cholesky_whitening_matrix(xp: Any, s: Array) -> tuple[Array, Linearization]:
+def cholesky_whitening_matrix(xp: Any, s: Array, floor: Any = 0.0) -> tuple[Array, Linearization]:
     """W = L^{-1}, S = L Lᵀ (Cholesky whitening; W is lower triangular, so output feature
     k depends on input features 1..k only).
 
@@ -256,7 +266,8 @@ def cholesky_whitening_matrix(xp: Any, s: Array) -> tuple[Array, Linearization]:
     Forward mode: dL = L Φ(L^{-1} dS L^{-T}), Φ(A) = the lower triangle of A with its
     diagonal halved, so dW = −W dL W = −Φ(W dS Wᵀ) W.
     S must be numerically positive definite: with eps too small for ‖S‖ in float32 the
-    backend's Cholesky raises (NumPy, PyTorch) or returns NaN (CuPy).
+    backend's Cholesky raises (NumPy, PyTorch) or returns NaN (CuPy). ``floor`` is unused
+    (the eps is already in S).
     """
     l = xp.linalg.cholesky(s)
     w = xp.linalg.inv(l)
@@ -276,7 +287,7 @@ def cholesky_whitening_matrix(xp: Any, s: Array) -> tuple[Array, Linearization]:
 # Newton–Schulz iterations (IterNorm, ONI): matmul only
 # --------------------------------------------------------------------------------------
 
-def newton_inv_sqrt(xp: Any, s: Array, T: int) -> tuple[Array, Linearization]:
+def newton_inv_sqrt(xp: Any, s: Array, T: int, floor: Any = 0.0) -> tuple[Array, Linearization]:
     """W = P_T / sqrt(tr S), the Newton iteration for S^{-1/2} (Huang et al. 2019, IterNorm):
 
         S_N = S / tr(S),   P_0 = I,   P_{k+1} = 1.5 P_k − 0.5 P_k³ S_N.
@@ -299,7 +310,7 @@ def newton_inv_sqrt(xp: Any, s: Array, T: int) -> tuple[Array, Linearization]:
 
     and ∂P_k += 1.5 G; no symmetry or commutation of the computed P_k is assumed, so the
     VJP is that of the floating-point recurrence as run. Then through S_N = S/tr and
-    W = P_T tr^{-1/2}, with ∂tr/∂S = I.
+    W = P_T tr^{-1/2}, with ∂tr/∂S = I. ``floor`` is unused (the eps is already in S).
     """
     eye = _eye(xp, s)
     tr = xp.sum(s * eye, axis=(-2, -1), keepdims=True)
@@ -364,50 +375,83 @@ class RowWhitening:
     ``w`` (..., d, d). :meth:`output` forms Y (callers that only want the statistics skip
     that product); :meth:`pullback` maps gY to gX and :meth:`jvp` tX to dY.
 
-    Backward: gW = gY X_cᵀ and gX_c = Wᵀ gY directly; gS = the matrix function's
-    pullback(gW); through S = scale·X_c X_cᵀ, gX_c += scale (gS + gSᵀ) X_c; through centring,
-    gX = gX_c − mean(gX_c) over the last axis. Centring and covariance are part of the
-    graph, so the gradient is that of the whole map X -> Y, not of Y = W X_c with W fixed.
+    Computed scaled: Z = X_c / c with c a power of two near max|X_c| per matrix, so Z Zᵀ
+    neither overflows nor underflows (float32 values of 1e20 have squares past 3.4e38), and
+    W_Z = matrix(scale·Z Zᵀ + (eps/c²)·I). Every whitening matrix here is homogeneous of
+    degree −1 (S → c²S gives W → W/c), so W = W_Z / c and Y = W_Z Z exactly; the
+    decomposition and its backward see O(1) numbers.
+
+    Backward: gW_Z = gY Zᵀ and gZ = W_Zᵀ gY directly; gS_Z = the matrix function's
+    pullback(gW_Z); through S_Z = scale·Z Zᵀ, gZ += scale (gS_Z + gS_Zᵀ) Z; gX_c = gZ / c
+    (c is a piecewise-constant function of X, and Y does not depend on it); through centring,
+    gX = gX_c − mean(gX_c) over the last axis. Centring and covariance are part of the graph,
+    so the gradient is that of the whole map X -> Y, not of Y = W X_c with W fixed.
     """
 
     xp: Any
-    xc: Array
+    z: Array
     mean: Array | None
-    w: Array
+    wz: Array
     matrix_pullback: Linearization
     scale: float
+    c: Array
+
+    @property
+    def w(self) -> Array:
+        """The whitening matrix of the unscaled covariance, W = W_Z / c."""
+        return self.wz * (1.0 / self.c)
 
     def output(self) -> Array:
-        return self.xp.matmul(self.w, self.xc)
+        return self.xp.matmul(self.wz, self.z)
 
     def pullback(self, gy: Array) -> Array:
-        xp, xc = self.xp, self.xc
-        gs = self.matrix_pullback(xp.matmul(gy, _t(xp, xc)))
-        gxc = xp.matmul(_t(xp, self.w), gy) + self.scale * xp.matmul(gs + _t(xp, gs), xc)
+        xp, z = self.xp, self.z
+        gs = self.matrix_pullback(xp.matmul(gy, _t(xp, z)))
+        gz = xp.matmul(_t(xp, self.wz), gy) + self.scale * xp.matmul(gs + _t(xp, gs), z)
+        gxc = gz * (1.0 / self.c)
         if self.mean is not None:
-            gxc = gxc - xp.mean(gxc, axis=-1, keepdims=True)
+            gxc = gxc - mean(xp, gxc, (gxc.ndim - 1,))
         return gxc
 
     def jvp(self, tx: Array) -> Array:
         """The forward-mode product of X -> Y along tX (the transpose of :meth:`pullback`):
 
-            dX_c = tX − mean(tX),   dS = scale (dX_c X_cᵀ + X_c dX_cᵀ),
-            dW = the matrix function's ``jvp(dS)``,   dY = dW X_c + W dX_c.
+            dX_c = tX − mean(tX),   dZ = dX_c / c,   dS_Z = scale (dZ Zᵀ + Z dZᵀ),
+            dW_Z = the matrix function's ``jvp(dS_Z)``,   dY = dW_Z Z + W_Z dZ
+        (c is piecewise constant in X, so it has no tangent).
         """
-        xp, xc = self.xp, self.xc
-        txc = tx - xp.mean(tx, axis=-1, keepdims=True) if self.mean is not None else tx
-        a = xp.matmul(txc, _t(xp, xc))
+        xp, z = self.xp, self.z
+        if self.mean is not None:
+            tx = tx - mean(xp, tx, (tx.ndim - 1,))
+        tz = tx * (1.0 / self.c)
+        a = xp.matmul(tz, _t(xp, z))
         dw = self.matrix_pullback.jvp(self.scale * (a + _t(xp, a)))
-        return xp.matmul(dw, xc) + xp.matmul(self.w, txc)
+        return xp.matmul(dw, z) + xp.matmul(self.wz, tz)
 
 
-def whiten_rows(xp: Any, x: Array, matrix: Callable[[Any, Array], tuple[Array, Linearization]], *,
-                scale: float, eps: float, center: bool = True) -> RowWhitening:
-    """Centre the rows of ``x`` (..., d, m), form S = scale·X_c X_cᵀ + eps·I and the
-    whitening matrix ``matrix(xp, S) -> (W, pullback)``; see :class:`RowWhitening`."""
-    mean = xp.mean(x, axis=-1, keepdims=True) if center else None
-    xc = x - mean if center else x
+def _scale_floor(eps: float) -> float:
+    """Smallest scale c for a covariance with eps: eps/c² <= 2^18 stays finite (and the scaled
+    problem is the same problem: W = W_Z/c holds for any c), 0 when eps = 0."""
+    if eps <= 0.0:
+        return 0.0
+    return 2.0 ** (math.floor(math.log2(math.sqrt(eps))) - 8)
+
+
+def whiten_rows(xp: Any, x: Array, matrix: Callable[[Any, Array, Array], tuple[Array, Linearization]],
+                *, scale: float, eps: float, center: bool = True) -> RowWhitening:
+    """Centre the rows of ``x`` (..., d, m) (shifted, :func:`arraynorm.operation.centre`, so
+    an offset of 10⁴ in float32 costs nothing), scale them by a power of two per matrix,
+    form S_Z = scale·Z Zᵀ + (eps/c²)·I and the whitening matrix
+    ``matrix(xp, S_Z, floor) -> (W_Z, pullback)`` (``floor``, shape (..., 1), is the eps in
+    S_Z); see :class:`RowWhitening`. Needs m >= 1 (the callers check). Costs one reduction
+    (max|X_c|) and one elementwise pass (the scaling) more than the unscaled covariance."""
+    last = x.ndim - 1
+    mu, xc = centre(xp, x, (last,)) if center else (None, x)
+    c = pow2_scale(xp, xp.max(xp.abs(xc), axis=(last - 1, last), keepdims=True),
+                   floor=_scale_floor(eps))
+    z = xc * (1.0 / c)
+    eps_z = (eps / c) / c
     eye = xp.eye(x.shape[-2], dtype=x.dtype, device=xp_device(x))
-    s = scale * xp.matmul(xc, _t(xp, xc)) + eps * eye
-    w, matrix_pullback = matrix(xp, s)
-    return RowWhitening(xp, xc, mean, w, matrix_pullback, scale)
+    s = scale * xp.matmul(z, _t(xp, z)) + eps_z * eye
+    wz, matrix_pullback = matrix(xp, s, eps_z[..., 0])
+    return RowWhitening(xp, z, mu, wz, matrix_pullback, scale, c)

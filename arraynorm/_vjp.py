@@ -7,8 +7,10 @@ that returns its output and a pullback. Deep stacks compose these pullbacks by h
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
+
+from ._array_api import xp_check_cotangent
 
 __all__ = ["vjp", "defvjp", "positional_parameters"]
 
@@ -44,7 +46,15 @@ def vjp(f: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, Callable
     keyword; ``None`` for non-array parameters (``num_groups``) and for arrays passed as
     ``None``. Keyword-only arguments (``eps``, ``axis``, given statistics) get no cotangent.
     For an op with several outputs (``y`` a tuple), ``dy`` is a tuple with one cotangent per
-    output (``None`` where an output does not reach the loss).
+    output (``None`` where an output does not reach the loss). Each cotangent must be an
+    array of its output's library, device and shape, with a real floating dtype (an integer,
+    bool or complex cotangent is a ``TypeError``, as are lists and arrays of another
+    library; a wrong shape or device a ``ValueError``).
+
+    The NumPy fast path (:func:`arraynorm.set_fast_paths`) keeps a reference to ``x``, not a
+    copy, between the forward and the pullback, as PyTorch's autograd does: modifying ``x``
+    in place before calling ``pullback`` changes the cotangents (the portable path keeps what
+    it needs). Pass a copy if you will write into ``x``.
 
     Unlike ``jax.vjp``, ``f`` must be an arraynorm op (or have a rule registered with
     :func:`defvjp`): the pullbacks are the closed-form backward passes, not traced.
@@ -63,26 +73,43 @@ def vjp(f: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, Callable
         name = getattr(f, "__name__", repr(f))
         raise TypeError(f"vjp: {name} has no registered backward pass; pass an arraynorm op")
     y, pullback = rule(*args, **kwargs)
-    fname = getattr(f, "__name__", "op")
+    fname = f"{getattr(f, '__name__', 'op')} pullback"
 
     def check(out: Any, d: Any, what: str) -> None:
-        if d is not None and tuple(getattr(d, "shape", ())) != tuple(out.shape):
-            raise ValueError(
-                f"{fname} pullback: {what} must have the output's shape {tuple(out.shape)}, "
-                f"got {tuple(getattr(d, 'shape', ()))}"
-            )
+        """``d`` is None (no cotangent) or matches ``out``: an array of its library, device
+        and shape with a real floating dtype; a container output (clip_by_global_norm's
+        gradients) takes a container of the same structure."""
+        if d is None:
+            return
+        if isinstance(out, Mapping):
+            if not isinstance(d, Mapping) or list(d) != list(out):
+                raise TypeError(f"{fname}: {what} must be a mapping with the keys {list(out)}, "
+                                f"got {type(d).__name__}")
+            for k in out:
+                check(out[k], d[k], f"{what}[{k!r}]")
+        elif isinstance(out, (list, tuple)):
+            if not isinstance(d, (list, tuple)) or len(d) != len(out):
+                raise TypeError(f"{fname}: {what} must be a sequence of {len(out)} cotangents, "
+                                f"got {type(d).__name__}")
+            for i, (o, di) in enumerate(zip(out, d)):
+                check(o, di, f"{what}[{i}]")
+        elif out is None:
+            raise TypeError(f"{fname}: {what} must be None (that output is None), "
+                            f"got {type(d).__name__}")
+        else:
+            xp_check_cotangent(fname, what, d, out)
 
     def checked_pullback(dy: Any) -> tuple[Any, ...]:
         # ops with several outputs (e.g. an array and a state) take one cotangent per
         # output, None for outputs that do not influence the loss
         if isinstance(y, tuple):
             if not isinstance(dy, tuple) or len(dy) != len(y):
-                raise ValueError(f"{fname} pullback: dy must be a tuple of {len(y)} cotangents")
+                raise ValueError(f"{fname}: dy must be a tuple of {len(y)} cotangents")
             for i, (out, d) in enumerate(zip(y, dy)):
                 check(out, d, f"dy[{i}]")
         else:
             if dy is None:
-                raise ValueError(f"{fname} pullback: dy must be an array, got None")
+                raise ValueError(f"{fname}: dy must be an array, got None")
             check(y, dy, "dy")
         return pullback(dy)
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from . import _kernels
 from ._array_api import (
+    xp_check_cotangent,
     xp_check_eps,
     xp_check_floating,
     xp_check_param_shape,
@@ -167,9 +168,15 @@ class Normalizer:
         return self.forward(x, weight, bias)[0]
 
     def vjp(self, x: Any, weight: Any = None, bias: Any = None) -> tuple[Any, Callable[[Any], tuple[Any, Any, Any]]]:
-        """``(y, pullback)`` with ``pullback(dy) -> (dx, dweight, dbias)``."""
+        """``(y, pullback)`` with ``pullback(dy) -> (dx, dweight, dbias)``; ``dy`` is checked
+        as :func:`arraynorm.vjp` checks cotangents."""
         y, ctx = self.forward(x, weight, bias)
-        return y, lambda dy: self.backward(ctx, dy)
+
+        def pullback(dy: Any) -> tuple[Any, Any, Any]:
+            xp_check_cotangent(f"{self.name} pullback", "dy", dy, y)
+            return self.backward(ctx, dy)
+
+        return y, pullback
 
 
 def normalize(x: Any, partition: Partition, operation: Operation | None = None,

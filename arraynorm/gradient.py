@@ -38,6 +38,7 @@ import numbers
 from collections.abc import Callable, MutableMapping
 from typing import Any
 
+from ._vjp import defvjp
 from ._array_api import (
     xp_check_eps,
     xp_check_finite_scalar,
@@ -46,6 +47,7 @@ from ._array_api import (
     xp_device,
     xp_namespace,
 )
+from .operation import lp_norm
 
 __all__ = [
     "normalized_gradient", "block_normalized_gradient", "clip_by_global_norm",
@@ -103,8 +105,9 @@ def _map(xp: Any, leaves: list[Any], f: Callable[[Array, Array], Array]) -> list
             out.append(None)
             continue
         ct = xp_compute_dtype(xp, leaf.dtype)
-        r = f(_cast(xp, leaf, ct), leaf)
-        out.append(_cast(xp, r, leaf.dtype))
+        r = _cast(xp, f(_cast(xp, leaf, ct), leaf), leaf.dtype)
+        # NumPy turns 0-d results into scalars (np.float64); give back an array as received
+        out.append(xp.asarray(r) if leaf.ndim == 0 else r)
     return out
 
 
@@ -117,28 +120,14 @@ def _cast(xp: Any, a: Array, dtype: Any) -> Array:
 
 def _norm(xp: Any, a: Array, p: float = 2.0, axis: tuple[int, ...] | None = None,
           keepdims: bool = False) -> Array:
-    """‖a‖_p over ``axis`` (all axes if None) in the compute dtype, without overflow.
-
-    m·(Σ(|a|/m)^p)^(1/p) with m = max|a|: the p-th powers are at most 1, so they neither
-    overflow nor lose everything to underflow. inf/NaN entries make m non-finite, which is
-    then returned as the norm (inf, or NaN when a NaN is present), as ``vector_norm`` does.
+    """‖a‖_p over ``axis`` (all axes if None) in the compute dtype, without overflow
+    (:func:`arraynorm.operation.lp_norm`: squares accumulated in float64 for float32, other
+    powers scaled by the largest magnitude). inf/NaN entries make the norm inf (or NaN when a
+    NaN is present), as ``vector_norm`` does; an empty reduction gives 0.
     """
     a = _cast(xp, a, xp_compute_dtype(xp, a.dtype))
     axes = tuple(range(a.ndim)) if axis is None else axis
-    if any(a.shape[ax] == 0 for ax in axes):  # an empty reduction: the norm is 0
-        shape = tuple(1 if ax in axes else n for ax, n in enumerate(a.shape))
-        z = xp.zeros(shape, dtype=a.dtype, device=xp_device(a))
-        return z if keepdims else xp.reshape(z, tuple(n for ax, n in enumerate(a.shape) if ax not in axes))
-    mag = xp.abs(a)
-    m = xp.max(mag, axis=axes, keepdims=True)
-    if p != math.inf:
-        ok = xp.isfinite(m) & (m > 0)
-        scale = xp.where(ok, m, xp.ones_like(m))
-        r = mag / scale
-        rp = r * r if p == 2.0 else (r if p == 1.0 else r ** p)
-        s = xp.sum(rp, axis=axes, keepdims=True)
-        root = xp.sqrt(s) if p == 2.0 else (s if p == 1.0 else s ** (1.0 / p))
-        m = xp.where(ok, scale * root, m)
+    m = lp_norm(xp, a, p, axes)
     return m if keepdims else xp.reshape(m, tuple(n for ax, n in enumerate(a.shape) if ax not in axes))
 
 
@@ -222,6 +211,15 @@ def clip_by_global_norm(grads: Tree, max_norm: float, *, norm_type: float = 2.0,
     finite float32 gradient whose squares would overflow still gets its finite norm (and
     no error) instead of inf.
 
+    ``vjp(clip_by_global_norm, grads, max_norm)`` pulls ``(dclipped, dtotal)`` (a container
+    like ``grads`` or ``None``, and a 0-d array or ``None``) back to ``(dgrads, None)``, with
+    c = min(1, M/(N + 1e-6)) and ∂N/∂g = sign(g)|g/N|^{p−1}:
+
+        dg = c·dclipped + (dtotal − [c < 1 or equal]·c·Σ dclipped·g/(N + 1e-6)) · ∂N/∂g,
+
+    the ∞-norm's subgradient split equally between tied maxima, as for
+    :func:`~arraynorm.l2_normalize`; for p < 1 the subgradient 0 is taken at g = 0.
+
     Examples
     --------
     >>> import numpy as np, arraynorm as an
@@ -230,6 +228,11 @@ def clip_by_global_norm(grads: Tree, max_norm: float, *, norm_type: float = 2.0,
     >>> float(total), np.round(clipped["b"], 6)
     (5.0, array([0.8]))
     """
+    return _clip_by_global_norm(grads, max_norm, norm_type, error_if_nonfinite)[0]
+
+
+def _clip_by_global_norm(grads: Tree, max_norm: float, norm_type: float,
+                         error_if_nonfinite: bool) -> tuple[tuple[Tree, Array], Callable]:
     fname = "clip_by_global_norm"
     max_norm = xp_check_finite_scalar(fname, "max_norm", max_norm, minimum=0.0)
     p = _check_norm_type(fname, norm_type)
@@ -243,8 +246,50 @@ def clip_by_global_norm(grads: Tree, max_norm: float, *, norm_type: float = 2.0,
             f"(inf or NaN), so it cannot be clipped; pass error_if_nonfinite=False to scale "
             f"the gradients by the non-finite norm anyway"
         )
-    coef = xp.clip(max_norm / (total + 1e-6), max=1.0)
-    return rebuild(_map(xp, leaves, lambda g, _: g * _cast(xp, coef, g.dtype))), total
+    raw = max_norm / (total + 1e-6)
+    coef = xp.clip(raw, max=1.0)
+    clipped = rebuild(_map(xp, leaves, lambda g, _: g * _cast(xp, coef, g.dtype)))
+
+    def pullback(dy: tuple[Tree, Array | None]) -> tuple[Tree, None]:
+        dclipped, dtotal = dy
+        dleaves = [None] * len(leaves) if dclipped is None else _flatten(fname, "dy", dclipped)[1]
+        n = total
+        safe = xp.where(n > 0, n, xp.ones_like(n))
+        # Σ dclipped·g/(N + 1e-6): each term of the order of dclipped, no product overflows
+        terms = [xp.sum(_cast(xp, d, n.dtype) * (_cast(xp, g, n.dtype) / (n + 1e-6)))
+                 for g, d in zip(leaves, dleaves) if g is not None and d is not None]
+        sgx = sum(terms[1:], terms[0]) if terms else xp.zeros_like(n)
+        k = xp.where(raw <= 1.0, -coef * sgx, xp.zeros_like(n))
+        if dtotal is not None:
+            k = k + _cast(xp, dtotal, n.dtype)
+        if p == math.inf:
+            hits = [None if g is None else xp.astype(xp.abs(_cast(xp, g, n.dtype)) == n, n.dtype)
+                    for g in leaves]
+            counts = [xp.sum(h) for h in hits if h is not None]
+            ties = sum(counts[1:], counts[0])
+
+        def one(i: int, g: Array) -> Array:
+            d = dleaves[i]
+            gc = _cast(xp, g, n.dtype)
+            if p == math.inf:
+                dnorm = xp.sign(gc) * hits[i] / ties
+            else:
+                u = gc / safe  # sign(0) = 0 picks the subgradient 0 where |u|^{p−1} is inf
+                au = xp.where(u == 0, xp.ones_like(u), xp.abs(u))
+                dnorm = u if p == 2.0 else xp.sign(u) * au ** (p - 1.0)
+            dg = k * dnorm if d is None else coef * _cast(xp, d, n.dtype) + k * dnorm
+            return _cast(xp, dg, g.dtype)
+
+        dgrads = [None if g is None else one(i, g) for i, g in enumerate(leaves)]
+        return rebuild([xp.asarray(a) if a is not None and a.ndim == 0 else a for a in dgrads]), None
+
+    return (clipped, total), pullback
+
+
+@defvjp(clip_by_global_norm)
+def _clip_by_global_norm_vjp(grads: Tree, max_norm: float, *, norm_type: float = 2.0,
+                             error_if_nonfinite: bool = False) -> tuple[tuple[Tree, Array], Callable]:
+    return _clip_by_global_norm(grads, max_norm, norm_type, error_if_nonfinite)
 
 
 def clip_by_value(grads: Tree, clip_value: float) -> Tree:

@@ -7,15 +7,16 @@ from collections.abc import Callable
 from typing import Any
 
 from ._array_api import (
+    xp_accumulation_dtype,
     xp_check_finite_scalar,
     xp_check_floating,
     xp_compute_dtype,
     xp_device,
     xp_namespace,
-    xp_normalize_axis,
 )
 from ._jvp import defjvp
 from ._vjp import defvjp
+from .partition import _channel_axis
 
 __all__ = ["local_response_norm", "lrn_linearized"]
 
@@ -61,22 +62,33 @@ def lrn_linearized(x: Array, size: int, alpha: float, beta: float, k: float, axi
             f"{fname}: x must have at least 3 dimensions (batch, channel, spatial), got shape "
             f"{tuple(x.shape)}"
         )
-    ax = xp_normalize_axis(fname, axis, x.ndim)
+    ax = _channel_axis(fname, axis, tuple(x.shape))
+    # float32 (and half) inputs are computed in float64 where the backend has it: squares of
+    # float32 values neither overflow nor underflow there, so every finite input gets its
+    # result (in float32 x ~ 1e20 has x² = inf and y = 0; with β = 2 the backward's
+    # s^{−β−1} underflows from x ~ 1e10). float64 squares overflow beyond ~1e154: s is then
+    # inf and y is set to NaN rather than the wrong 0.
     ct = xp_compute_dtype(xp, x.dtype)
     xc = x if x.dtype == ct else xp.astype(x, ct)
+    wt = xp_accumulation_dtype(xp, xc)
+    xw = xc if wt == ct else xp.astype(xc, wt)
     lo, hi = size // 2, (size - 1) // 2
     # s_c = k + α/size · Σ_{window(c)} x², window(c) = [c − size//2, c + (size−1)//2]
-    s = k + (alpha / size) * _window_sum(xp, xc * xc, ax, lo, hi)
+    s = k + (alpha / size) * _window_sum(xp, xw * xw, ax, lo, hi)
     s_pow = s ** (-beta)
-    y = xc * s_pow
-    y = y if y.dtype == x.dtype else xp.astype(y, x.dtype)
+    if wt == ct:  # no wider dtype: an overflowed s (or an inf neighbour) gives NaN, not 0
+        nan = xp.asarray(float("nan"), dtype=wt, device=xp_device(xw))
+        s_pow = xp.where(xp.isinf(s) & xp.isfinite(xw), nan, s_pow)
+    yw = xw * s_pow
+    y = yw if yw.dtype == x.dtype else xp.astype(yw, x.dtype)
 
     def pullback(dy: Array) -> tuple[Array, None]:
-        g = dy if dy.dtype == ct else xp.astype(dy, ct)
-        # ∂L/∂x_j = g_j s_j^{−β} − (2αβ/size) x_j Σ_{c : j ∈ window(c)} g_c x_c s_c^{−β−1};
-        # the transposed window is [j − (size−1)//2, j + size//2].
-        t = _window_sum(xp, g * xc * s_pow / s, ax, hi, lo)
-        dx = g * s_pow - (2.0 * alpha * beta / size) * xc * t
+        g = dy if dy.dtype == wt else xp.astype(dy, wt)
+        # ∂L/∂x_j = g_j s_j^{−β} − (2αβ/size) x_j Σ_{c : j ∈ window(c)} g_c y_c / s_c;
+        # the transposed window is [j − (size−1)//2, j + size//2]. y/s, not x·s^{−β}/s:
+        # no intermediate smaller than the terms themselves.
+        t = _window_sum(xp, g * (yw / s), ax, hi, lo)
+        dx = g * s_pow - (2.0 * alpha * beta / size) * xw * t
         return (dx if dx.dtype == x.dtype else xp.astype(dx, x.dtype)), None
 
     def pushforward(tx: Array) -> Array:
@@ -98,7 +110,14 @@ def local_response_norm(x: Array, size: int, alpha: float = 1e-4, beta: float = 
     with zeros beyond the first and last channel. Same parameters, defaults and window as
     ``torch.nn.functional.local_response_norm`` (which divides α by ``size``, unlike the
     original AlexNet formula). ``x`` is (N, C, *S) with at least one spatial axis;
-    ``axis`` is the channel axis (PyTorch fixes it at 1).
+    ``axis`` is the channel axis (PyTorch fixes it at 1; it cannot be 0, the batch axis).
+
+    Range: float32 and half inputs are computed in float64 where the backend has it (all but
+    JAX without x64 and Apple's MPS), so every finite input gives its correctly rounded
+    result, where PyTorch's float32 LRN returns 0 for |x| ≳ 1e19. float64 inputs whose
+    squares overflow (|x| ≳ 1e154 in a window) give NaN, never a wrong finite value (so does
+    a finite value next to an inf one in float64). Empty
+    inputs give empty results, as in PyTorch.
     """
     return lrn_linearized(x, size, alpha, beta, k, axis)[0]
 

@@ -101,7 +101,9 @@ def batch_norm(x: Array, weight: Array | None = None, bias: Array | None = None,
 
     Shapes: ``x`` (N, C, *S) with the channel at ``axis`` (default 1, NCHW; ``axis=-1`` for
     NHWC); ``weight``, ``bias``, ``mean``, ``var`` of shape (C,). Raises ``ValueError`` in
-    training when a channel has a single value (PyTorch's rule).
+    training when a channel has a single value (PyTorch's rule); an empty batch or spatial
+    size 0 gives an empty result, as in PyTorch. Finite inputs of any magnitude are
+    normalized correctly (float32 values of 1e20, whose squares overflow: PyTorch returns 0).
 
     Differs from ``torch.nn.functional.batch_norm``: running statistics are not updated in
     place; use :func:`batch_moments` and :func:`update_running_stats`, which return new arrays.
@@ -136,6 +138,8 @@ def instance_norm(x: Array, weight: Array | None = None, bias: Array | None = No
 
     y = γ_c · (x − μ_nc) / sqrt(σ²_nc + eps) + β_c, statistics per sample and channel over
     the spatial axes. ``x`` is (N, C, *S) with at least one spatial axis; γ, β are (C,).
+    Spatial size 1 in training is refused (one value per statistic), spatial size 0 gives an
+    empty result (PyTorch's rules).
     Differs from ``torch.nn.functional.instance_norm``: no running statistics (PyTorch's
     default ``use_input_stats=True`` is the behaviour here).
     """
@@ -269,7 +273,10 @@ def l2_normalize(x: Array, *, p: float = 2.0, axis: int | tuple[int, ...] = 1,
 
     Same semantics and defaults as ``torch.nn.functional.normalize(x, p, dim, eps)``
     (``axis`` is PyTorch's ``dim``; a tuple of axes is allowed). ``p`` is a number >= 1 or
-    ``float('inf')``.
+    ``float('inf')``. Differences: the norm is computed scaled, so float32 values beyond
+    ~1e19 (where PyTorch's norm is inf and the output 0) or below ~1e-19 are normalized
+    correctly; over an empty axis the norm is 0 and the output empty for every p (PyTorch
+    raises for p = inf).
     """
     fname = "l2_normalize"
     if isinstance(p, bool) or not isinstance(p, (int, float)):

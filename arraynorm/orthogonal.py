@@ -59,8 +59,7 @@ def _orthogonalize(fname: str, v: Array, eps: float, center: bool,
         _linalg.require_linalg(fname, xp, what, routines, instead="ONI (oni)")
     ct = xp_compute_dtype(xp, v.dtype)
     x = xp.reshape(v if v.dtype == ct else xp.astype(v, ct), (out, fan_in))
-    rw = _linalg.whiten_rows(xp, x, lambda xp_, s: matrix(xp_, s, eps), scale=1.0, eps=eps,
-                             center=center)
+    rw = _linalg.whiten_rows(xp, x, matrix, scale=1.0, eps=eps, center=center)
     w = xp.reshape(rw.output(), tuple(v.shape))
     w = w if w.dtype == v.dtype else xp.astype(w, v.dtype)
 
@@ -81,7 +80,7 @@ def _own(v: Array, eps: float, center: bool) -> tuple[Array, Callable[[Array], t
 def _oni(v: Array, T: int, eps: float, center: bool) -> tuple[Array, Callable[[Array], tuple[Array]]]:
     T = _positive_int("oni", "T", T)
     return _orthogonalize("oni", v, eps, center,
-                          lambda xp, s, _eps: _linalg.newton_inv_sqrt(xp, s, T), (), "ONI")
+                          lambda xp, s, floor: _linalg.newton_inv_sqrt(xp, s, T), (), "ONI")
 
 
 def orthogonal_weight_norm(v: Array, *, eps: float = 1e-5, center: bool = True) -> Array:

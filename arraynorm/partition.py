@@ -60,8 +60,11 @@ class Layout:
     per: str | None = None
 
     def check_many(self, fname: str) -> None:
-        """Raise when a batch statistic would come from one value (var = 0, a caller's bug)."""
-        if self.per is not None and self.group_size <= 1:
+        """Raise when a batch statistic would come from one value (var = 0, a caller's bug).
+
+        No values at all (an empty batch or spatial size 0) is allowed, as in PyTorch: the
+        input then has no elements and the output is empty too."""
+        if self.per is not None and self.group_size == 1:
             raise ValueError(
                 f"{fname}: expected more than 1 value per {self.per} when computing batch "
                 f"statistics, got input of shape {self.shape}"

@@ -26,6 +26,9 @@ def batch_moments(x: Array, *, axis: int = 1) -> tuple[Array, Array]:
     Shapes: ``x`` (N, C, *S) with the channel at ``axis``; returns two arrays of shape (C,) in
     the compute dtype (float32 for float16/bfloat16 inputs, so running statistics kept in
     float32 lose nothing). The variance is two-pass (see :func:`arraynorm.operation.moments`).
+    A channel whose values include +inf (and no −inf or NaN) has mean inf and variance NaN;
+    an empty batch gives NaN statistics (the mean of no values), like ``torch.var_mean``; a
+    variance beyond the dtype's range is inf.
     """
     fname = "batch_moments"
     xp = xp_namespace(fname, x=x)
@@ -51,7 +54,8 @@ def update_running_stats(running_mean: Array, running_var: Array, batch_mean: Ar
     where ``num_batches_tracked`` counts batches *including* this one.
 
     Returns new arrays in the running statistics' dtype; the inputs are not modified (layers
-    that own buffers assign the result).
+    that own buffers assign the result). float16/bfloat16 running statistics are blended in
+    float32 and rounded once, as PyTorch does (blending in float16 errs by up to ~100 ulps).
     """
     fname = "update_running_stats"
     xp = xp_namespace(fname, running_mean=running_mean, running_var=running_var,
@@ -74,7 +78,10 @@ def update_running_stats(running_mean: Array, running_var: Array, batch_mean: Ar
         m = xp_check_finite_scalar(fname, "momentum", momentum, minimum=0.0)
         if m > 1.0:
             raise ValueError(f"{fname}: momentum must be in [0, 1], got {m}")
-    unbiased = batch_var * (count / (count - 1))
-    new_mean = (1.0 - m) * running_mean + m * xp.astype(batch_mean, running_mean.dtype)
-    new_var = (1.0 - m) * running_var + m * xp.astype(unbiased, running_var.dtype)
-    return new_mean, new_var
+    def blend(running: Array, batch: Array) -> Array:
+        ct = xp_compute_dtype(xp, running.dtype)  # float32 for half running statistics
+        r = running if running.dtype == ct else xp.astype(running, ct)
+        new = (1.0 - m) * r + m * (batch if batch.dtype == ct else xp.astype(batch, ct))
+        return new if new.dtype == running.dtype else xp.astype(new, running.dtype)
+
+    return blend(running_mean, batch_mean), blend(running_var, batch_var * (count / (count - 1)))

@@ -21,6 +21,10 @@ core's :class:`~arraynorm.compose.Normalizer` (with :class:`~arraynorm.operation
 
 Every function keeps the weight's namespace, device and dtype (float16/bfloat16 computed in
 float32), never branches on values, and registers its pullback with :func:`~arraynorm.defvjp`.
+Norms and variances are computed scaled (:func:`arraynorm.operation.lp_norm`,
+:func:`arraynorm.operation.statistics`), so finite weights of any magnitude — float32 values
+of 1e20 or 1e-23, where PyTorch's norm overflows or underflows — give the right result. Empty
+weights (a size-0 axis) give empty results.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ from ._array_api import (
 )
 from ._vjp import defvjp
 from .compose import Normalizer
-from .operation import LpScale, Operation, Standardize
+from .operation import LpScale, Operation, Standardize, lp_norm
 from .partition import Layer
 from .recovery import affine, affine_backward
 
@@ -313,24 +317,27 @@ def _outer_in_layout(xp: Any, u: Array, v: Array, shape: tuple[int, ...], d: int
 
 
 def _l2_normalize(xp: Any, x: Array, eps: float) -> Array:
-    """x / max(‖x‖₂, eps), ``torch.nn.functional.normalize`` of a vector."""
-    norm = xp.sqrt(xp.sum(x * x))
+    """x / max(‖x‖₂, eps), ``torch.nn.functional.normalize`` of a vector; the norm without
+    overflow or underflow (:func:`arraynorm.operation.lp_norm`)."""
+    norm = lp_norm(xp, x, 2.0, (0,))
     return x / xp.maximum(norm, xp.asarray(eps, dtype=x.dtype, device=xp_device(x)))
 
 
 def _divide_by_sigma(xp: Any, wc: Array, sigma: Array, u: Array, v: Array, d: int,
                      dtype: Any) -> tuple[Array, Callable[[Array], Array]]:
     """w/σ and the pullback dw ↦ dW for σ = uᵀ W v with u, v held constant:
-    ∂σ/∂W = u vᵀ, so dW = dw/σ − (Σ dw·W / σ²) · u vᵀ."""
+    ∂σ/∂W = u vᵀ, so dW = dw/σ − (Σ dw·W/σ)/σ · u vᵀ (never σ², which overflows in float32
+    for σ beyond ~1e19)."""
     shape = tuple(wc.shape)
+    w = wc / sigma
 
     def pullback(dw: Array) -> Array:
         dw = _cast(xp, dw, wc.dtype)
-        c = xp.sum(dw * wc) / (sigma * sigma)
+        c = xp.sum(dw * w) / sigma
         dweight = dw / sigma - c * _outer_in_layout(xp, u, v, shape, d)
         return _cast(xp, dweight, dtype)
 
-    return _cast(xp, wc / sigma, dtype), pullback
+    return _cast(xp, w, dtype), pullback
 
 
 def _power_iteration_args(fname: str, weight: Array, u: Array | None, n_power_iterations: Any,
@@ -371,6 +378,10 @@ def _spectral_norm(weight: Array, u: Array | None, n_power_iterations: int, eps:
             f"{fname}: u must have shape ({weight.shape[d]},) (weight.shape[dim], dim={d}), "
             f"got {tuple(u.shape)}"
         )
+    if math.prod(weight.shape) == 0:
+        # an empty weight (a layer with no inputs or no outputs): an empty result and u
+        # unchanged, as PyTorch's parametrization returns the empty weight
+        return (xp.asarray(weight, copy=True), u), lambda dy: (xp.zeros_like(weight), None)
     wc = _cast(xp, weight, ct)
     mat = _as_matrix(xp, wc, d)
     # only u's direction is state: a u off the unit sphere (a caller's own draw) would
@@ -413,6 +424,8 @@ def spectral_norm(weight: Array, u: Array | None, *, n_power_iterations: int = 1
     :func:`spectral_norm_init_u`. A 1-D ``weight`` is normalized exactly, weight / max(‖weight‖,
     eps), as PyTorch does; ``u`` is then unused (may be ``None``) and returned unchanged.
     ``u_new`` has ``u``'s dtype, ``w_sn`` the weight's; float16/bfloat16 compute in float32.
+    An empty weight (a layer with no inputs or no outputs) gives an empty ``w_sn``, ``u``
+    unchanged and a zero cotangent, as PyTorch's parametrization returns the empty weight.
 
     Backward, as PyTorch's autograd of the parametrization: u and v are constants (they
     come from buffers computed without gradient), so with ∂σ̃/∂W = u vᵀ,
@@ -479,6 +492,9 @@ def _spectral_norm_exact(weight: Array, dim: int, vectors: bool):
     if d is None:
         raise TypeError(f"{fname}: dim must be an int, got None")
     ct = xp_compute_dtype(xp, weight.dtype)
+    if math.prod(weight.shape) == 0:  # σ of an empty matrix is 0 and w/0 is empty: say so
+        empty = xp.asarray(weight, copy=True)
+        return empty, (lambda dw: (xp.zeros_like(weight),)) if vectors else None
     wc = _cast(xp, weight, ct)
     sigma, u1, v1 = _top_singular(fname, xp, _as_matrix(xp, wc, d), vectors)
     if not vectors:
@@ -498,6 +514,8 @@ def spectral_norm_exact(weight: Array, *, dim: int = 0) -> Array:
     ``vjp(spectral_norm_exact, weight)`` pulls dw back to ``(dw/σ − (Σ dw·W/σ²)·u₁v₁ᵀ,)``.
     Where σ₁ = σ₂ the derivative does not exist and the one returned belongs to whichever
     pair the SVD routine reports.
+
+    An empty weight gives an empty result (σ_max of an empty matrix is 0).
 
     Backends: needs the linalg extension. Dask's SVD handles only matrices chunked along one
     dimension (tall-and-skinny / short-and-fat); otherwise — and on any backend without an

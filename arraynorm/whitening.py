@@ -37,6 +37,15 @@ dL = L Φ(L⁻¹ dΣ L⁻ᵀ) for Cholesky, the Newton recurrence differentiated
 Backends: ZCA, PCA and Cholesky need batched ``xp.linalg.eigh`` / ``cholesky``; Dask has
 neither and gets ``NotImplementedError``. IterNorm needs only ``matmul`` and runs lazily on
 Dask too. Statistics are computed in float32 at least (float16/bfloat16 inputs promoted).
+
+Numerics (:func:`arraynorm._linalg.whiten_rows`): the mean is the shifted one of the
+standardize operation (:func:`arraynorm.operation.centre`), so a constant input gives
+exactly 0 and an offset of 10⁴ in float32 costs no accuracy — with one feature per group
+DBN is BN to rounding; the centred values are scaled by a power of two per block before the
+covariance is formed, so finite inputs of any magnitude (float32 1e20: squares past 3.4e38)
+give the right output. Empty inputs: a whitening matrix of no values does not exist, so an
+empty batch, spatial size 0 or no channels raise ``ValueError`` (group whitening of an empty
+batch, whose statistics are per sample, returns the empty result).
 """
 
 from __future__ import annotations
@@ -146,7 +155,9 @@ class _Whiten(Operation):
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
-    def matrix(self, xp: Any, sigma: Array, eps: float) -> tuple[Array, Linearization]:  # pragma: no cover
+    def matrix(self, xp: Any, sigma: Array, eps: Any) -> tuple[Array, Linearization]:  # pragma: no cover
+        """W and its pullback for the covariance ``sigma`` (..., d, d), which holds ``eps``
+        (..., 1) on its diagonal (the scaled eps of :func:`arraynorm._linalg.whiten_rows`)."""
         raise NotImplementedError
 
     def _whiten(self, xp: Any, xv: Array, layout: Layout,
@@ -154,8 +165,15 @@ class _Whiten(Operation):
         if self.routines:
             _linalg.require_linalg(self.name, xp, self.what, self.routines)
         blocks = _Blocks.of(layout)
-        rw = _linalg.whiten_rows(xp, blocks.to_blocks(xp, xv),
-                                 lambda xp_, s: self.matrix(xp_, s, eps),
+        if blocks.m == 0 or blocks.d == 0:
+            # unlike BN's empty output, a whitening matrix of no values (or of no features)
+            # does not exist, and the running statistics would have nothing to average
+            raise ValueError(
+                f"{self.name}: {self.what} needs at least one feature and one value per "
+                f"feature, got input of shape {layout.shape} ({blocks.d} features, {blocks.m} "
+                f"values each)"
+            )
+        rw = _linalg.whiten_rows(xp, blocks.to_blocks(xp, xv), self.matrix,
                                  scale=1.0 / blocks.m, eps=eps)
         return blocks, rw
 
@@ -194,7 +212,7 @@ class ZCAWhiten(_Whiten):
     what = "ZCA whitening"
     routines = ("eigh",)
 
-    def matrix(self, xp: Any, sigma: Array, eps: float) -> tuple[Array, Linearization]:
+    def matrix(self, xp: Any, sigma: Array, eps: Any) -> tuple[Array, Linearization]:
         return _linalg.inv_sqrt_eigh(xp, sigma, eps)
 
 
@@ -212,7 +230,7 @@ class PCAWhiten(_Whiten):
     what = "PCA whitening"
     routines = ("eigh",)
 
-    def matrix(self, xp: Any, sigma: Array, eps: float) -> tuple[Array, Linearization]:
+    def matrix(self, xp: Any, sigma: Array, eps: Any) -> tuple[Array, Linearization]:
         return _linalg.pca_whitening_matrix(xp, sigma, eps)
 
 
@@ -226,7 +244,7 @@ class CholeskyWhiten(_Whiten):
     what = "Cholesky whitening"
     routines = ("cholesky", "inv")
 
-    def matrix(self, xp: Any, sigma: Array, eps: float) -> tuple[Array, Linearization]:
+    def matrix(self, xp: Any, sigma: Array, eps: Any) -> tuple[Array, Linearization]:
         return _linalg.cholesky_whitening_matrix(xp, sigma)
 
 
@@ -251,7 +269,7 @@ class IterNormWhiten(_Whiten):
     def __repr__(self) -> str:
         return f"IterNormWhiten(T={self.T})"
 
-    def matrix(self, xp: Any, sigma: Array, eps: float) -> tuple[Array, Linearization]:
+    def matrix(self, xp: Any, sigma: Array, eps: Any) -> tuple[Array, Linearization]:
         return _linalg.newton_inv_sqrt(xp, sigma, self.T)
 
 

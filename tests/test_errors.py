@@ -185,3 +185,116 @@ def test_running_stats_validation():
 def test_l2_normalize_non_number_p_is_a_type_error():
     with pytest.raises(TypeError, match="p must be a Python number"):
         an.l2_normalize(X4, p="2")
+
+
+# issue 8.7: None where an array belongs, the batch axis as LRN's channel axis, bad cotangents
+
+@pytest.mark.parametrize("call,name", [
+    (lambda: an.batch_renorm(None, running_mean=np.zeros(6), running_var=np.ones(6)), "x"),
+    (lambda: an.adain(None, X4), "content"),
+    (lambda: an.adain(X4, None), "style"),
+    (lambda: an.weight_norm(None, np.ones(4)), "v"),
+    (lambda: an.weight_norm(np.ones((4, 3)), None), "g"),
+    (lambda: an.spectral_norm(None, np.ones(4)), "weight"),
+    (lambda: an.batch_norm(X4, [1.0] * 6), "weight"),
+])
+def test_none_or_a_list_where_an_array_belongs_is_a_type_error_naming_it(call, name):
+    """Issue 8.7: these raised AttributeError ('NoneType' object has no attribute 'dtype')."""
+    with pytest.raises(TypeError, match=rf"{name} must be an array .*got (NoneType|list)"):
+        call()
+
+
+def test_local_response_norm_refuses_the_batch_axis_as_channel_axis(xp):
+    """Issue 8.7: axis=0 was accepted silently (it is the batch axis)."""
+    with pytest.raises(ValueError, match="axis .*cannot be 0, the batch axis"):
+        an.local_response_norm(from_numpy(xp, X4), 3, axis=0)
+
+
+@pytest.mark.parametrize("dtype", ["int64", "bool", "complex128"])
+def test_pullback_refuses_integer_bool_and_complex_cotangents(xp, dtype):
+    """Issue 8.7: such cotangents were accepted (a complex one losing its imaginary part)."""
+    if dtype == "complex128" and not hasattr(xp, "complex128"):
+        pytest.skip("backend has no complex dtype")
+    y, pb = an.vjp(an.group_norm, from_numpy(xp, X4), 2)
+    dy = from_numpy(xp, np.full(X4.shape, 1 + 1j) if dtype == "complex128" else np.ones(X4.shape, dtype))
+    with pytest.raises(TypeError, match="group_norm pullback: dy must have a real floating dtype"):
+        pb(dy)
+    _, pb2 = an.Normalizer(an.partition.Group(2), an.operation.Standardize()).vjp(from_numpy(xp, X4))
+    with pytest.raises(TypeError, match="dy must have a real floating dtype"):
+        pb2(dy)
+
+
+def test_pullback_refuses_a_cotangent_of_another_library():
+    """Issue 8.7: a torch cotangent for NumPy primals raised AttributeError."""
+    torch = pytest.importorskip("torch")
+    _, pb = an.vjp(an.layer_norm, X4)
+    with pytest.raises(TypeError, match="dy is a torch array but output is a numpy array"):
+        pb(torch.ones(X4.shape, dtype=torch.float64))
+    with pytest.raises(TypeError, match=r"dy must be an array .*got list"):
+        pb(X4.tolist())
+    (_, _), pb2 = an.vjp(an.spectral_norm, np.ones((3, 4)), np.ones(3))
+    with pytest.raises(TypeError, match=r"dy\[0\] is a torch array"):
+        pb2((torch.ones(3, 4, dtype=torch.float64), None))
+
+
+# issue 8.9: load_state_dict is atomic and refuses bad values at load time
+
+def _bn_state(**changes):
+    bn = an.nn.BatchNorm(3)
+    state = bn.state_dict()
+    state.update(changes)
+    return bn, state
+
+
+def test_load_state_dict_is_atomic():
+    """Issue 8.9: a shape error on a later key was raised after earlier keys were written."""
+    bn, state = _bn_state(weight=np.full(3, 7.0), running_var=np.ones(4))
+    before = bn.state_dict()
+    with pytest.raises(ValueError, match=r"running_var must have shape \(3,\), got \(4,\)"):
+        bn.load_state_dict(state)
+    for k, v in bn.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+
+
+@pytest.mark.parametrize("key,value,error,msg", [
+    ("weight", np.ones(3, np.int64), TypeError, "weight must have a real floating dtype .*not cast silently.*int64"),
+    ("weight", np.ones(3, bool), TypeError, "weight must have a real floating dtype"),
+    ("weight", np.ones(3) * (1 + 1j), TypeError, "weight must have a real floating dtype"),
+    ("weight", np.array(["a", "b", "c"]), TypeError, "weight must have a real floating dtype"),
+    ("weight", [1.0, 2.0, 3.0], TypeError, "weight must be an array .*got list"),
+    ("bias", None, TypeError, "bias must be an array .*got NoneType"),
+    ("num_batches_tracked", 2.7, TypeError, "num_batches_tracked must be an int"),
+    ("num_batches_tracked", "abc", TypeError, "num_batches_tracked must be an int"),
+    ("num_batches_tracked", True, TypeError, "num_batches_tracked must be an int"),
+    ("num_batches_tracked", np.ones(2, np.int64), TypeError, "num_batches_tracked must be an int or a 0-d integer array"),
+    ("num_batches_tracked", -5, ValueError, "num_batches_tracked must be >= 0, got -5"),
+    ("running_var", -np.ones(3), ValueError, "running_var must be >= 0 everywhere"),
+    ("running_var", np.array([1.0, np.nan, 1.0]), ValueError, "running_var must be >= 0 everywhere"),
+])
+def test_load_state_dict_refuses_bad_values_with_a_clear_error(key, value, error, msg):
+    """Issue 8.9: these were cast silently, raised raw NumPy/AttributeError errors, or loaded
+    and failed (or gave NaN) at the next training or eval step."""
+    bn, state = _bn_state(**{key: value})
+    before = bn.state_dict()
+    with pytest.raises(error, match=f"BatchNorm.load_state_dict: {msg}"):
+        bn.load_state_dict(state)
+    for k, v in bn.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+
+
+def test_load_state_dict_accepts_other_libraries_and_0d_integer_counters(xp):
+    """What is valid still loads: floating arrays of any library and precision (converted to
+    the buffer's library and dtype) and a 0-d integer counter, as a PyTorch state dict has."""
+    bn, state = _bn_state(weight=from_numpy(xp, np.full(3, 2.0), "float32"),
+                          running_var=from_numpy(xp, np.full(3, 0.5)))
+    state["num_batches_tracked"] = xp.asarray(from_numpy(xp, np.asarray(4, np.int64)))
+    bn.load_state_dict(state)
+    assert isinstance(bn.weight, np.ndarray) and bn.weight.dtype == np.float64
+    np.testing.assert_array_equal(bn.weight, 2.0)
+    np.testing.assert_array_equal(bn.running_var, 0.5)
+    assert bn.num_batches_tracked == 4 and type(bn.num_batches_tracked) is int
+
+
+def test_load_state_dict_of_a_non_mapping_is_a_type_error():
+    with pytest.raises(TypeError, match="state must be a mapping"):
+        an.nn.BatchNorm(3).load_state_dict([("weight", np.ones(3))])

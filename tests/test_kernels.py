@@ -389,3 +389,144 @@ def test_benchmark_report_judges_gpu_targets_and_draws_both_sides(tmp_path):
     assert "Test GPU" in note and "| RMSNorm 2x2 |" in note and "**no**" in note
     report.plot(res, str(tmp_path / "chart.png"))
     assert (tmp_path / "chart.png").stat().st_size > 1000
+
+
+# the switch across threads (issue 8.8) -------------------------------------------------------
+
+def _run_in_threads(*targets):
+    import threading
+
+    errors = []
+
+    def guarded(f):
+        def run():
+            try:
+                f()
+            except BaseException as e:  # surfaced in the main thread below
+                errors.append(e)
+        return run
+
+    threads = [threading.Thread(target=guarded(f)) for f in targets]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not any(t.is_alive() for t in threads), "a thread hung"
+    if errors:
+        raise errors[0]
+
+
+def _takes_fast_path(x):
+    return isinstance(an.Normalizer(Layer(-1), Standardize()).forward(x)[1], numpy_fused.FusedContext)
+
+
+def test_use_fast_paths_in_one_thread_does_not_switch_another():
+    """Issue 8.8: use_fast_paths(False) in one thread switched every other thread to the
+    portable path, and a thread inside use_fast_paths(False) ran with fast paths on when
+    another entered use_fast_paths(True)."""
+    import threading
+
+    x = RNG.standard_normal((8, 64))
+    a_inside, b_inside, a_checked = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+
+    def a():
+        with an.use_fast_paths(False):
+            a_inside.set()
+            assert b_inside.wait(10)
+            seen["a inside False while b is inside True"] = (an.fast_paths_enabled(), _takes_fast_path(x))
+            a_checked.set()
+
+    def b():
+        assert a_inside.wait(10)
+        seen["b with the default while a is inside False"] = (an.fast_paths_enabled(), _takes_fast_path(x))
+        with an.use_fast_paths(True):
+            b_inside.set()
+            assert a_checked.wait(10)
+
+    _run_in_threads(a, b)
+    assert seen == {"a inside False while b is inside True": (False, False),
+                    "b with the default while a is inside False": (True, True)}
+    assert an.fast_paths_enabled()
+
+
+def test_overlapping_blocks_in_two_threads_leave_the_default_alone():
+    """Issue 8.8: two overlapping use_fast_paths(False) blocks left fast paths off for good."""
+    import threading
+
+    first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+
+    def first():
+        with an.use_fast_paths(False):
+            first_in.set()
+            assert second_in.wait(10)
+        first_out.set()
+
+    def second():
+        assert first_in.wait(10)
+        with an.use_fast_paths(False):
+            second_in.set()
+            assert first_out.wait(10)
+            assert not an.fast_paths_enabled()  # its own block still holds
+
+    _run_in_threads(first, second)
+    assert an.fast_paths_enabled() and _takes_fast_path(RNG.standard_normal((8, 64)))
+
+
+def test_set_fast_paths_is_the_default_of_threads_without_a_block_and_a_block_wins_over_it():
+    import threading
+
+    seen = []
+    inside = threading.Event()
+    changed = threading.Event()
+
+    def worker():
+        with an.use_fast_paths(True):
+            inside.set()
+            assert changed.wait(10)
+            seen.append(an.fast_paths_enabled())  # the block wins over the new default
+        seen.append(an.fast_paths_enabled())      # outside it, the default
+
+    t = threading.Thread(target=worker)
+    t.start()
+    assert inside.wait(10)
+    previous = an.set_fast_paths(False)
+    try:
+        changed.set()
+        t.join(10)
+        late = []
+        late_thread = threading.Thread(target=lambda: late.append(an.fast_paths_enabled()))
+        late_thread.start()
+        late_thread.join(10)
+    finally:
+        an.set_fast_paths(previous)
+    assert seen == [True, False] and late == [False]
+    with pytest.raises(TypeError, match="use_fast_paths: enabled must be a bool"):
+        with an.use_fast_paths(0):
+            pass
+
+
+def test_concurrent_forward_passes_with_different_settings_give_the_right_results(monkeypatch):
+    """Threads running the fast path (with its own worker pool) and the portable path at the
+    same time each get their own path and the same values."""
+    monkeypatch.setattr(numpy_fused, "BLOCK_BYTES", 1024)
+    x, dy = RNG.standard_normal((16, 8, 40)), RNG.standard_normal((16, 8, 40))
+    with an.use_fast_paths(False):
+        y0, pb0 = an.vjp(an.batch_norm, x)
+        dx0 = pb0(dy)[0]
+    results = {}
+
+    def run(fast):
+        def go():
+            with an.use_fast_paths(fast):
+                for i in range(5):
+                    n = an.Normalizer(Batch(1), Standardize())
+                    y, ctx = n.forward(x)
+                    assert isinstance(ctx, numpy_fused.FusedContext) == fast
+                    results[(fast, i)] = (y, n.backward(ctx, dy)[0])
+        return go
+
+    _run_in_threads(run(True), run(False), run(True), run(False))
+    for (fast, _), (y, dx) in results.items():
+        np.testing.assert_allclose(y, y0, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(dx, dx0, rtol=1e-10, atol=1e-10)

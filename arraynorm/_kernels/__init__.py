@@ -7,8 +7,11 @@ they agree (outputs, cotangents and the statistics in ``ctx.state``).
 
 Switches
 --------
-* ``ARRAYNORM_FAST_PATHS=0`` in the environment (read at import), :func:`set_fast_paths`
-  (``False`` turns them off process-wide) or the context manager :func:`use_fast_paths`.
+* ``ARRAYNORM_FAST_PATHS=0`` in the environment (read at import) or :func:`set_fast_paths`
+  set the *process default*; the context manager :func:`use_fast_paths` overrides it in the
+  current context only (a ``contextvars`` variable: the calling thread, or asyncio task), so
+  concurrent threads never switch each other. The decision is taken in the calling thread;
+  the fast path's worker threads only compute blocks.
 * ``ARRAYNORM_THREADS=n`` (or ``set_fast_paths(True, threads=n)``) caps the worker threads of
   the NumPy fast path; default: the CPUs this process may run on.
 
@@ -30,6 +33,7 @@ others             the portable path
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import warnings
 from collections.abc import Iterator
@@ -52,15 +56,26 @@ def _threads_from_env() -> int:
     return default_threads()
 
 
-_enabled = os.environ.get("ARRAYNORM_FAST_PATHS", "1").strip().lower() not in ("0", "false", "no", "off")
+_default = os.environ.get("ARRAYNORM_FAST_PATHS", "1").strip().lower() not in ("0", "false", "no", "off")
 _threads = _threads_from_env()
+# a use_fast_paths block's setting, per context (thread / asyncio task); None: the default
+_override: contextvars.ContextVar[bool | None] = contextvars.ContextVar("arraynorm_fast_paths",
+                                                                       default=None)
+
+
+def _check_bool(fname: str, enabled: Any) -> None:
+    if not isinstance(enabled, bool):
+        raise TypeError(f"{fname}: enabled must be a bool, got {type(enabled).__name__}")
 
 
 def set_fast_paths(enabled: bool, *, threads: int | None = None) -> bool:
-    """Turn the backend fast paths on or off (process-wide); return the previous setting.
+    """Set the process default of the backend fast paths (on or off); return the previous
+    default.
 
-    ``threads`` (a positive int) caps the worker threads of the NumPy fast path.
-    With fast paths off every op runs the portable array-API code.
+    Every thread without a :func:`use_fast_paths` block of its own follows the default,
+    threads started later included; inside such a block the block's setting wins.
+    ``threads`` (a positive int) caps the worker threads of the NumPy fast path. With fast
+    paths off every op runs the portable array-API code.
 
     Examples
     --------
@@ -68,20 +83,21 @@ def set_fast_paths(enabled: bool, *, threads: int | None = None) -> bool:
     >>> previous = an.set_fast_paths(False)   # portable path only
     >>> _ = an.set_fast_paths(previous)
     """
-    global _enabled, _threads
-    if not isinstance(enabled, bool):
-        raise TypeError(f"set_fast_paths: enabled must be a bool, got {type(enabled).__name__}")
+    global _default, _threads
+    _check_bool("set_fast_paths", enabled)
     if threads is not None:
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise ValueError(f"set_fast_paths: threads must be a positive int, got {threads!r}")
         _threads = threads
-    previous, _enabled = _enabled, enabled
+    previous, _default = _default, enabled
     return previous
 
 
 def fast_paths_enabled() -> bool:
-    """Whether backend fast paths are used (see :func:`set_fast_paths`)."""
-    return _enabled
+    """Whether backend fast paths are used here: the innermost :func:`use_fast_paths` block
+    of the current context, else the process default (:func:`set_fast_paths`)."""
+    local = _override.get()
+    return _default if local is None else local
 
 
 def fast_path_threads() -> int:
@@ -91,7 +107,9 @@ def fast_path_threads() -> int:
 
 @contextlib.contextmanager
 def use_fast_paths(enabled: bool) -> Iterator[None]:
-    """Context manager: fast paths on or off inside the block, the previous setting after.
+    """Context manager: fast paths on or off inside the block, in the current context only
+    (other threads and asyncio tasks keep theirs); the previous setting after, however
+    blocks of different threads overlap.
 
     Examples
     --------
@@ -102,17 +120,18 @@ def use_fast_paths(enabled: bool) -> Iterator[None]:
     >>> bool(np.allclose(an.layer_norm(x), portable, atol=1e-6))
     True
     """
-    previous = set_fast_paths(enabled)
+    _check_bool("use_fast_paths", enabled)
+    token = _override.set(enabled)
     try:
         yield
     finally:
-        set_fast_paths(previous)
+        _override.reset(token)
 
 
 def normalizer_forward(normalizer: Any, xp: Any, layout: Any, x: Any, weight: Any,
                        bias: Any) -> tuple[Any, Any] | None:
     """``(y, ctx)`` from a fast path for ``normalizer.forward``, or ``None`` (portable path)."""
-    if not _enabled:
+    if not fast_paths_enabled():
         return None
     # NumPy: the portable path makes ~10 memory passes; blocks in cache make one, on all cores
     if is_numpy_namespace(xp):
@@ -125,7 +144,7 @@ def normalizer_forward(normalizer: Any, xp: Any, layout: Any, x: Any, weight: An
 
 def normalizer_backward(normalizer: Any, ctx: Any, dy: Any) -> tuple[Any, Any, Any] | None:
     """``(dx, dweight, dbias)`` from the fast path that made ``ctx``, or ``None``."""
-    if not _enabled:
+    if not fast_paths_enabled():
         return None
     # NumPy: a context from numpy_fused keeps x and the block plan; same blocks backwards
     from . import numpy_fused

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["run_blocks", "default_threads", "sum_over", "dot_over", "merge_axes"]
+__all__ = ["run_blocks", "default_threads", "sum_over", "max_over", "dot_over", "merge_axes"]
 
 # NumPy's buffered iterator copies a broadcast operand (per-row μ, rstd; a row of γ) through its
 # buffer whenever the contiguous inner dimension is no longer than the buffer, which makes
@@ -135,6 +135,15 @@ def sum_over(a: np.ndarray, flags: tuple[bool, ...], *, centred: bool = False) -
     if axes:
         m = np.add.reduce(m, axis=axes, keepdims=True)
     return m.reshape(_keep_shape(tuple(a.shape), flags))
+
+
+def max_over(a: np.ndarray, flags: tuple[bool, ...]) -> np.ndarray:
+    """max of a C-contiguous ``a`` over the axes whose flag is set, with kept dimensions."""
+    shape, axes = merge_axes(tuple(a.shape), flags)
+    if not axes:
+        return a
+    return np.maximum.reduce(a.reshape(shape), axis=axes, keepdims=True).reshape(
+        _keep_shape(tuple(a.shape), flags))
 
 
 def dot_over(a: np.ndarray, b: np.ndarray, flags: tuple[bool, ...], scratch: np.ndarray) -> np.ndarray:

@@ -8,9 +8,19 @@ block (:mod:`._plan`): a block of about 1 MiB is read from memory once, its stat
 Blocks are shared between threads (NumPy and BLAS release the GIL).
 
 When one statistic spans more than a block (BN over N·H·W), pass 1 computes each chunk's count,
-mean and sum of squared deviations (two-pass in cache) and merges them exactly in float64
-(Chan, Golub & LeVeque 1979: M2 = Σ M2_k + Σ n_k (μ_k − μ)²); pass 2 writes y. The variance
-stays two-pass; E[x²] − E[x]² is never formed.
+shift (its first value), mean and sum of squared deviations (two-pass in cache) and merges them
+in float64 (Chan, Golub & LeVeque 1979: M2 = Σ M2_k + Σ n_k (μ_k − μ)²) with every chunk mean
+taken relative to the statistic's first value, so the merge adds O(spread) numbers and the
+mean is kept exactly as a high and a low part whatever the offset (10¹⁰ in float64, 10³⁰
+constant); pass 2 writes y. The variance stays two-pass; E[x²] − E[x]² is never formed.
+
+Sums of squares are scaled per statistic by a power of two near max|x − μ| (three passes over
+the block while it is in cache: |·|, max, scaling; no pass over memory), so they neither
+overflow nor underflow for finite input (a float32 LayerNorm of values ~1e18 has squares
+summing past 3.4e38); rstd comes from the scaled sum (:func:`arraynorm.operation.inv_root`).
+The portable path promotes float32 squares to float64 instead; here a float64 copy of a block
+would not fit in cache. Sums of a float32 block (up to 2¹⁸ values) stay in float32, so
+float32 values spread over more than ~1e33 give NaN here (the portable path handles them).
 
 Numerics are the portable path's: shifted two-pass statistics
 (:func:`arraynorm.operation.moments`), rstd = 1/sqrt(σ² + eps), ŷ = (x − μ)·rstd, y = ŷ·γ + β
@@ -34,9 +44,9 @@ from typing import Any
 import numpy as np
 
 from ..compose import NormContext
-from ..operation import RMSScale, Standardize, StandardizeState
+from ..operation import RMSScale, Standardize, StandardizeState, inv_root, pow2_scale, unscale
 from ..partition import Layout
-from ._blocks import dot_over, run_blocks, sum_over
+from ._blocks import dot_over, max_over, run_blocks, sum_over
 from ._plan import Plan, plan
 
 __all__ = ["supports", "supports_cotangent", "forward", "backward", "FusedContext",
@@ -179,23 +189,34 @@ class _Run:
         return n
 
     # forward ---------------------------------------------------------------------------
-    def moments(self, src: np.ndarray, t: np.ndarray, t2: np.ndarray) -> tuple[Any, Any, Any, np.ndarray]:
-        """(shift, mean − shift, Σ (x − mean)², x − mean in ``t``) of a block; RMS:
-        (None, None, Σ x², x).
+    def moments(self, src: np.ndarray, t: np.ndarray,
+                t2: np.ndarray) -> tuple[Any, Any, np.ndarray, np.ndarray, np.ndarray]:
+        """(shift, mean − shift, s, Σ ((x − mean)/s)², x − mean in ``t``) of a block; RMS:
+        (None, None, s, Σ (x/s)², x). See :meth:`sum_squares` for s.
 
-        Shifted two-pass, as the portable path (:func:`arraynorm.operation.moments`): the
-        first value of each statistic is subtracted before the mean is summed, so the sum
-        adds values of the order of the spread (a float32 sum of 10⁴-sized values errs by
-        ~1e-3 in the mean); the shift costs ~3% here because the subtraction is the pass that
-        reads the block from memory anyway.
+        Shifted two-pass, as the portable path (:func:`arraynorm.operation.centre`): the
+        first value of each statistic (0 where it is not finite) is subtracted before the
+        mean is summed, so the sum adds values of the order of the spread (a float32 sum of
+        10⁴-sized values errs by ~1e-3 in the mean); the shift costs ~3% here because the
+        subtraction is the pass that reads the block from memory anyway.
         """
         if self.rms:
-            return None, None, dot_over(src, src, self.rflags, t2), src
+            return (None, None) + self.sum_squares(src, t2) + (src,)
         shift = src[self.first].copy()
+        np.copyto(shift, 0, where=~np.isfinite(shift))  # inf − inf would turn an inf mean NaN
         xs = np.subtract(src, shift, out=_view(t, src))
         mean_s = sum_over(xs, self.rflags, centred=True) / self.count(src)
         xc = np.subtract(xs, mean_s, out=xs)
-        return shift, mean_s, dot_over(xc, xc, self.rflags, t2), xc
+        return (shift, mean_s) + self.sum_squares(xc, t2) + (xc,)
+
+    def sum_squares(self, a: np.ndarray, buf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(s, Σ (a/s)²) over the reduced axes: s is a power of two near max|a| per statistic
+        (:func:`arraynorm.operation.pow2_scale`), so no square overflows or, among those that
+        matter, underflows. |a| is formed in ``buf``, scaled there and summed by BLAS."""
+        tv = np.abs(a, out=_view(buf, a))
+        s = pow2_scale(np, max_over(tv, self.rflags))
+        np.multiply(tv, 1.0 / s, out=tv)
+        return s, dot_over(tv, tv, self.rflags, buf)
 
     def write_y(self, src: np.ndarray, rstd: np.ndarray, sl: tuple[slice, ...], t: np.ndarray,
                 out: np.ndarray, lo: Any = None) -> None:
@@ -299,6 +320,17 @@ class _Run:
 
 # forward ------------------------------------------------------------------------------------
 
+def _split(a: np.ndarray, b: np.ndarray, ct: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """(hi, lo) in ``ct`` with hi = a + b rounded and hi + lo = a + b to float64 accuracy
+    (Knuth's TwoSum in float64: exact whatever the magnitudes of a and b)."""
+    a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    hi64 = a64 + b64
+    bb = hi64 - a64
+    lo64 = (a64 - (hi64 - bb)) + (b64 - bb)
+    hi = hi64.astype(ct)
+    return hi, ((hi64 - hi) + lo64).astype(ct)
+
+
 def _forward_rows(run: _Run, y: np.ndarray, stats: tuple[Any, Any, Any], var: np.ndarray,
                   eps: float) -> None:
     p = run.p
@@ -309,15 +341,12 @@ def _forward_rows(run: _Run, y: np.ndarray, stats: tuple[Any, Any, Any], var: np
         for i in range(first, last):
             sl, _ = p.block(i)
             src = run.load(run.x[sl], t)
-            shift, mean_s, ss, xc = run.moments(src, t, t2)
-            v = ss / run.count(src)
-            r = 1.0 / np.sqrt(v + eps)
-            var[sl], rstd[sl] = v, r
-            if shift is not None:
-                m = shift + mean_s
-                # what rounding m lost (Fast2Sum: exact when |shift| >= |mean_s|, which holds
-                # whenever the offset is large enough for it to matter)
-                mean[sl], mean_lo[sl] = m, (shift - m) + mean_s
+            shift, mean_s, sc, ss, xc = run.moments(src, t, t2)
+            ms = ss / run.count(src)
+            r = inv_root(np, sc, ms, eps, run.ct)
+            var[sl], rstd[sl] = unscale(np, sc, ms, run.ct), r
+            if shift is not None:  # the mean and what rounding it lost
+                mean[sl], mean_lo[sl] = _split(shift, mean_s, run.ct)
             run.write_y(xc, r, sl, t, y[sl])
 
     run.run(work)
@@ -328,30 +357,43 @@ def _forward_chunks(run: _Run, y: np.ndarray, stats: tuple[Any, Any, Any], var: 
     p = run.p
     mean, rstd, mean_lo = stats
     shape = (p.rows, p.n_partials) + p.sfine
-    part_mean, part_m2, counts = np.zeros(shape), np.zeros(shape), np.zeros(p.n_partials)
+    part_shift, part_mean, part_m2, part_s = (np.zeros(shape) for _ in range(4))
+    counts = np.zeros(p.n_partials)
 
     def chunk_moments(first: int, last: int) -> None:
         t, t2 = run.scratch(2)
         for i in range(first, last):
             sl, j = p.block(i)
             src = run.load(run.x[sl], t)
-            shift, mean_s, ss, _ = run.moments(src, t, t2)
+            shift, mean_s, sc, ss, _ = run.moments(src, t, t2)
             at = run.partial_index(sl, j)
-            part_m2[at] = ss[0]
-            if shift is not None:  # the chunk's mean, exact in float64
-                part_mean[at] = shift[0].astype(np.float64) + mean_s[0]
+            part_s[at], part_m2[at] = sc[0], ss[0]
+            if shift is not None:  # the chunk's mean is shift + mean_s, kept unrounded
+                part_shift[at], part_mean[at] = shift[0], mean_s[0]
             counts[j] = run.count(src)
 
     run.run(chunk_moments)
+    # merge in float64, every sum scaled by S, the largest scale of the statistic's chunks
+    # (and, for the means' spread, of their deviations): Σ M2_k = S²·Σ (s_k/S)² m2_k
+    w = counts.reshape((1, -1) + (1,) * len(p.sfine))
+    big = part_s.max(axis=1, keepdims=True)
     if run.rms:
-        var[...] = part_m2.sum(axis=1) / p.n
+        S = big
+        m2 = ((part_s / S) ** 2 * part_m2).sum(axis=1)
     else:
-        w = counts.reshape((1, -1) + (1,) * len(p.sfine))
-        mu = (w * part_mean).sum(axis=1) / p.n
-        m2 = part_m2.sum(axis=1) + (w * (part_mean - mu[:, None]) ** 2).sum(axis=1)
-        mean[...], var[...] = mu, m2 / p.n
-        mean_lo[...] = mu - mean
-    rstd[...] = 1.0 / np.sqrt(var + eps)
+        # chunk means relative to the statistic's first value s0 (chunk 0's shift): the sums
+        # below add O(spread) numbers however large the offset, and the mean s0 + μ_s is
+        # stored as a high and a low part
+        s0 = part_shift[:, :1]
+        d = (part_shift - s0) + part_mean
+        mu_s = (w * d).sum(axis=1, keepdims=True) / p.n
+        dev = d - mu_s
+        S = np.maximum(big, pow2_scale(np, np.abs(dev).max(axis=1, keepdims=True)))
+        m2 = ((part_s / S) ** 2 * part_m2).sum(axis=1) + (w * (dev / S) ** 2).sum(axis=1)
+        mean[...], mean_lo[...] = _split(s0[:, 0], mu_s[:, 0], run.ct)
+    S, ms = S[:, 0], m2 / p.n
+    var[...] = unscale(np, S, ms, run.ct)
+    rstd[...] = inv_root(np, S, ms, eps, run.ct)
 
     def apply(first: int, last: int) -> None:
         (t,) = run.scratch(1)

@@ -22,7 +22,8 @@ Differences from ``torch.nn.Module``, on purpose:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import numbers
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from array_api_compat import array_namespace
@@ -43,6 +44,9 @@ class Module:
     implement :meth:`forward`, :meth:`backward` and :meth:`jvp`, storing what backward needs
     with :meth:`_save` and reading it back with :meth:`_saved`.
     """
+
+    #: buffers that must be >= 0 everywhere (running variances); load_state_dict checks them
+    _nonnegative_state: tuple[str, ...] = ()
 
     def __init__(self) -> None:
         if "params" in self.__dict__:  # already initialised (attributes set before super().__init__)
@@ -199,32 +203,35 @@ class Module:
         """Set parameters and buffers from ``state`` (arrays of any namespace: each value is
         converted to the namespace, device and dtype of the array it replaces).
 
-        With ``strict`` (default), missing or unexpected keys raise ``KeyError`` naming them;
-        a shape mismatch always raises ``ValueError``.
+        All or nothing: every value is checked and converted first, and only then are they
+        assigned, so an error leaves the module as it was. With ``strict`` (default), missing
+        or unexpected keys raise ``KeyError`` naming them. A value for an array must be an
+        array (``TypeError`` otherwise: a list, ``None``, a string array) of the same kind —
+        real floating for floating parameters; an integer, bool or complex array is not cast
+        silently (``TypeError``) — and the same shape (``ValueError``). Counters
+        (``num_batches_tracked``) take a non-negative int or 0-d integer array. Running
+        variances must be >= 0 and not NaN (``ValueError``): checking that reads their
+        values, so it synchronizes a GPU and computes a Dask array, once, at load time.
         """
         fname = f"{type(self).__name__}.load_state_dict"
+        if not isinstance(state, Mapping):
+            raise TypeError(f"{fname}: state must be a mapping of names to arrays, got "
+                            f"{type(state).__name__}")
         slots = {}
         for prefix, m in self.named_modules():
             for store in (m.params, m.buffers):
                 for k in store:
-                    slots[f"{prefix}.{k}" if prefix else k] = (store, k)
+                    slots[f"{prefix}.{k}" if prefix else k] = (m, store, k)
         if strict:
             missing = sorted(set(slots) - set(state))
             unexpected = sorted(set(state) - set(slots))
             if missing or unexpected:
                 raise KeyError(f"{fname}: missing keys {missing}, unexpected keys {unexpected}")
-        for name, value in state.items():
-            if name not in slots:
-                continue
-            store, k = slots[name]
-            old = store[k]
-            if not hasattr(old, "shape"):
-                store[k] = value if not hasattr(value, "shape") else int(value)
-                continue
-            if tuple(value.shape) != tuple(old.shape):
-                raise ValueError(f"{fname}: {name} must have shape {tuple(old.shape)}, "
-                                 f"got {tuple(value.shape)}")
-            store[k] = _copy(xp_move(value, array_namespace(old), xp_device(old), old.dtype))
+        staged = {name: _loaded(fname, name, value, slots[name])
+                  for name, value in state.items() if name in slots}
+        for name, value in staged.items():
+            _, store, k = slots[name]
+            store[k] = value
         for _, m in self.named_modules():
             object.__setattr__(m, "_cache", None)
         return self
@@ -277,6 +284,44 @@ class Module:
             body = repr(child).replace("\n", "\n  ")
             lines.append(f"  ({name}): {body}")
         return "\n".join(lines) + "\n)"
+
+
+def _loaded(fname: str, name: str, value: Any, slot: tuple[Module, dict, str]) -> Any:
+    """``value`` checked and converted for the slot it is loaded into (see
+    :meth:`Module.load_state_dict`); raises without touching the module."""
+    owner, store, k = slot
+    old = store[k]
+    if not hasattr(old, "shape"):  # a Python counter (num_batches_tracked)
+        if hasattr(value, "shape") and hasattr(value, "dtype"):
+            vxp = array_namespace(value)
+            if tuple(value.shape) != () or not vxp.isdtype(value.dtype, "integral"):
+                raise TypeError(f"{fname}: {name} must be an int or a 0-d integer array, got "
+                                f"an array of shape {tuple(value.shape)} and dtype {value.dtype}")
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"{fname}: {name} must be an int, got {value!r}")
+        if value < 0:
+            raise ValueError(f"{fname}: {name} must be >= 0, got {value}")
+        return int(value)
+    try:
+        vxp = array_namespace(value)
+    except TypeError:
+        raise TypeError(f"{fname}: {name} must be an array (any library), got "
+                        f"{type(value).__name__}") from None
+    xp = array_namespace(old)
+    kind = next(kd for kd in ("bool", "integral", "real floating", "complex floating")
+                if xp.isdtype(old.dtype, kd))
+    if not vxp.isdtype(value.dtype, kind):
+        raise TypeError(f"{fname}: {name} must have a {kind} dtype like the {old.dtype} it "
+                        f"replaces (it is not cast silently), got {value.dtype}")
+    if tuple(value.shape) != tuple(old.shape):
+        raise ValueError(f"{fname}: {name} must have shape {tuple(old.shape)}, "
+                         f"got {tuple(value.shape)}")
+    new = _copy(xp_move(value, xp, xp_device(old), old.dtype))
+    if k in owner._nonnegative_state and not bool(xp.all(new >= 0)):
+        raise ValueError(f"{fname}: {name} must be >= 0 everywhere (a variance), got negative "
+                         f"or NaN values")
+    return new
 
 
 def _copy(a: Any) -> Any:

@@ -270,10 +270,12 @@ class BatchNorm(Normalization):
     Eval: the running statistics are used. ``track_running_stats=False`` always uses batch
     statistics. Input (N, C, *S) with the channel at ``axis`` (default 1): one class serves
     PyTorch's ``BatchNorm1d``, ``BatchNorm2d`` and ``BatchNorm3d``, with the same defaults
-    (eps=1e-5, momentum=0.1, affine=True).
+    (eps=1e-5, momentum=0.1, affine=True). An empty batch gives an empty output and leaves
+    the running statistics (and ``num_batches_tracked``) as they are, as in PyTorch.
     """
 
     _name = "BatchNorm"
+    _nonnegative_state = ("running_var",)
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
                  affine: bool = True, track_running_stats: bool = True, *, axis: int = 1,
@@ -302,7 +304,8 @@ class BatchNorm(Normalization):
         return ctx.state
 
     def _after_forward(self, ctx: Any) -> None:
-        if not (self.training and self.track_running_stats):
+        # an empty batch has no statistics to fold in (PyTorch leaves the buffers as they are)
+        if not (self.training and self.track_running_stats) or ctx.layout.group_size == 0:
             return
         st = self._batch_state(ctx)
         xp = ctx.xp
