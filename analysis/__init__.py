@@ -37,8 +37,11 @@ from .scale_invariance import scale_invariance  # noqa: E402
 from .landscape import landscape  # noqa: E402
 from .covariate_shift import covariate_shift  # noqa: E402
 from .convergence import convergence  # noqa: E402
+# applications on images (issue 16): need scikit-learn's bundled digits
+from .batch_size import batch_size  # noqa: E402
+from .style import style  # noqa: E402
 
 __all__ = ["StudyResult", "STUDIES", "study", "Context", "Outcome", "report",
            "SerialExecutor", "FuturesExecutor", "LineFit", "fit_line", "fit_growth", "fit_power",
            "gradient_flow", "mean_field", "rank", "scale_invariance", "landscape",
-           "covariate_shift", "convergence"]
+           "covariate_shift", "convergence", "batch_size", "style"]
