@@ -133,7 +133,7 @@ def test_quick_run_shows_bn_degrading_at_the_small_batch(quick):
 
 def test_learning_rate_scales_linearly_with_the_batch(quick):
     rows = {(r["norm"], r["batch"]): r for r in quick.table}
-    for (n, bs), r in rows.items():
+    for (_, bs), r in rows.items():
         assert r["lr"] == pytest.approx(quick.params["lr"] * bs / REFERENCE_BATCH)
 
 
