@@ -29,7 +29,7 @@ from ._study import STUDIES, Context, Outcome, study
 from .report import report
 
 # studies register themselves on import, in report order: signal propagation (issue 10),
-# then optimization geometry (issue 11)
+# optimization geometry (issue 11), then the applications (issue 16)
 from .jacobian import jacobian  # noqa: E402
 from .gradient_flow import gradient_flow  # noqa: E402
 from .mean_field import mean_field  # noqa: E402
@@ -38,8 +38,9 @@ from .scale_invariance import scale_invariance  # noqa: E402
 from .landscape import landscape  # noqa: E402
 from .covariate_shift import covariate_shift  # noqa: E402
 from .convergence import convergence  # noqa: E402
+from .batch_size import batch_size  # noqa: E402
+from .style import style  # noqa: E402
 
 __all__ = ["StudyResult", "STUDIES", "study", "Context", "Outcome", "report",
            "SerialExecutor", "FuturesExecutor", "LineFit", "fit_line", "fit_growth", "fit_power",
-           "jacobian", "gradient_flow", "mean_field", "rank", "scale_invariance", "landscape",
-           "covariate_shift", "convergence"]
+           "jacobian", "gradient_flow", "mean_field", "rank", "scale_invariance", "landscape", "covariate_shift", "convergence", "batch_size", "style"]
