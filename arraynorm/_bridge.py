@@ -30,12 +30,18 @@ STATE_OUTPUTS: dict[str, tuple[int, ...]] = {"spectral_norm": (1,)}
 def bridged_ops() -> dict[str, Callable[..., Any]]:
     """The public ops of :mod:`arraynorm` with a registered pullback, by name, in the order
     of ``arraynorm.__all__``: the activation normalizations, the whitening family, the weight
-    family (the gradient family returns containers and has no pullback)."""
+    family. The gradient family is left out even where it has a pullback
+    (``clip_by_global_norm``): it maps containers of arrays, which neither an
+    ``autograd.Function`` nor a ``custom_vjp`` of array arguments can take, and the bridges
+    serve it with their own helpers on ``model.parameters()``."""
     import arraynorm
+    from arraynorm import gradient
 
     ops = {}
     for name in arraynorm.__all__:
         f = getattr(arraynorm, name)
+        if name in gradient.__all__:
+            continue
         if callable(f) and getattr(f, _RULE_ATTR, None) is not None:
             ops[name] = f
     return ops
