@@ -29,7 +29,7 @@ from ._study import STUDIES, Context, Outcome, study
 from .report import report
 
 # studies register themselves on import, in report order: signal propagation (issue 10),
-# then optimization geometry (issue 11)
+# then optimization geometry (issue 11), then applications (issue 16)
 from .gradient_flow import gradient_flow  # noqa: E402
 from .mean_field import mean_field  # noqa: E402
 from .rank import rank  # noqa: E402
@@ -37,8 +37,10 @@ from .scale_invariance import scale_invariance  # noqa: E402
 from .landscape import landscape  # noqa: E402
 from .covariate_shift import covariate_shift  # noqa: E402
 from .convergence import convergence  # noqa: E402
+from .gan import gan  # noqa: E402
+from .rl import rl  # noqa: E402
 
 __all__ = ["StudyResult", "STUDIES", "study", "Context", "Outcome", "report",
            "SerialExecutor", "FuturesExecutor", "LineFit", "fit_line", "fit_growth", "fit_power",
            "gradient_flow", "mean_field", "rank", "scale_invariance", "landscape",
-           "covariate_shift", "convergence"]
+           "covariate_shift", "convergence", "gan", "rl"]
