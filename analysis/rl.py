@@ -308,7 +308,7 @@ def rl(ctx: Context, *, configs: tuple[str, ...] = ("none", "obs", "reward", "ad
        steps: int = 100_000, envs: int = 16, horizon: int = 16, width: int = 32, lr: float = 1e-3,
        lr_value: float = 1e-3, gamma: float = 0.99, lam: float = 0.95, checkpoints: int = 3,
        probes: int = 16, seeds: int = 3, windows: int = 20) -> Outcome:
-    """Actor–critic on CartPole with and without observation, reward and advantage normalization: returns and gradient noise.
+    """Actor–critic on CartPole with and without observation, reward, advantage normalization: returns, gradient noise.
 
     Parameters
     ----------
@@ -425,7 +425,8 @@ def _verdict(m: dict[str, Any], configs: tuple[str, ...]) -> str:
                      + ("; within the seeds' spread" if m[best]["final_return"] - base < spread else "")
                      + ")")
     ratios = [n / r for c in configs
-              for rr, nn in zip(m[c]["relative_variance_raw_per_seed"], m[c]["relative_variance_normalized_per_seed"])
+              for rr, nn in zip(m[c]["relative_variance_raw_per_seed"],
+                                m[c]["relative_variance_normalized_per_seed"])
               for r, n in zip(rr, nn) if r > 0 and math.isfinite(r) and math.isfinite(n)]
     if ratios:
         q = np.quantile(ratios, [0.25, 0.5, 0.75])

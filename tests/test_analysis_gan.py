@@ -5,6 +5,8 @@ differences; spectral normalization's σ_max ≈ 1; determinism, executors, back
 from __future__ import annotations
 
 import concurrent.futures
+import doctest
+import importlib
 import itertools
 import json
 import math
@@ -73,7 +75,7 @@ def test_energy_distance_of_identical_samples_is_zero_and_the_unbiased_estimate_
 
 
 def test_energy_statistic_of_shifted_gaussians_is_the_rice_closed_form():
-    # X ~ N(0, I₂), Y ~ N(δ, I₂): X − Y ~ N(−δ, 2I₂), whose norm is Rice(‖δ‖, √2) distributed
+    # X ~ N(0, I₂), Y ~ N(δ, I₂): X − Y ~ N(−δ, 2I₂), whose norm is Rice(‖δ‖, √2)
     # and X − X' ~ N(0, 2I₂) with E‖·‖ = √π: E = 2·Rice mean − 2√π
     delta = np.array([1.0, 0.5])
     theory = (2 * stats.rice(b=np.linalg.norm(delta) / math.sqrt(2), scale=math.sqrt(2)).mean()
@@ -130,8 +132,10 @@ def test_gan_loss_gradients_match_finite_differences(kind):
     dr[np.abs(np.abs(dr) - 1) < 0.1] += 0.3
     df[np.abs(np.abs(df) - 1) < 0.1] += 0.3
     _, gr, gf = discriminator_loss(np, dr, df, kind)
-    num_r = optimize.approx_fprime(dr.ravel(), lambda v: float(discriminator_loss(np, v[:, None], df, kind)[0]), 1e-7)
-    num_f = optimize.approx_fprime(df.ravel(), lambda v: float(discriminator_loss(np, dr, v[:, None], kind)[0]), 1e-7)
+    num_r = optimize.approx_fprime(
+        dr.ravel(), lambda v: float(discriminator_loss(np, v[:, None], df, kind)[0]), 1e-7)
+    num_f = optimize.approx_fprime(
+        df.ravel(), lambda v: float(discriminator_loss(np, dr, v[:, None], kind)[0]), 1e-7)
     np.testing.assert_allclose(gr.ravel(), num_r, atol=1e-7)
     np.testing.assert_allclose(gf.ravel(), num_f, atol=1e-7)
     _, gg = generator_loss(np, df, kind)
@@ -221,7 +225,8 @@ def test_quick_study_scores_the_true_mixture_as_theory_says(quick):
         assert d["final_energy"] == pytest.approx(np.median(d["final_energy_per_seed"]))
         assert f"{norm}: {d['final_modes']:.1f}/8 modes" in quick.verdict
         # the generator of a seed is the same before training, whatever the discriminator
-        assert [s[0] for s in d["energy_per_seed"]] == [s[0] for s in quick.measured["none"]["energy_per_seed"]]
+        first = [s[0] for s in quick.measured["none"]["energy_per_seed"]]
+        assert [s[0] for s in d["energy_per_seed"]] == first
 
 
 def test_serial_and_process_pool_give_identical_results_and_seeds_matter():
@@ -267,6 +272,11 @@ def test_cli_writes_json_and_png(tmp_path):
     d = json.loads(j.read_text())
     assert d["params"]["norms"] == ["none", "spectral_norm"] and d["params"]["loss"] == "hinge"
     assert "energy" in out.stdout and p.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_docstring_examples_run():
+    result = doctest.testmod(importlib.import_module("analysis.gan"))
+    assert result.attempted > 0 and result.failed == 0
 
 
 def test_bad_options_are_rejected():

@@ -6,6 +6,7 @@ the missing-gymnasium error, JSON/plot/CLI."""
 from __future__ import annotations
 
 import concurrent.futures
+import doctest
 import importlib
 import json
 import pathlib
@@ -90,7 +91,7 @@ def test_expected_score_function_gradient_is_the_gradient_of_a_bandits_expected_
 def test_gae_is_the_discounted_sum_of_td_errors_until_the_episode_ends():
     rng = np.random.default_rng(4)
     t_len, e, gamma, lam = 9, 3, 0.9, 0.8
-    r, v, vn = rng.standard_normal((t_len, e)), rng.standard_normal((t_len, e)), rng.standard_normal((t_len, e))
+    r, v, vn = (rng.standard_normal((t_len, e)) for _ in range(3))
     term = (rng.random((t_len, e)) < 0.2).astype(float)
     done = np.maximum(term, (rng.random((t_len, e)) < 0.1).astype(float))  # some truncations
     got = gae(r, v, vn, term, done, gamma, lam)
@@ -263,6 +264,11 @@ def test_cli_writes_json_and_png(tmp_path):
     d = json.loads(j.read_text())
     assert d["params"]["configs"] == ["none", "obs"] and d["params"]["envs"] == 4
     assert "final return" in out.stdout and p.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_docstring_examples_run():
+    result = doctest.testmod(importlib.import_module("analysis.rl"))
+    assert result.attempted > 0 and result.failed == 0
 
 
 def test_bad_options_are_rejected():
