@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from typing import Any
 
 import numpy as np
@@ -360,8 +361,8 @@ def rl(ctx: Context, *, configs: tuple[str, ...] = ("none", "obs", "reward", "ad
                       "± (seeds)": m["final_return_std"],
                       "per seed": "/".join(f"{v:.0f}" for v in m["final_return_per_seed"]),
                       "peak": m["peak_return"], "episodes": m["episodes"],
-                      "rel. var. (last probe)": m["relative_variance"][-1],
-                      "cosine": m["cosine"][-1]})
+                      "rel. var. (median)": m["relative_variance_median"],
+                      "cosine (last probe)": m["cosine"][-1]})
     verdict = _verdict(measured, configs)
     return Outcome(measured, {}, verdict, table)
 
@@ -380,9 +381,11 @@ def _summary(runs: list[dict[str, Any]], edges: np.ndarray) -> dict[str, Any]:
         finals.append(float(last.mean()) if last.size else math.nan)
     curves_a = np.array(curves)
     peaks = [float(np.nanmax(c)) if np.any(np.isfinite(c)) else math.nan for c in curves_a]
-    with np.errstate(all="ignore"):
+    with warnings.catch_warnings():  # a window where no episode ended is NaN (null in JSON)
+        warnings.simplefilter("ignore", RuntimeWarning)
         mean_curve = np.nanmean(curves_a, axis=0)
         std_curve = np.nanstd(curves_a, axis=0)
+        final, final_std = float(np.nanmean(finals)), float(np.nanstd(finals))
 
     def probe(key: str, field: str) -> list[list[float]]:
         return [[p[key][field] for p in r["probes"]] for r in runs]
@@ -391,7 +394,7 @@ def _summary(runs: list[dict[str, Any]], edges: np.ndarray) -> dict[str, Any]:
     return {
         "return_curve": mean_curve.tolist(), "return_curve_std": std_curve.tolist(),
         "return_curve_per_seed": curves,
-        "final_return": float(np.nanmean(finals)), "final_return_std": float(np.nanstd(finals)),
+        "final_return": final, "final_return_std": final_std,
         "final_return_per_seed": finals,
         # the best window of each seed's curve: a run can peak and then collapse
         "peak_return": float(np.mean(peaks)), "peak_return_per_seed": peaks,
@@ -401,6 +404,7 @@ def _summary(runs: list[dict[str, Any]], edges: np.ndarray) -> dict[str, Any]:
         # the run's own estimator (normalized advantages where it trains with them)
         "relative_variance": np.median(rel, axis=0).tolist(),
         "relative_variance_per_seed": rel.tolist(),
+        "relative_variance_median": float(np.median(rel)),   # over every probe of every seed
         "cosine": np.median(np.array(probe("own", "cosine")), axis=0).tolist(),
         "trace_cov_per_seed": probe("own", "trace_cov"),
         # both estimators on the same transitions and parameters
@@ -433,9 +437,8 @@ def _verdict(m: dict[str, Any], configs: tuple[str, ...]) -> str:
         text += (f". At the same parameters and transitions, normalizing the advantages multiplies "
                  f"the relative variance of the policy-gradient estimate by ×{q[1]:.2f} (median; "
                  f"quartiles ×{q[0]:.2f}–×{q[2]:.2f} over {len(ratios)} probes)")
-    own = {c: m[c]["relative_variance"][-1] for c in configs}
-    text += ("; relative variance at the last probe: "
-             + ", ".join(f"{c} {v:.3g}" for c, v in own.items()))
+    text += ("; relative variance of each run's own estimator (median over probes and seeds): "
+             + ", ".join(f"{c} {m[c]['relative_variance_median']:.3g}" for c in configs))
     return text + "."
 
 
