@@ -39,8 +39,10 @@ from .landscape import landscape  # noqa: E402
 from .covariate_shift import covariate_shift  # noqa: E402
 from .convergence import convergence  # noqa: E402
 from .batch_size import batch_size  # noqa: E402
+from .gan import gan  # noqa: E402
+from .rl import rl  # noqa: E402
 from .style import style  # noqa: E402
 
 __all__ = ["StudyResult", "STUDIES", "study", "Context", "Outcome", "report",
            "SerialExecutor", "FuturesExecutor", "LineFit", "fit_line", "fit_growth", "fit_power",
-           "jacobian", "gradient_flow", "mean_field", "rank", "scale_invariance", "landscape", "covariate_shift", "convergence", "batch_size", "style"]
+           "jacobian", "gradient_flow", "mean_field", "rank", "scale_invariance", "landscape", "covariate_shift", "convergence", "batch_size", "gan", "rl", "style"]
