@@ -25,7 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backends", nargs="+", metavar="ID",
                    help="backends to run: " + ", ".join(b.id for b in BACKENDS))
     p.add_argument("--repeats", type=int, help="timed repeats per backend (default 9, quick 3)")
-    p.add_argument("--out", metavar="DIR", help="where results go (default benchmarks/results)")
+    p.add_argument("--out", metavar="DIR", help="where results go (default: benchmarks/results in a checkout, "
+                        "./benchmark-results elsewhere)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG chart")
     a = p.parse_args(argv)
     run(cases=_ids(a.cases), backends=_ids(a.backends), quick=a.quick, repeats=a.repeats,
