@@ -25,7 +25,7 @@ results in ``exc.partial_results``.
 
 The study's thread limit (``threads=``) applies wherever a point runs: a point that runs in
 another process than the study (a pool's or a cluster's worker) enters the same
-:func:`~analysis._backend.thread_limits` around its call. Progress bars (tqdm) follow
+:func:`~analysis._backend.limit_threads` around its call. Progress bars (tqdm) follow
 completions.
 """
 
@@ -40,7 +40,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
-from ._backend import thread_limits
+from ._backend import limit_threads
 
 __all__ = ["Executor", "SerialExecutor", "FuturesExecutor", "DaskExecutor", "SweepError",
            "DASK_RETRIES", "as_executor", "open_executor", "check_scheduler", "progress_bar"]
@@ -79,7 +79,7 @@ def _call(fn: Callable[..., Any], kwargs: dict[str, Any], threads: int | None = 
     (inside it, the study already runs under that limit; re-entering would cost ~1 ms)."""
     if threads is None or origin == _ORIGIN:
         return fn(**kwargs)
-    with thread_limits(threads):
+    with limit_threads(threads):
         return fn(**kwargs)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from . import machine, report, timing
+from . import machine, report, sweep, timing
 from .cases import BACKENDS, CASES, MODEL_FAMILIES, Absent, Backend, Case, make_inputs
 
 __all__ = ["run", "select"]
@@ -141,7 +141,11 @@ def run(*, cases: Sequence[str] | None = None, backends: Sequence[str] | None = 
     cfg = dict(QUICK if quick else FULL)
     if repeats is not None:
         cfg["repeats"] = int(repeats)
-    sel_cases = select(CASES, cases, "case")
+    # the Dask sweep is its own section (a study's sweep, not an array op): run with the
+    # rest, or alone with --cases dask-sweep
+    run_sweep = not cases or sweep.ID in cases
+    op_cases = [c for c in cases or () if c != sweep.ID]
+    sel_cases = [] if cases and not op_cases else select(CASES, op_cases, "case")
     sel_backends = select(BACKENDS, backends, "backend")
     torch_info = _setup_torch() if any(b.id.startswith("torch") for b in sel_backends) else None
     import arraynorm as an
@@ -178,6 +182,8 @@ def run(*, cases: Sequence[str] | None = None, backends: Sequence[str] | None = 
             if status[b.id] != "ok":
                 c["backends"][b.id] = {"status": status[b.id]}
         res["cases"][case.id] = c
+    if run_sweep:
+        res["sweeps"] = {sweep.ID: sweep.run(quick, cfg["repeats"], log)}
     res["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
     res["targets"] = report.targets(res)
     for t in res["targets"]:
@@ -191,7 +197,7 @@ def run(*, cases: Sequence[str] | None = None, backends: Sequence[str] | None = 
     with open(stem + ".md", "w") as f:
         f.write(report.markdown(res))
     written = [stem + ".json", stem + ".md"]
-    if plot:
+    if plot and res["cases"]:
         try:
             report.plot(res, stem + ".png")
             written.append(stem + ".png")

@@ -218,3 +218,16 @@ def test_scheduler_strings_are_checked_with_the_accepted_forms(tmp_path):
     p = subprocess.run([sys.executable, "-m", "analysis", "rank", "--scheduler", "processes:0"],
                        cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "processes:N" in p.stderr
+
+
+def test_benchmark_sweep_times_each_executor_and_checks_the_results_agree(client):
+    from benchmarks import report, sweep
+
+    res = sweep.measure({"in process": None, "2 workers": client}, {"quick": True}, repeats=1,
+                        study="rank")
+    assert res["points"] == 16 and res["identical"] is True
+    for r in res["runs"].values():
+        assert len(r["samples_s"]) == 1 and r["points_per_s"] == pytest.approx(16 / r["median_s"])
+    res.update(status="ok", ratio_2_over_1=1.0, cpus=2, loadavg=[0.0, 0.0, 0.0])
+    md = "\n".join(report.sweep_markdown({"sweeps": {sweep.ID: res}}))
+    assert "| 2 workers |" in md and "bit-identical" in md and "**1.00**" in md
