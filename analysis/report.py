@@ -73,7 +73,7 @@ def _markdown(results: list[StudyResult], times: dict[str, float], total: float,
         f"Generated {datetime.datetime.now().isoformat(timespec='seconds')} by "
         f"`python -m analysis report{' --quick' if quick else ''}` on {v['machine']} "
         f"(Python {v['python']}, NumPy {v['numpy']}, SciPy {v['scipy']}, arraynorm "
-        f"{v['arraynorm']}; backend {backend}; points {where}); {total:.1f} s in all.",
+        f"{v['arraynorm']}; backend {backend}; executor {where}); {total:.1f} s in all.",
         "",
         "| study | verdict | seconds |",
         "|---|---|---|",
