@@ -11,6 +11,7 @@ two worker restarts rather than Dask's default four. ``-m dask_cluster`` selects
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import importlib
 import json
@@ -120,19 +121,6 @@ def test_a_study_on_a_local_cluster_is_bit_identical_to_serial_and_shows_complet
     assert r.params["executor"].startswith("dask tcp://127.0.0.1") and "2 workers" in r.params["executor"]
 
 
-def test_a_sweep_survives_a_worker_process_killed_in_the_middle(client, serial, monkeypatch, tmp_path):
-    marker = tmp_path / "killed"
-    before = set(client.run(os.getpid).values())
-    monkeypatch.setattr(RANK, "_point", functools.partial(_die_once, str(marker)))
-    r = analysis.rank(quick=True, progress=False, executor=client)
-    assert _same(r, serial)  # every point present, the killed one rerun elsewhere
-    killed = marker.read_text()
-    assert "'norm':" in killed and "'rep':" in killed  # the point that took its worker down
-    client.wait_for_workers(2, timeout=60)
-    after = set(client.run(os.getpid).values())
-    assert len(before & after) == 1 and len(after) == 2  # one worker process was replaced
-
-
 def test_a_point_that_always_raises_is_named_and_the_other_results_are_kept(client, monkeypatch,
                                                                              tmp_path):
     bad = {"norm": "layer", "width": 16, "rep": 1}
@@ -153,21 +141,6 @@ def test_a_point_that_always_raises_is_named_and_the_other_results_are_kept(clie
     for j, p in enumerate(exc.points):  # the others: exactly what the point computes here
         if j != i:
             assert json.dumps(exc.partial_results[j]) == json.dumps(RANK_POINT(**p))
-
-
-def test_a_point_that_kills_every_worker_it_runs_on_fails_with_killed_worker(client, monkeypatch,
-                                                                             tmp_path):
-    bad = {"norm": "none", "width": 32, "rep": 0}
-    log = tmp_path / "deaths"
-    monkeypatch.setattr(RANK, "_point", functools.partial(_fail_for, bad, str(log), "die"))
-    with pytest.raises(SweepError, match=r"KilledWorker: the worker process running it died 2 times") as info:
-        analysis.rank(quick=True, progress=False, executor=client)
-    exc = info.value
-    assert "'norm': 'none', 'width': 32" in str(exc)
-    assert len(log.read_text().split()) == 2  # allowed-failures 1: a second death ends it
-    [(i, point, _)] = exc.failures  # no innocent point was blamed
-    assert {k: point[k] for k in bad} == bad
-    assert sum(r is not None for r in exc.partial_results) == 15
 
 
 def test_a_tcp_address_connects_to_a_running_cluster_and_leaves_it_running(cluster, client,
@@ -231,3 +204,48 @@ def test_benchmark_sweep_times_each_executor_and_checks_the_results_agree(client
     res.update(status="ok", ratio_2_over_1=1.0, cpus=2, loadavg=[0.0, 0.0, 0.0])
     md = "\n".join(report.sweep_markdown({"sweeps": {sweep.ID: res}}))
     assert "| 2 workers |" in md and "bit-identical" in md and "**1.00**" in md
+
+
+
+def _inverse(v):
+    return 1.0 / v
+
+
+def test_without_a_cluster_a_failing_point_is_named_too():
+    points = [{"v": 2.0}, {"v": 0.0}, {"v": 4.0}]
+    with pytest.raises(ZeroDivisionError) as info:  # in process: the point's own exception
+        as_executor(None).map(_inverse, points, desc="inverse", progress=False)
+    if sys.version_info >= (3, 11):
+        assert "in inverse point 1 of 3: {'v': 0.0}" in info.value.__notes__
+    with concurrent.futures.ThreadPoolExecutor(2) as pool, pytest.raises(SweepError) as info:
+        as_executor(pool).map(_inverse, points, desc="inverse", progress=False)
+    assert "inverse: point 1 of 3 failed: {'v': 0.0}: ZeroDivisionError" in str(info.value)
+    assert info.value.partial_results == [0.5, None, 0.25]
+
+# the worker-killing tests last: the fixture's cluster need not wait for the restarted workers
+def test_a_sweep_survives_a_worker_process_killed_in_the_middle(client, serial, monkeypatch, tmp_path):
+    marker = tmp_path / "killed"
+    before = set(client.run(os.getpid).values())
+    monkeypatch.setattr(RANK, "_point", functools.partial(_die_once, str(marker)))
+    r = analysis.rank(quick=True, progress=False, executor=client)
+    assert _same(r, serial)  # every point present, the killed one rerun elsewhere
+    killed = marker.read_text()
+    assert "'norm':" in killed and "'rep':" in killed  # the point that took its worker down
+    client.wait_for_workers(2, timeout=60)
+    after = set(client.run(os.getpid).values())
+    assert len(before & after) == 1 and len(after) == 2  # one worker process was replaced
+
+
+def test_a_point_that_kills_every_worker_it_runs_on_fails_with_killed_worker(client, monkeypatch,
+                                                                             tmp_path):
+    bad = {"norm": "layer", "width": 32, "rep": 1}  # the last point: no one waits for restarts
+    log = tmp_path / "deaths"
+    monkeypatch.setattr(RANK, "_point", functools.partial(_fail_for, bad, str(log), "die"))
+    with pytest.raises(SweepError, match=r"KilledWorker: the worker process running it died 2 times") as info:
+        analysis.rank(quick=True, progress=False, executor=client)
+    exc = info.value
+    assert "'norm': 'layer', 'width': 32" in str(exc) and "'rep': 1" in str(exc)
+    assert len(log.read_text().split()) == 2  # allowed-failures 1: a second death ends it
+    [(i, point, _)] = exc.failures  # no innocent point was blamed
+    assert {k: point[k] for k in bad} == bad
+    assert sum(r is not None for r in exc.partial_results) == 15
