@@ -183,7 +183,7 @@ def run(*, cases: Sequence[str] | None = None, backends: Sequence[str] | None = 
                 c["backends"][b.id] = {"status": status[b.id]}
         res["cases"][case.id] = c
     if run_sweep:
-        res["sweeps"] = {sweep.ID: sweep.run(quick, cfg["repeats"], log)}
+        res["sweeps"] = {sweep.ID: sweep.run(quick, min(cfg["repeats"], sweep.MAX_REPEATS), log)}
     res["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
     res["targets"] = report.targets(res)
     for t in res["targets"]:
