@@ -10,11 +10,14 @@ Each study is one call and one command::
 
     $ python -m analysis rank --depth 50 --json rank.json --plot rank.png
     $ python -m analysis report            # every study, report.md with figures
+    $ python -m analysis rank --scheduler processes:4    # points on a Dask LocalCluster
 
 Every study returns a :class:`StudyResult` whose JSON has one skeleton — ``study``,
 ``params``, ``measured``, ``theory`` (same keys as ``measured``), ``verdict`` — and takes the
 common options ``backend``, ``dtype``, ``seed``, ``threads``, ``quick``, ``executor``,
-``progress``. The shared core: :mod:`._study` (the protocol and registry), :mod:`._result`,
+``progress`` — ``executor`` is where the points of a sweep run: in process (default), a
+process pool, or a Dask cluster (``"processes:N"``, ``"tcp://host:port"``, a ``Client``; see
+:mod:`._executor`), with the same results bit for bit. The shared core: :mod:`._study` (the protocol and registry), :mod:`._result`,
 :mod:`._backend` (backends, threads, seeds), :mod:`._executor` (points of a sweep),
 :mod:`._fit` (rates with confidence intervals), :mod:`._operator` (Jacobians as SciPy
 ``LinearOperator``), :mod:`._plot`.
@@ -22,7 +25,7 @@ common options ``backend``, ``dtype``, ``seed``, ``threads``, ``quick``, ``execu
 
 from __future__ import annotations
 
-from ._executor import FuturesExecutor, SerialExecutor
+from ._executor import DaskExecutor, FuturesExecutor, SerialExecutor, SweepError, open_executor
 from ._fit import LineFit, fit_growth, fit_line, fit_power
 from ._result import StudyResult
 from ._study import STUDIES, Context, Outcome, study
@@ -44,5 +47,7 @@ from .rl import rl  # noqa: E402
 from .style import style  # noqa: E402
 
 __all__ = ["StudyResult", "STUDIES", "study", "Context", "Outcome", "report",
-           "SerialExecutor", "FuturesExecutor", "LineFit", "fit_line", "fit_growth", "fit_power",
-           "jacobian", "gradient_flow", "mean_field", "rank", "scale_invariance", "landscape", "covariate_shift", "convergence", "batch_size", "gan", "rl", "style"]
+           "SerialExecutor", "FuturesExecutor", "DaskExecutor", "SweepError", "open_executor",
+           "LineFit", "fit_line", "fit_growth", "fit_power",
+           "jacobian", "gradient_flow", "mean_field", "rank", "scale_invariance", "landscape",
+           "covariate_shift", "convergence", "batch_size", "gan", "rl", "style"]

@@ -2,8 +2,10 @@
 
 Every study is a subcommand whose options are the study function's keyword arguments
 (``--depth 50``, ``--norms none,batch``, ``--residual`` / ``--no-residual``), plus the common
-ones (``--backend``, ``--dtype``, ``--seed``, ``--threads``, ``--quick``) and ``--json PATH``,
-``--plot PATH``. The result's table and verdict go to stdout, progress bars to stderr.
+ones (``--backend``, ``--dtype``, ``--seed``, ``--threads``, ``--quick``, ``--scheduler``) and
+``--json PATH``, ``--plot PATH``. ``--scheduler`` is the ``executor=`` option: ``local`` (in
+process, the default), ``processes:N`` (a Dask LocalCluster of N worker processes) or
+``tcp://host:port`` (an existing Dask cluster). The result's table and verdict go to stdout, progress bars to stderr.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 
 from . import STUDIES, report
 from ._backend import BACKENDS, DTYPES
+from ._executor import check_scheduler
 
 
 def _bool(text: str) -> bool:
@@ -51,6 +54,20 @@ def _add_study_options(p: argparse.ArgumentParser, s: Any) -> None:
                            metavar=kind.__name__.upper(), help=f"default {default}")
 
 
+def _scheduler(text: str) -> str:
+    try:
+        check_scheduler(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _add_scheduler(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scheduler", type=_scheduler, default="local", metavar="SPEC",
+                   help="where the points run: local (in process, default), processes:N (a Dask "
+                        "LocalCluster of N worker processes) or tcp://host:port (a Dask cluster)")
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=BACKENDS, default="numpy", help="array library (default numpy)")
     p.add_argument("--dtype", choices=DTYPES, default="float64", help="default float64")
@@ -59,6 +76,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="BLAS/OpenMP threads (default 1; 0 leaves them as they are)")
     p.add_argument("--quick", action="store_true", help="small sizes")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_scheduler(p)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -74,6 +92,7 @@ def parser() -> argparse.ArgumentParser:
     rp.add_argument("--backend", choices=BACKENDS, default="numpy")
     rp.add_argument("--seed", type=int, default=0)
     rp.add_argument("--no-progress", action="store_true")
+    _add_scheduler(rp)
     sub.add_parser("list", help="list the studies")
     for name, s in STUDIES.items():
         p = sub.add_parser(name, help=s.summary, description=s.summary)
@@ -93,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.command == "report":
         studies = None if a.studies is None else [v for vs in a.studies for v in vs]
         results = report(a.out, quick=a.quick, studies=studies, seed=a.seed, backend=a.backend,
-                         progress=not a.no_progress)
+                         progress=not a.no_progress, executor=a.scheduler)
         for r in results:
             print(f"{r.study:18s} {r.verdict}")
         print(f"report written to {a.out}/report.md")
@@ -109,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         kwargs[name] = v
     result = s.run(**kwargs, backend=a.backend, dtype=a.dtype, seed=a.seed,
                    threads=None if a.threads == 0 else a.threads, quick=a.quick,
-                   progress=not a.no_progress)
+                   progress=not a.no_progress, executor=a.scheduler)
     sys.stdout.write(result.summary())
     if a.json:
         result.to_json(a.json)

@@ -22,7 +22,8 @@ import numpy as np
 import arraynorm
 from arraynorm._array_api import xp_from_host, xp_resolve_namespace, xp_to_host_numpy
 
-__all__ = ["BACKENDS", "DTYPES", "Backend", "thread_limits", "thread_info", "versions", "point_rng"]
+__all__ = ["BACKENDS", "DTYPES", "Backend", "thread_limits", "limit_threads", "thread_info",
+           "versions", "point_rng"]
 
 BACKENDS = ("numpy", "cupy", "torch", "array_api_strict", "dask")
 DTYPES = ("float64", "float32")
@@ -106,13 +107,22 @@ def thread_limits(threads: int | None) -> Iterator[dict[str, Any]]:
     thread (and their executor to several processes when there are many points).
     Yields the settings in effect, for the result's ``params``.
     """
+    with limit_threads(threads):
+        yield {"limit": threads, **thread_info()}
+
+
+@contextlib.contextmanager
+def limit_threads(threads: int | None) -> Iterator[None]:
+    """:func:`thread_limits` without the report (about 1 ms; what a point run in a pool's or a
+    cluster's worker process enters). threadpoolctl lets only one Python thread of a process
+    set OpenBLAS's limits (the first to try); a Dask worker's single executor thread is it."""
     if threads is None:
-        yield {"limit": None, **thread_info()}
+        yield
         return
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=threads):
-        yield {"limit": threads, **thread_info()}
+        yield
 
 
 def point_rng(seed: int, *key: Any) -> np.random.Generator:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._backend import BACKENDS, DTYPES, Backend, point_rng, thread_limits, versions
-from ._executor import Executor, as_executor
+from ._executor import Executor, as_executor, check_scheduler, open_executor
 from ._result import StudyResult
 
 __all__ = ["study", "Study", "Context", "Outcome", "STUDIES", "COMMON", "check_choices"]
@@ -52,7 +52,13 @@ COMMON_DOC = """
     threads : BLAS/OpenMP threads while the study runs (default 1: studies run many small
         models, where more threads spin rather than help; ``None`` leaves them as they are).
     quick : bool; small sizes (tests, ``report --quick``) for the options not given.
-    executor : ``None`` (in process), a ``concurrent.futures`` executor or a Dask client.
+    executor : where the points of the sweep run (results are the same bit for bit):
+        ``None`` or ``"local"`` (in process, the default); ``"processes:N"`` (a Dask
+        ``LocalCluster`` of N single-threaded worker processes, started and closed by this
+        run); ``"tcp://host:port"`` (an existing Dask cluster, left running); a Dask
+        ``Client``; a ``concurrent.futures`` executor. Off this process a point that fails
+        raises :class:`~analysis.SweepError` naming it, the other results in
+        ``exc.partial_results``; a point whose Dask worker died is rescheduled.
     progress : bool; progress bars on stderr.
 
     Returns a :class:`~analysis.StudyResult` (``to_json()``, ``plot(path)``, ``str()``).
@@ -195,6 +201,11 @@ class Study:
             raise ValueError(f"{fname}: backend must be one of {BACKENDS}, got {common['backend']!r}")
         if common["dtype"] not in DTYPES:
             raise ValueError(f"{fname}: dtype must be one of {DTYPES}, got {common['dtype']!r}")
+        if isinstance(common["executor"], str):
+            try:
+                check_scheduler(common["executor"])
+            except ValueError as exc:
+                raise ValueError(f"{fname}: executor: {exc}") from None
         common["seed"] = _coerce(fname, "seed", common["seed"], int, False, 0)
         if common["threads"] is not None:
             t = _coerce(fname, "threads", common["threads"], int, False, 1)
@@ -207,14 +218,17 @@ class Study:
         opts, common = self.resolve(kwargs)
         backend = Backend(common["backend"], common["dtype"])
         backend.xp  # fail early, with the backend's name, if it cannot be imported
-        executor = as_executor(common["executor"])
-        ctx = Context(backend, common["seed"], common["quick"], executor, common["progress"])
+        spec = common["executor"]
         t0 = time.perf_counter()
-        with thread_limits(common["threads"]) as threads:
+        with open_executor(spec) as pool, thread_limits(common["threads"]) as threads:
+            executor = as_executor(pool, common["threads"],
+                                   label=spec if isinstance(spec, str) else None)
+            ctx = Context(backend, common["seed"], common["quick"], executor, common["progress"])
             out = self.body(ctx, **opts)
+            shown = repr(executor)
         params = {**opts, "backend": backend.name, "dtype": backend.dtype_name,
                   "seed": common["seed"], "quick": common["quick"], "threads": threads,
-                  "executor": repr(executor), "versions": versions(backend),
+                  "executor": shown, "versions": versions(backend),
                   "elapsed_s": round(time.perf_counter() - t0, 3)}
         return StudyResult(self.name, params, out.measured, out.theory, out.verdict, out.table)
 

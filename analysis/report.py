@@ -2,7 +2,9 @@
 
 Writes ``<out>/report.md`` (each study's verdict, table, theory beside measurement and
 figure), ``<out>/<study>.json`` and ``<out>/<study>.png``. ``quick=True`` runs every study at
-its quick sizes (the tests use it).
+its quick sizes (the tests use it). ``executor`` is the studies' option (``"processes:N"``,
+``"tcp://host:port"``, a Dask client or a pool; default in process); a cluster it names is
+started once for the whole report and closed at its end.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ._backend import versions
-from ._executor import progress_bar
+from ._executor import as_executor, check_scheduler, open_executor, progress_bar
 from ._result import StudyResult, format_table
 from ._study import STUDIES
 
@@ -32,31 +34,38 @@ def report(out: str | pathlib.Path = "analysis-report", *, quick: bool = False,
     unknown = [n for n in names if n not in STUDIES]
     if unknown:
         raise ValueError(f"report: unknown studies {unknown}; known: {list(STUDIES)}")
+    if isinstance(executor, str):
+        try:
+            check_scheduler(executor)
+        except ValueError as exc:
+            raise ValueError(f"report: executor: {exc}") from None
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results, times = [], {}
     t_all = time.perf_counter()
     bar = progress_bar(len(names), "report", progress)
-    try:
-        for name in names:
-            s = STUDIES[name]
-            kwargs = {"quick": True} if quick else dict(s.report)
-            t0 = time.perf_counter()
-            r = s.run(**kwargs, seed=seed, backend=backend, progress=progress, executor=executor)
-            times[name] = time.perf_counter() - t0
-            r.to_json(out / f"{name}.json")
-            r.plot(out / f"{name}.png")
-            results.append(r)
-            bar.update(1)
-    finally:
-        bar.close()
+    with open_executor(executor) as pool:
+        where = executor if isinstance(executor, str) else repr(as_executor(pool))
+        try:
+            for name in names:
+                s = STUDIES[name]
+                kwargs = {"quick": True} if quick else dict(s.report)
+                t0 = time.perf_counter()
+                r = s.run(**kwargs, seed=seed, backend=backend, progress=progress, executor=pool)
+                times[name] = time.perf_counter() - t0
+                r.to_json(out / f"{name}.json")
+                r.plot(out / f"{name}.png")
+                results.append(r)
+                bar.update(1)
+        finally:
+            bar.close()
     total = time.perf_counter() - t_all
-    (out / "report.md").write_text(_markdown(results, times, total, quick, backend))
+    (out / "report.md").write_text(_markdown(results, times, total, quick, backend, where))
     return results
 
 
 def _markdown(results: list[StudyResult], times: dict[str, float], total: float, quick: bool,
-              backend: str) -> str:
+              backend: str, where: str = "serial") -> str:
     v = versions()
     lines = [
         "# arraynorm analysis report",
@@ -64,7 +73,7 @@ def _markdown(results: list[StudyResult], times: dict[str, float], total: float,
         f"Generated {datetime.datetime.now().isoformat(timespec='seconds')} by "
         f"`python -m analysis report{' --quick' if quick else ''}` on {v['machine']} "
         f"(Python {v['python']}, NumPy {v['numpy']}, SciPy {v['scipy']}, arraynorm "
-        f"{v['arraynorm']}; backend {backend}); {total:.1f} s in all.",
+        f"{v['arraynorm']}; backend {backend}; executor {where}); {total:.1f} s in all.",
         "",
         "| study | verdict | seconds |",
         "|---|---|---|",

@@ -8,7 +8,9 @@ and arraynorm with its fast paths off. Backends that are not installed are repor
 
 Modules: :mod:`.cases` (what is timed, per backend), :mod:`.naive` (the textbook NumPy peer),
 :mod:`.timing` (timers, copy bandwidth, peak memory), :mod:`.machine` (machine description),
-:mod:`.report` (table, targets, Markdown, chart), :mod:`.harness` (the run).
+:mod:`.report` (table, targets, Markdown, chart), :mod:`.harness` (the run), :mod:`.sweep` (an
+analysis study's sweep in process and on 1 and 2 Dask worker processes: the ``dask-sweep``
+case, its own section of the results).
 """
 
 from __future__ import annotations

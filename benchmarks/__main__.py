@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from . import run
+from . import sweep
 from .cases import BACKENDS, CASES
 
 
@@ -21,7 +22,8 @@ def main(argv: list[str] | None = None) -> int:
                     "(CPU, and CUDA where present), with the machine's copy bandwidth as the limit.")
     p.add_argument("--quick", action="store_true", help="small sizes and fewer repeats (under a minute)")
     p.add_argument("--cases", nargs="+", metavar="ID",
-                   help="cases to run (comma or space separated): " + ", ".join(c.id for c in CASES))
+                   help="cases to run (comma or space separated): " + ", ".join(c.id for c in CASES)
+                   + f", {sweep.ID} (an analysis sweep in process and on 1 and 2 Dask workers)")
     p.add_argument("--backends", nargs="+", metavar="ID",
                    help="backends to run: " + ", ".join(b.id for b in BACKENDS))
     p.add_argument("--repeats", type=int, help="timed repeats per backend (default 9, quick 3)")

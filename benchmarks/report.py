@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["format_row", "header", "targets", "markdown", "plot"]
+__all__ = ["format_row", "header", "targets", "markdown", "sweep_markdown", "plot"]
 
 MODES = ("fwd", "fwdbwd")
 MODE_TITLE = {"fwd": "forward", "fwdbwd": "forward+backward"}
@@ -112,11 +112,31 @@ def markdown(res: dict[str, Any]) -> str:
         for t in tg:
             lines.append(f"| {t['title']} | {t['target']} | {t['ratio']:.2f} | {t['limit']:.2f} | {'yes' if t['met'] else '**no**'} |")
         lines.append("")
+    lines += sweep_markdown(res)
     absent = sorted({f"{b}: {r['status']}" for c in res["cases"].values()
                      for b, r in c["backends"].items() if str(r.get("status", "")).startswith("absent")})
     if absent:
         lines += ["## Absent", ""] + [f"- {a}" for a in absent] + [""]
     return "\n".join(lines)
+
+
+def sweep_markdown(res: dict[str, Any]) -> list[str]:
+    """The Dask sweep section: throughput in process and on 1 and 2 worker processes."""
+    out = []
+    for sid, s in res.get("sweeps", {}).items():
+        out += [f"## Dask sweep ({sid})", ""]
+        if s.get("status") != "ok":
+            out += [f"{s.get('status')}", ""]
+            continue
+        opts = ", ".join(f"{k}={v}" for k, v in s["options"].items())
+        out += [f"`analysis.{s['study']}({opts})`: {s['points']} independent points, one study call "
+                f"per sample, interleaved; results {'bit-identical' if s['identical'] else '**not identical**'} "
+                f"across executors; load average at the end {s['loadavg']} on {s['cpus']} CPUs.", "",
+                "| executor | median s | points/s |", "|---|---|---|"]
+        for label, r in s["runs"].items():
+            out.append(f"| {label} | {r['median_s']:.2f} | {r['points_per_s']:.1f} |")
+        out += ["", f"Throughput with 2 workers over 1 worker: **{s['ratio_2_over_1']:.2f}**.", ""]
+    return out
 
 
 def plot(res: dict[str, Any], path: str) -> None:
