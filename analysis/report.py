@@ -64,6 +64,13 @@ def report(out: str | pathlib.Path = "analysis-report", *, quick: bool = False,
     return results
 
 
+def _headline(verdict: str, most: int = 160) -> str:
+    """The verdict's first clause (up to the first ';'), for the summary table; the whole
+    verdict is in the study's section."""
+    head = verdict.split(";")[0].strip().rstrip(".")
+    return head if len(head) <= most else head[: most - 1].rstrip() + "…"
+
+
 def _markdown(results: list[StudyResult], times: dict[str, float], total: float, quick: bool,
               backend: str, where: str = "serial") -> str:
     v = versions()
@@ -79,7 +86,7 @@ def _markdown(results: list[StudyResult], times: dict[str, float], total: float,
         "|---|---|---|",
     ]
     for r in results:
-        lines.append(f"| [{r.study}](#{r.study}) | {r.verdict} | {times[r.study]:.1f} |")
+        lines.append(f"| [{r.study}](#{r.study}) | {_headline(r.verdict)} | {times[r.study]:.1f} |")
     for r in results:
         s = STUDIES.get(r.study)
         lines += ["", f"## {r.study}", ""]
