@@ -67,7 +67,13 @@ def report(out: str | pathlib.Path = "analysis-report", *, quick: bool = False,
 def _headline(verdict: str, most: int = 160) -> str:
     """The verdict's first clause (up to the first ';'), for the summary table; the whole
     verdict is in the study's section."""
-    head = verdict.split(";")[0].strip().rstrip(".")
+    depth, cut = 0, len(verdict)
+    for i, ch in enumerate(verdict):  # the first ';' outside parentheses
+        depth += (ch in "([") - (ch in ")]")
+        if ch == ";" and depth == 0:
+            cut = i
+            break
+    head = verdict[:cut].strip().rstrip(".")
     return head if len(head) <= most else head[: most - 1].rstrip() + "…"
 
 
