@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
+from ._typing import Array
 from ._array_api import xp_check_eps, xp_check_floating, xp_compute_dtype, xp_namespace
 from ._jvp import defjvp
 from ._vjp import defvjp
@@ -14,8 +14,6 @@ from .partition import Instance
 from .recovery import affine, affine_backward, affine_jvp
 
 __all__ = ["adain", "adain_linearized"]
-
-Array = Any
 
 
 def adain_linearized(content: Array, style: Array, eps: float, axis: int
@@ -39,7 +37,7 @@ def adain_linearized(content: Array, style: Array, eps: float, axis: int
             f"{tuple(content.shape)} and style {tuple(style.shape)}"
         )
     ct = xp_compute_dtype(xp, style.dtype)
-    sv = style if style.dtype == ct else xp.astype(style, ct)
+    sv = xp.astype(style, ct, copy=False)
     s_hat, s_state = Standardize().forward(xp, sv, s_layout, eps)
     # conditional affine: γ = σ(style), β = μ(style), one per sample and channel
     cond_axes = (0, c_layout.param_axes[0])
@@ -48,10 +46,10 @@ def adain_linearized(content: Array, style: Array, eps: float, axis: int
     beta = xp.reshape(s_state.mean, pshape)
     chat_ct = cctx.yhat
     y = affine(xp, chat_ct, gamma, beta, cond_axes)
-    y = y if y.dtype == content.dtype else xp.astype(y, content.dtype)
+    y = xp.astype(y, content.dtype, copy=False)
 
     def pullback(dy: Array) -> tuple[Array, Array]:
-        dy = dy if dy.dtype == chat_ct.dtype else xp.astype(dy, chat_ct.dtype)
+        dy = xp.astype(dy, chat_ct.dtype, copy=False)
         g, dgamma, dbeta = affine_backward(xp, dy, chat_ct, gamma, beta, cond_axes)
         dcontent = norm.backward(cctx, g)[0]
         # σ = sqrt(var + eps), μ = mean over the M spatial values:
@@ -71,12 +69,12 @@ def adain_linearized(content: Array, style: Array, eps: float, axis: int
             dchat = xp.astype(dchat, chat_ct.dtype)
         dgamma = dbeta = None
         if dstyle is not None:
-            ds = dstyle if dstyle.dtype == ct else xp.astype(dstyle, ct)
+            ds = xp.astype(dstyle, ct, copy=False)
             axes = s_layout.reduce_axes
             dgamma = xp.reshape(mean(xp, s_hat * ds, axes), pshape)
             dbeta = xp.reshape(mean(xp, ds, axes), pshape)
         dy = affine_jvp(xp, dchat, chat_ct, gamma, cond_axes, tuple(content.shape), dgamma, dbeta)
-        return dy if dy.dtype == content.dtype else xp.astype(dy, content.dtype)
+        return xp.astype(dy, content.dtype, copy=False)
 
     return y, pullback, pushforward
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ._typing import Namespace
 from . import _kernels
 from ._array_api import (
     xp_check_cotangent,
@@ -41,7 +42,7 @@ class NormContext:
     normalized input before recovery, in the compute dtype and the input's shape.
     """
 
-    xp: Any
+    xp: Namespace
     layout: Layout
     state: Any
     yhat: Any
@@ -103,7 +104,7 @@ class Normalizer:
         if fused is not None:
             return fused
         ct = xp_compute_dtype(xp, x.dtype)
-        xc = x if x.dtype == ct else xp.astype(x, ct)
+        xc = xp.astype(x, ct, copy=False)
         yv, state = self.operation.forward(xp, xp.reshape(xc, layout.view_shape), layout, self.eps)
         yhat = xp.reshape(yv, layout.shape)
         y = affine(xp, yhat, weight, bias, layout.param_axes)
@@ -118,7 +119,7 @@ class Normalizer:
         if fused is not None:
             return fused
         xp, layout = ctx.xp, ctx.layout
-        dy = dy if dy.dtype == ctx.yhat.dtype else xp.astype(dy, ctx.yhat.dtype)
+        dy = xp.astype(dy, ctx.yhat.dtype, copy=False)
         g, dw, db = affine_backward(xp, dy, ctx.yhat, ctx.weight, ctx.bias, layout.param_axes)
         dxv = self.operation.backward(xp, xp.reshape(g, layout.view_shape), ctx.state)
         dx = xp.reshape(dxv, layout.shape)
@@ -155,14 +156,14 @@ class Normalizer:
         ct = xp_compute_dtype(xp, ctx.x_dtype)
         dyhat = None
         if dx is not None:
-            t = dx if dx.dtype == ct else xp.astype(dx, ct)
+            t = xp.astype(dx, ct, copy=False)
             dyv = self.operation.jvp(xp, xp.reshape(t, layout.view_shape), ctx.state)
             dyhat = xp.reshape(dyv, layout.shape)
         # ŷ is only needed for the γ tangent (the fast path forms it on demand)
         yhat = ctx.yhat if dweight is not None or dyhat is None else None
         dy = affine_jvp(xp, dyhat, yhat, ctx.weight, layout.param_axes, layout.shape,
                         dweight, dbias)
-        return dy if dy.dtype == ctx.x_dtype else xp.astype(dy, ctx.x_dtype)
+        return xp.astype(dy, ctx.x_dtype, copy=False)
 
     def __call__(self, x: Any, weight: Any = None, bias: Any = None) -> Any:
         return self.forward(x, weight, bias)[0]

@@ -18,6 +18,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from ._typing import Array, Namespace
 from ._array_api import (
     xp_check_eps,
     xp_check_finite_scalar,
@@ -34,8 +35,6 @@ __all__ = [
     "batch_norm", "layer_norm", "instance_norm", "group_norm", "rms_norm", "position_norm",
     "ghost_batch_norm", "batch_renorm", "l2_normalize", "composition", "Composed",
 ]
-
-Array = Any
 
 
 class Composed(NamedTuple):
@@ -223,7 +222,7 @@ class Renormalize(Standardize):
     def arrays(self) -> dict[str, Array]:
         return {"running_mean": self.running_mean, "running_var": self.running_var}
 
-    def forward(self, xp: Any, xv: Array, layout: Layout, eps: float) -> tuple[Array, Any]:
+    def forward(self, xp: Namespace, xv: Array, layout: Layout, eps: float) -> tuple[Array, Any]:
         y, st = super().forward(xp, xv, layout, eps)
         shape = layout.stats_shape
         mu = xp.reshape(xp.astype(self.running_mean, xv.dtype), shape)
@@ -232,11 +231,11 @@ class Renormalize(Standardize):
         d = xp.clip((st.mean - mu) / sigma, -self.dmax, self.dmax)
         return y * r + d, (st, r)
 
-    def backward(self, xp: Any, gv: Array, state: Any) -> Array:
+    def backward(self, xp: Namespace, gv: Array, state: Any) -> Array:
         st, r = state
         return super().backward(xp, gv * r, st)
 
-    def jvp(self, xp: Any, tv: Array, state: Any) -> Array:
+    def jvp(self, xp: Namespace, tv: Array, state: Any) -> Array:
         """Forward mode with the same stop-gradient as :meth:`backward` (r, d constant):
         r · (the standardization JVP), the transpose of the backward, so that the two
         together are one linear map and its adjoint. Where r and d clip (or with rmax = 1,

@@ -23,6 +23,7 @@ from typing import Any
 
 import math
 
+from ._typing import Namespace
 from ._array_api import xp_accumulation_dtype, xp_device
 from .partition import Layout
 
@@ -43,13 +44,13 @@ class Operation:
         partition's parameter shape."""
         return {}
 
-    def forward(self, xp: Any, xv: Any, layout: Layout, eps: float) -> tuple[Any, Any]:  # pragma: no cover
+    def forward(self, xp: Namespace, xv: Any, layout: Layout, eps: float) -> tuple[Any, Any]:  # pragma: no cover
         raise NotImplementedError
 
-    def backward(self, xp: Any, gv: Any, state: Any) -> Any:  # pragma: no cover
+    def backward(self, xp: Namespace, gv: Any, state: Any) -> Any:  # pragma: no cover
         raise NotImplementedError
 
-    def jvp(self, xp: Any, tv: Any, state: Any) -> Any:
+    def jvp(self, xp: Namespace, tv: Any, state: Any) -> Any:
         """Forward-mode product J·tv at the point ``state`` was computed at."""
         raise NotImplementedError(f"{type(self).__name__} has no forward-mode product (jvp)")
 
@@ -71,7 +72,7 @@ def _count(a: Any, axes: tuple[int, ...]) -> int:
     return math.prod(a.shape[i] for i in axes)
 
 
-def _accumulated_sum(xp: Any, a: Any, axes: tuple[int, ...]) -> Any:
+def _accumulated_sum(xp: Namespace, a: Any, axes: tuple[int, ...]) -> Any:
     """Σ over ``axes`` (keepdims) in ``a``'s dtype, accumulated as :func:`mean` does."""
     acc = xp_accumulation_dtype(xp, a)
     if acc == a.dtype:
@@ -79,7 +80,7 @@ def _accumulated_sum(xp: Any, a: Any, axes: tuple[int, ...]) -> Any:
     return xp.astype(xp.sum(a, axis=axes, keepdims=True, dtype=acc), a.dtype)
 
 
-def mean(xp: Any, a: Any, axes: tuple[int, ...]) -> Any:
+def mean(xp: Namespace, a: Any, axes: tuple[int, ...]) -> Any:
     """Mean over ``axes`` (keepdims) in ``a``'s dtype, the sum accumulated in
     :func:`~arraynorm._array_api.xp_accumulation_dtype` (float64 for float32 data where
     available: NumPy's strided sums are not pairwise). The mean of no values is NaN (0/0,
@@ -93,13 +94,13 @@ def mean(xp: Any, a: Any, axes: tuple[int, ...]) -> Any:
     return xp.astype(xp.sum(a, axis=axes, keepdims=True, dtype=acc) / n, a.dtype)
 
 
-def _exponent_range(xp: Any, dtype: Any) -> tuple[int, int]:
+def _exponent_range(xp: Namespace, dtype: Any) -> tuple[int, int]:
     """(emin, emax) of a floating dtype: 2**e is a normal number for emin <= e < emax."""
     fi = xp.finfo(dtype)
     return math.frexp(float(fi.smallest_normal))[1] - 1, math.frexp(float(fi.max))[1]
 
 
-def pow2_scale(xp: Any, m: Any, *, floor: float = 0.0) -> Any:
+def pow2_scale(xp: Namespace, m: Any, *, floor: float = 0.0) -> Any:
     """A power of two 2**e with e = floor(log2 m), per statistic, to divide values of
     magnitude up to ``m`` by before squaring them: the quotients are below 2, so their squares
     neither overflow nor, for the values that matter, underflow.
@@ -119,7 +120,7 @@ def pow2_scale(xp: Any, m: Any, *, floor: float = 0.0) -> Any:
     return s
 
 
-def sum_of_squares(xp: Any, a: Any, axes: tuple[int, ...]) -> tuple[Any, Any]:
+def sum_of_squares(xp: Namespace, a: Any, axes: tuple[int, ...]) -> tuple[Any, Any]:
     """``(s, ss)`` with Σ a² = s²·ss over ``axes`` (keepdims), for any finite ``a``.
 
     Squares of float32 values neither overflow (|a| > 1.8e19) nor underflow (|a| < 1e-19)
@@ -141,7 +142,7 @@ def sum_of_squares(xp: Any, a: Any, axes: tuple[int, ...]) -> tuple[Any, Any]:
     return s, xp.sum(t * t, axis=axes, keepdims=True)
 
 
-def scaled_mean_square(xp: Any, a: Any, axes: tuple[int, ...]) -> tuple[Any, Any]:
+def scaled_mean_square(xp: Namespace, a: Any, axes: tuple[int, ...]) -> tuple[Any, Any]:
     """``(s, ms)`` with mean(a²) = s²·ms over ``axes`` (see :func:`sum_of_squares`); the mean
     of no values is NaN."""
     s, ss = sum_of_squares(xp, a, axes)
@@ -149,15 +150,15 @@ def scaled_mean_square(xp: Any, a: Any, axes: tuple[int, ...]) -> tuple[Any, Any
     return s, (ss / n if n else ss * float("nan"))
 
 
-def unscale(xp: Any, s: Any, ms: Any, dtype: Any) -> Any:
+def unscale(xp: Namespace, s: Any, ms: Any, dtype: Any) -> Any:
     """s²·ms in ``dtype``: inf where it is not representable there (a float32 variance of
     values beyond 1.8e19 is), never a wrong finite number. Formed as (s·ms)·s: s² alone
     may overflow where s²·ms does not (ms >= 1/(4n): the largest value counts)."""
     v = ms if s is None else (s * ms) * s
-    return v if v.dtype == dtype else xp.astype(v, dtype)
+    return xp.astype(v, dtype, copy=False)
 
 
-def inv_root(xp: Any, s: Any, ms: Any, eps: float, dtype: Any) -> Any:
+def inv_root(xp: Namespace, s: Any, ms: Any, eps: float, dtype: Any) -> Any:
     """1/sqrt(s²·ms + eps) in ``dtype``, without forming s²·ms: 1/hypot(s·sqrt(ms), sqrt(eps)),
     so a variance that overflows (or underflows) its dtype still gives the right finite
     rstd. Per-statistic work only. inf where s²·ms + eps is 0 (eps = 0 on a constant input),
@@ -168,10 +169,10 @@ def inv_root(xp: Any, s: Any, ms: Any, eps: float, dtype: Any) -> Any:
     lo = xp.minimum(a, xp.asarray(b, dtype=a.dtype, device=xp_device(a)))
     r = lo / xp.where(hi > 0, hi, xp.ones_like(hi))
     out = 1.0 / (hi * xp.sqrt(1.0 + r * r))
-    return out if out.dtype == dtype else xp.astype(out, dtype)
+    return xp.astype(out, dtype, copy=False)
 
 
-def centre(xp: Any, xv: Any, axes: tuple[int, ...]) -> tuple[Any, Any]:
+def centre(xp: Namespace, xv: Any, axes: tuple[int, ...]) -> tuple[Any, Any]:
     """``(mean, x − mean)`` over ``axes`` (keepdims), the centred values accurate whatever
     the offset.
 
@@ -190,7 +191,7 @@ def centre(xp: Any, xv: Any, axes: tuple[int, ...]) -> tuple[Any, Any]:
     return shift + mean_s, xs - mean_s
 
 
-def statistics(xp: Any, xv: Any, axes: tuple[int, ...], eps: float) -> tuple[Any, Any, Any, Any]:
+def statistics(xp: Namespace, xv: Any, axes: tuple[int, ...], eps: float) -> tuple[Any, Any, Any, Any]:
     """Mean, biased variance, rstd = 1/sqrt(var + eps) and centred input over ``axes``
     (keepdims): the statistics of :class:`Standardize`.
 
@@ -207,7 +208,7 @@ def statistics(xp: Any, xv: Any, axes: tuple[int, ...], eps: float) -> tuple[Any
     return mu, unscale(xp, s, ms, xv.dtype), inv_root(xp, s, ms, eps, xv.dtype), xc
 
 
-def moments(xp: Any, xv: Any, axes: tuple[int, ...]) -> tuple[Any, Any, Any]:
+def moments(xp: Namespace, xv: Any, axes: tuple[int, ...]) -> tuple[Any, Any, Any]:
     """Mean, biased variance and centred input over ``axes`` (keepdims); see
     :func:`statistics`."""
     mu, var, _, xc = statistics(xp, xv, axes, 0.0)
@@ -223,19 +224,19 @@ class Standardize(Operation):
         ∂L/∂x = rstd · (g − mean(g) − ŷ · mean(g · ŷ))
     """
 
-    def forward(self, xp: Any, xv: Any, layout: Layout, eps: float) -> tuple[Any, StandardizeState]:
+    def forward(self, xp: Namespace, xv: Any, layout: Layout, eps: float) -> tuple[Any, StandardizeState]:
         axes = layout.reduce_axes
         mean, var, rstd, xc = statistics(xp, xv, axes, eps)
         y = xc * rstd
         return y, StandardizeState(y, mean, var, rstd, axes)
 
-    def backward(self, xp: Any, gv: Any, state: StandardizeState) -> Any:
+    def backward(self, xp: Namespace, gv: Any, state: StandardizeState) -> Any:
         axes, y = state.axes, state.y
         g_mean = mean(xp, gv, axes)
         gy_mean = mean(xp, gv * y, axes)
         return state.rstd * (gv - g_mean - y * gy_mean)
 
-    def jvp(self, xp: Any, tv: Any, state: StandardizeState) -> Any:
+    def jvp(self, xp: Namespace, tv: Any, state: StandardizeState) -> Any:
         """Forward mode: on each partition of n elements the Jacobian is
 
             J = rstd · (I − 11ᵀ/n − ŷŷᵀ/n),
@@ -254,24 +255,24 @@ class RMSScale(Operation):
     Backward with g = ∂L/∂ŷ:  ∂L/∂x = rstd · (g − ŷ · mean(g · ŷ)).
     """
 
-    def forward(self, xp: Any, xv: Any, layout: Layout, eps: float) -> tuple[Any, StandardizeState]:
+    def forward(self, xp: Namespace, xv: Any, layout: Layout, eps: float) -> tuple[Any, StandardizeState]:
         axes = layout.reduce_axes
         s, ms = scaled_mean_square(xp, xv, axes)  # mean(x²) without overflow or underflow
         rstd = inv_root(xp, s, ms, eps, xv.dtype)
         y = xv * rstd
         return y, StandardizeState(y, None, unscale(xp, s, ms, xv.dtype), rstd, axes)
 
-    def backward(self, xp: Any, gv: Any, state: StandardizeState) -> Any:
+    def backward(self, xp: Namespace, gv: Any, state: StandardizeState) -> Any:
         gy_mean = mean(xp, gv * state.y, state.axes)
         return state.rstd * (gv - state.y * gy_mean)
 
-    def jvp(self, xp: Any, tv: Any, state: StandardizeState) -> Any:
+    def jvp(self, xp: Namespace, tv: Any, state: StandardizeState) -> Any:
         """Forward mode: J = rstd · (I − ŷŷᵀ/n) per partition is symmetric, so the JVP is the
         backward formula, rstd · (t − ŷ · mean(t · ŷ))."""
         return RMSScale.backward(self, xp, tv, state)
 
 
-def lp_norm(xp: Any, a: Any, p: float, axes: tuple[int, ...]) -> Any:
+def lp_norm(xp: Namespace, a: Any, p: float, axes: tuple[int, ...]) -> Any:
     """‖a‖_p over ``axes`` (keepdims), in ``a``'s dtype, without overflow or underflow for
     any finite ``a``; 0 over no values (the empty sum, and the max of nothing non-negative).
 
@@ -284,7 +285,7 @@ def lp_norm(xp: Any, a: Any, p: float, axes: tuple[int, ...]) -> Any:
     if p == 2.0:
         s, ss = sum_of_squares(xp, a, axes)
         r = xp.sqrt(ss) if s is None else s * xp.sqrt(ss)
-        return r if r.dtype == a.dtype else xp.astype(r, a.dtype)
+        return xp.astype(r, a.dtype, copy=False)
     mag = xp.abs(a)
     m = xp.max(mag, axis=axes, keepdims=True)
     if p == math.inf:
@@ -326,12 +327,12 @@ class LpScale(Operation):
 
     p: float = 2.0
 
-    def forward(self, xp: Any, xv: Any, layout: Layout, eps: float) -> tuple[Any, _LpState]:
+    def forward(self, xp: Namespace, xv: Any, layout: Layout, eps: float) -> tuple[Any, _LpState]:
         norm = lp_norm(xp, xv, self.p, layout.reduce_axes)
         denom = xp.maximum(norm, xp.asarray(eps, dtype=xv.dtype, device=xp_device(xv)))
         return xv / denom, _LpState(xv, norm, denom, layout.reduce_axes)
 
-    def backward(self, xp: Any, gv: Any, st: _LpState) -> Any:
+    def backward(self, xp: Namespace, gv: Any, st: _LpState) -> Any:
         p, x, norm, axes = self.p, st.x, st.norm, st.axes
         # Where the clamp is active the denominator is the constant eps and dx = g/eps; the
         # switch acts on the per-statistic coefficient, so the full-size work is one
@@ -351,7 +352,7 @@ class LpScale(Operation):
             dnorm = xp.sign(u) * xp.abs(u) ** (p - 1.0)
         return gv / st.denom - (s / safe) * dnorm
 
-    def jvp(self, xp: Any, tv: Any, st: _LpState) -> Any:
+    def jvp(self, xp: Namespace, tv: Any, st: _LpState) -> Any:
         """Forward mode, the transpose of :meth:`backward`: where ‖x‖_p > eps,
 
             dŷ = t / ‖x‖_p − x · ⟨∂‖x‖_p/∂x, t⟩ / ‖x‖_p²,
@@ -395,7 +396,7 @@ class GivenStatistics(Operation):
     def arrays(self) -> dict[str, Any]:
         return {"mean": self.mean, "var": self.var}
 
-    def forward(self, xp: Any, xv: Any, layout: Layout, eps: float) -> tuple[Any, StandardizeState]:
+    def forward(self, xp: Namespace, xv: Any, layout: Layout, eps: float) -> tuple[Any, StandardizeState]:
         shape = layout.stats_shape
         mean = xp.reshape(xp.astype(self.mean, xv.dtype), shape)
         var = xp.reshape(xp.astype(self.var, xv.dtype), shape)
@@ -404,9 +405,9 @@ class GivenStatistics(Operation):
         y = (xv - mean) * rstd
         return y, StandardizeState(y, mean, var, rstd, layout.reduce_axes)
 
-    def backward(self, xp: Any, gv: Any, state: StandardizeState) -> Any:
+    def backward(self, xp: Namespace, gv: Any, state: StandardizeState) -> Any:
         return gv * state.rstd
 
-    def jvp(self, xp: Any, tv: Any, state: StandardizeState) -> Any:
+    def jvp(self, xp: Namespace, tv: Any, state: StandardizeState) -> Any:
         """Forward mode: the Jacobian is diagonal, J·t = rstd · t."""
         return tv * state.rstd

@@ -33,14 +33,13 @@ from typing import Any
 
 from array_api_compat import array_namespace
 
-from ._array_api import xp_check_eps, xp_check_finite_scalar
-from ._array_api import xp_move, xp_resolve_namespace
+from ._typing import Array, Namespace
+from ._array_api import (xp_check_eps, xp_check_finite_scalar, xp_check_unit_interval, xp_move,
+                         xp_resolve_namespace)
 from ._array_api import xp_supports_inplace as supports_inplace
 from .nn.module import Module
 
 __all__ = ["supports_inplace", "Optimizer", "SGD", "NormalizedSGD", "LARS", "LAMB", "Adam", "AdamW"]
-
-Array = Any
 
 
 def _axpy(y: Array, a: Any, x: Array) -> Array:
@@ -62,12 +61,6 @@ def _scale(y: Array, a: Any) -> Array:
 def _check_lr(fname: str, lr: Any) -> float:
     return xp_check_finite_scalar(fname, "lr", lr, minimum=0.0)
 
-
-def _check_unit(fname: str, name: str, v: Any, *, closed: bool = False) -> float:
-    v = xp_check_finite_scalar(fname, name, v, minimum=0.0)
-    if v > 1.0 or (not closed and v == 1.0):
-        raise ValueError(f"{fname}: {name} must be in [0, 1{']' if closed else ')'}, got {v}")
-    return v
 
 
 class Optimizer:
@@ -130,7 +123,7 @@ class Optimizer:
     def _update(self, names: list[str], params: list[Array], grads: list[Array]) -> list[Array]:  # pragma: no cover
         raise NotImplementedError
 
-    def to(self, xp: Any, device: Any = None) -> Optimizer:
+    def to(self, xp: Namespace, device: Any = None) -> Optimizer:
         """Move the optimizer's state (momentum buffers, moments) along with a moved model."""
         ns = xp_resolve_namespace(xp)
         for st in self.state.values():
@@ -156,8 +149,8 @@ class SGD(Optimizer):
                  max_grad_norm: float | None = None) -> None:
         super().__init__(model, lr, max_grad_norm=max_grad_norm)
         fname = self._name
-        self.momentum = _check_unit(fname, "momentum", momentum)
-        self.dampening = _check_unit(fname, "dampening", dampening, closed=True)
+        self.momentum = xp_check_unit_interval(fname, "momentum", momentum, closed=False)
+        self.dampening = xp_check_unit_interval(fname, "dampening", dampening)
         self.weight_decay = xp_check_finite_scalar(fname, "weight_decay", weight_decay, minimum=0.0)
         if nesterov and (self.momentum == 0 or self.dampening != 0):
             raise ValueError(f"{fname}: nesterov needs momentum > 0 and dampening = 0")
@@ -226,7 +219,7 @@ class LARS(Optimizer):
                  *, max_grad_norm: float | None = None) -> None:
         super().__init__(model, lr, max_grad_norm=max_grad_norm)
         fname = self._name
-        self.momentum = _check_unit(fname, "momentum", momentum)
+        self.momentum = xp_check_unit_interval(fname, "momentum", momentum, closed=False)
         self.weight_decay = xp_check_finite_scalar(fname, "weight_decay", weight_decay, minimum=0.0)
         self.trust_coefficient = xp_check_finite_scalar(fname, "trust_coefficient",
                                                         trust_coefficient, minimum=0.0)
@@ -268,7 +261,8 @@ class Adam(Optimizer):
         super().__init__(model, lr, max_grad_norm=max_grad_norm)
         fname = self._name
         b1, b2 = betas
-        self.betas = (_check_unit(fname, "betas[0]", b1), _check_unit(fname, "betas[1]", b2))
+        self.betas = (xp_check_unit_interval(fname, "betas[0]", b1, closed=False),
+                      xp_check_unit_interval(fname, "betas[1]", b2, closed=False))
         self.eps = xp_check_eps(fname, eps)
         self.weight_decay = xp_check_finite_scalar(fname, "weight_decay", weight_decay, minimum=0.0)
         self.decoupled = bool(decoupled_weight_decay)

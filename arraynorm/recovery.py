@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ._typing import Namespace
+
 __all__ = ["broadcast_shape", "affine", "affine_backward", "affine_jvp"]
 
 
@@ -24,12 +26,12 @@ def broadcast_shape(shape: tuple[int, ...], param_axes: tuple[int, ...]) -> tupl
     return tuple(n if a in param_axes else 1 for a, n in enumerate(shape))
 
 
-def _b(xp: Any, p: Any, shape: tuple[int, ...], param_axes: tuple[int, ...], dtype: Any) -> Any:
-    p = p if p.dtype == dtype else xp.astype(p, dtype)
+def _b(xp: Namespace, p: Any, shape: tuple[int, ...], param_axes: tuple[int, ...], dtype: Any) -> Any:
+    p = xp.astype(p, dtype, copy=False)
     return xp.reshape(p, broadcast_shape(shape, param_axes))
 
 
-def affine(xp: Any, yhat: Any, weight: Any | None, bias: Any | None,
+def affine(xp: Namespace, yhat: Any, weight: Any | None, bias: Any | None,
            param_axes: tuple[int, ...]) -> Any:
     """y = γ·ŷ + β (either may be ``None``), parameters in ``yhat``'s dtype."""
     shape = tuple(yhat.shape)
@@ -40,7 +42,7 @@ def affine(xp: Any, yhat: Any, weight: Any | None, bias: Any | None,
     return yhat
 
 
-def affine_backward(xp: Any, dy: Any, yhat: Any, weight: Any | None, bias: Any | None,
+def affine_backward(xp: Namespace, dy: Any, yhat: Any, weight: Any | None, bias: Any | None,
                     param_axes: tuple[int, ...]) -> tuple[Any, Any | None, Any | None]:
     """(∂L/∂ŷ, ∂L/∂γ, ∂L/∂β); the parameter cotangents in the parameters' own dtypes."""
     shape = tuple(dy.shape)
@@ -51,7 +53,7 @@ def affine_backward(xp: Any, dy: Any, yhat: Any, weight: Any | None, bias: Any |
         if axes:
             t = xp.sum(t, axis=axes)
         t = xp.reshape(t, pshape)
-        return t if t.dtype == like.dtype else xp.astype(t, like.dtype)
+        return xp.astype(t, like.dtype, copy=False)
 
     dw = reduce(dy * yhat, weight) if weight is not None else None
     db = reduce(dy, bias) if bias is not None else None
@@ -59,7 +61,7 @@ def affine_backward(xp: Any, dy: Any, yhat: Any, weight: Any | None, bias: Any |
     return g, dw, db
 
 
-def affine_jvp(xp: Any, dyhat: Any | None, yhat: Any | None, weight: Any | None,
+def affine_jvp(xp: Namespace, dyhat: Any | None, yhat: Any | None, weight: Any | None,
                param_axes: tuple[int, ...], shape: tuple[int, ...], dweight: Any | None = None,
                dbias: Any | None = None) -> Any:
     """dy = γ·dŷ + dγ·ŷ + dβ, each term present only where its tangent is (``None`` is a zero

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import numbers
-from typing import Any
 
+from ._typing import Array
 from ._array_api import (
     xp_check_finite_scalar,
     xp_check_floating,
@@ -16,8 +16,6 @@ from .operation import moments
 from .partition import Batch
 
 __all__ = ["batch_moments", "update_running_stats"]
-
-Array = Any
 
 
 def batch_moments(x: Array, *, axis: int = 1) -> tuple[Array, Array]:
@@ -36,7 +34,7 @@ def batch_moments(x: Array, *, axis: int = 1) -> tuple[Array, Array]:
     layout = Batch(axis).layout(fname, tuple(x.shape))
     layout.check_many(fname)
     ct = xp_compute_dtype(xp, x.dtype)
-    xv = x if x.dtype == ct else xp.astype(x, ct)
+    xv = xp.astype(x, ct, copy=False)
     mean, var, _ = moments(xp, xv, layout.reduce_axes)
     return xp.reshape(mean, layout.param_shape), xp.reshape(var, layout.param_shape)
 
@@ -80,8 +78,8 @@ def update_running_stats(running_mean: Array, running_var: Array, batch_mean: Ar
             raise ValueError(f"{fname}: momentum must be in [0, 1], got {m}")
     def blend(running: Array, batch: Array) -> Array:
         ct = xp_compute_dtype(xp, running.dtype)  # float32 for half running statistics
-        r = running if running.dtype == ct else xp.astype(running, ct)
-        new = (1.0 - m) * r + m * (batch if batch.dtype == ct else xp.astype(batch, ct))
-        return new if new.dtype == running.dtype else xp.astype(new, running.dtype)
+        r = xp.astype(running, ct, copy=False)
+        new = (1.0 - m) * r + m * (xp.astype(batch, ct, copy=False))
+        return xp.astype(new, running.dtype, copy=False)
 
     return blend(running_mean, batch_mean), blend(running_var, batch_var * (count / (count - 1)))

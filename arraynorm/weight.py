@@ -36,10 +36,12 @@ from typing import Any
 
 import numpy as np
 
+from ._typing import Array, Namespace
 from ._array_api import (
     xp_backend_name,
     xp_check_eps,
     xp_check_floating,
+    xp_check_int,
     xp_compute_dtype,
     xp_device,
     xp_namespace,
@@ -56,8 +58,6 @@ __all__ = [
     "spectral_norm", "spectral_norm_exact", "spectral_norm_init_u",
 ]
 
-Array = Any
-
 
 # ---------------------------------------------------------------------------------------------
 # shared pieces: per-unit operation, per-unit scale g, argument checks
@@ -69,7 +69,7 @@ def _unit_axis(fname: str, dim: int | None, a: Array, name: str) -> int | None:
     return None if dim is None else xp_normalize_axis(fname, dim, a.ndim, "dim")
 
 
-def _per_unit(fname: str, xp: Any, v: Array, keep: int | None, operation: Operation,
+def _per_unit(fname: str, xp: Namespace, v: Array, keep: int | None, operation: Operation,
               eps: float, ct: Any) -> tuple[Array, Callable[[Array], Array]]:
     """Apply ``operation`` to each output unit of ``v`` (layer partition over the fan-in).
 
@@ -80,13 +80,13 @@ def _per_unit(fname: str, xp: Any, v: Array, keep: int | None, operation: Operat
     view = tuple(v.shape) + (1,)
     axes = tuple(a for a in range(len(view)) if a != keep)
     norm = Normalizer(Layer(axes), operation, eps, fname)
-    vc = v if v.dtype == ct else xp.astype(v, ct)
+    vc = xp.astype(v, ct, copy=False)
     _, ctx = norm.forward(xp.reshape(vc, view))
     vhat = xp.reshape(ctx.yhat, tuple(v.shape))
 
     def pullback(dvhat: Array) -> Array:
         dv = xp.reshape(norm.backward(ctx, xp.reshape(dvhat, view))[0], tuple(v.shape))
-        return dv if dv.dtype == v.dtype else xp.astype(dv, v.dtype)
+        return xp.astype(dv, v.dtype, copy=False)
 
     return vhat, pullback
 
@@ -109,7 +109,7 @@ def _check_g(fname: str, g: Array, shape: tuple[int, ...], keep: int | None) -> 
     return flat
 
 
-def _scale_units(xp: Any, vhat: Array, g: Array, keep: int | None,
+def _scale_units(xp: Namespace, vhat: Array, g: Array, keep: int | None,
                  flat: tuple[int, ...]) -> tuple[Array, Callable[[Array], tuple[Array, Array]]]:
     """w = g ⊙ v̂, g broadcast along the unit axis (stage 3's affine with param_axes=(dim,));
     pullback dw ↦ (dv̂, dg) with dg = Σ_fan-in dw · v̂ in g's shape and dtype."""
@@ -124,16 +124,6 @@ def _scale_units(xp: Any, vhat: Array, g: Array, keep: int | None,
     return w, pullback
 
 
-def _cast(xp: Any, a: Array, dtype: Any) -> Array:
-    return a if a.dtype == dtype else xp.astype(a, dtype)
-
-
-def _check_iterations(fname: str, n: Any) -> int:
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral):
-        raise TypeError(f"{fname}: n_power_iterations must be an int, got {type(n).__name__}")
-    if n < 0:
-        raise ValueError(f"{fname}: n_power_iterations must be >= 0, got {n}")
-    return int(n)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,10 +143,10 @@ def _weight_norm(v: Array, g: Array, dim: int | None):
     w, pb_scale = _scale_units(xp, vhat, g, keep, flat)
 
     def pullback(dw: Array) -> tuple[Array, Array, None]:
-        dvhat, dg = pb_scale(_cast(xp, dw, ct))
+        dvhat, dg = pb_scale(xp.astype(dw, ct, copy=False))
         return pb_unit(dvhat), dg, None
 
-    return _cast(xp, w, out_dtype), pullback
+    return xp.astype(w, out_dtype, copy=False), pullback
 
 
 def weight_norm(v: Array, g: Array, dim: int | None = 0) -> Array:
@@ -219,11 +209,11 @@ def _centered_weight_norm(v: Array, g: Array | None, dim: int | None, eps: float
         w, pb_scale = _scale_units(xp, vhat, g, keep, flat)
 
     def pullback(dw: Array) -> tuple[Array, Array | None, None]:
-        dw = _cast(xp, dw, ct)
+        dw = xp.astype(dw, ct, copy=False)
         dvhat, dg = (dw, None) if pb_scale is None else pb_scale(dw)
         return pb_unit(dvhat * inv_sqrt_n), dg, None
 
-    return _cast(xp, w, out_dtype), pullback
+    return xp.astype(w, out_dtype, copy=False), pullback
 
 
 def centered_weight_norm(v: Array, g: Array | None = None, dim: int | None = 0, *,
@@ -268,9 +258,9 @@ def _weight_standardization(w: Array, eps: float):
     what, pb_unit = _per_unit(fname, xp, w, 0, Standardize(), eps, ct)
 
     def pullback(dy: Array) -> tuple[Array]:
-        return (pb_unit(_cast(xp, dy, ct)),)
+        return (pb_unit(xp.astype(dy, ct, copy=False)),)
 
-    return _cast(xp, what, w.dtype), pullback
+    return xp.astype(what, w.dtype, copy=False), pullback
 
 
 def weight_standardization(w: Array, *, eps: float = 1e-5) -> Array:
@@ -301,14 +291,14 @@ def _weight_standardization_vjp(w: Array, *, eps: float = 1e-5) -> tuple[Array, 
 # ---------------------------------------------------------------------------------------------
 # spectral normalization
 
-def _as_matrix(xp: Any, w: Array, d: int) -> Array:
+def _as_matrix(xp: Namespace, w: Array, d: int) -> Array:
     """``w`` as a (w.shape[d], rest) matrix, ``d`` moved first (PyTorch's reshape)."""
     if d != 0:
         w = xp.permute_dims(w, (d,) + tuple(a for a in range(w.ndim) if a != d))
     return xp.reshape(w, (w.shape[0], -1))
 
 
-def _outer_in_layout(xp: Any, u: Array, v: Array, shape: tuple[int, ...], d: int) -> Array:
+def _outer_in_layout(xp: Namespace, u: Array, v: Array, shape: tuple[int, ...], d: int) -> Array:
     """The matrix u vᵀ laid out like the weight (inverse of :func:`_as_matrix`), by
     broadcasting u along ``d`` against v shaped as the other axes: no transpose copy."""
     ub = xp.reshape(u, tuple(n if a == d else 1 for a, n in enumerate(shape)))
@@ -316,14 +306,14 @@ def _outer_in_layout(xp: Any, u: Array, v: Array, shape: tuple[int, ...], d: int
     return ub * vb
 
 
-def _l2_normalize(xp: Any, x: Array, eps: float) -> Array:
+def _l2_normalize(xp: Namespace, x: Array, eps: float) -> Array:
     """x / max(‖x‖₂, eps), ``torch.nn.functional.normalize`` of a vector; the norm without
     overflow or underflow (:func:`arraynorm.operation.lp_norm`)."""
     norm = lp_norm(xp, x, 2.0, (0,))
     return x / xp.maximum(norm, xp.asarray(eps, dtype=x.dtype, device=xp_device(x)))
 
 
-def _divide_by_sigma(xp: Any, wc: Array, sigma: Array, u: Array, v: Array, d: int,
+def _divide_by_sigma(xp: Namespace, wc: Array, sigma: Array, u: Array, v: Array, d: int,
                      dtype: Any) -> tuple[Array, Callable[[Array], Array]]:
     """w/σ and the pullback dw ↦ dW for σ = uᵀ W v with u, v held constant:
     ∂σ/∂W = u vᵀ, so dW = dw/σ − (Σ dw·W/σ)/σ · u vᵀ (never σ², which overflows in float32
@@ -332,12 +322,12 @@ def _divide_by_sigma(xp: Any, wc: Array, sigma: Array, u: Array, v: Array, d: in
     w = wc / sigma
 
     def pullback(dw: Array) -> Array:
-        dw = _cast(xp, dw, wc.dtype)
+        dw = xp.astype(dw, wc.dtype, copy=False)
         c = xp.sum(dw * w) / sigma
         dweight = dw / sigma - c * _outer_in_layout(xp, u, v, shape, d)
-        return _cast(xp, dweight, dtype)
+        return xp.astype(dweight, dtype, copy=False)
 
-    return _cast(xp, w, dtype), pullback
+    return xp.astype(w, dtype, copy=False), pullback
 
 
 def _power_iteration_args(fname: str, weight: Array, u: Array | None, n_power_iterations: Any,
@@ -345,7 +335,8 @@ def _power_iteration_args(fname: str, weight: Array, u: Array | None, n_power_it
     """Validated (xp, iterations, eps, unit axis) of the power-iteration functions."""
     xp = xp_namespace(fname, weight=weight, u=u)
     xp_check_floating(fname, "weight", weight, xp)
-    n_it = _check_iterations(fname, n_power_iterations)
+    n_it = xp_check_int(fname, "n_power_iterations", n_power_iterations, minimum=0,
+                        strict_type=True)
     eps = xp_check_eps(fname, eps)
     d = _unit_axis(fname, dim, weight, "weight")
     if d is None:
@@ -364,9 +355,9 @@ def _spectral_norm(weight: Array, u: Array | None, n_power_iterations: int, eps:
 
         def pullback_vec(dy: tuple[Array, Any]) -> tuple[Array, None]:
             dw = dy[0]
-            return (pb_unit(_cast(xp, dw, ct)) if dw is not None else xp.zeros_like(weight)), None
+            return (pb_unit(xp.astype(dw, ct, copy=False)) if dw is not None else xp.zeros_like(weight)), None
 
-        return (_cast(xp, what, weight.dtype), u), pullback_vec
+        return (xp.astype(what, weight.dtype, copy=False), u), pullback_vec
     if u is None:
         raise TypeError(
             f"{fname}: u must be an array of shape ({weight.shape[d]},) for a weight of rank "
@@ -382,11 +373,11 @@ def _spectral_norm(weight: Array, u: Array | None, n_power_iterations: int, eps:
         # an empty weight (a layer with no inputs or no outputs): an empty result and u
         # unchanged, as PyTorch's parametrization returns the empty weight
         return (xp.asarray(weight, copy=True), u), lambda dy: (xp.zeros_like(weight), None)
-    wc = _cast(xp, weight, ct)
+    wc = xp.astype(weight, ct, copy=False)
     mat = _as_matrix(xp, wc, d)
     # only u's direction is state: a u off the unit sphere (a caller's own draw) would
     # otherwise scale σ̃ when n_power_iterations=0
-    uc = _l2_normalize(xp, _cast(xp, u, ct), eps)
+    uc = _l2_normalize(xp, xp.astype(u, ct, copy=False), eps)
     for _ in range(n_it):
         vc = _l2_normalize(xp, xp.matmul(uc, mat), eps)
         uc = _l2_normalize(xp, xp.matmul(mat, vc), eps)
@@ -400,7 +391,7 @@ def _spectral_norm(weight: Array, u: Array | None, n_power_iterations: int, eps:
         dw = dy[0]
         return (pb(dw) if dw is not None else xp.zeros_like(weight)), None
 
-    u_new = u if n_it == 0 else _cast(xp, uc, u.dtype)
+    u_new = u if n_it == 0 else xp.astype(uc, u.dtype, copy=False)
     return (w_sn, u_new), pullback
 
 
@@ -458,7 +449,7 @@ def _spectral_norm_vjp(weight: Array, u: Array | None, *, n_power_iterations: in
     return _spectral_norm(weight, u, n_power_iterations, eps, dim)
 
 
-def _no_exact_mode(fname: str, xp: Any, why: str) -> NotImplementedError:
+def _no_exact_mode(fname: str, xp: Namespace, why: str) -> NotImplementedError:
     return NotImplementedError(
         f"{fname}: the {xp_backend_name(xp)} backend cannot compute the singular value "
         f"decomposition this needs ({why}); use spectral_norm (power iteration) or convert "
@@ -466,7 +457,7 @@ def _no_exact_mode(fname: str, xp: Any, why: str) -> NotImplementedError:
     )
 
 
-def _top_singular(fname: str, xp: Any, mat: Array, vectors: bool):
+def _top_singular(fname: str, xp: Namespace, mat: Array, vectors: bool):
     """σ_max of ``mat`` and, when ``vectors``, its singular vectors u₁, v₁."""
     linalg = getattr(xp, "linalg", None)
     if linalg is None or not hasattr(linalg, "svd"):
@@ -495,10 +486,10 @@ def _spectral_norm_exact(weight: Array, dim: int, vectors: bool):
     if math.prod(weight.shape) == 0:  # σ of an empty matrix is 0 and w/0 is empty: say so
         empty = xp.asarray(weight, copy=True)
         return empty, (lambda dw: (xp.zeros_like(weight),)) if vectors else None
-    wc = _cast(xp, weight, ct)
+    wc = xp.astype(weight, ct, copy=False)
     sigma, u1, v1 = _top_singular(fname, xp, _as_matrix(xp, wc, d), vectors)
     if not vectors:
-        return _cast(xp, wc / sigma, weight.dtype), None
+        return xp.astype(wc / sigma, weight.dtype, copy=False), None
     w_sn, pb = _divide_by_sigma(xp, wc, sigma, u1, v1, d, weight.dtype)
     return w_sn, lambda dw: (pb(dw),)
 
@@ -559,7 +550,7 @@ def spectral_norm_init_u(weight: Array, seed: int | np.random.Generator, *, dim:
     z = rng.standard_normal(weight.shape[d])
     z = z / max(float(np.linalg.norm(z)), eps)
     u = xp.asarray(z, device=xp_device(weight))
-    u = _cast(xp, u, weight.dtype)
+    u = xp.astype(u, weight.dtype, copy=False)
     if n_it and weight.ndim > 1:
         u = spectral_norm(weight, u, n_power_iterations=n_it, eps=eps, dim=d)[1]
     return u

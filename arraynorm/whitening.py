@@ -55,26 +55,26 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ._typing import Array, Namespace
 from . import _linalg
 from ._linalg import Linearization, Pullback
 from ._array_api import (
     xp_check_eps,
     xp_check_floating,
+    xp_check_int,
     xp_compute_dtype,
     xp_namespace,
 )
 from .compose import Normalizer
 from .methods import Composed, composition
 from .operation import Operation
-from .partition import BatchGroups, Group, Layout, _positive_int
+from .partition import BatchGroups, Group, Layout
 
 __all__ = [
     "ZCAWhiten", "PCAWhiten", "CholeskyWhiten", "IterNormWhiten", "GivenWhitening",
     "WhiteningState", "decorrelated_batch_norm", "iter_norm", "group_whitening",
     "whitening_moments",
 ]
-
-Array = Any
 
 
 # --------------------------------------------------------------------------------------
@@ -105,17 +105,17 @@ class _Blocks:
         return cls(perm, inverse, permuted, stats, math.prod(view[a] for a in kept),
                    view[f], layout.group_size)
 
-    def to_blocks(self, xp: Any, a: Array) -> Array:
+    def to_blocks(self, xp: Namespace, a: Array) -> Array:
         return xp.reshape(xp.permute_dims(a, self.perm), (self.b, self.d, self.m))
 
-    def from_blocks(self, xp: Any, a: Array) -> Array:
+    def from_blocks(self, xp: Namespace, a: Array) -> Array:
         return xp.permute_dims(xp.reshape(a, self.permuted_shape), self.inverse)
 
-    def stats_to_blocks(self, xp: Any, a: Array) -> Array:
+    def stats_to_blocks(self, xp: Namespace, a: Array) -> Array:
         """A statistic in ``layout.stats_shape`` as (B, d, 1)."""
         return xp.reshape(xp.permute_dims(a, self.perm), (self.b, self.d, 1))
 
-    def stats_from_blocks(self, xp: Any, a: Array) -> Array:
+    def stats_from_blocks(self, xp: Namespace, a: Array) -> Array:
         return xp.permute_dims(xp.reshape(a, self.stats_permuted_shape), self.inverse)
 
 
@@ -155,12 +155,12 @@ class _Whiten(Operation):
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
-    def matrix(self, xp: Any, sigma: Array, eps: Any) -> tuple[Array, Linearization]:  # pragma: no cover
+    def matrix(self, xp: Namespace, sigma: Array, eps: Any) -> tuple[Array, Linearization]:  # pragma: no cover
         """W and its pullback for the covariance ``sigma`` (..., d, d), which holds ``eps``
         (..., 1) on its diagonal (the scaled eps of :func:`arraynorm._linalg.whiten_rows`)."""
         raise NotImplementedError
 
-    def _whiten(self, xp: Any, xv: Array, layout: Layout,
+    def _whiten(self, xp: Namespace, xv: Array, layout: Layout,
                 eps: float) -> tuple[_Blocks, _linalg.RowWhitening]:
         if self.routines:
             _linalg.require_linalg(self.name, xp, self.what, self.routines)
@@ -177,22 +177,22 @@ class _Whiten(Operation):
                                  scale=1.0 / blocks.m, eps=eps)
         return blocks, rw
 
-    def statistics(self, xp: Any, xv: Array, layout: Layout, eps: float) -> tuple[Array, Array]:
+    def statistics(self, xp: Namespace, xv: Array, layout: Layout, eps: float) -> tuple[Array, Array]:
         """(mean in ``layout.stats_shape``, W of shape (B, d, d)) without forming the output."""
         blocks, rw = self._whiten(xp, xv, layout, eps)
         return blocks.stats_from_blocks(xp, rw.mean), rw.w
 
-    def forward(self, xp: Any, xv: Array, layout: Layout, eps: float) -> tuple[Array, WhiteningState]:
+    def forward(self, xp: Namespace, xv: Array, layout: Layout, eps: float) -> tuple[Array, WhiteningState]:
         blocks, rw = self._whiten(xp, xv, layout, eps)
         state = WhiteningState(blocks.stats_from_blocks(xp, rw.mean), rw.w, blocks, rw.pullback,
                                rw.jvp)
         return blocks.from_blocks(xp, rw.output()), state
 
-    def backward(self, xp: Any, gv: Array, state: WhiteningState) -> Array:
+    def backward(self, xp: Namespace, gv: Array, state: WhiteningState) -> Array:
         blocks = state.blocks
         return blocks.from_blocks(xp, state.pullback(blocks.to_blocks(xp, gv)))
 
-    def jvp(self, xp: Any, tv: Array, state: WhiteningState) -> Array:
+    def jvp(self, xp: Namespace, tv: Array, state: WhiteningState) -> Array:
         """The forward-mode product through centring, covariance, the whitening matrix and
         the product (:meth:`arraynorm._linalg.RowWhitening.jvp`)."""
         blocks = state.blocks
@@ -212,7 +212,7 @@ class ZCAWhiten(_Whiten):
     what = "ZCA whitening"
     routines = ("eigh",)
 
-    def matrix(self, xp: Any, sigma: Array, eps: Any) -> tuple[Array, Linearization]:
+    def matrix(self, xp: Namespace, sigma: Array, eps: Any) -> tuple[Array, Linearization]:
         return _linalg.inv_sqrt_eigh(xp, sigma, eps)
 
 
@@ -230,7 +230,7 @@ class PCAWhiten(_Whiten):
     what = "PCA whitening"
     routines = ("eigh",)
 
-    def matrix(self, xp: Any, sigma: Array, eps: Any) -> tuple[Array, Linearization]:
+    def matrix(self, xp: Namespace, sigma: Array, eps: Any) -> tuple[Array, Linearization]:
         return _linalg.pca_whitening_matrix(xp, sigma, eps)
 
 
@@ -244,7 +244,7 @@ class CholeskyWhiten(_Whiten):
     what = "Cholesky whitening"
     routines = ("cholesky", "inv")
 
-    def matrix(self, xp: Any, sigma: Array, eps: Any) -> tuple[Array, Linearization]:
+    def matrix(self, xp: Namespace, sigma: Array, eps: Any) -> tuple[Array, Linearization]:
         return _linalg.cholesky_whitening_matrix(xp, sigma)
 
 
@@ -264,12 +264,12 @@ class IterNormWhiten(_Whiten):
 
     def __init__(self, T: int = 5, *, name: str | None = None) -> None:
         super().__init__(name=name)
-        self.T = _positive_int(self.name, "T", T)
+        self.T = xp_check_int(self.name, "T", T)
 
     def __repr__(self) -> str:
         return f"IterNormWhiten(T={self.T})"
 
-    def matrix(self, xp: Any, sigma: Array, eps: Any) -> tuple[Array, Linearization]:
+    def matrix(self, xp: Namespace, sigma: Array, eps: Any) -> tuple[Array, Linearization]:
         return _linalg.newton_inv_sqrt(xp, sigma, self.T)
 
 
@@ -300,7 +300,7 @@ class GivenWhitening(Operation):
     def arrays(self) -> dict[str, Array]:
         return {"mean": self.mean}
 
-    def forward(self, xp: Any, xv: Array, layout: Layout,
+    def forward(self, xp: Namespace, xv: Array, layout: Layout,
                 eps: float) -> tuple[Array, GivenWhiteningState]:
         fname, w = self.name, self.whitening_matrix
         blocks = _Blocks.of(layout)
@@ -324,12 +324,12 @@ class GivenWhitening(Operation):
         y = xp.matmul(w, blocks.to_blocks(xp, xv) - mean)
         return blocks.from_blocks(xp, y), GivenWhiteningState(w, blocks)
 
-    def backward(self, xp: Any, gv: Array, state: GivenWhiteningState) -> Array:
+    def backward(self, xp: Namespace, gv: Array, state: GivenWhiteningState) -> Array:
         blocks = state.blocks
         g = xp.matmul(xp.matrix_transpose(state.whitening_matrix), blocks.to_blocks(xp, gv))
         return blocks.from_blocks(xp, g)
 
-    def jvp(self, xp: Any, tv: Array, state: GivenWhiteningState) -> Array:
+    def jvp(self, xp: Namespace, tv: Array, state: GivenWhiteningState) -> Array:
         """dY = W dX per block (linear in x)."""
         blocks = state.blocks
         return blocks.from_blocks(xp, xp.matmul(state.whitening_matrix, blocks.to_blocks(xp, tv)))
@@ -499,6 +499,6 @@ def whitening_moments(x: Array, *, num_groups: int = 1, method: str = "zca", T: 
     layout = BatchGroups(num_groups, axis).layout(fname, tuple(x.shape))
     layout.check_many(fname)
     ct = xp_compute_dtype(xp, x.dtype)
-    xv = xp.reshape(x if x.dtype == ct else xp.astype(x, ct), layout.view_shape)
+    xv = xp.reshape(xp.astype(x, ct, copy=False), layout.view_shape)
     mean, w = op.statistics(xp, xv, layout, eps)
     return xp.reshape(mean, layout.param_shape), w

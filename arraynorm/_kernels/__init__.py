@@ -41,6 +41,8 @@ from typing import Any
 
 from array_api_compat import is_numpy_namespace
 
+from .._array_api import xp_check_bool, xp_check_int
+from .._typing import Namespace
 from ._blocks import default_threads
 
 __all__ = ["set_fast_paths", "fast_paths_enabled", "use_fast_paths", "fast_path_threads",
@@ -63,10 +65,6 @@ _override: contextvars.ContextVar[bool | None] = contextvars.ContextVar("arrayno
                                                                        default=None)
 
 
-def _check_bool(fname: str, enabled: Any) -> None:
-    if not isinstance(enabled, bool):
-        raise TypeError(f"{fname}: enabled must be a bool, got {type(enabled).__name__}")
-
 
 def set_fast_paths(enabled: bool, *, threads: int | None = None) -> bool:
     """Set the process default of the backend fast paths (on or off); return the previous
@@ -84,11 +82,9 @@ def set_fast_paths(enabled: bool, *, threads: int | None = None) -> bool:
     >>> _ = an.set_fast_paths(previous)
     """
     global _default, _threads
-    _check_bool("set_fast_paths", enabled)
+    xp_check_bool("set_fast_paths", "enabled", enabled)
     if threads is not None:
-        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-            raise ValueError(f"set_fast_paths: threads must be a positive int, got {threads!r}")
-        _threads = threads
+        _threads = xp_check_int("set_fast_paths", "threads", threads)
     previous, _default = _default, enabled
     return previous
 
@@ -120,7 +116,7 @@ def use_fast_paths(enabled: bool) -> Iterator[None]:
     >>> bool(np.allclose(an.layer_norm(x), portable, atol=1e-6))
     True
     """
-    _check_bool("use_fast_paths", enabled)
+    xp_check_bool("use_fast_paths", "enabled", enabled)
     token = _override.set(enabled)
     try:
         yield
@@ -128,7 +124,7 @@ def use_fast_paths(enabled: bool) -> Iterator[None]:
         _override.reset(token)
 
 
-def normalizer_forward(normalizer: Any, xp: Any, layout: Any, x: Any, weight: Any,
+def normalizer_forward(normalizer: Any, xp: Namespace, layout: Any, x: Any, weight: Any,
                        bias: Any) -> tuple[Any, Any] | None:
     """``(y, ctx)`` from a fast path for ``normalizer.forward``, or ``None`` (portable path)."""
     if not fast_paths_enabled():

@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from .._typing import Namespace
 from ..compose import NormContext
 from ..operation import RMSScale, Standardize, StandardizeState, inv_root, pow2_scale, unscale
 from ..partition import Layout
@@ -135,7 +136,7 @@ class FusedContext(NormContext):
     the block plan and the statistics in block coordinates; ``yhat`` is computed on first
     access."""
 
-    def __init__(self, xp: Any, layout: Layout, state: FusedState, weight: Any, bias: Any,
+    def __init__(self, xp: Namespace, layout: Layout, state: FusedState, weight: Any, bias: Any,
                  x: np.ndarray, plan: Plan, stats: tuple[Any, Any, Any]) -> None:
         super().__init__(xp, layout, state, None, weight, bias, x.dtype)
         self.x, self.plan, self.stats = x, plan, stats
@@ -407,7 +408,7 @@ def _forward_chunks(run: _Run, y: np.ndarray, stats: tuple[Any, Any, Any], var: 
     run.run(apply)
 
 
-def forward(normalizer: Any, xp: Any, layout: Layout, x: np.ndarray, weight: Any, bias: Any,
+def forward(normalizer: Any, xp: Namespace, layout: Layout, x: np.ndarray, weight: Any, bias: Any,
             threads: int) -> tuple[np.ndarray, FusedContext] | None:
     """``Normalizer.forward`` for NumPy input, or ``None`` where the layout does not fit."""
     ct = np.dtype(np.float32) if x.dtype == np.float16 else x.dtype

@@ -21,6 +21,7 @@ import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .._typing import Namespace
 from .activation import make_activation
 from .container import Residual, Sequential
 from .conv import Conv2d
@@ -58,7 +59,7 @@ def cnn_stack(channels: Sequence[int] = (16, 32, 64), *, in_channels: int = 1,
               norm_kwargs: dict[str, Any] | None = None, activation: Any = "relu",
               residual: bool = False, residual_scale: float = 1.0, pool: str | None = "max",
               bias: bool | None = None, init: str = "he", sigma_w: float | None = None,
-              sigma_b: float | None = None, rng: Any = None, xp: Any = None, dtype: Any = None,
+              sigma_b: float | None = None, rng: Any = None, xp: Namespace = None, dtype: Any = None,
               device: Any = None) -> Sequential:
     """A small CNN, as a :class:`Sequential`: one conv–norm–φ block per entry of ``channels``,
     a 2×2 pooling (stride 2) between blocks, global average pooling, a linear head.

@@ -7,14 +7,12 @@ the same chain in the forward order: ``jvp`` pushes a tangent through the layers
 
 from __future__ import annotations
 
-from typing import Any
 
+from .._typing import Array
 from .._array_api import xp_check_finite_scalar
 from .module import Module
 
 __all__ = ["Sequential", "Residual"]
-
-Array = Any
 
 
 class Sequential(Module):

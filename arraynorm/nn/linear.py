@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._array_api import xp_check_eps, xp_check_floating, xp_from_host, xp_namespace
+from .._typing import Array, Namespace
+from .._array_api import xp_check_eps, xp_check_floating, xp_check_int, xp_from_host, xp_namespace
 from .._vjp import vjp
 from .init import init_bias, init_weight, make_rng
 from .module import Module
@@ -23,10 +24,8 @@ from .module import Module
 __all__ = ["Linear", "WeightNormLinear", "SpectralNormLinear", "ReparamLinear", "linear",
            "linear_backward"]
 
-Array = Any
 
-
-def _check_input(fname: str, xp: Any, x: Array, w: Array) -> None:
+def _check_input(fname: str, xp: Namespace, x: Array, w: Array) -> None:
     xp_check_floating(fname, "x", x, xp)
     if x.ndim < 1 or x.shape[-1] != w.shape[1]:
         raise ValueError(f"{fname}: x must have shape (..., {w.shape[1]}) (in_features), "
@@ -36,13 +35,13 @@ def _check_input(fname: str, xp: Any, x: Array, w: Array) -> None:
                         f"cast one (or move the model with .to(xp, dtype=...))")
 
 
-def linear(xp: Any, x: Array, w: Array, b: Array | None) -> Array:
+def linear(xp: Namespace, x: Array, w: Array, b: Array | None) -> Array:
     """y = x Wᵀ + b for x of shape (..., in)."""
     y = xp.matmul(x, xp.matrix_transpose(w))
     return y if b is None else y + b
 
 
-def linear_backward(xp: Any, dy: Array, x: Array, w: Array, has_bias: bool
+def linear_backward(xp: Namespace, dy: Array, x: Array, w: Array, has_bias: bool
                     ) -> tuple[Array, Array, Array | None]:
     """(∂L/∂x, ∂L/∂W, ∂L/∂b) of y = x Wᵀ + b."""
     dx = xp.matmul(dy, w)
@@ -54,11 +53,10 @@ def linear_backward(xp: Any, dy: Array, x: Array, w: Array, has_bias: bool
 
 
 def _init_arrays(in_features: int, out_features: int, bias: bool, init: str,
-                 sigma_w: float | None, sigma_b: float | None, rng: Any, xp: Any,
+                 sigma_w: float | None, sigma_b: float | None, rng: Any, xp: Namespace,
                  dtype: Any, device: Any) -> tuple[Array, Array | None]:
     for name, n in (("in_features", in_features), ("out_features", out_features)):
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"Linear: {name} must be a positive int, got {n!r}")
+        xp_check_int("Linear", name, n)
     g = make_rng(rng)
     w = xp_from_host(init_weight(init, (out_features, in_features), g, sigma_w), xp, device, dtype)
     b = (xp_from_host(init_bias(init, in_features, out_features, g, sigma_b), xp, device, w.dtype)
@@ -100,7 +98,7 @@ class Linear(_LinearLayer):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
                  init: str = "he", sigma_w: float | None = None, sigma_b: float | None = None,
-                 rng: Any = None, xp: Any = None, dtype: Any = None, device: Any = None) -> None:
+                 rng: Any = None, xp: Namespace = None, dtype: Any = None, device: Any = None) -> None:
         super().__init__()
         w, b = _init_arrays(in_features, out_features, bias, init, sigma_w, sigma_b, rng, xp,
                             dtype, device)
@@ -149,7 +147,7 @@ class WeightNormLinear(_LinearLayer):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
                  init: str = "he", sigma_w: float | None = None, sigma_b: float | None = None,
-                 rng: Any = None, xp: Any = None, dtype: Any = None, device: Any = None) -> None:
+                 rng: Any = None, xp: Namespace = None, dtype: Any = None, device: Any = None) -> None:
         super().__init__()
         from ..weight import weight_norm  # noqa: F401  (fail early if the module is missing)
         w, b = _init_arrays(in_features, out_features, bias, init, sigma_w, sigma_b, rng, xp,
@@ -207,7 +205,7 @@ class SpectralNormLinear(_LinearLayer):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
                  n_power_iterations: int = 1, eps: float = 1e-12, init: str = "he",
                  sigma_w: float | None = None, sigma_b: float | None = None, rng: Any = None,
-                 xp: Any = None, dtype: Any = None, device: Any = None) -> None:
+                 xp: Namespace = None, dtype: Any = None, device: Any = None) -> None:
         super().__init__()
         from ..weight import spectral_norm  # noqa: F401
         from ..weight import spectral_norm_init_u
@@ -217,8 +215,8 @@ class SpectralNormLinear(_LinearLayer):
         # 15 warm-up iterations, as torch.nn.utils.parametrizations.spectral_norm at creation
         u = spectral_norm_init_u(w, g, dim=0, eps=eps, n_power_iterations=15)
         self.in_features, self.out_features, self.init = in_features, out_features, init
-        from ..weight import _check_iterations
-        self.n_power_iterations = _check_iterations("SpectralNormLinear", n_power_iterations)
+        self.n_power_iterations = xp_check_int("SpectralNormLinear", "n_power_iterations",
+                                               n_power_iterations, minimum=0, strict_type=True)
         self.eps = xp_check_eps("SpectralNormLinear", eps)
         self.register_parameter("weight_orig", w)
         self.register_parameter("bias", b)
@@ -290,7 +288,7 @@ class ReparamLinear(_LinearLayer):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
                  reparam: str = "weight_standardization", reparam_kwargs: dict[str, Any] | None = None,
                  init: str = "he", sigma_w: float | None = None, sigma_b: float | None = None,
-                 rng: Any = None, xp: Any = None, dtype: Any = None, device: Any = None) -> None:
+                 rng: Any = None, xp: Namespace = None, dtype: Any = None, device: Any = None) -> None:
         super().__init__()
         funcs = _reparam_functions()
         if reparam not in funcs:

@@ -28,12 +28,11 @@ from typing import Any
 
 from array_api_compat import array_namespace
 
+from .._typing import Array, Namespace
 from .._array_api import xp_backend_name, xp_check_tangent, xp_device
 from .._array_api import xp_move, xp_resolve_namespace
 
 __all__ = ["Module"]
-
-Array = Any
 
 
 class Module:
@@ -183,7 +182,7 @@ class Module:
             raise RuntimeError(f"{type(self).__name__}.{caller}: nothing cached, {why}")
         return self._cache
 
-    def _check_tangent(self, dx: Array, xp: Any, shape: tuple[int, ...]) -> None:
+    def _check_tangent(self, dx: Array, xp: Namespace, shape: tuple[int, ...]) -> None:
         """``dx`` must be a floating array of the forward's namespace and input ``shape``."""
         xp_check_tangent(f"{type(self).__name__}.jvp", "dx", dx, xp, shape, "the input")
 
@@ -236,7 +235,7 @@ class Module:
             object.__setattr__(m, "_cache", None)
         return self
 
-    def to(self, xp: Any, device: Any = None, dtype: Any = None) -> Module:
+    def to(self, xp: Namespace, device: Any = None, dtype: Any = None) -> Module:
         """Move every parameter, gradient and buffer to namespace ``xp`` (a namespace such as
         ``numpy``, ``cupy``, ``array_api_strict``, ``torch``, ``dask.array``, or its name) on
         ``device``, optionally casting floating arrays to ``dtype`` (a dtype of ``xp`` or its

@@ -24,47 +24,26 @@ layer                  composition                        PyTorch counterpart
 
 from __future__ import annotations
 
-import numbers
 from typing import Any
 
 from array_api_compat import array_namespace
 
 import numpy as np
 
-from .._array_api import xp_check_eps, xp_check_finite_scalar, xp_namespace
+from .._typing import Array, Namespace
+from .._array_api import (xp_check_eps, xp_check_finite_scalar, xp_check_momentum, xp_check_shape,
+                          xp_from_host, xp_namespace)
 from ..compose import Normalizer
 from ..methods import Renormalize
 from ..operation import GivenStatistics, Operation, RMSScale, Standardize
 from ..partition import Batch, Group, Instance, Layer, Partition, Position
 from ..running_stats import update_running_stats
-from .._array_api import xp_from_host
 from .module import Module
 
 __all__ = ["Normalization", "BatchNorm", "BatchRenorm", "UncenteredBatchNorm", "LayerNorm",
            "GroupNorm", "InstanceNorm", "RMSNorm", "PositionNorm", "LocalResponseNorm"]
 
-Array = Any
 
-
-def _shape(fname: str, name: str, shape: Any) -> tuple[int, ...]:
-    if isinstance(shape, numbers.Integral) and not isinstance(shape, bool):
-        shape = (int(shape),)
-    try:
-        shape = tuple(int(n) for n in shape)
-    except TypeError:
-        raise TypeError(f"{fname}: {name} must be an int or a tuple of ints, got {shape!r}") from None
-    if not shape or any(n < 1 for n in shape):
-        raise ValueError(f"{fname}: {name} must be positive, got {shape}")
-    return shape
-
-
-def _check_momentum(fname: str, momentum: float | None) -> float | None:
-    if momentum is None:
-        return None
-    m = xp_check_finite_scalar(fname, "momentum", momentum, minimum=0.0)
-    if m > 1.0:
-        raise ValueError(f"{fname}: momentum must be in [0, 1] or None, got {m}")
-    return m
 
 
 def _blend(running: Array, batch: Array, momentum: float | None, num_batches_tracked: int) -> Array:
@@ -93,7 +72,7 @@ class Normalization(Module):
 
     def __init__(self, partition: Partition, operation: Operation | None = None,
                  param_shape: tuple[int, ...] | int | None = None, *, eps: float = 1e-5,
-                 affine: bool = True, bias: bool = True, xp: Any = None, dtype: Any = None,
+                 affine: bool = True, bias: bool = True, xp: Namespace = None, dtype: Any = None,
                  device: Any = None) -> None:
         super().__init__()
         fname = self._name
@@ -103,7 +82,7 @@ class Normalization(Module):
         self.partition = partition
         self.operation = operation if operation is not None else Standardize()
         self.eps = None if eps is None else xp_check_eps(fname, eps)
-        self.param_shape = None if param_shape is None else _shape(fname, "param_shape", param_shape)
+        self.param_shape = None if param_shape is None else xp_check_shape(fname, "param_shape", param_shape)
         if affine and self.param_shape is None:
             raise ValueError(f"{fname}: affine=True needs param_shape (the shape of γ and β)")
         if affine:
@@ -173,9 +152,9 @@ class LayerNorm(Normalization):
     _name = "LayerNorm"
 
     def __init__(self, normalized_shape: int | tuple[int, ...], eps: float = 1e-5,
-                 elementwise_affine: bool = True, bias: bool = True, *, xp: Any = None,
+                 elementwise_affine: bool = True, bias: bool = True, *, xp: Namespace = None,
                  dtype: Any = None, device: Any = None) -> None:
-        shape = _shape(self._name, "normalized_shape", normalized_shape)
+        shape = xp_check_shape(self._name, "normalized_shape", normalized_shape)
         axes = tuple(range(-len(shape), 0))
         super().__init__(Layer(axes), Standardize(), shape, eps=eps, affine=elementwise_affine,
                          bias=bias, xp=xp, dtype=dtype, device=device)
@@ -193,9 +172,9 @@ class RMSNorm(Normalization):
     _name = "RMSNorm"
 
     def __init__(self, normalized_shape: int | tuple[int, ...], eps: float | None = None,
-                 elementwise_affine: bool = True, *, xp: Any = None, dtype: Any = None,
+                 elementwise_affine: bool = True, *, xp: Namespace = None, dtype: Any = None,
                  device: Any = None) -> None:
-        shape = _shape(self._name, "normalized_shape", normalized_shape)
+        shape = xp_check_shape(self._name, "normalized_shape", normalized_shape)
         axes = tuple(range(-len(shape), 0))
         super().__init__(Layer(axes), RMSScale(), shape, eps=eps, affine=elementwise_affine,
                          bias=False, xp=xp, dtype=dtype, device=device)
@@ -220,7 +199,7 @@ class GroupNorm(Normalization):
     _name = "GroupNorm"
 
     def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5,
-                 affine: bool = True, *, axis: int = 1, xp: Any = None, dtype: Any = None,
+                 affine: bool = True, *, axis: int = 1, xp: Namespace = None, dtype: Any = None,
                  device: Any = None) -> None:
         super().__init__(Group(num_groups, axis), Standardize(), num_channels, eps=eps,
                          affine=affine, xp=xp, dtype=dtype, device=device)
@@ -243,7 +222,7 @@ class InstanceNorm(Normalization):
     _name = "InstanceNorm"
 
     def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = False, *,
-                 axis: int = 1, xp: Any = None, dtype: Any = None, device: Any = None) -> None:
+                 axis: int = 1, xp: Namespace = None, dtype: Any = None, device: Any = None) -> None:
         super().__init__(Instance(axis), Standardize(), num_features, eps=eps, affine=affine,
                          xp=xp, dtype=dtype, device=device)
 
@@ -255,7 +234,7 @@ class PositionNorm(Normalization):
     _name = "PositionNorm"
 
     def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = False, *,
-                 axis: int = 1, xp: Any = None, dtype: Any = None, device: Any = None) -> None:
+                 axis: int = 1, xp: Namespace = None, dtype: Any = None, device: Any = None) -> None:
         super().__init__(Position(axis), Standardize(), num_features, eps=eps, affine=affine,
                          xp=xp, dtype=dtype, device=device)
 
@@ -279,10 +258,10 @@ class BatchNorm(Normalization):
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
                  affine: bool = True, track_running_stats: bool = True, *, axis: int = 1,
-                 xp: Any = None, dtype: Any = None, device: Any = None) -> None:
+                 xp: Namespace = None, dtype: Any = None, device: Any = None) -> None:
         super().__init__(Batch(axis), Standardize(), num_features, eps=eps, affine=affine,
                          xp=xp, dtype=dtype, device=device)
-        self.momentum = _check_momentum(self._name, momentum)
+        self.momentum = xp_check_momentum(self._name, momentum)
         self.track_running_stats = bool(track_running_stats)
         self.axis = axis
         if self.track_running_stats:
@@ -337,7 +316,7 @@ class BatchRenorm(BatchNorm):
 
     def __init__(self, num_features: int, rmax: float = 3.0, dmax: float = 5.0,
                  eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True, *,
-                 axis: int = 1, xp: Any = None, dtype: Any = None, device: Any = None) -> None:
+                 axis: int = 1, xp: Namespace = None, dtype: Any = None, device: Any = None) -> None:
         super().__init__(num_features, eps, momentum, affine, True, axis=axis, xp=xp,
                          dtype=dtype, device=device)
         self.rmax = xp_check_finite_scalar(self._name, "rmax", rmax, minimum=1.0)
@@ -381,10 +360,10 @@ class UncenteredBatchNorm(Normalization):
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
                  affine: bool = True, bias: bool = False, track_running_stats: bool = True, *,
-                 axis: int = 1, xp: Any = None, dtype: Any = None, device: Any = None) -> None:
+                 axis: int = 1, xp: Namespace = None, dtype: Any = None, device: Any = None) -> None:
         super().__init__(Batch(axis), RMSScale(), num_features, eps=eps, affine=affine,
                          bias=bias, xp=xp, dtype=dtype, device=device)
-        self.momentum = _check_momentum(self._name, momentum)
+        self.momentum = xp_check_momentum(self._name, momentum)
         self.track_running_stats = bool(track_running_stats)
         self.axis = axis
         if self.track_running_stats:

@@ -18,11 +18,11 @@ import fnmatch
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from .._typing import Array
 from .module import Module
 
 __all__ = ["Probe"]
 
-Array = Any
 _ABSENT = object()
 _KINDS = ("inputs", "activations", "output_grads", "input_grads", "param_grads", "tangents")
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import copy
 import functools
-import numbers
 from collections.abc import Callable
 from typing import Any
 
+from .._array_api import xp_check_int
+from .._typing import Namespace
 from .activation import make_activation
 from .container import Residual, Sequential
 from .init import make_rng
@@ -72,7 +73,7 @@ def deep_stack(depth: int, width: int, *, in_features: int | None = None,
                norm: str | Callable[[int], Module] | None = None, norm_position: str = "before",
                residual: bool = False, residual_scale: float = 1.0, init: str = "he",
                sigma_w: float | None = None, sigma_b: float | None = None, bias: bool = True,
-               norm_kwargs: dict[str, Any] | None = None, rng: Any = None, xp: Any = None,
+               norm_kwargs: dict[str, Any] | None = None, rng: Any = None, xp: Namespace = None,
                dtype: Any = None, device: Any = None) -> Sequential:
     """A deep MLP of ``depth`` hidden blocks of ``width`` units, as a :class:`Sequential`.
 
@@ -113,8 +114,7 @@ def deep_stack(depth: int, width: int, *, in_features: int | None = None,
     """
     fname = "deep_stack"
     for name, n in (("depth", depth), ("width", width)):
-        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
-            raise ValueError(f"{fname}: {name} must be a positive int, got {n!r}")
+        xp_check_int(fname, name, n)
     norm = "none" if norm is None else norm
     if isinstance(norm, str) and norm not in NORMS:
         raise ValueError(f"{fname}: norm must be one of {NORMS} or a callable, got {norm!r}")

@@ -14,9 +14,10 @@ read-out, for the depth studies of Xiong et al. (2020).
 
 from __future__ import annotations
 
-import numbers
 from typing import Any
 
+from .._array_api import xp_check_int
+from .._typing import Array, Namespace
 from .activation import make_activation
 from .attention import MultiHeadSelfAttention
 from .container import Sequential
@@ -57,8 +58,6 @@ def _init_options(fname: str, init: str | None, sigma_w: float | None, zero_quer
     attn.update(zero_query_key=bool(zero_query_key), identity_output=bool(identity_output))
     return attn, ffn
 
-Array = Any
-
 
 class TransformerEncoderBlock(Module):
     """One Transformer encoder layer: self-attention and a feed-forward network, each in a
@@ -91,7 +90,7 @@ class TransformerEncoderBlock(Module):
                  activation: Any = "relu", norm_first: bool = False, causal: bool = False,
                  norm: str = "layer", eps: float = 1e-5, init: str | None = None,
                  sigma_w: float | None = None, zero_query_key: bool = False,
-                 identity_output: bool = False, rng: Any = None, xp: Any = None,
+                 identity_output: bool = False, rng: Any = None, xp: Namespace = None,
                  dtype: Any = None, device: Any = None) -> None:
         super().__init__()
         attn_kw, ffn_kw = _init_options("TransformerEncoderBlock", init, sigma_w, zero_query_key,
@@ -156,7 +155,7 @@ def transformer_stack(depth: int, d_model: int, n_heads: int, *,
                       activation: Any = "relu", causal: bool = False, norm: str = "layer",
                       eps: float = 1e-5, init: str | None = None, sigma_w: float | None = None,
                       zero_query_key: bool = False, identity_output: bool = False,
-                      rng: Any = None, xp: Any = None, dtype: Any = None,
+                      rng: Any = None, xp: Namespace = None, dtype: Any = None,
                       device: Any = None) -> Sequential:
     """A stack of ``depth`` Transformer encoder blocks, as a :class:`Sequential`.
 
@@ -188,8 +187,7 @@ def transformer_stack(depth: int, d_model: int, n_heads: int, *,
     (8, (2, 5, 10), (2, 5, 16))
     """
     fname = "transformer_stack"
-    if isinstance(depth, bool) or not isinstance(depth, numbers.Integral) or depth < 1:
-        raise ValueError(f"{fname}: depth must be a positive int, got {depth!r}")
+    xp_check_int(fname, "depth", depth)
     if norm_position not in ("post", "pre"):
         raise ValueError(f"{fname}: norm_position must be 'post' or 'pre', got {norm_position!r}")
     if norm not in ("layer", "rms"):

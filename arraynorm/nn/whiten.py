@@ -21,31 +21,29 @@ from typing import Any
 
 import numpy as np
 
+from .._typing import Array, Namespace
 from ..compose import Normalizer
 from ..partition import BatchGroups
-from .._array_api import xp_from_host
-from .norm import Normalization, _blend, _check_momentum
+from .._array_api import xp_check_int, xp_check_momentum, xp_from_host
+from .norm import Normalization, _blend
 
 __all__ = ["DecorrelatedBatchNorm", "IterNorm"]
-
-Array = Any
 
 
 class _Whitening(Normalization):
     _name = "Whitening"
 
     def __init__(self, num_features: int, num_groups: int, eps: float, momentum: float | None,
-                 affine: bool, axis: int, xp: Any, dtype: Any, device: Any) -> None:
+                 affine: bool, axis: int, xp: Namespace, dtype: Any, device: Any) -> None:
         fname = self._name
         for name, n in (("num_features", num_features), ("num_groups", num_groups)):
-            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-                raise ValueError(f"{fname}: {name} must be a positive int, got {n!r}")
+            xp_check_int(fname, name, n)
         if num_features % num_groups:
             raise ValueError(f"{fname}: num_groups={num_groups} must divide num_features={num_features}")
         super().__init__(BatchGroups(num_groups, axis), self._operation(), num_features, eps=eps,
                          affine=affine, xp=xp, dtype=dtype, device=device)
         self.num_groups, self.axis = num_groups, axis
-        self.momentum = _check_momentum(fname, momentum)
+        self.momentum = xp_check_momentum(fname, momentum)
         d = num_features // num_groups
         eye = np.array(np.broadcast_to(np.eye(d), (num_groups, d, d)))
         self.register_buffer("running_mean", xp_from_host(np.zeros(num_features), xp, device, dtype))
@@ -95,7 +93,7 @@ class DecorrelatedBatchNorm(_Whitening):
 
     def __init__(self, num_features: int, num_groups: int = 1, method: str = "zca",
                  eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True, *,
-                 axis: int = 1, xp: Any = None, dtype: Any = None, device: Any = None) -> None:
+                 axis: int = 1, xp: Namespace = None, dtype: Any = None, device: Any = None) -> None:
         self.method = method
         super().__init__(num_features, num_groups, eps, momentum, affine, axis, xp, dtype, device)
 
@@ -118,7 +116,7 @@ class IterNorm(_Whitening):
 
     def __init__(self, num_features: int, num_groups: int = 1, T: int = 5, eps: float = 1e-5,
                  momentum: float | None = 0.1, affine: bool = True, *, axis: int = 1,
-                 xp: Any = None, dtype: Any = None, device: Any = None) -> None:
+                 xp: Namespace = None, dtype: Any = None, device: Any = None) -> None:
         self.T = T
         super().__init__(num_features, num_groups, eps, momentum, affine, axis, xp, dtype, device)
 
