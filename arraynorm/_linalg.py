@@ -33,7 +33,7 @@ from typing import Any
 
 from ._typing import Array, Namespace
 from ._array_api import xp_backend_name, xp_device
-from .operation import centre, mean, pow2_scale
+from ._statistics import centre, mean, pow2_scale
 
 __all__ = [
     "Linearization",

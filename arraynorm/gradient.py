@@ -49,7 +49,7 @@ from ._array_api import (
     xp_device,
     xp_namespace,
 )
-from .operation import lp_norm
+from ._statistics import lp_norm
 
 __all__ = [
     "normalized_gradient", "block_normalized_gradient", "clip_by_global_norm",

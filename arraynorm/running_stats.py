@@ -12,7 +12,7 @@ from ._array_api import (
     xp_compute_dtype,
     xp_namespace,
 )
-from .operation import moments
+from ._statistics import moments
 from .partition import Batch
 
 __all__ = ["batch_moments", "update_running_stats"]

@@ -49,7 +49,8 @@ from ._array_api import (
 )
 from ._vjp import defvjp
 from .compose import Normalizer
-from .operation import LpScale, Operation, Standardize, lp_norm
+from ._statistics import lp_norm
+from .operation import LpScale, Operation, Standardize
 from .partition import Layer
 from .recovery import affine, affine_backward
 

@@ -45,7 +45,8 @@ import numpy as np
 
 from .._typing import Namespace
 from ..compose import NormContext
-from ..operation import RMSScale, Standardize, StandardizeState, inv_root, pow2_scale, unscale
+from .._statistics import inv_root, pow2_scale, unscale
+from ..operation import RMSScale, Standardize, StandardizeState
 from ..partition import Layout
 from ._blocks import dot_over, max_over, run_blocks, sum_over
 from ._plan import Plan, plan

@@ -34,8 +34,7 @@ from .._typing import Array, Namespace
 from .._array_api import (xp_check_eps, xp_check_finite_scalar, xp_check_momentum, xp_check_shape,
                           xp_from_host, xp_namespace)
 from ..compose import Normalizer
-from ..methods import Renormalize
-from ..operation import GivenStatistics, Operation, RMSScale, Standardize
+from ..operation import GivenStatistics, Operation, Renormalize, RMSScale, Standardize
 from ..partition import Batch, Group, Instance, Layer, Partition, Position
 from ..running_stats import update_running_stats
 from .module import Module
@@ -328,9 +327,6 @@ class BatchRenorm(BatchNorm):
         op = Renormalize(self.buffers["running_mean"], self.buffers["running_var"],
                          self.rmax, self.dmax)
         return Normalizer(self.partition, op, self.eps, self._name)
-
-    def _batch_state(self, ctx: Any) -> Any:
-        return ctx.state[0]  # Renormalize keeps (standardize state, r)
 
     def extra_repr(self) -> str:
         return f"{self.param_shape[0]}, rmax={self.rmax}, dmax={self.dmax}, eps={self.eps}"
