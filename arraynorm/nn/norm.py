@@ -33,10 +33,10 @@ import numpy as np
 from .._typing import Array, Namespace
 from .._array_api import (xp_check_eps, xp_check_finite_scalar, xp_check_momentum, xp_check_shape,
                           xp_from_host, xp_namespace)
-from ..compose import Normalizer
+from ..compose import NormContext, Normalizer
 from ..operation import GivenStatistics, Operation, Renormalize, RMSScale, Standardize
 from ..partition import Batch, Group, Instance, Layer, Partition, Position
-from ..running_stats import update_running_stats
+from ..running_stats import fold_batch, unbiased_variance
 from .module import Module
 
 __all__ = ["Normalization", "BatchNorm", "BatchRenorm", "UncenteredBatchNorm", "LayerNorm",
@@ -44,13 +44,6 @@ __all__ = ["Normalization", "BatchNorm", "BatchRenorm", "UncenteredBatchNorm", "
 
 
 
-
-def _blend(running: Array, batch: Array, momentum: float | None, num_batches_tracked: int) -> Array:
-    """running ← (1 − m)·running + m·batch (PyTorch's momentum: m is the new batch's weight;
-    ``momentum=None``: the cumulative average, m = 1/num_batches_tracked), in running's dtype."""
-    m = 1.0 / num_batches_tracked if momentum is None else momentum
-    xp = array_namespace(running)
-    return (1.0 - m) * running + m * xp.astype(batch, running.dtype)
 
 
 class Normalization(Module):
@@ -118,7 +111,7 @@ class Normalization(Module):
         if hasattr(x, "shape"):
             self._check_features(x)
 
-    def _after_forward(self, ctx: Any) -> None:
+    def _after_forward(self, ctx: NormContext) -> None:
         """Hook: running statistics updates (batch methods)."""
 
     def backward(self, dy: Array) -> Array:
@@ -278,23 +271,16 @@ class BatchNorm(Normalization):
         op = GivenStatistics(self.buffers["running_mean"], self.buffers["running_var"])
         return Normalizer(self.partition, op, self.eps, self._name)
 
-    def _batch_state(self, ctx: Any) -> Any:
-        return ctx.state
-
-    def _after_forward(self, ctx: Any) -> None:
+    def _after_forward(self, ctx: NormContext) -> None:
         # an empty batch has no statistics to fold in (PyTorch leaves the buffers as they are)
         if not (self.training and self.track_running_stats) or ctx.layout.group_size == 0:
             return
-        st = self._batch_state(ctx)
-        xp = ctx.xp
-        n = self.buffers["num_batches_tracked"] + 1
-        self.buffers["num_batches_tracked"] = n
-        mean = xp.reshape(st.mean, self.param_shape)
-        var = xp.reshape(st.var, self.param_shape)
-        rm, rv = update_running_stats(self.buffers["running_mean"], self.buffers["running_var"],
-                                      mean, var, ctx.layout.group_size, momentum=self.momentum,
-                                      num_batches_tracked=n)
-        self.buffers["running_mean"], self.buffers["running_var"] = rm, rv
+        xp, st = ctx.xp, ctx.state  # Standardize's or Renormalize's: the batch statistics
+        fold_batch(self.buffers, {
+            "running_mean": xp.reshape(st.mean, self.param_shape),
+            "running_var": unbiased_variance(xp.reshape(st.var, self.param_shape),
+                                             ctx.layout.group_size),
+        }, self.momentum, fname=self._name)
 
     def extra_repr(self) -> str:
         return (f"{self.param_shape[0]}, eps={self.eps}, momentum={self.momentum}, "
@@ -374,14 +360,11 @@ class UncenteredBatchNorm(Normalization):
         op = GivenStatistics(array_namespace(ms).zeros_like(ms), ms)
         return Normalizer(self.partition, op, self.eps, self._name)
 
-    def _after_forward(self, ctx: Any) -> None:
+    def _after_forward(self, ctx: NormContext) -> None:
         if not (self.training and self.track_running_stats):
             return
-        n = self.buffers["num_batches_tracked"] + 1
-        self.buffers["num_batches_tracked"] = n
         ms = ctx.xp.reshape(ctx.state.var, self.param_shape)  # RMSScale keeps mean(x²) as var
-        self.buffers["running_mean_square"] = _blend(self.buffers["running_mean_square"], ms,
-                                                     self.momentum, n)
+        fold_batch(self.buffers, {"running_mean_square": ms}, self.momentum, fname=self._name)
 
     def extra_repr(self) -> str:
         return (f"{self.param_shape[0]}, eps={self.eps}, momentum={self.momentum}, "

@@ -22,10 +22,12 @@ from typing import Any
 import numpy as np
 
 from .._typing import Array, Namespace
-from ..compose import Normalizer
+from ..compose import NormContext, Normalizer
+from ..operation import GivenWhitening, IterNormWhiten, Operation, whitening_operation
 from ..partition import BatchGroups
 from .._array_api import xp_check_int, xp_check_momentum, xp_from_host
-from .norm import Normalization, _blend
+from ..running_stats import fold_batch
+from .norm import Normalization
 
 __all__ = ["DecorrelatedBatchNorm", "IterNorm"]
 
@@ -50,28 +52,23 @@ class _Whitening(Normalization):
         self.register_buffer("running_whitening", xp_from_host(eye, xp, device, dtype))
         self.register_buffer("num_batches_tracked", 0)
 
-    def _operation(self) -> Any:  # pragma: no cover - subclasses
+    def _operation(self) -> Operation:  # pragma: no cover - subclasses
         raise NotImplementedError
 
     def _normalizer(self, x: Array) -> Normalizer:
         if self.training:
             return Normalizer(self.partition, self.operation, self.eps, self._name)
-        from ..whitening import GivenWhitening
         op = GivenWhitening(self.buffers["running_mean"], self.buffers["running_whitening"],
                             name=self._name)
         return Normalizer(self.partition, op, self.eps, self._name)
 
-    def _after_forward(self, ctx: Any) -> None:
+    def _after_forward(self, ctx: NormContext) -> None:
         if not self.training:
             return
         xp, st = ctx.xp, ctx.state
-        n = self.buffers["num_batches_tracked"] + 1
-        self.buffers["num_batches_tracked"] = n
-        b = self.buffers
-        b["running_mean"] = _blend(b["running_mean"], xp.reshape(st.mean, self.param_shape),
-                                   self.momentum, n)
-        b["running_whitening"] = _blend(b["running_whitening"], st.whitening_matrix,
-                                        self.momentum, n)
+        fold_batch(self.buffers, {"running_mean": xp.reshape(st.mean, self.param_shape),
+                                  "running_whitening": st.whitening_matrix},
+                   self.momentum, fname=self._name)
 
     def extra_repr(self) -> str:
         return (f"{self.param_shape[0]}, num_groups={self.num_groups}, eps={self.eps}, "
@@ -81,7 +78,8 @@ class _Whitening(Normalization):
 class DecorrelatedBatchNorm(_Whitening):
     """Decorrelated batch normalization (Huang et al. 2018): each group of C/G channels is
     centred and whitened, x̂ = W_B (x − μ_B) with W_B = Σ_B^{−1/2} (``method="zca"``, the
-    paper's), or PCA / Cholesky whitening (``"pca"``, ``"cholesky"``), then γ x̂ + β.
+    paper's), or PCA / Cholesky / Newton-iteration whitening (``"pca"``, ``"cholesky"``,
+    ``"iternorm"``: the method table of :mod:`arraynorm.operation`), then γ x̂ + β.
 
     Shapes: x (N, C, *S), channel at ``axis`` (default 1); γ, β (C,); running mean (C,) and
     running whitening matrix (G, C/G, C/G), G = ``num_groups`` (default 1). Same operation
@@ -97,12 +95,8 @@ class DecorrelatedBatchNorm(_Whitening):
         self.method = method
         super().__init__(num_features, num_groups, eps, momentum, affine, axis, xp, dtype, device)
 
-    def _operation(self) -> Any:
-        from ..whitening import CholeskyWhiten, PCAWhiten, ZCAWhiten
-        ops = {"zca": ZCAWhiten, "pca": PCAWhiten, "cholesky": CholeskyWhiten}
-        if self.method not in ops:
-            raise ValueError(f"{self._name}: method must be one of {sorted(ops)}, got {self.method!r}")
-        return ops[self.method](name=self._name)
+    def _operation(self) -> Operation:
+        return whitening_operation(self._name, self.method)
 
 
 class IterNorm(_Whitening):
@@ -120,6 +114,5 @@ class IterNorm(_Whitening):
         self.T = T
         super().__init__(num_features, num_groups, eps, momentum, affine, axis, xp, dtype, device)
 
-    def _operation(self) -> Any:
-        from ..whitening import IterNormWhiten
+    def _operation(self) -> Operation:
         return IterNormWhiten(self.T, name=self._name)

@@ -49,12 +49,12 @@ from typing import Any
 
 import torch
 
-from .. import running_stats as _running
 from .._array_api import (xp_check_eps, xp_check_finite_scalar, xp_check_int, xp_check_momentum,
                           xp_normalize_axis)
 from ..compose import Normalizer
 from ..partition import BatchGroups
-from ..whitening import CholeskyWhiten, IterNormWhiten, PCAWhiten, ZCAWhiten
+from ..running_stats import batch_moments, blend, momentum_weight, update_running_stats
+from ..operation import IterNormWhiten, whitening_operation
 from . import functional as AF
 from ._function import apply_rule
 
@@ -133,9 +133,9 @@ class _BatchStats(_RunningStats):
 
     @torch.no_grad()
     def _update(self, x: Tensor) -> None:
-        mean, var = _running.batch_moments(x, axis=self.axis)
+        mean, var = batch_moments(x, axis=self.axis)
         n = self._count_batch()
-        rm, rv = _running.update_running_stats(
+        rm, rv = update_running_stats(
             self.running_mean, self.running_var, mean, var, x.numel() // self.num_features,
             momentum=self.momentum, num_batches_tracked=n)
         self.running_mean.copy_(rm)
@@ -267,10 +267,9 @@ class _Whitening(_RunningStats):
 
     @torch.no_grad()
     def _update(self, mean: Tensor, w: Tensor) -> None:
-        n = self._count_batch()
-        m = self.momentum if n is None else 1.0 / n
-        self.running_mean.lerp_(mean.reshape(self.num_features).to(self.running_mean.dtype), m)
-        self.running_whitening.lerp_(w.to(self.running_whitening.dtype), m)
+        m = momentum_weight(type(self).__name__, self.momentum, self._count_batch())
+        self.running_mean.copy_(blend(self.running_mean, mean.reshape(self.num_features), m))
+        self.running_whitening.copy_(blend(self.running_whitening, w, m))
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, num_groups={self.num_groups}"
@@ -293,17 +292,12 @@ class DecorrelatedBatchNorm(_Whitening):
     def __init__(self, num_features: int, num_groups: int = 1, method: str = "zca",
                  eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True, *,
                  axis: int = 1, device: Any = None, dtype: Any = None) -> None:
-        methods = ("zca", "pca", "cholesky", "iternorm")
-        if method not in methods:
-            raise ValueError(f"DecorrelatedBatchNorm: method must be one of {methods}, got {method!r}")
+        whitening_operation("DecorrelatedBatchNorm", method)  # the one method table; refuses others
         self.method = method
         super().__init__(num_features, num_groups, eps, momentum, affine, axis, device, dtype)
 
     def _operation(self) -> Any:
-        if self.method == "iternorm":
-            return IterNormWhiten(name="DecorrelatedBatchNorm")
-        ops = {"zca": ZCAWhiten, "pca": PCAWhiten, "cholesky": CholeskyWhiten}
-        return ops[self.method](name="DecorrelatedBatchNorm")
+        return whitening_operation("DecorrelatedBatchNorm", self.method)
 
     def _eval(self, x: Tensor) -> Tensor:
         return AF.decorrelated_batch_norm(
