@@ -18,7 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ._vjp import _RULE_ATTR, positional_parameters
+import arraynorm
+
+from ._vjp import has_vjp, positional_parameters
 
 __all__ = ["bridged_ops", "bind", "BoundCall", "STATE_OUTPUTS", "held_arrays", "bridge_doc"]
 
@@ -31,12 +33,10 @@ def bridged_ops() -> dict[str, Callable[..., Any]]:
     """The public ops of :mod:`arraynorm` with a registered pullback, by name, in the order
     of ``arraynorm.__all__``: the activation normalizations, the whitening family, the weight
     family (the gradient family returns containers and has no pullback)."""
-    import arraynorm
-
     ops = {}
     for name in arraynorm.__all__:
         f = getattr(arraynorm, name)
-        if callable(f) and getattr(f, _RULE_ATTR, None) is not None:
+        if callable(f) and has_vjp(f):
             ops[name] = f
     return ops
 

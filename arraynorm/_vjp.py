@@ -12,7 +12,7 @@ from typing import Any
 
 from ._array_api import xp_check_cotangent
 
-__all__ = ["vjp", "defvjp", "positional_parameters"]
+__all__ = ["vjp", "defvjp", "has_vjp", "positional_parameters"]
 
 _RULE_ATTR = "__arraynorm_vjp__"
 
@@ -30,6 +30,11 @@ def defvjp(f: Callable[..., Any]) -> Callable[[Callable[..., Any]], Callable[...
         return rule
 
     return register
+
+
+def has_vjp(f: Callable[..., Any]) -> bool:
+    """Whether ``f`` has a VJP rule registered by :func:`defvjp`."""
+    return getattr(f, _RULE_ATTR, None) is not None
 
 
 def positional_parameters(f: Callable[..., Any]) -> tuple[str, ...]:

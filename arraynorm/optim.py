@@ -37,6 +37,8 @@ from ._typing import Array, Namespace
 from ._array_api import (xp_check_eps, xp_check_finite_scalar, xp_check_unit_interval, xp_move,
                          xp_resolve_namespace)
 from ._array_api import xp_supports_inplace as supports_inplace
+from .gradient import (block_normalized_gradient, clip_by_global_norm, lamb_trust_ratio,
+                       lars_trust_ratio, normalized_gradient)
 from .nn.module import Module
 
 __all__ = ["supports_inplace", "Optimizer", "SGD", "NormalizedSGD", "LARS", "LAMB", "Adam", "AdamW"]
@@ -113,7 +115,6 @@ class Optimizer:
         if not names:
             return
         if self.max_grad_norm is not None:
-            from .gradient import clip_by_global_norm
             grads, self.last_grad_norm = clip_by_global_norm(grads, self.max_grad_norm)
         self.steps += 1
         new = self._update(names, params, grads)
@@ -195,7 +196,6 @@ class NormalizedSGD(SGD):
         self.block, self.eps = bool(block), xp_check_eps(self._name, eps)
 
     def _update(self, names: list[str], params: list[Array], grads: list[Array]) -> list[Array]:
-        from .gradient import block_normalized_gradient, normalized_gradient
         f = block_normalized_gradient if self.block else normalized_gradient
         return super()._update(names, params, f(grads, eps=self.eps))
 
@@ -226,7 +226,6 @@ class LARS(Optimizer):
         self.eps = xp_check_eps(fname, eps)
 
     def _update(self, names: list[str], params: list[Array], grads: list[Array]) -> list[Array]:
-        from .gradient import lars_trust_ratio
         out = []
         for n, p, g in zip(names, params, grads):
             xp = array_namespace(p)
@@ -330,7 +329,6 @@ class LAMB(Adam):
         super().__init__(model, lr, betas, eps, weight_decay, max_grad_norm=max_grad_norm)
 
     def _update(self, names: list[str], params: list[Array], grads: list[Array]) -> list[Array]:
-        from .gradient import lamb_trust_ratio
         bc1, bc2 = self._bias_corrections()
         out = []
         for n, p, g in zip(names, params, grads):

@@ -34,6 +34,7 @@ from .._typing import Array, Namespace
 from .._array_api import (xp_check_eps, xp_check_finite_scalar, xp_check_momentum, xp_check_shape,
                           xp_from_host, xp_namespace)
 from ..compose import NormContext, Normalizer
+from ..local_response import local_response_norm, lrn_linearized
 from ..operation import GivenStatistics, Operation, Renormalize, RMSScale, Standardize
 from ..partition import Batch, Group, Instance, Layer, Partition, Position
 from ..running_stats import fold_batch, unbiased_variance
@@ -383,7 +384,6 @@ class LocalResponseNorm(Module):
         self.size, self.alpha, self.beta, self.k, self.axis = size, alpha, beta, k, axis
 
     def forward(self, x: Array) -> Array:
-        from ..local_response import local_response_norm, lrn_linearized
         args = (x, self.size, self.alpha, self.beta, self.k)
         if not self.requires_grad:
             self._save()

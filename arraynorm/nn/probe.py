@@ -18,6 +18,8 @@ import fnmatch
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from array_api_compat import array_namespace
+
 from .._typing import Array
 from .module import Module
 
@@ -114,7 +116,6 @@ class Probe:
         ``"param_grads"`` …) as Python floats (this synchronizes a lazy or GPU backend)."""
         if kind not in _KINDS:
             raise ValueError(f"Probe.norms: kind must be one of {_KINDS}, got {kind!r}")
-        from array_api_compat import array_namespace
 
         out = {}
         for name, a in getattr(self, kind).items():

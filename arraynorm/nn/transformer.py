@@ -24,7 +24,7 @@ from .container import Sequential
 from .init import SCHEMES, make_rng
 from .linear import Linear
 from .module import Module
-from .norm import LayerNorm, RMSNorm
+from .registry import make_norm
 
 __all__ = ["TransformerEncoderBlock", "transformer_stack", "INIT_PRESETS"]
 
@@ -57,6 +57,21 @@ def _init_options(fname: str, init: str | None, sigma_w: float | None, zero_quer
                          f"{INIT_PRESETS}, got {init!r}")
     attn.update(zero_query_key=bool(zero_query_key), identity_output=bool(identity_output))
     return attn, ffn
+
+
+#: the registry's normalizations a Transformer block offers (per token, over D)
+BLOCK_NORMS = ("layer", "rms")
+
+
+def _check_norm(fname: str, norm: Any) -> None:
+    if norm not in BLOCK_NORMS:
+        raise ValueError(f"{fname}: norm must be 'layer' or 'rms', got {norm!r}")
+
+
+def _block_norm(norm: str, d_model: int, eps: float, where: dict[str, Any]) -> Module:
+    layer = make_norm(norm, d_model, {"eps": eps}, where)
+    assert layer is not None  # BLOCK_NORMS are registry layers
+    return layer
 
 
 class TransformerEncoderBlock(Module):
@@ -104,12 +119,9 @@ class TransformerEncoderBlock(Module):
         self.linear1 = Linear(d_model, ff, rng=g, **ffn_kw, **where)
         self.activation = make_activation(activation)
         self.linear2 = Linear(ff, d_model, rng=g, **ffn_kw, **where)
-        if norm == "layer":
-            self.norm1, self.norm2 = LayerNorm(d_model, eps, **where), LayerNorm(d_model, eps, **where)
-        elif norm == "rms":
-            self.norm1, self.norm2 = RMSNorm(d_model, eps, **where), RMSNorm(d_model, eps, **where)
-        else:
-            raise ValueError(f"TransformerEncoderBlock: norm must be 'layer' or 'rms', got {norm!r}")
+        _check_norm("TransformerEncoderBlock", norm)
+        self.norm1 = _block_norm(norm, d_model, eps, where)
+        self.norm2 = _block_norm(norm, d_model, eps, where)
 
     def _ffn(self, h: Array) -> Array:
         return self.linear2.forward(self.activation.forward(self.linear1.forward(h)))
@@ -190,8 +202,7 @@ def transformer_stack(depth: int, d_model: int, n_heads: int, *,
     xp_check_int(fname, "depth", depth)
     if norm_position not in ("post", "pre"):
         raise ValueError(f"{fname}: norm_position must be 'post' or 'pre', got {norm_position!r}")
-    if norm not in ("layer", "rms"):
-        raise ValueError(f"{fname}: norm must be 'layer' or 'rms', got {norm!r}")
+    _check_norm(fname, norm)
     _init_options(fname, init, sigma_w, zero_query_key, identity_output)  # fail before building
     g = make_rng(rng)
     where = dict(xp=xp, dtype=dtype, device=device)
@@ -203,8 +214,7 @@ def transformer_stack(depth: int, d_model: int, n_heads: int, *,
                                 identity_output=identity_output, rng=g, **where)
         for _ in range(int(depth))]
     if pre if final_norm is None else final_norm:
-        layers.append(LayerNorm(d_model, eps, **where) if norm == "layer"
-                      else RMSNorm(d_model, eps, **where))
+        layers.append(_block_norm(norm, d_model, eps, where))
     if out_features is not None:
         _, lin_kw = _init_options(fname, init, sigma_w, False, False)
         layers.append(Linear(d_model, out_features, rng=g, **lin_kw, **where))
