@@ -158,13 +158,13 @@ def xp_check_finite_scalar(fname: str, name: str, value: Any, *, minimum: float 
     """Validate a Python real hyperparameter and return it as ``float``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{fname}: {name} must be a real Python number, got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{fname}: {name} must be finite, got {value}")
-    if minimum is not None and (value < minimum or (strict and value == minimum)):
+    v = float(value)
+    if not math.isfinite(v):
+        raise ValueError(f"{fname}: {name} must be finite, got {v}")
+    if minimum is not None and (v < minimum or (strict and v == minimum)):
         rel = ">" if strict else ">="
-        raise ValueError(f"{fname}: {name} must be {rel} {minimum}, got {value}")
-    return value
+        raise ValueError(f"{fname}: {name} must be {rel} {minimum}, got {v}")
+    return v
 
 
 def xp_check_eps(fname: str, eps: Any, name: str = "eps") -> float:
@@ -237,16 +237,15 @@ def xp_normalize_axis(fname: str, axis: Any, ndim: int, name: str = "axis") -> i
     """Map an int axis into ``[0, ndim)`` or raise ``ValueError`` naming the argument."""
     if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
         raise TypeError(f"{fname}: {name} must be an int, got {type(axis).__name__}")
-    axis = int(axis)
-    if not -ndim <= axis < ndim:
+    ax = int(axis)
+    if not -ndim <= ax < ndim:
         raise ValueError(
-            f"{fname}: {name}={axis} is out of range for an input of rank {ndim}"
+            f"{fname}: {name}={ax} is out of range for an input of rank {ndim}"
         )
-    return axis % ndim
+    return ax % ndim
 
 
-def xp_normalize_axes(fname: str, axes: int | Sequence[int], ndim: int,
-                      name: str = "axis") -> tuple[int, ...]:
+def xp_normalize_axes(fname: str, axes: Any, ndim: int, name: str = "axis") -> tuple[int, ...]:
     """Map an int or a sequence of ints to sorted, unique, non-negative axes."""
     if isinstance(axes, numbers.Integral) and not isinstance(axes, bool):
         axes = (axes,)

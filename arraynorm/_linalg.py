@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._typing import Array, Namespace
-from ._array_api import xp_backend_name, xp_device
+from ._array_api import xp_backend_name, xp_capabilities, xp_device
 from ._statistics import centre, mean, pow2_scale
 
 __all__ = [
@@ -61,20 +61,15 @@ class Linearization:
     def __call__(self, gw: Array) -> Array:
         return self.vjp(gw)
 
-# Dask's linalg wraps NumPy's for a single in-memory chunk only: it has no eigh and its
-# cholesky refuses stacks of matrices, so whitening by decomposition is not offered there.
-_NO_BATCHED_DECOMPOSITIONS = {"dask"}
-
 
 def require_linalg(fname: str, xp: Namespace, what: str, routines: tuple[str, ...], *,
                    instead: str = "IterNorm whitening (iter_norm, IterNormWhiten)") -> None:
     """Raise ``NotImplementedError`` when ``xp`` lacks the batched ``xp.linalg`` routines
     ``what`` needs, naming the matmul-only alternative ``instead``. Decided from the
-    backend's name and attributes, never by trying."""
+    capability table (:func:`arraynorm._array_api.xp_capabilities`: Dask's linalg, for
+    one in-memory chunk only, offers none), never by trying."""
     backend = xp_backend_name(xp)
-    linalg = getattr(xp, "linalg", None)
-    missing = [r for r in routines if linalg is None or not hasattr(linalg, r)]
-    if backend in _NO_BATCHED_DECOMPOSITIONS or missing:
+    if not set(routines) <= xp_capabilities(xp).linalg:
         names = ", ".join(f"xp.linalg.{r}" for r in routines)
         raise NotImplementedError(
             f"{fname}: {what} needs batched {names}, which the {backend} backend does not "

@@ -11,9 +11,10 @@ one, changes one line.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, TypeAlias
 
-__all__ = ["Array", "Namespace", "Dtype", "Device", "Shape"]
+__all__ = ["Array", "Namespace", "Dtype", "Device", "Shape", "Pullback", "Pushforward"]
 
 #: an array of any array-API library
 Array: TypeAlias = Any
@@ -25,3 +26,9 @@ Dtype: TypeAlias = Any
 Device: TypeAlias = Any
 #: an array shape
 Shape: TypeAlias = tuple[int, ...]
+#: a VJP rule's pullback (:func:`arraynorm.defvjp`): the output's cotangent(s) -> one cotangent
+#: per positional parameter
+Pullback: TypeAlias = Callable[[Any], tuple[Any, ...]]
+#: a JVP rule's pushforward (:func:`arraynorm.defjvp`): one tangent per positional argument ->
+#: the output's tangent
+Pushforward: TypeAlias = Callable[..., Any]

@@ -78,6 +78,7 @@ def vjp(f: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, Callable
         name = getattr(f, "__name__", repr(f))
         raise TypeError(f"vjp: {name} has no registered backward pass; pass an arraynorm op")
     y, pullback = rule(*args, **kwargs)
+    pullback_: Callable[[Any], tuple[Any, ...]] = pullback
     fname = f"{getattr(f, '__name__', 'op')} pullback"
 
     def check(out: Any, d: Any, what: str) -> None:
@@ -116,6 +117,6 @@ def vjp(f: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, Callable
             if dy is None:
                 raise ValueError(f"{fname}: dy must be an array, got None")
             check(y, dy, "dy")
-        return pullback(dy)
+        return pullback_(dy)
 
     return y, checked_pullback

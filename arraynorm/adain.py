@@ -16,7 +16,7 @@ from collections.abc import Callable
 from ._array_api import xp_check_eps, xp_check_floating, xp_namespace
 from ._jvp import defjvp
 from ._statistics import mean
-from ._typing import Array
+from ._typing import Array, Pullback, Pushforward
 from ._vjp import defvjp
 from .compose import Normalizer
 from .operation import Standardize
@@ -90,11 +90,11 @@ def adain(content: Array, style: Array, *, eps: float = 1e-5, axis: int = 1) -> 
 
 
 @defvjp(adain)
-def _adain_vjp(content: Array, style: Array, *, eps: float = 1e-5, axis: int = 1) -> tuple[Array, Callable]:
+def _adain_vjp(content: Array, style: Array, *, eps: float = 1e-5, axis: int = 1) -> tuple[Array, Pullback]:
     return adain_linearized(content, style, eps, axis)[:2]
 
 
 @defjvp(adain)
-def _adain_jvp(content: Array, style: Array, *, eps: float = 1e-5, axis: int = 1) -> tuple[Array, Callable]:
+def _adain_jvp(content: Array, style: Array, *, eps: float = 1e-5, axis: int = 1) -> tuple[Array, Pushforward]:
     y, _, pushforward = adain_linearized(content, style, eps, axis)
     return y, pushforward

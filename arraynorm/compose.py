@@ -20,7 +20,7 @@ from ._array_api import (xp_check_cotangent, xp_check_eps, xp_check_floating, xp
                          xp_check_tangent, xp_namespace)
 from ._context import Grads, Implementation, NormContext
 from ._jvp import defjvp
-from ._typing import Array, Namespace
+from ._typing import Array, Namespace, Pullback, Pushforward
 from ._vjp import defvjp
 from .operation import Operation, Standardize
 from .partition import Layout, Partition
@@ -181,7 +181,7 @@ def _normalizer(partition: Partition, operation: Operation | None, eps: float,
 @defvjp(normalize)
 def _normalize_vjp(x: Array, partition: Partition, operation: Operation | None = None,
                    weight: Array | None = None, bias: Array | None = None, *, eps: float = 1e-5,
-                   recovery: Recovery = AFFINE) -> tuple[Array, Callable[[Array], tuple[Array, ...]]]:
+                   recovery: Recovery = AFFINE) -> tuple[Array, Pullback]:
     y, pb = _normalizer(partition, operation, eps, recovery).vjp(x, weight, bias)
 
     def pullback(dy: Array) -> tuple[Array, ...]:
@@ -194,7 +194,7 @@ def _normalize_vjp(x: Array, partition: Partition, operation: Operation | None =
 @defjvp(normalize)
 def _normalize_jvp(x: Array, partition: Partition, operation: Operation | None = None,
                    weight: Array | None = None, bias: Array | None = None, *, eps: float = 1e-5,
-                   recovery: Recovery = AFFINE) -> tuple[Array, Callable[..., Array]]:
+                   recovery: Recovery = AFFINE) -> tuple[Array, Pushforward]:
     norm = _normalizer(partition, operation, eps, recovery)
     y, ctx = norm.forward(x, weight, bias)
 

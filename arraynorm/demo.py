@@ -22,6 +22,7 @@ import contextlib
 import math
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,7 +48,7 @@ class Result:
 
 
 @contextlib.contextmanager
-def _one_blas_thread():
+def _one_blas_thread() -> Iterator[None]:
     # the matrices here are tiny (width 64): a multi-threaded BLAS spends more time waking
     # its threads than multiplying, and on a shared 2-core machine it is ~10x slower
     try:  # an optional dependency (the bench extra), imported only when the demo runs

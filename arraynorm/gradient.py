@@ -38,7 +38,7 @@ import numbers
 from collections.abc import Callable, MutableMapping
 from typing import Any
 
-from ._typing import Array, Namespace
+from ._typing import Array, Namespace, Pullback
 from ._vjp import defvjp
 from ._array_api import (
     xp_check_bool,
@@ -76,6 +76,7 @@ def _flatten(fname: str, name: str, tree: Tree) -> tuple[list[str], list[Any], C
 
         return [f"{name}[{k!r}]" for k in keys], [tree[k] for k in keys], rebuild_map
     if isinstance(tree, (list, tuple)):
+        rebuild: Callable[[list[Any]], Tree]
         if isinstance(tree, tuple) and hasattr(tree, "_fields"):
             rebuild = lambda leaves: type(tree)(*leaves)  # noqa: E731  named tuple
         elif isinstance(tree, tuple):
@@ -86,7 +87,8 @@ def _flatten(fname: str, name: str, tree: Tree) -> tuple[list[str], list[Any], C
     return [name], [tree], lambda leaves: leaves[0]
 
 
-def _gather(fname: str, name: str, tree: Tree) -> tuple[Any, list[str], list[Any], Callable]:
+def _gather(fname: str, name: str,
+            tree: Tree) -> tuple[Any, list[str], list[Any], Callable[[list[Any]], Tree]]:
     """Flatten ``tree``, check its arrays share one namespace and are floating, return xp."""
     labels, leaves, rebuild = _flatten(fname, name, tree)
     if all(leaf is None for leaf in leaves):
@@ -100,7 +102,7 @@ def _gather(fname: str, name: str, tree: Tree) -> tuple[Any, list[str], list[Any
 
 def _map(xp: Namespace, leaves: list[Any], f: Callable[[Array, Array], Array]) -> list[Any]:
     """Apply f(leaf_in_compute_dtype, leaf) to each array, cast back to the leaf's dtype."""
-    out = []
+    out: list[Any] = []
     for leaf in leaves:
         if leaf is None:
             out.append(None)
@@ -146,10 +148,10 @@ def _unitwise_norm(xp: Namespace, a: Array) -> Array:
 def _check_norm_type(fname: str, p: Any) -> float:
     if isinstance(p, bool) or not isinstance(p, numbers.Real):
         raise TypeError(f"{fname}: norm_type must be a real number, got {type(p).__name__}")
-    p = float(p)
-    if not (p > 0):  # also rejects NaN
-        raise ValueError(f"{fname}: norm_type must be > 0 (or float('inf')), got {p}")
-    return p
+    order = float(p)
+    if not (order > 0):  # also rejects NaN
+        raise ValueError(f"{fname}: norm_type must be > 0 (or float('inf')), got {order}")
+    return order
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,7 +232,7 @@ def clip_by_global_norm(grads: Tree, max_norm: float, *, norm_type: float = 2.0,
 
 
 def _clip_by_global_norm(grads: Tree, max_norm: float, norm_type: float,
-                         error_if_nonfinite: bool) -> tuple[tuple[Tree, Array], Callable]:
+                         error_if_nonfinite: bool) -> tuple[tuple[Tree, Array], Pullback]:
     fname = "clip_by_global_norm"
     max_norm = xp_check_finite_scalar(fname, "max_norm", max_norm, minimum=0.0)
     p = _check_norm_type(fname, norm_type)
@@ -285,7 +287,7 @@ def _clip_by_global_norm(grads: Tree, max_norm: float, norm_type: float,
 
 @defvjp(clip_by_global_norm)
 def _clip_by_global_norm_vjp(grads: Tree, max_norm: float, *, norm_type: float = 2.0,
-                             error_if_nonfinite: bool = False) -> tuple[tuple[Tree, Array], Callable]:
+                             error_if_nonfinite: bool = False) -> tuple[tuple[Tree, Array], Pullback]:
     return _clip_by_global_norm(grads, max_norm, norm_type, error_if_nonfinite)
 
 
@@ -343,7 +345,7 @@ def adaptive_gradient_clipping(grads: Tree, params: Tree, *, clipping: float = 0
         )
     named = {lab: leaf for lab, leaf in zip(glabels + plabels, gleaves + pleaves)}
     xp_namespace(fname, **named)
-    out = []
+    out: list[Any] = []
     for glab, plab, g, w in zip(glabels, plabels, gleaves, pleaves):
         if g is None:
             out.append(None)

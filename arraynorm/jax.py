@@ -126,3 +126,10 @@ def custom_vjp(op: Callable[..., Any]) -> Callable[..., Any]:
 _OPS = _bridge.bridged_ops()
 globals().update({name: custom_vjp(op) for name, op in _OPS.items()})
 __all__ += list(_OPS)
+
+
+def __getattr__(name: str) -> Callable[..., Any]:
+    # the ops above are generated (``globals().update``); this hook only runs for names that
+    # do not exist, so it changes nothing at run time and tells the type checker what the
+    # generated names are
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numbers
 from collections.abc import Callable
 
-from ._typing import Array, Namespace
+from ._typing import Array, Namespace, Pullback, Pushforward
 from ._array_api import (
     xp_accumulation_dtype,
     xp_check_channel_axis,
@@ -122,14 +122,14 @@ def local_response_norm(x: Array, size: int, alpha: float = 1e-4, beta: float = 
 
 @defvjp(local_response_norm)
 def _lrn_vjp(x: Array, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0, *,
-             axis: int = 1) -> tuple[Array, Callable]:
+             axis: int = 1) -> tuple[Array, Pullback]:
     y, pb, _ = lrn_linearized(x, size, alpha, beta, k, axis)
     return y, lambda dy: pb(dy) + (None, None, None)
 
 
 @defjvp(local_response_norm)
 def _lrn_jvp(x: Array, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0, *,
-             axis: int = 1) -> tuple[Array, Callable]:
+             axis: int = 1) -> tuple[Array, Pushforward]:
     y, _, push = lrn_linearized(x, size, alpha, beta, k, axis)
 
     def pushforward(tx: Array = None, *hyperparameters: None) -> Array:

@@ -97,7 +97,10 @@ class Optimizer:
         self.model.zero_grad()
 
     def _collect(self) -> tuple[list[str], list[tuple[Module, str]], list[Array], list[Array]]:
-        names, slots, params, grads = [], [], [], []
+        names: list[str] = []
+        slots: list[tuple[Module, str]] = []
+        params: list[Array] = []
+        grads: list[Array] = []
         for name, m, k in self.model.parameter_slots():
             g = m.grads.get(k)
             if g is None:
@@ -106,7 +109,10 @@ class Optimizer:
             if tuple(g.shape) != tuple(p.shape):
                 raise ValueError(f"{self._name}.step: gradient of {name} has shape "
                                  f"{tuple(g.shape)}, the parameter {tuple(p.shape)}")
-            names.append(name), slots.append((m, k)), params.append(p), grads.append(g)
+            names.append(name)
+            slots.append((m, k))
+            params.append(p)
+            grads.append(g)
         return names, slots, params, grads
 
     def step(self) -> None:

@@ -24,7 +24,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from ._typing import Array
+from ._typing import Array, Pullback
 from . import _linalg
 from ._array_api import (xp_check_bool, xp_check_eps, xp_check_floating, xp_check_int,
                          xp_compute_dtype, xp_namespace)
@@ -109,7 +109,7 @@ def orthogonal_weight_norm(v: Array, *, eps: float = 1e-5, center: bool = True) 
 
 
 @defvjp(orthogonal_weight_norm)
-def _own_vjp(v: Array, *, eps: float = 1e-5, center: bool = True) -> tuple[Array, Callable]:
+def _own_vjp(v: Array, *, eps: float = 1e-5, center: bool = True) -> tuple[Array, Pullback]:
     return _own(v, eps, center)
 
 
@@ -149,5 +149,5 @@ def oni(v: Array, *, T: int = 5, eps: float = 1e-5, center: bool = True) -> Arra
 
 @defvjp(oni)
 def _oni_vjp(v: Array, *, T: int = 5, eps: float = 1e-5,
-             center: bool = True) -> tuple[Array, Callable]:
+             center: bool = True) -> tuple[Array, Pullback]:
     return _oni(v, T, eps, center)

@@ -223,6 +223,7 @@ class BatchGroups(Partition):
         # GroupNorm's split of the channels (and its checks); only the roles of the axes differ
         grouped = Group(self.num_groups, self.axis).layout(fname, shape)
         ax = grouped.feature_axis  # the group axis; the channels within a group follow it
+        assert ax is not None  # a Group layout always has one
         reduce = tuple(a for a in range(len(grouped.view_shape)) if a not in (ax, ax + 1))
         return Layout(grouped.shape, grouped.view_shape, reduce, ax + 1, grouped.param_axes,
                       per="channel")

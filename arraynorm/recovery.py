@@ -86,6 +86,7 @@ def affine_jvp(xp: Namespace, dyhat: Array | None, yhat: Array | None, weight: A
         out = term if out is None else out + term
     if dbias is not None:
         like = yhat if out is None else out
+        assert like is not None, "affine_jvp: with only a β tangent, ŷ gives the output's dtype"
         b = _b(xp, dbias, shape, param_axes, like.dtype)
         out = b + xp.zeros_like(like) if out is None else out + b
     if out is None:

@@ -70,8 +70,8 @@ class RunningMeanStd:
 
     def __init__(self, shape: tuple[int, ...] | int = (), *, xp: Namespace = None, dtype: Any = None,
                  device: Any = None) -> None:
-        shape = (shape,) if isinstance(shape, numbers.Integral) else tuple(shape)
-        self.shape = tuple(int(n) for n in shape)
+        dims = (shape,) if isinstance(shape, int) else tuple(shape)
+        self.shape = tuple(int(n) for n in dims)
         self.mean = xp_from_host(np.zeros(self.shape), xp, device, dtype)
         self.var = xp_from_host(np.ones(self.shape), xp, device, dtype)
         self.count = 0

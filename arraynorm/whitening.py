@@ -25,7 +25,7 @@ from ._array_api import xp_check_eps, xp_check_floating, xp_in_compute_dtype, xp
 from ._typing import Array
 from .compose import Normalizer
 from .methods import Composed, composition
-from .operation import (CholeskyWhiten, GivenWhitening, IterNormWhiten, PCAWhiten, Whiten,
+from .operation import (CholeskyWhiten, GivenWhitening, IterNormWhiten, Operation, PCAWhiten,
                         WhiteningState, ZCAWhiten, whitening_operation)
 from .partition import BatchGroups, Group
 
@@ -42,7 +42,7 @@ __all__ = [
 # --------------------------------------------------------------------------------------
 
 def _batch_whitening(fname: str, x: Array, weight: Array | None, bias: Array | None,
-                     op: Whiten, num_groups: int, mean: Array | None,
+                     op: Operation, num_groups: int, mean: Array | None,
                      whitening_matrix: Array | None, eps: float, axis: int) -> Composed:
     """Training (batch statistics, ``op``) or inference (given ``mean``/``whitening_matrix``)."""
     if (mean is None) != (whitening_matrix is None):

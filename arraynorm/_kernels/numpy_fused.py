@@ -40,7 +40,8 @@ modifying ``x`` in place between forward and backward changes the backward, as m
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from collections.abc import Callable
+from typing import Any, overload
 
 import numpy as np
 
@@ -86,6 +87,14 @@ def _param(p: Plan, a: Any, ct: np.dtype) -> np.ndarray | None:
 def _index(a: np.ndarray, sl: tuple[slice, ...]) -> tuple[slice, ...]:
     """The part of a broadcastable array (full or length-1 axes) that a block's slice sees."""
     return tuple(s if a.shape[k] != 1 else slice(None) for k, s in enumerate(sl))
+
+
+@overload
+def _take(a: np.ndarray, sl: tuple[slice, ...]) -> np.ndarray: ...
+@overload
+def _take(a: None, sl: tuple[slice, ...]) -> None: ...
+@overload
+def _take(a: np.ndarray | None, sl: tuple[slice, ...]) -> np.ndarray | None: ...
 
 
 def _take(a: np.ndarray | None, sl: tuple[slice, ...]) -> np.ndarray | None:
@@ -169,6 +178,7 @@ class _Run:
         the compute dtype rounded off) through the scratch ``t``; the last operation writes
         ``out`` directly unless a cast is needed."""
         W, B = _take(self.W, sl), _take(self.B, sl)
+        ops: list[tuple[Callable[..., np.ndarray], Any]]
         if self.fold:  # γ per statistic: one multiplication by rstd·γ, lo goes into β
             a = rstd if W is None else rstd * W
             ops = [(np.multiply, a)]
@@ -194,12 +204,16 @@ class _Run:
         otherwise ŷ itself, exact: ((x − mean) − lo)·rstd."""
         mean, rstd, lo = stats
         if mean is None:
-            return src if self.fold else np.multiply(src, rstd, out=_view(buf, src))
-        z = np.subtract(src, mean, out=_view(buf, src))
+            if self.fold:
+                return src
+            scaled: np.ndarray = np.multiply(src, rstd, out=_view(buf, src))
+            return scaled
+        z: np.ndarray = np.subtract(src, mean, out=_view(buf, src))
         if self.fold:
             return z
         np.subtract(z, lo, out=z)
-        return np.multiply(z, rstd, out=z)
+        np.multiply(z, rstd, out=z)
+        return z
 
     def grad_sums(self, z: np.ndarray, dy: np.ndarray, stats: tuple[Any, Any, Any],
                   sl: tuple[slice, ...], bufs: list[np.ndarray],
@@ -223,6 +237,7 @@ class _Run:
         if "db" in acc:
             acc["db"][_index(acc["db"], sl)] += sum_over(dy, self.pflags)
         acc["dw"][_index(acc["dw"], sl)] += dot_over(dy, z, self.pflags, t3)
+        assert self.W is not None  # not folded: γ varies over the statistic
         g = np.multiply(dy, _take(self.W, sl), out=_view(t2, dy))
         sg = None if self.rms else sum_over(g, self.rflags)
         return g, sg, dot_over(g, z, self.rflags, t3)
@@ -372,9 +387,8 @@ def _forward(stages: Stages, xp: Namespace, layout: Layout, playout: Layout, p: 
     def compute_y() -> np.ndarray:
         """ŷ in the view shape from the kept input (the portable backward and JVP read it)."""
         xv = np.asarray(xa.reshape(layout.view_shape), dtype=ct)
-        if mean is None:
-            return xv * view(rstd)
-        return ((xv - view(mean)) - view(mean_lo)) * view(rstd)
+        y: np.ndarray = xv * view(rstd) if mean is None else ((xv - view(mean)) - view(mean_lo)) * view(rstd)
+        return y
 
     state = StandardizeState(None, view(mean), view(var), view(rstd), layout.reduce_axes,
                              compute_y=compute_y)
@@ -387,10 +401,11 @@ def _forward(stages: Stages, xp: Namespace, layout: Layout, playout: Layout, p: 
 # backward -----------------------------------------------------------------------------------
 
 def _block_stats(stats: tuple[Any, Any, Any], sl: tuple[slice, ...]) -> tuple[Any, Any, Any]:
-    return tuple(_take(a, sl) for a in stats)  # type: ignore[return-value]
+    mean, rstd, lo = stats
+    return _take(mean, sl), _take(rstd, sl), _take(lo, sl)
 
 
-def _backward_rows(run: _Run, dy: np.ndarray, stats: tuple[Any, Any, Any], dx: np.ndarray) -> list:
+def _backward_rows(run: _Run, dy: np.ndarray, stats: tuple[Any, Any, Any], dx: np.ndarray) -> list[Any]:
     p = run.p
 
     def work(first: int, last: int) -> dict[str, np.ndarray]:
@@ -407,7 +422,7 @@ def _backward_rows(run: _Run, dy: np.ndarray, stats: tuple[Any, Any, Any], dx: n
     return run.run(work)
 
 
-def _backward_chunks(run: _Run, dy: np.ndarray, stats: tuple[Any, Any, Any], dx: np.ndarray) -> list:
+def _backward_chunks(run: _Run, dy: np.ndarray, stats: tuple[Any, Any, Any], dx: np.ndarray) -> list[Any]:
     p = run.p
     shape = (p.rows, p.n_partials) + p.sfine
     part_sg, part_sgx = np.zeros(shape), np.zeros(shape)
@@ -438,6 +453,7 @@ def _backward_chunks(run: _Run, dy: np.ndarray, stats: tuple[Any, Any, Any], dx:
             z = run.centred(run.load(run.x[sl], bufs[3]), st, bufs[0])
             g = run.load(dy[sl], bufs[1])
             if not run.fold:
+                assert run.W is not None
                 g = np.multiply(g, _take(run.W, sl), out=_view(bufs[2], g))
             run.write_dx(z, g, _take(sg_all, sl), _take(sgx_all, sl), st, sl, bufs[0], dx[sl])
 

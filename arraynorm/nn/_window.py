@@ -90,7 +90,8 @@ class Window2d:
 
     def span(self) -> tuple[int, int]:
         """Extent of the dilated kernel, d (k − 1) + 1, per spatial axis."""
-        return tuple(d * (k - 1) + 1 for k, d in zip(self.kernel, self.dilation))
+        (kh, kw), (dh, dw) = self.kernel, self.dilation
+        return dh * (kh - 1) + 1, dw * (kw - 1) + 1
 
     def output_size(self, fname: str, h: int, w: int) -> tuple[int, int]:
         """(H_out, W_out) for an input of spatial size (h, w); ``ValueError`` when the

@@ -115,7 +115,7 @@ def cnn_stack(channels: Sequence[int] = (16, 32, 64), *, in_channels: int = 1,
     layers: list[Module] = []
     c_in = in_channels
     for i, c in enumerate(chans):
-        block_layers = [Conv2d(c_in, c, kernel_size, padding="same", bias=bias, **conv_kw)]
+        block_layers: list[Module] = [Conv2d(c_in, c, kernel_size, padding="same", bias=bias, **conv_kw)]
         nl = make_norm(norm, c, kw, where, on="maps", fname=fname)
         if nl is not None:
             block_layers.append(nl)

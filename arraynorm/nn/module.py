@@ -29,7 +29,7 @@ from typing import Any
 from array_api_compat import array_namespace
 
 from .._typing import Array, Namespace
-from .._array_api import xp_backend_name, xp_check_tangent, xp_device
+from .._array_api import xp_capabilities, xp_check_tangent, xp_device
 from .._array_api import xp_move, xp_resolve_namespace
 
 __all__ = ["Module"]
@@ -150,10 +150,12 @@ class Module:
         return self
 
     # ----------------------------------------------------------------- forward/backward
-    def forward(self, x: Array) -> Array:  # pragma: no cover - abstract
+    # the layer's inputs: one array for layers, (output, target) for losses, (content, style)
+    # for AdaIN; subclasses narrow the signature
+    def forward(self, *args: Any, **kwargs: Any) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def backward(self, dy: Array) -> Array:  # pragma: no cover - abstract
+    def backward(self, *args: Any, **kwargs: Any) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def jvp(self, dx: Array) -> Array:
@@ -180,7 +182,8 @@ class Module:
             why = ("gradients are disabled (requires_grad_(False))" if not self.requires_grad
                    else "forward has not been called")
             raise RuntimeError(f"{type(self).__name__}.{caller}: nothing cached, {why}")
-        return self._cache
+        cache: dict[str, Any] = self._cache
+        return cache
 
     def _check_tangent(self, dx: Array, xp: Namespace, shape: tuple[int, ...]) -> None:
         """``dx`` must be a floating array of the forward's namespace and input ``shape``."""
@@ -285,7 +288,7 @@ class Module:
         return "\n".join(lines) + "\n)"
 
 
-def _loaded(fname: str, name: str, value: Any, slot: tuple[Module, dict, str]) -> Any:
+def _loaded(fname: str, name: str, value: Any, slot: tuple[Module, dict[str, Any], str]) -> Any:
     """``value`` checked and converted for the slot it is loaded into (see
     :meth:`Module.load_state_dict`); raises without touching the module."""
     owner, store, k = slot
@@ -327,6 +330,6 @@ def _copy(a: Any) -> Any:
     if not hasattr(a, "shape"):
         return a
     xp = array_namespace(a)
-    if xp_backend_name(xp) == "dask":  # immutable graph nodes: sharing is already a copy
+    if xp_capabilities(xp).lazy:  # immutable graph nodes (Dask): sharing is already a copy
         return a
     return xp.asarray(a, copy=True)

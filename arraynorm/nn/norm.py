@@ -30,13 +30,14 @@ from array_api_compat import array_namespace
 
 import numpy as np
 
-from .._typing import Array, Namespace
+from .._typing import Array, Namespace, Shape
 from .._array_api import (xp_check_eps, xp_check_finite_scalar, xp_check_momentum, xp_check_shape,
                           xp_from_host, xp_namespace)
 from ..compose import NormContext, Normalizer
 from ..local_response import local_response_norm, lrn_linearized
 from ..operation import GivenStatistics, Operation, Renormalize, RMSScale, Standardize
 from ..partition import Batch, Group, Instance, Layer, Partition, Position
+from ..recovery import Affine, NoRecovery
 from ..running_stats import fold_batch, unbiased_variance
 from .module import Module
 
@@ -56,15 +57,17 @@ class Normalization(Module):
     operation : :mod:`arraynorm.operation` object (default :class:`Standardize`).
     param_shape : shape of γ and β (the partition's ``param_shape``: (C,) for channel
         partitions, the normalized axes' shape for ``Layer``); required when ``affine``.
-    eps : Python float >= 0 (default 1e-5).
-    affine, bias : learn γ (ones) and β (zeros); ``bias=False`` keeps γ only.
+    eps : Python float >= 0 (default 1e-5); ``None``: the machine epsilon of the input's
+        dtype (RMSNorm's default, as ``torch.nn.RMSNorm``).
+    affine, bias : learn γ (ones) and β (zeros); ``bias=False`` keeps γ only. Without affine
+        the normalizer has no recovery (:class:`~arraynorm.recovery.NoRecovery`).
     xp, dtype, device : where the parameters live.
     """
 
     _name = "Normalization"
 
     def __init__(self, partition: Partition, operation: Operation | None = None,
-                 param_shape: tuple[int, ...] | int | None = None, *, eps: float = 1e-5,
+                 param_shape: tuple[int, ...] | int | None = None, *, eps: float | None = 1e-5,
                  affine: bool = True, bias: bool = True, xp: Namespace = None, dtype: Any = None,
                  device: Any = None) -> None:
         super().__init__()
@@ -78,16 +81,37 @@ class Normalization(Module):
         self.param_shape = None if param_shape is None else xp_check_shape(fname, "param_shape", param_shape)
         if affine and self.param_shape is None:
             raise ValueError(f"{fname}: affine=True needs param_shape (the shape of γ and β)")
-        if affine:
-            self.register_parameter("weight", xp_from_host(np.ones(self.param_shape), xp, device, dtype))
-            b = xp_from_host(np.zeros(self.param_shape), xp, device, dtype) if bias else None
+        self.recovery = Affine() if affine else NoRecovery()
+        if self.param_shape is not None and affine:
+            shape = self.param_shape
+            self.register_parameter("weight", xp_from_host(np.ones(shape), xp, device, dtype))
+            b = xp_from_host(np.zeros(shape), xp, device, dtype) if bias else None
             self.register_parameter("bias", b)
         else:
             self.register_parameter("weight", None)
             self.register_parameter("bias", None)
 
+    @property
+    def features(self) -> Shape:
+        """γ's shape, for the layers that always have one (the channel count: (C,))."""
+        assert self.param_shape is not None, f"{self._name} has no param_shape"
+        return self.param_shape
+
+    def _operation_now(self) -> Operation:
+        """The operation of the current mode (batch statistics here; the running ones in eval
+        for the layers that keep them)."""
+        return self.operation
+
+    def _eps(self, x: Array) -> float:
+        """eps, or for ``eps=None`` the machine epsilon of the input's dtype (RMSNorm's rule)."""
+        if self.eps is not None:
+            return self.eps
+        xp = xp_namespace(f"{self._name}.forward", x=x)
+        return float(xp.finfo(x.dtype).eps) if xp.isdtype(x.dtype, "real floating") else 0.0
+
     def _normalizer(self, x: Array) -> Normalizer:
-        return Normalizer(self.partition, self.operation, self.eps, self._name)
+        return Normalizer(self.partition, self._operation_now(), self._eps(x), self._name,
+                          self.recovery)
 
     def _check_features(self, x: Array) -> None:
         if self.param_shape is None:
@@ -173,13 +197,6 @@ class RMSNorm(Normalization):
                          bias=False, xp=xp, dtype=dtype, device=device)
         self.param_shape = shape
 
-    def _normalizer(self, x: Array) -> Normalizer:
-        eps = self.eps
-        if eps is None:
-            xp = xp_namespace(f"{self._name}.forward", x=x)
-            eps = float(xp.finfo(x.dtype).eps) if xp.isdtype(x.dtype, "real floating") else 0.0
-        return Normalizer(self.partition, self.operation, eps, self._name)
-
     def extra_repr(self) -> str:
         return f"{self.param_shape}, eps={self.eps}"
 
@@ -196,7 +213,7 @@ class GroupNorm(Normalization):
                  device: Any = None) -> None:
         super().__init__(Group(num_groups, axis), Standardize(), num_channels, eps=eps,
                          affine=affine, xp=xp, dtype=dtype, device=device)
-        c = self.param_shape[0]
+        c = self.features[0]
         if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1 \
                 or c % num_groups:
             raise ValueError(f"GroupNorm: num_groups must be a positive int dividing "
@@ -204,7 +221,7 @@ class GroupNorm(Normalization):
         self.num_groups = num_groups
 
     def extra_repr(self) -> str:
-        return f"{self.num_groups}, {self.param_shape[0]}, eps={self.eps}"
+        return f"{self.num_groups}, {self.features[0]}, eps={self.eps}"
 
 
 class InstanceNorm(Normalization):
@@ -258,7 +275,7 @@ class BatchNorm(Normalization):
         self.track_running_stats = bool(track_running_stats)
         self.axis = axis
         if self.track_running_stats:
-            shape = self.param_shape
+            shape = self.features
             self.register_buffer("running_mean", xp_from_host(np.zeros(shape), xp, device, dtype))
             self.register_buffer("running_var", xp_from_host(np.ones(shape), xp, device, dtype))
             self.register_buffer("num_batches_tracked", 0)
@@ -266,11 +283,10 @@ class BatchNorm(Normalization):
     def _uses_batch_stats(self) -> bool:
         return self.training or not self.track_running_stats
 
-    def _normalizer(self, x: Array) -> Normalizer:
+    def _operation_now(self) -> Operation:
         if self._uses_batch_stats():
-            return Normalizer(self.partition, self.operation, self.eps, self._name)
-        op = GivenStatistics(self.buffers["running_mean"], self.buffers["running_var"])
-        return Normalizer(self.partition, op, self.eps, self._name)
+            return self.operation
+        return GivenStatistics(self.buffers["running_mean"], self.buffers["running_var"])
 
     def _after_forward(self, ctx: NormContext) -> None:
         # an empty batch has no statistics to fold in (PyTorch leaves the buffers as they are)
@@ -278,13 +294,13 @@ class BatchNorm(Normalization):
             return
         xp, st = ctx.xp, ctx.state  # Standardize's or Renormalize's: the batch statistics
         fold_batch(self.buffers, {
-            "running_mean": xp.reshape(st.mean, self.param_shape),
-            "running_var": unbiased_variance(xp.reshape(st.var, self.param_shape),
+            "running_mean": xp.reshape(st.mean, self.features),
+            "running_var": unbiased_variance(xp.reshape(st.var, self.features),
                                              ctx.layout.group_size),
         }, self.momentum, fname=self._name)
 
     def extra_repr(self) -> str:
-        return (f"{self.param_shape[0]}, eps={self.eps}, momentum={self.momentum}, "
+        return (f"{self.features[0]}, eps={self.eps}, momentum={self.momentum}, "
                 f"affine={'weight' in self.params}, track_running_stats={self.track_running_stats}")
 
 
@@ -308,15 +324,14 @@ class BatchRenorm(BatchNorm):
         self.rmax = xp_check_finite_scalar(self._name, "rmax", rmax, minimum=1.0)
         self.dmax = xp_check_finite_scalar(self._name, "dmax", dmax, minimum=0.0)
 
-    def _normalizer(self, x: Array) -> Normalizer:
+    def _operation_now(self) -> Operation:
         if not self.training:
-            return super()._normalizer(x)
-        op = Renormalize(self.buffers["running_mean"], self.buffers["running_var"],
-                         self.rmax, self.dmax)
-        return Normalizer(self.partition, op, self.eps, self._name)
+            return super()._operation_now()
+        return Renormalize(self.buffers["running_mean"], self.buffers["running_var"],
+                           self.rmax, self.dmax)
 
     def extra_repr(self) -> str:
-        return f"{self.param_shape[0]}, rmax={self.rmax}, dmax={self.dmax}, eps={self.eps}"
+        return f"{self.features[0]}, rmax={self.rmax}, dmax={self.dmax}, eps={self.eps}"
 
 
 class UncenteredBatchNorm(Normalization):
@@ -350,25 +365,24 @@ class UncenteredBatchNorm(Normalization):
         self.track_running_stats = bool(track_running_stats)
         self.axis = axis
         if self.track_running_stats:
-            ones = xp_from_host(np.ones(self.param_shape), xp, device, dtype)
+            ones = xp_from_host(np.ones(self.features), xp, device, dtype)
             self.register_buffer("running_mean_square", ones)
             self.register_buffer("num_batches_tracked", 0)
 
-    def _normalizer(self, x: Array) -> Normalizer:
+    def _operation_now(self) -> Operation:
         if self.training or not self.track_running_stats:
-            return Normalizer(self.partition, self.operation, self.eps, self._name)
+            return self.operation
         ms = self.buffers["running_mean_square"]
-        op = GivenStatistics(array_namespace(ms).zeros_like(ms), ms)
-        return Normalizer(self.partition, op, self.eps, self._name)
+        return GivenStatistics(array_namespace(ms).zeros_like(ms), ms)
 
     def _after_forward(self, ctx: NormContext) -> None:
         if not (self.training and self.track_running_stats):
             return
-        ms = ctx.xp.reshape(ctx.state.var, self.param_shape)  # RMSScale keeps mean(x²) as var
+        ms = ctx.xp.reshape(ctx.state.var, self.features)  # RMSScale keeps mean(x²) as var
         fold_batch(self.buffers, {"running_mean_square": ms}, self.momentum, fname=self._name)
 
     def extra_repr(self) -> str:
-        return (f"{self.param_shape[0]}, eps={self.eps}, momentum={self.momentum}, "
+        return (f"{self.features[0]}, eps={self.eps}, momentum={self.momentum}, "
                 f"affine={'weight' in self.params}, track_running_stats={self.track_running_stats}")
 
 

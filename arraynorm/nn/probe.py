@@ -76,6 +76,14 @@ class Probe:
     False
     """
 
+    #: what the probe records, by kind and then by module name (see the class docstring)
+    inputs: dict[str, Any]
+    activations: dict[str, Any]
+    output_grads: dict[str, Any]
+    input_grads: dict[str, Any]
+    param_grads: dict[str, Any]
+    tangents: dict[str, Any]
+
     def __init__(self, model: Module, *, depth: int | None = None,
                  names: str | Iterable[str] | Callable[[str], bool] | None = None,
                  types: type | tuple[type, ...] | None = None,

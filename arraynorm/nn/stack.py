@@ -91,7 +91,7 @@ def deep_stack(depth: int, width: int, *, in_features: int | None = None,
     blocks: list[Module] = []
     for i in range(depth):
         n_in = fan_in if i == 0 else width
-        layers = [linear_cls(n_in, width, bias, **lin_kw)]
+        layers: list[Module] = [linear_cls(n_in, width, bias, **lin_kw)]
         nl = make_norm(norm, width, kw, where)
         # a layer given as the activation is copied: each block caches its own input
         act = make_activation(copy.deepcopy(activation))
@@ -101,7 +101,7 @@ def deep_stack(depth: int, width: int, *, in_features: int | None = None,
             layers += [nl, act]
         else:
             layers += [act, nl]
-        block = Sequential(*layers)
+        block: Module = Sequential(*layers)
         if residual and n_in == width:
             block = Residual(block, scale=residual_scale)
         blocks.append(block)

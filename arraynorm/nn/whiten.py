@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from .._typing import Array, Namespace
-from ..compose import NormContext, Normalizer
+from ..compose import NormContext
 from ..operation import GivenWhitening, IterNormWhiten, Operation, whitening_operation
 from ..partition import BatchGroups
 from .._array_api import xp_check_int, xp_check_momentum, xp_from_host
@@ -55,23 +55,22 @@ class _Whitening(Normalization):
     def _operation(self) -> Operation:  # pragma: no cover - subclasses
         raise NotImplementedError
 
-    def _normalizer(self, x: Array) -> Normalizer:
+    def _operation_now(self) -> Operation:
         if self.training:
-            return Normalizer(self.partition, self.operation, self.eps, self._name)
-        op = GivenWhitening(self.buffers["running_mean"], self.buffers["running_whitening"],
-                            name=self._name)
-        return Normalizer(self.partition, op, self.eps, self._name)
+            return self.operation
+        return GivenWhitening(self.buffers["running_mean"], self.buffers["running_whitening"],
+                              name=self._name)
 
     def _after_forward(self, ctx: NormContext) -> None:
         if not self.training:
             return
         xp, st = ctx.xp, ctx.state
-        fold_batch(self.buffers, {"running_mean": xp.reshape(st.mean, self.param_shape),
+        fold_batch(self.buffers, {"running_mean": xp.reshape(st.mean, self.features),
                                   "running_whitening": st.whitening_matrix},
                    self.momentum, fname=self._name)
 
     def extra_repr(self) -> str:
-        return (f"{self.param_shape[0]}, num_groups={self.num_groups}, eps={self.eps}, "
+        return (f"{self.features[0]}, num_groups={self.num_groups}, eps={self.eps}, "
                 f"momentum={self.momentum}")
 
 

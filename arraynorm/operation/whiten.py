@@ -80,6 +80,7 @@ class _Blocks:
     @classmethod
     def of(cls, layout: Layout) -> "_Blocks":
         view, reduce, f = layout.view_shape, layout.reduce_axes, layout.feature_axis
+        assert f is not None  # Normalizer refuses partitions without one (needs_feature_axis)
         kept = tuple(a for a in range(len(view)) if a not in reduce and a != f)
         perm = kept + (f,) + tuple(reduce)
         inverse = tuple(perm.index(a) for a in range(len(view)))
@@ -115,7 +116,7 @@ class WhiteningState:
     whitening_matrix: Array
     blocks: _Blocks
     pullback: Pullback
-    pushforward: Pullback | None = None
+    pushforward: Pullback
 
 
 # --------------------------------------------------------------------------------------

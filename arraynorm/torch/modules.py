@@ -48,6 +48,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from .._array_api import (xp_check_eps, xp_check_finite_scalar, xp_check_int, xp_check_momentum,
                           xp_normalize_axis)
@@ -61,7 +62,6 @@ from ._function import apply_rule
 __all__ = ["DecorrelatedBatchNorm", "IterNorm", "GroupWhitening", "PositionNorm", "BatchRenorm",
            "GhostBatchNorm", "AdaIN"]
 
-Tensor = torch.Tensor
 
 
 class _ChannelNorm(torch.nn.Module):

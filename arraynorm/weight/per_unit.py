@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from .._array_api import (xp_check_eps, xp_check_floating, xp_compute_dtype, xp_namespace,
                           xp_normalize_axis)
-from .._typing import Array, Dtype, Namespace
+from .._typing import Array, Dtype, Namespace, Pullback
 from .._vjp import defvjp
 from ..compose import Normalizer
 from ..operation import LpScale, Operation, Standardize
@@ -97,7 +97,7 @@ def _scale_units(xp: Namespace, vhat: Array, g: Array, keep: int | None,
 # ---------------------------------------------------------------------------------------------
 # weight normalization
 
-def _weight_norm(v: Array, g: Array, dim: int | None):
+def _weight_norm(v: Array, g: Array, dim: int | None) -> tuple[Array, Pullback]:
     fname = "weight_norm"
     xp = xp_namespace(fname, v=v, g=g)
     xp_check_floating(fname, "v", v, xp)
@@ -149,11 +149,12 @@ def weight_norm(v: Array, g: Array, dim: int | None = 0) -> Array:
 
 
 @defvjp(weight_norm)
-def _weight_norm_vjp(v: Array, g: Array, dim: int | None = 0) -> tuple[Array, Callable]:
+def _weight_norm_vjp(v: Array, g: Array, dim: int | None = 0) -> tuple[Array, Pullback]:
     return _weight_norm(v, g, dim)
 
 
-def _centered_weight_norm(v: Array, g: Array | None, dim: int | None, eps: float):
+def _centered_weight_norm(v: Array, g: Array | None, dim: int | None,
+                          eps: float) -> tuple[Array, Pullback]:
     fname = "centered_weight_norm"
     xp = xp_namespace(fname, v=v, g=g)
     xp_check_floating(fname, "v", v, xp)
@@ -208,11 +209,11 @@ def centered_weight_norm(v: Array, g: Array | None = None, dim: int | None = 0, 
 
 @defvjp(centered_weight_norm)
 def _centered_weight_norm_vjp(v: Array, g: Array | None = None, dim: int | None = 0, *,
-                              eps: float = 0.0) -> tuple[Array, Callable]:
+                              eps: float = 0.0) -> tuple[Array, Pullback]:
     return _centered_weight_norm(v, g, dim, eps)
 
 
-def _weight_standardization(w: Array, eps: float):
+def _weight_standardization(w: Array, eps: float) -> tuple[Array, Pullback]:
     fname = "weight_standardization"
     xp = xp_namespace(fname, w=w)
     xp_check_floating(fname, "w", w, xp)
@@ -252,7 +253,7 @@ def weight_standardization(w: Array, *, eps: float = 1e-5) -> Array:
 
 
 @defvjp(weight_standardization)
-def _weight_standardization_vjp(w: Array, *, eps: float = 1e-5) -> tuple[Array, Callable]:
+def _weight_standardization_vjp(w: Array, *, eps: float = 1e-5) -> tuple[Array, Pullback]:
     return _weight_standardization(w, eps)
 
 

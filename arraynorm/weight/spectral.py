@@ -14,7 +14,7 @@ import numpy as np
 from .._array_api import (xp_backend_name, xp_check_eps, xp_check_floating, xp_check_int,
                           xp_compute_dtype, xp_device, xp_namespace)
 from .._statistics import lp_norm
-from .._typing import Array, Namespace
+from .._typing import Array, Namespace, Pullback
 from .._vjp import defvjp
 from ..operation import LpScale
 from .per_unit import per_unit, unit_axis
@@ -79,7 +79,7 @@ def _power_iteration_args(fname: str, weight: Array, u: Array | None, n_power_it
 
 
 def _spectral_norm(weight: Array, u: Array | None, n_power_iterations: int, eps: float,
-                   dim: int):
+                   dim: int) -> tuple[tuple[Array, Array | None], Pullback]:
     fname = "spectral_norm"
     xp, n_it, eps, d = _power_iteration_args(fname, weight, u, n_power_iterations, eps, dim)
     ct = xp_compute_dtype(xp, weight.dtype)
@@ -179,7 +179,7 @@ def spectral_norm(weight: Array, u: Array | None, *, n_power_iterations: int = 1
 
 @defvjp(spectral_norm)
 def _spectral_norm_vjp(weight: Array, u: Array | None, *, n_power_iterations: int = 1,
-                       eps: float = 1e-12, dim: int = 0) -> tuple[Any, Callable]:
+                       eps: float = 1e-12, dim: int = 0) -> tuple[Array, Pullback]:
     return _spectral_norm(weight, u, n_power_iterations, eps, dim)
 
 
@@ -191,7 +191,8 @@ def _no_exact_mode(fname: str, xp: Namespace, why: str) -> NotImplementedError:
     )
 
 
-def _top_singular(fname: str, xp: Namespace, mat: Array, vectors: bool):
+def _top_singular(fname: str, xp: Namespace, mat: Array,
+                  vectors: bool) -> tuple[Array, Array | None, Array | None]:
     """σ_max of ``mat`` and, when ``vectors``, its singular vectors u₁, v₁."""
     linalg = getattr(xp, "linalg", None)
     if linalg is None or not hasattr(linalg, "svd"):
@@ -209,7 +210,8 @@ def _top_singular(fname: str, xp: Namespace, mat: Array, vectors: bool):
     return s[0], u[:, 0], vh[0, :]
 
 
-def _spectral_norm_exact(weight: Array, dim: int, vectors: bool):
+def _spectral_norm_exact(weight: Array, dim: int,
+                         vectors: bool) -> tuple[Array, Pullback | None]:
     fname = "spectral_norm_exact"
     xp = xp_namespace(fname, weight=weight)
     xp_check_floating(fname, "weight", weight, xp)
@@ -258,8 +260,10 @@ def spectral_norm_exact(weight: Array, *, dim: int = 0) -> Array:
 
 
 @defvjp(spectral_norm_exact)
-def _spectral_norm_exact_vjp(weight: Array, *, dim: int = 0) -> tuple[Array, Callable]:
-    return _spectral_norm_exact(weight, dim, True)
+def _spectral_norm_exact_vjp(weight: Array, *, dim: int = 0) -> tuple[Array, Pullback]:
+    w_sn, pullback = _spectral_norm_exact(weight, dim, True)
+    assert pullback is not None  # vectors=True always builds one
+    return w_sn, pullback
 
 
 def spectral_norm_init_u(weight: Array, seed: int | np.random.Generator, *, dim: int = 0,
