@@ -24,7 +24,7 @@ from array_api_compat import array_namespace, is_dask_array, to_device
 from array_api_compat import device as xp_device
 
 from ._capabilities import Capabilities, capability_table, xp_backend_name, xp_capabilities
-from ._typing import Array, Device, Dtype, Namespace, Shape
+from ._typing import Array, Dtype, Namespace, Shape
 
 __all__ = [
     # namespaces, devices, capabilities

@@ -31,9 +31,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ._typing import Array, Namespace
 from ._array_api import xp_backend_name, xp_capabilities, xp_device
 from ._statistics import centre, mean, pow2_scale
+from ._typing import Array, Namespace
 
 __all__ = [
     "Linearization",

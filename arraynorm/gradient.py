@@ -38,8 +38,6 @@ import numbers
 from collections.abc import Callable, MutableMapping
 from typing import Any
 
-from ._typing import Array, Namespace, Pullback
-from ._vjp import defvjp
 from ._array_api import (
     xp_check_bool,
     xp_check_eps,
@@ -50,6 +48,8 @@ from ._array_api import (
     xp_namespace,
 )
 from ._statistics import lp_norm
+from ._typing import Array, Namespace, Pullback
+from ._vjp import defvjp
 
 __all__ = [
     "normalized_gradient", "block_normalized_gradient", "clip_by_global_norm",

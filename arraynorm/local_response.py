@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable
 
-from ._typing import Array, Namespace, Pullback, Pushforward
 from ._array_api import (
     xp_accumulation_dtype,
     xp_check_channel_axis,
@@ -17,6 +15,7 @@ from ._array_api import (
     xp_namespace,
 )
 from ._jvp import defjvp
+from ._typing import Array, Namespace, Pullback, Pushforward
 from ._vjp import defvjp
 
 __all__ = ["local_response_norm", "lrn_linearized"]

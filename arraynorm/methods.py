@@ -18,7 +18,6 @@ import inspect
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from ._typing import Array, Namespace
 from ._array_api import (
     xp_check_eps,
     xp_check_finite_scalar,
@@ -26,10 +25,11 @@ from ._array_api import (
     xp_namespace,
 )
 from ._jvp import defjvp
+from ._typing import Array
 from ._vjp import defvjp, positional_parameters
 from .compose import Normalizer
 from .operation import GivenStatistics, LpScale, Renormalize, RMSScale, Standardize
-from .partition import Batch, GhostBatch, Group, Instance, Layer, Layout, Position
+from .partition import Batch, GhostBatch, Group, Instance, Layer, Position
 
 __all__ = [
     "batch_norm", "layer_norm", "instance_norm", "group_norm", "rms_norm", "position_norm",

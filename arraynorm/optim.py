@@ -33,10 +33,10 @@ from typing import Any
 
 from array_api_compat import array_namespace
 
-from ._typing import Array, Namespace
 from ._array_api import (xp_check_eps, xp_check_finite_scalar, xp_check_unit_interval, xp_move,
                          xp_resolve_namespace)
 from ._array_api import xp_supports_inplace as supports_inplace
+from ._typing import Array, Namespace
 from .gradient import (block_normalized_gradient, clip_by_global_norm, lamb_trust_ratio,
                        lars_trust_ratio, normalized_gradient)
 from .nn.module import Module

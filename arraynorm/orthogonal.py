@@ -24,10 +24,10 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from ._typing import Array, Pullback
 from . import _linalg
 from ._array_api import (xp_check_bool, xp_check_eps, xp_check_floating, xp_check_int,
                          xp_compute_dtype, xp_namespace)
+from ._typing import Array, Pullback
 from ._vjp import defvjp
 
 __all__ = ["orthogonal_weight_norm", "oni"]

@@ -19,7 +19,6 @@ asynchronous on CuPy.
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any
 
 import numpy as np

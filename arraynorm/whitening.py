@@ -19,8 +19,6 @@ statistics are per sample, returns the empty result; the batch methods raise
 
 from __future__ import annotations
 
-from typing import Any
-
 from ._array_api import xp_check_eps, xp_check_floating, xp_in_compute_dtype, xp_namespace
 from ._typing import Array
 from .compose import Normalizer

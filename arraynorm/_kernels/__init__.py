@@ -28,15 +28,17 @@ Switches
 Implementations today
 ---------------------
 =================  ===========================================================================
-backend            path
+backend            implementation
 =================  ===========================================================================
 NumPy              :mod:`.numpy_fused` for the standardize and RMS operations on every
-                   partition (BN, LN, IN, GN, PN, ghost BN, RMS norm and compositions), for
-                   inputs of 2 MiB and more (smaller ones fit in cache, where the portable
-                   path is as fast): cache-sized blocks, one read and one write of memory
-                   per element in the common layouts, worker threads
-CuPy               none yet: the portable path (fused kernels need a GPU to be proven equal)
-others             the portable path
+                   partition with the affine, conditional-affine or no recovery (BN, LN, IN,
+                   GN, PN, ghost BN, RMS norm, AdaIN and compositions), for inputs of 2 MiB
+                   and more (smaller ones fit in cache, where the portable path is as fast):
+                   cache-sized blocks, one read and one write of memory per element in the
+                   common layouts, worker threads; its JVP is the portable formula on its
+                   statistics
+CuPy               none yet: :data:`PORTABLE` (fused kernels need a GPU to be proven equal)
+others             :data:`PORTABLE` (:mod:`.portable`)
 =================  ===========================================================================
 """
 

@@ -8,7 +8,6 @@ import contextvars
 import os
 import warnings
 from collections.abc import Iterator
-from typing import Any
 
 from .._array_api import xp_check_bool, xp_check_int
 from ._blocks import default_threads

@@ -36,9 +36,8 @@ import numbers
 from dataclasses import dataclass
 from typing import Any
 
+from .._array_api import xp_check_floating, xp_device, xp_supports_inplace, xp_whole_axes
 from .._typing import Array, Namespace
-from .._array_api import (xp_check_floating, xp_compute_dtype, xp_device, xp_supports_inplace,
-                          xp_whole_axes)
 
 __all__ = ["pair", "check_nchw", "check_cotangent", "Window2d", "pad2d",
            "window_slices", "scatter_windows"]

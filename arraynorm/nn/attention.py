@@ -27,8 +27,8 @@ from typing import Any
 
 from array_api_compat import array_namespace
 
-from .._typing import Array, Namespace
 from .._array_api import xp_check_floating, xp_check_int, xp_device, xp_namespace
+from .._typing import Array, Namespace
 from .functional import softmax, softmax_backward
 from .init import make_rng
 from .linear import Linear

@@ -29,8 +29,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .._typing import Array, Namespace
 from .._array_api import xp_check_int, xp_from_host, xp_in_compute_dtype, xp_namespace, xp_whole_axes
+from .._typing import Array, Namespace
 from ._window import (Window2d, check_cotangent, check_nchw, pad2d, pair, scatter_windows,
                       window_slices)
 from .init import init_bias, init_weight, make_rng

@@ -12,8 +12,8 @@ log_softmax:  ∂L/∂z = g − p · Σ g
 from __future__ import annotations
 
 
-from .._typing import Array, Namespace
 from .._array_api import xp_in_compute_dtype
+from .._typing import Array, Namespace
 
 __all__ = ["softmax", "softmax_backward", "log_softmax", "log_softmax_backward"]
 

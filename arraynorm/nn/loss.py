@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .._typing import Array
 from .._array_api import xp_check_floating, xp_device, xp_namespace
+from .._typing import Array
 from .functional import log_softmax
 from .module import Module
 

@@ -28,9 +28,9 @@ from typing import Any
 
 from array_api_compat import array_namespace
 
-from .._typing import Array, Namespace
 from .._array_api import xp_capabilities, xp_check_tangent, xp_device
 from .._array_api import xp_move, xp_resolve_namespace
+from .._typing import Array, Namespace
 
 __all__ = ["Module"]
 

@@ -30,9 +30,9 @@ from array_api_compat import array_namespace
 
 import numpy as np
 
-from .._typing import Array, Namespace, Shape
 from .._array_api import (xp_check_eps, xp_check_finite_scalar, xp_check_momentum, xp_check_shape,
                           xp_from_host, xp_namespace)
+from .._typing import Array, Namespace, Shape
 from ..compose import NormContext, Normalizer
 from ..local_response import local_response_norm, lrn_linearized
 from ..operation import GivenStatistics, Operation, Renormalize, RMSScale, Standardize
@@ -159,7 +159,23 @@ class Normalization(Module):
                 f"affine={'weight' in self.params}")
 
 
-class LayerNorm(Normalization):
+class _TrailingAxes(Normalization):
+    """A normalization over the trailing ``normalized_shape`` axes, γ and β of that shape
+    (what LayerNorm and RMSNorm share)."""
+
+    def __init__(self, normalized_shape: int | tuple[int, ...], operation: Operation,
+                 eps: float | None, affine: bool, bias: bool, xp: Namespace, dtype: Any,
+                 device: Any) -> None:
+        shape = xp_check_shape(self._name, "normalized_shape", normalized_shape)
+        super().__init__(Layer(tuple(range(-len(shape), 0))), operation, shape, eps=eps,
+                         affine=affine, bias=bias, xp=xp, dtype=dtype, device=device)
+        self.param_shape = shape
+
+    def extra_repr(self) -> str:
+        return f"{self.param_shape}, eps={self.eps}"
+
+
+class LayerNorm(_TrailingAxes):
     """Layer normalization over the trailing ``normalized_shape`` axes (Ba et al. 2016):
     y = γ · (x − μ)/sqrt(σ² + eps) + β, μ, σ² (biased) per sample over those axes.
 
@@ -171,17 +187,11 @@ class LayerNorm(Normalization):
     def __init__(self, normalized_shape: int | tuple[int, ...], eps: float = 1e-5,
                  elementwise_affine: bool = True, bias: bool = True, *, xp: Namespace = None,
                  dtype: Any = None, device: Any = None) -> None:
-        shape = xp_check_shape(self._name, "normalized_shape", normalized_shape)
-        axes = tuple(range(-len(shape), 0))
-        super().__init__(Layer(axes), Standardize(), shape, eps=eps, affine=elementwise_affine,
-                         bias=bias, xp=xp, dtype=dtype, device=device)
-        self.param_shape = shape
-
-    def extra_repr(self) -> str:
-        return f"{self.param_shape}, eps={self.eps}"
+        super().__init__(normalized_shape, Standardize(), eps, elementwise_affine, bias, xp,
+                         dtype, device)
 
 
-class RMSNorm(Normalization):
+class RMSNorm(_TrailingAxes):
     """RMS normalization over the trailing ``normalized_shape`` axes (Zhang & Sennrich 2019):
     y = γ · x / sqrt(mean(x²) + eps). ``eps=None`` (default) is the machine epsilon of the
     input's dtype, as ``torch.nn.RMSNorm``."""
@@ -191,14 +201,8 @@ class RMSNorm(Normalization):
     def __init__(self, normalized_shape: int | tuple[int, ...], eps: float | None = None,
                  elementwise_affine: bool = True, *, xp: Namespace = None, dtype: Any = None,
                  device: Any = None) -> None:
-        shape = xp_check_shape(self._name, "normalized_shape", normalized_shape)
-        axes = tuple(range(-len(shape), 0))
-        super().__init__(Layer(axes), RMSScale(), shape, eps=eps, affine=elementwise_affine,
-                         bias=False, xp=xp, dtype=dtype, device=device)
-        self.param_shape = shape
-
-    def extra_repr(self) -> str:
-        return f"{self.param_shape}, eps={self.eps}"
+        super().__init__(normalized_shape, RMSScale(), eps, elementwise_affine, False, xp,
+                         dtype, device)
 
 
 class GroupNorm(Normalization):

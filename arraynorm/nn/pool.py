@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from .._typing import Array, Namespace
 from .._array_api import xp_device, xp_from_host, xp_in_compute_dtype, xp_namespace
+from .._typing import Array, Namespace
 from ._window import (Window2d, check_cotangent, check_nchw, pad2d, pair, scatter_windows,
                       window_slices)
 from .module import Module

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from array_api_compat import array_namespace
 
-from .._typing import Array
 from .._array_api import xp_check_eps, xp_check_tangent
+from .._typing import Array
 from ..adain import adain, adain_linearized
 from .module import Module
 

@@ -21,11 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from .._typing import Array, Namespace
+from .._array_api import xp_check_int, xp_check_momentum, xp_from_host
+from .._typing import Namespace
 from ..compose import NormContext
 from ..operation import GivenWhitening, IterNormWhiten, Operation, whitening_operation
 from ..partition import BatchGroups
-from .._array_api import xp_check_int, xp_check_momentum, xp_from_host
 from ..running_stats import fold_batch
 from .norm import Normalization
 

@@ -53,9 +53,9 @@ from torch import Tensor
 from .._array_api import (xp_check_eps, xp_check_finite_scalar, xp_check_int, xp_check_momentum,
                           xp_normalize_axis)
 from ..compose import Normalizer
+from ..operation import IterNormWhiten, whitening_operation
 from ..partition import BatchGroups
 from ..running_stats import batch_moments, blend, momentum_weight, update_running_stats
-from ..operation import IterNormWhiten, whitening_operation
 from . import functional as AF
 from ._function import apply_rule
 
