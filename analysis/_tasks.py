@@ -4,7 +4,7 @@ by the studies that train (``scale-invariance``, ``convergence``).
 Tasks (host NumPy data, drawn from a seed, the same on every backend):
 
 * ``"spirals"`` — two interleaved spirals in 2-D, two classes (the generator of
-  :func:`arraynorm.nn.demo.spirals`, reused as it is); softmax cross-entropy.
+  :func:`arraynorm.data.spirals`, reused as it is); softmax cross-entropy.
 * ``"teacher"`` — teacher–student regression: x ~ N(0, I_d), y = f(x) for a fixed random
   tanh network f (two hidden layers of 32, N(0, 1.5²/fan_in) weights, the chaotic-edge gain
   of the mean-field literature, so the target is not nearly linear), standardized to mean 0,
@@ -31,7 +31,7 @@ import numpy as np
 
 import arraynorm as an
 from arraynorm._array_api import xp_from_host
-from arraynorm.nn.demo import spirals
+from arraynorm.data import spirals
 
 from ._backend import Backend
 

@@ -1,7 +1,7 @@
 """What the training studies share: the synthetic task, the divergence test and the mean of
 a run's summary over independent repetitions.
 
-The task is the demo's two interleaved spirals (:func:`arraynorm.nn.demo.spirals`, 2-D inputs,
+The task is the demo's two interleaved spirals (:func:`arraynorm.data.spirals`, 2-D inputs,
 2 classes) and a ``deep_stack`` MLP with a linear read-out. Repetition ``rep`` draws its data
 and its Linear weights from the study's seed and ``rep`` alone — not from the normalization —
 so every normalization of a repetition starts from the same weights and sees the same data (a
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 import arraynorm as an
-from arraynorm.nn.demo import spirals
+from arraynorm.data import spirals
 
 from ._backend import Backend, point_rng
 

@@ -4,7 +4,7 @@ and with gradient normalization or clipping (the survey's §1 and §5 claims tha
 
 Each point of the sweep is one training run — one (task, method, learning rate, seed) — by
 SGD with momentum (arraynorm.optim, PyTorch's update rule) on a task of :mod:`._tasks`:
-the two spirals of :mod:`arraynorm.nn.demo` (cross-entropy), a teacher–student regression
+the two spirals of :mod:`arraynorm.data` (the demo's) (cross-entropy), a teacher–student regression
 (MSE) and a majority-token sequence task for Transformer stacks (cross-entropy). A method is
 a normalization known to :func:`arraynorm.nn.deep_stack` (``"none"``, ``"batch"``,
 ``"layer"``, ``"group"``, ``"rms"``, ``"weight_norm"`` …), optionally with a gradient

@@ -1,8 +1,11 @@
-"""Namespace, device and dtype helpers, and input validation.
+"""Namespace, device and dtype helpers, and input validation: the package's one helpers module.
 
 This is the only module that knows backends exist. Every op asks it for the array namespace
 of its inputs (``xp_namespace``), validates with ``xp_check_*`` and computes in the dtype
-``xp_compute_dtype`` chooses. Helpers are prefixed ``xp_`` as in SciPy's ``_array_api``.
+``xp_compute_dtype`` chooses; what a backend can do comes from the capability table of
+:mod:`arraynorm._capabilities`, which this module owns and re-exports
+(``xp_capabilities``). Helpers are prefixed ``xp_`` as in SciPy's ``_array_api``; every
+module of the package imports its validators and dtype/device helpers from here.
 
 Validation only ever looks at shapes, dtypes and Python hyperparameters, never at array
 values: a Dask graph stays lazy, CuPy never synchronizes, JAX can trace.
@@ -10,87 +13,72 @@ values: a Dask graph stays lazy, CuPy never synchronizes, JAX can trace.
 
 from __future__ import annotations
 
+import importlib
 import math
 import numbers
 from collections.abc import Sequence
 from typing import Any
 
-import importlib
-
-import array_api_compat
 import numpy as np
-from array_api_compat import array_namespace, is_dask_array, is_jax_array, to_device
+from array_api_compat import array_namespace, is_dask_array, to_device
 from array_api_compat import device as xp_device
 
+from ._capabilities import Capabilities, capability_table, xp_backend_name, xp_capabilities
+from ._typing import Array, Dtype, Namespace, Shape
+
 __all__ = [
-    "xp_namespace",
-    "xp_device",
-    "xp_check_floating",
-    "xp_check_cotangent",
-    "xp_check_eps",
-    "xp_check_finite_scalar",
-    "xp_compute_dtype",
-    "xp_accumulation_dtype",
-    "xp_normalize_axis",
-    "xp_normalize_axes",
-    "xp_check_param_shape",
-    "xp_check_tangent",
-    "xp_backend_name",
-    "xp_resolve_namespace",
-    "xp_to_host_numpy",
-    "xp_move",
-    "xp_from_host",
-    "xp_supports_inplace",
-    "xp_whole_axes",
+    # namespaces, devices, capabilities
+    "xp_namespace", "xp_device", "xp_backend_name", "xp_capabilities", "Capabilities",
+    "capability_table", "xp_supports_inplace",
+    # validation of arrays
+    "xp_check_floating", "xp_check_cotangent", "xp_check_tangent", "xp_check_param_shape",
+    # validation of Python hyperparameters
+    "xp_check_finite_scalar", "xp_check_eps", "xp_check_int", "xp_check_bool",
+    "xp_check_unit_interval", "xp_check_momentum", "xp_check_shape",
+    "xp_normalize_axis", "xp_normalize_axes", "xp_check_channel_axis",
+    # dtypes
+    "xp_compute_dtype", "xp_accumulation_dtype", "xp_in_compute_dtype",
+    # moving arrays between libraries and devices
+    "xp_resolve_namespace", "xp_to_host_numpy", "xp_move", "xp_from_host", "xp_whole_axes",
 ]
 
 
-def xp_backend_name(xp: Any) -> str:
-    """Short human name of an array namespace (``numpy``, ``cupy``, ``torch``, ``dask`` …)."""
-    for name, test in (
-        ("numpy", array_api_compat.is_numpy_namespace),
-        ("cupy", array_api_compat.is_cupy_namespace),
-        ("torch", array_api_compat.is_torch_namespace),
-        ("dask", array_api_compat.is_dask_namespace),
-        ("jax", array_api_compat.is_jax_namespace),
-        ("array_api_strict", array_api_compat.is_array_api_strict_namespace),
-    ):
-        if test(xp):
-            return name
-    return getattr(xp, "__name__", repr(xp))
-
-
-def xp_namespace(fname: str, **arrays: Any) -> Any:
+def xp_namespace(fname: str, **arrays: Array) -> Namespace:
     """Return the single array namespace shared by the named arrays (``None`` entries skipped).
 
     Raises ``TypeError`` naming the offending arguments when an argument is not an array or
     when two arguments come from different libraries, and ``ValueError`` when they live on
     different devices. The names make errors such as "weight is a torch array but x is a
     numpy array" possible, which ``array_namespace`` alone cannot say.
+
+    An array without a device (a JAX tracer inside ``jit``: it is placed where the
+    computation runs) is compatible with any device; the devices of the others are still
+    compared with each other.
     """
-    first_name = first_xp = first_dev = None
+    first_name = first_xp = None
+    dev_name, first_dev = None, None
     for name, a in arrays.items():
         if a is None:
             continue
         try:
             xp = array_namespace(a)
         except TypeError:
-            raise TypeError(
-                f"{fname}: {name} must be an array (NumPy, CuPy, PyTorch, JAX, Dask or any "
-                f"array-API array), got {type(a).__name__}"
-            ) from None
+            raise _not_an_array(fname, name, a) from None
         if first_xp is None:
-            first_name, first_xp, first_dev = name, xp, xp_device(a)
-            continue
-        if xp is not first_xp:
+            first_name, first_xp = name, xp
+        elif xp is not first_xp:
             raise TypeError(
                 f"{fname}: {name} is a {xp_backend_name(xp)} array but {first_name} is a "
                 f"{xp_backend_name(first_xp)} array; pass arrays from one library"
             )
         dev = xp_device(a)
-        if dev != first_dev:
+        if dev is None:
+            continue
+        if first_dev is None:
+            dev_name, first_dev = name, dev
+        elif dev != first_dev:
             raise ValueError(
-                f"{fname}: {name} is on device {dev} but {first_name} is on device "
+                f"{fname}: {name} is on device {dev} but {dev_name} is on device "
                 f"{first_dev}; move them to one device"
             )
     if first_xp is None:
@@ -105,7 +93,7 @@ def _not_an_array(fname: str, name: str, a: Any) -> TypeError:
     )
 
 
-def xp_check_floating(fname: str, name: str, a: Any, xp: Any) -> None:
+def xp_check_floating(fname: str, name: str, a: Any, xp: Namespace) -> None:
     """Raise ``TypeError`` unless ``a`` is an array with a real floating dtype (``None`` or a
     list where a required array belongs is a ``TypeError`` naming the argument too)."""
     if a is None or not hasattr(a, "dtype") or not hasattr(a, "shape"):
@@ -134,7 +122,7 @@ def xp_check_cotangent(fname: str, name: str, d: Any, like: Any) -> None:
         )
 
 
-def xp_compute_dtype(xp: Any, dtype: Any) -> Any:
+def xp_compute_dtype(xp: Namespace, dtype: Any) -> Any:
     """Dtype in which statistics are accumulated: at least float32 (DESIGN.md §3.3).
 
     float16 and bfloat16 inputs are promoted for the whole op and the result cast back,
@@ -145,26 +133,24 @@ def xp_compute_dtype(xp: Any, dtype: Any) -> Any:
     return xp.float32
 
 
-def xp_accumulation_dtype(xp: Any, a: Any) -> Any:
+def xp_accumulation_dtype(xp: Namespace, a: Array) -> Dtype:
     """Dtype in which the sums behind a statistic of ``a`` are accumulated.
 
     float64 for float32 data wherever the backend computes in float64: NumPy sums a strided
     axis (BN's batch axis) one element after another, so a float32 sum of 10⁶ values errs by
     ~1e-3 relative — every digit a variance needs. float64 accumulation is exact enough and,
     the reduction being memory-bound, costs little. Kept at float32 where float64 is missing
-    or emulated: JAX without ``jax_enable_x64`` and PyTorch on Apple's MPS device.
+    or emulated (the capability table: JAX without ``jax_enable_x64``, PyTorch's MPS device).
     """
-    dtype = a.dtype
-    if dtype != xp.float32:
-        return dtype
-    name = xp_backend_name(xp)
-    if name == "jax":
-        import jax
-
-        return xp.float64 if jax.config.jax_enable_x64 else dtype
-    if name == "torch" and getattr(getattr(a, "device", None), "type", "cpu") == "mps":
-        return dtype
+    if a.dtype != xp.float32 or not xp_capabilities(xp, a).float64:
+        return a.dtype
     return xp.float64
+
+
+def xp_in_compute_dtype(xp: Namespace, a: Array) -> Array:
+    """``a`` in :func:`xp_compute_dtype` (float16/bfloat16 promoted to float32; no copy when
+    it is there already)."""
+    return xp.astype(a, xp_compute_dtype(xp, a.dtype), copy=False)
 
 
 def xp_check_finite_scalar(fname: str, name: str, value: Any, *, minimum: float | None = None,
@@ -172,13 +158,13 @@ def xp_check_finite_scalar(fname: str, name: str, value: Any, *, minimum: float 
     """Validate a Python real hyperparameter and return it as ``float``."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{fname}: {name} must be a real Python number, got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{fname}: {name} must be finite, got {value}")
-    if minimum is not None and (value < minimum or (strict and value == minimum)):
+    v = float(value)
+    if not math.isfinite(v):
+        raise ValueError(f"{fname}: {name} must be finite, got {v}")
+    if minimum is not None and (v < minimum or (strict and v == minimum)):
         rel = ">" if strict else ">="
-        raise ValueError(f"{fname}: {name} must be {rel} {minimum}, got {value}")
-    return value
+        raise ValueError(f"{fname}: {name} must be {rel} {minimum}, got {v}")
+    return v
 
 
 def xp_check_eps(fname: str, eps: Any, name: str = "eps") -> float:
@@ -186,20 +172,80 @@ def xp_check_eps(fname: str, eps: Any, name: str = "eps") -> float:
     return xp_check_finite_scalar(fname, name, eps, minimum=0.0)
 
 
+def xp_check_int(fname: str, name: str, value: Any, *, minimum: int = 1,
+                 strict_type: bool = False) -> int:
+    """Validate a Python int hyperparameter >= ``minimum`` (``bool`` refused) and return it.
+
+    By default anything else is one ``ValueError``: "must be a positive int" (minimum 1) or
+    "must be an int >= minimum". With ``strict_type`` a non-int is a ``TypeError`` ("must be
+    an int") and an int below the bound a ``ValueError`` ("must be >= minimum") — the style
+    of the arguments that count iterations.
+    """
+    is_int = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if strict_type:
+        if not is_int:
+            raise TypeError(f"{fname}: {name} must be an int, got {type(value).__name__}")
+        if value < minimum:
+            raise ValueError(f"{fname}: {name} must be >= {minimum}, got {value}")
+    elif not is_int or value < minimum:
+        what = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+        raise ValueError(f"{fname}: {name} must be {what}, got {value!r}")
+    return int(value)
+
+
+def xp_check_bool(fname: str, name: str, value: Any) -> bool:
+    """``value`` must be a Python ``bool`` (``TypeError`` otherwise: 0/1 are refused)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{fname}: {name} must be a bool, got {type(value).__name__}")
+    return value
+
+
+def _in_unit_interval(fname: str, name: str, value: Any, closed: bool, alternative: str) -> float:
+    v = xp_check_finite_scalar(fname, name, value, minimum=0.0)
+    if v > 1.0 or (not closed and v == 1.0):
+        raise ValueError(f"{fname}: {name} must be in [0, 1{']' if closed else ')'}{alternative}, "
+                         f"got {v}")
+    return v
+
+
+def xp_check_unit_interval(fname: str, name: str, value: Any, *, closed: bool = True) -> float:
+    """A real number in [0, 1] (``closed``, default) or in [0, 1)."""
+    return _in_unit_interval(fname, name, value, closed, "")
+
+
+def xp_check_momentum(fname: str, momentum: Any) -> float | None:
+    """Running-statistics momentum: PyTorch's weight of the new batch, in [0, 1], or ``None``
+    (the cumulative average)."""
+    return None if momentum is None else _in_unit_interval(fname, "momentum", momentum, True,
+                                                          " or None")
+
+
+def xp_check_shape(fname: str, name: str, shape: Any) -> Shape:
+    """An int or a non-empty sequence of positive ints, as a tuple (a layer's feature shape)."""
+    if isinstance(shape, numbers.Integral) and not isinstance(shape, bool):
+        shape = (int(shape),)
+    try:
+        out = tuple(int(n) for n in shape)
+    except TypeError:
+        raise TypeError(f"{fname}: {name} must be an int or a tuple of ints, got {shape!r}") from None
+    if not out or any(n < 1 for n in out):
+        raise ValueError(f"{fname}: {name} must be positive, got {out}")
+    return out
+
+
 def xp_normalize_axis(fname: str, axis: Any, ndim: int, name: str = "axis") -> int:
     """Map an int axis into ``[0, ndim)`` or raise ``ValueError`` naming the argument."""
     if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
         raise TypeError(f"{fname}: {name} must be an int, got {type(axis).__name__}")
-    axis = int(axis)
-    if not -ndim <= axis < ndim:
+    ax = int(axis)
+    if not -ndim <= ax < ndim:
         raise ValueError(
-            f"{fname}: {name}={axis} is out of range for an input of rank {ndim}"
+            f"{fname}: {name}={ax} is out of range for an input of rank {ndim}"
         )
-    return axis % ndim
+    return ax % ndim
 
 
-def xp_normalize_axes(fname: str, axes: int | Sequence[int], ndim: int,
-                      name: str = "axis") -> tuple[int, ...]:
+def xp_normalize_axes(fname: str, axes: Any, ndim: int, name: str = "axis") -> tuple[int, ...]:
     """Map an int or a sequence of ints to sorted, unique, non-negative axes."""
     if isinstance(axes, numbers.Integral) and not isinstance(axes, bool):
         axes = (axes,)
@@ -211,6 +257,14 @@ def xp_normalize_axes(fname: str, axes: int | Sequence[int], ndim: int,
     return out
 
 
+def xp_check_channel_axis(fname: str, axis: Any, ndim: int) -> int:
+    """The channel axis in [1, ndim): any valid axis but the batch axis 0."""
+    ax = xp_normalize_axis(fname, axis, ndim)
+    if ax == 0:
+        raise ValueError(f"{fname}: axis (the channel axis) cannot be 0, the batch axis")
+    return ax
+
+
 def xp_check_param_shape(fname: str, name: str, a: Any, expected: tuple[int, ...]) -> None:
     """γ/β/statistics must have exactly the expected shape."""
     if a is not None and tuple(a.shape) != tuple(expected):
@@ -219,7 +273,7 @@ def xp_check_param_shape(fname: str, name: str, a: Any, expected: tuple[int, ...
         )
 
 
-def xp_check_tangent(fname: str, name: str, t: Any, xp: Any, shape: tuple[int, ...],
+def xp_check_tangent(fname: str, name: str, t: Any, xp: Namespace, shape: tuple[int, ...],
                      of: str = "the primal") -> None:
     """A tangent must be a real floating array of the forward pass's namespace ``xp`` with the
     shape of its primal ``of``; raise ``TypeError``/``ValueError`` naming ``name`` otherwise."""
@@ -244,7 +298,7 @@ def xp_check_tangent(fname: str, name: str, t: Any, xp: Any, shape: tuple[int, .
 # --------------------------------------------------------------------------------------
 
 
-def xp_resolve_namespace(xp: Any) -> Any:
+def xp_resolve_namespace(xp: Namespace) -> Any:
     """The array-API namespace for ``xp``: a namespace/module (``numpy``, ``cupy``,
     ``array_api_strict``, ``torch``, ``dask.array``) or its name as a string."""
     if isinstance(xp, str):
@@ -262,10 +316,13 @@ def xp_resolve_namespace(xp: Any) -> Any:
 
 
 def xp_to_host_numpy(a: Any) -> np.ndarray:
-    """A NumPy copy of any array (computing a Dask graph, copying a GPU array to the host)."""
+    """A NumPy copy of any array (computing a Dask graph, copying a GPU array to the host).
+
+    NumPy scalars (``np.float64(1.0)``, what a computed 0-d Dask array is) give 0-d arrays.
+    """
     if is_dask_array(a):
         a = a.compute()
-    if isinstance(a, np.ndarray):
+    if isinstance(a, (np.ndarray, np.generic)):
         return np.array(a, copy=True)
     try:
         host = to_device(a, "cpu")
@@ -274,7 +331,7 @@ def xp_to_host_numpy(a: Any) -> np.ndarray:
     return np.array(np.from_dlpack(host), copy=True)
 
 
-def xp_move(a: Any, xp: Any, device: Any = None, dtype: Any = None) -> Any:
+def xp_move(a: Any, xp: Namespace, device: Any = None, dtype: Any = None) -> Any:
     """``a`` converted to namespace ``xp`` on ``device`` (default: the namespace's default
     device, or ``a``'s own device when it stays in its namespace), cast to ``dtype`` if given."""
     src = array_namespace(a)
@@ -288,7 +345,7 @@ def xp_move(a: Any, xp: Any, device: Any = None, dtype: Any = None) -> Any:
     return out
 
 
-def xp_from_host(host: np.ndarray, xp: Any = None, device: Any = None, dtype: Any = None) -> Any:
+def xp_from_host(host: np.ndarray, xp: Namespace = None, device: Any = None, dtype: Any = None) -> Any:
     """A host NumPy array (float64 from the initializers) created in namespace ``xp``
     (default NumPy) on ``device``, in ``dtype`` (a dtype of ``xp`` or its name; default the
     namespace's default floating dtype: float64 for NumPy, float32 for PyTorch)."""
@@ -298,17 +355,14 @@ def xp_from_host(host: np.ndarray, xp: Any = None, device: Any = None, dtype: An
     if dtype is None:
         dtype = ns.zeros(0, device=device).dtype if device is not None else ns.zeros(0).dtype
     arr = ns.asarray(host) if device is None else ns.asarray(host, device=device)
-    return arr if arr.dtype == dtype else ns.astype(arr, dtype)
+    return ns.astype(arr, dtype, copy=False)
 
 
-def xp_supports_inplace(a: Any) -> bool:
-    """Whether ``a`` can be updated in place (``a += b`` mutating it).
-
-    True for NumPy, CuPy, PyTorch and array-api-strict arrays (they define the in-place
-    operators); False for JAX (immutable) and Dask (no in-place operators: a Dask array is a
-    node of a lazy graph), which get new arrays.
-    """
-    return not is_jax_array(a) and hasattr(type(a), "__iadd__")
+def xp_supports_inplace(a: Array) -> bool:
+    """Whether ``a`` can be updated in place (``a += b`` mutating it): the capability table's
+    ``inplace`` — NumPy, CuPy, PyTorch and array-api-strict arrays; not JAX (immutable) nor
+    Dask (a Dask array is a node of a lazy graph), which get new arrays."""
+    return xp_capabilities(array_namespace(a), a).inplace
 
 
 def xp_whole_axes(a: Any, axes: Sequence[int]) -> Any:

@@ -18,7 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ._vjp import _RULE_ATTR, positional_parameters
+import arraynorm
+
+from ._vjp import has_vjp, positional_parameters
 
 __all__ = ["bridged_ops", "bind", "BoundCall", "STATE_OUTPUTS", "held_arrays", "bridge_doc"]
 
@@ -34,15 +36,12 @@ def bridged_ops() -> dict[str, Callable[..., Any]]:
     (``clip_by_global_norm``): it maps containers of arrays, which neither an
     ``autograd.Function`` nor a ``custom_vjp`` of array arguments can take, and the bridges
     serve it with their own helpers on ``model.parameters()``."""
-    import arraynorm
-    from arraynorm import gradient
-
     ops = {}
     for name in arraynorm.__all__:
         f = getattr(arraynorm, name)
-        if name in gradient.__all__:
+        if name in arraynorm.gradient.__all__:
             continue
-        if callable(f) and getattr(f, _RULE_ATTR, None) is not None:
+        if callable(f) and has_vjp(f):
             ops[name] = f
     return ops
 

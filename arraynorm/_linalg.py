@@ -31,8 +31,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ._array_api import xp_backend_name, xp_device
-from .operation import centre, mean, pow2_scale
+from ._array_api import xp_backend_name, xp_capabilities, xp_device
+from ._statistics import centre, mean, pow2_scale
+from ._typing import Array, Namespace
 
 __all__ = [
     "Linearization",
@@ -45,7 +46,6 @@ __all__ = [
     "whiten_rows",
 ]
 
-Array = Any
 Pullback = Callable[[Array], Array]
 
 
@@ -61,20 +61,15 @@ class Linearization:
     def __call__(self, gw: Array) -> Array:
         return self.vjp(gw)
 
-# Dask's linalg wraps NumPy's for a single in-memory chunk only: it has no eigh and its
-# cholesky refuses stacks of matrices, so whitening by decomposition is not offered there.
-_NO_BATCHED_DECOMPOSITIONS = {"dask"}
 
-
-def require_linalg(fname: str, xp: Any, what: str, routines: tuple[str, ...], *,
+def require_linalg(fname: str, xp: Namespace, what: str, routines: tuple[str, ...], *,
                    instead: str = "IterNorm whitening (iter_norm, IterNormWhiten)") -> None:
     """Raise ``NotImplementedError`` when ``xp`` lacks the batched ``xp.linalg`` routines
     ``what`` needs, naming the matmul-only alternative ``instead``. Decided from the
-    backend's name and attributes, never by trying."""
+    capability table (:func:`arraynorm._array_api.xp_capabilities`: Dask's linalg, for
+    one in-memory chunk only, offers none), never by trying."""
     backend = xp_backend_name(xp)
-    linalg = getattr(xp, "linalg", None)
-    missing = [r for r in routines if linalg is None or not hasattr(linalg, r)]
-    if backend in _NO_BATCHED_DECOMPOSITIONS or missing:
+    if not set(routines) <= xp_capabilities(xp).linalg:
         names = ", ".join(f"xp.linalg.{r}" for r in routines)
         raise NotImplementedError(
             f"{fname}: {what} needs batched {names}, which the {backend} backend does not "
@@ -82,25 +77,25 @@ def require_linalg(fname: str, xp: Any, what: str, routines: tuple[str, ...], *,
         )
 
 
-def _eye(xp: Any, a: Array) -> Array:
+def _eye(xp: Namespace, a: Array) -> Array:
     """Identity of ``a``'s trailing matrix size, dtype and device."""
     return xp.eye(a.shape[-1], dtype=a.dtype, device=xp_device(a))
 
 
-def _t(xp: Any, a: Array) -> Array:
+def _t(xp: Namespace, a: Array) -> Array:
     return xp.matrix_transpose(a)
 
 
-def _sym(xp: Any, a: Array) -> Array:
+def _sym(xp: Namespace, a: Array) -> Array:
     return 0.5 * (a + _t(xp, a))
 
 
-def _diag_part(xp: Any, a: Array, eye: Array) -> Array:
+def _diag_part(xp: Namespace, a: Array, eye: Array) -> Array:
     """Diagonal of each matrix as a vector (..., d); ``linalg.diagonal`` is an extension."""
     return xp.sum(a * eye, axis=-1)
 
 
-def _conjugate(xp: Any, u: Array, m: Array) -> Array:
+def _conjugate(xp: Namespace, u: Array, m: Array) -> Array:
     """U M Uᵀ."""
     return xp.matmul(xp.matmul(u, m), _t(xp, u))
 
@@ -109,14 +104,14 @@ def _conjugate(xp: Any, u: Array, m: Array) -> Array:
 # ZCA: S^{-1/2} by eigendecomposition
 # --------------------------------------------------------------------------------------
 
-def _floor(xp: Any, lam: Array, floor: Any) -> Array:
+def _floor(xp: Namespace, lam: Array, floor: Any) -> Array:
     """``floor`` (a Python float or an array broadcasting against the eigenvalues) as an array."""
     if hasattr(floor, "shape"):
-        return floor if floor.dtype == lam.dtype else xp.astype(floor, lam.dtype)
+        return xp.astype(floor, lam.dtype, copy=False)
     return xp.asarray(floor, dtype=lam.dtype, device=xp_device(lam))
 
 
-def inv_sqrt_eigh(xp: Any, s: Array, floor: Any = 0.0) -> tuple[Array, Linearization]:
+def inv_sqrt_eigh(xp: Namespace, s: Array, floor: Any = 0.0) -> tuple[Array, Linearization]:
     """W = S^{-1/2} = U Λ^{-1/2} Uᵀ from ``S = U Λ Uᵀ`` (ZCA whitening matrix).
 
     Eigenvalues are clamped below at ``floor`` (pass the eps that was added to S, a float or
@@ -156,7 +151,7 @@ def inv_sqrt_eigh(xp: Any, s: Array, floor: Any = 0.0) -> tuple[Array, Lineariza
 # PCA: Λ^{-1/2} Uᵀ, through the eigenvectors themselves
 # --------------------------------------------------------------------------------------
 
-def _eigh_vjp(xp: Any, lam: Array, u: Array, glam: Array, gu: Array, eye: Array) -> Array:
+def _eigh_vjp(xp: Namespace, lam: Array, u: Array, glam: Array, gu: Array, eye: Array) -> Array:
     """Symmetric gS for ``(λ, U) = eigh(S)`` given gλ (..., d) and gU (..., d, d).
 
         gS = sym(U (diag(gλ) + F ∘ (Uᵀ gU)) Uᵀ),   F_ij = 1 / (λ_j − λ_i),  F_ii = 0.
@@ -176,7 +171,7 @@ def _eigh_vjp(xp: Any, lam: Array, u: Array, glam: Array, gu: Array, eye: Array)
     return _sym(xp, _conjugate(xp, u, inner))
 
 
-def _eigen_gaps(xp: Any, lam: Array) -> Array:
+def _eigen_gaps(xp: Namespace, lam: Array) -> Array:
     """F_ij = 1/(λ_j − λ_i), zero on the diagonal and where the two eigenvalues are equal to
     working precision (the guard :func:`_eigh_vjp` describes)."""
     d = lam.shape[-1]
@@ -187,7 +182,7 @@ def _eigen_gaps(xp: Any, lam: Array) -> Array:
     return xp.where(tiny, xp.zeros_like(diff), 1.0 / xp.where(tiny, xp.ones_like(diff), diff))
 
 
-def _eigh_jvp(xp: Any, lam: Array, u: Array, ds: Array, eye: Array) -> tuple[Array, Array]:
+def _eigh_jvp(xp: Namespace, lam: Array, u: Array, ds: Array, eye: Array) -> tuple[Array, Array]:
     """(dλ, dU) of ``(λ, U) = eigh(S)`` in a symmetric direction dS, the transpose of
     :func:`_eigh_vjp` with the same guard: with M = Uᵀ dS U,
 
@@ -197,7 +192,7 @@ def _eigh_jvp(xp: Any, lam: Array, u: Array, ds: Array, eye: Array) -> tuple[Arr
     return _diag_part(xp, m, eye), xp.matmul(u, _eigen_gaps(xp, lam) * m)
 
 
-def pca_whitening_matrix(xp: Any, s: Array, floor: Any = 0.0) -> tuple[Array, Linearization]:
+def pca_whitening_matrix(xp: Namespace, s: Array, floor: Any = 0.0) -> tuple[Array, Linearization]:
     """W = Λ^{-1/2} Uᵀ (PCA whitening matrix), eigenvalues in *descending* order.
 
     Eigenvectors are only defined up to sign; to make W the same on every backend (and
@@ -236,13 +231,13 @@ def pca_whitening_matrix(xp: Any, s: Array, floor: Any = 0.0) -> tuple[Array, Li
 # Cholesky: L^{-1} with S = L Lᵀ
 # --------------------------------------------------------------------------------------
 
-def _inv_vjp(xp: Any, w: Array, gw: Array) -> Array:
+def _inv_vjp(xp: Namespace, w: Array, gw: Array) -> Array:
     """gA for W = A^{-1}:  gA = −Wᵀ gW Wᵀ."""
     wt = _t(xp, w)
     return -xp.matmul(xp.matmul(wt, gw), wt)
 
 
-def _cholesky_vjp(xp: Any, l: Array, linv: Array, gl: Array) -> Array:
+def _cholesky_vjp(xp: Namespace, l: Array, linv: Array, gl: Array) -> Array:
     """Symmetric gS for L = cholesky(S) (Murray 2016; PyTorch's ``cholesky_backward``):
 
         P = tril(Lᵀ gL),   Φ = ½ (P + tril(P, −1)ᵀ),   gS = L^{-T} Φ L^{-1}.
@@ -256,7 +251,7 @@ def _cholesky_vjp(xp: Any, l: Array, linv: Array, gl: Array) -> Array:
     return xp.matmul(xp.matmul(_t(xp, linv), phi), linv)
 
 
-def cholesky_whitening_matrix(xp: Any, s: Array, floor: Any = 0.0) -> tuple[Array, Linearization]:
+def cholesky_whitening_matrix(xp: Namespace, s: Array, floor: Any = 0.0) -> tuple[Array, Linearization]:
     """W = L^{-1}, S = L Lᵀ (Cholesky whitening; W is lower triangular, so output feature
     k depends on input features 1..k only).
 
@@ -287,7 +282,7 @@ def cholesky_whitening_matrix(xp: Any, s: Array, floor: Any = 0.0) -> tuple[Arra
 # Newton–Schulz iterations (IterNorm, ONI): matmul only
 # --------------------------------------------------------------------------------------
 
-def newton_inv_sqrt(xp: Any, s: Array, T: int, floor: Any = 0.0) -> tuple[Array, Linearization]:
+def newton_inv_sqrt(xp: Namespace, s: Array, T: int, floor: Any = 0.0) -> tuple[Array, Linearization]:
     """W = P_T / sqrt(tr S), the Newton iteration for S^{-1/2} (Huang et al. 2019, IterNorm):
 
         S_N = S / tr(S),   P_0 = I,   P_{k+1} = 1.5 P_k − 0.5 P_k³ S_N.
@@ -388,7 +383,7 @@ class RowWhitening:
     so the gradient is that of the whole map X -> Y, not of Y = W X_c with W fixed.
     """
 
-    xp: Any
+    xp: Namespace
     z: Array
     mean: Array | None
     wz: Array
@@ -437,7 +432,7 @@ def _scale_floor(eps: float) -> float:
     return 2.0 ** (math.floor(math.log2(math.sqrt(eps))) - 8)
 
 
-def whiten_rows(xp: Any, x: Array, matrix: Callable[[Any, Array, Array], tuple[Array, Linearization]],
+def whiten_rows(xp: Namespace, x: Array, matrix: Callable[[Any, Array, Array], tuple[Array, Linearization]],
                 *, scale: float, eps: float, center: bool = True) -> RowWhitening:
     """Centre the rows of ``x`` (..., d, m) (shifted, :func:`arraynorm.operation.centre`, so
     an offset of 10⁴ in float32 costs nothing), scale them by a power of two per matrix,

@@ -12,7 +12,7 @@ from typing import Any
 
 from ._array_api import xp_check_cotangent
 
-__all__ = ["vjp", "defvjp", "positional_parameters"]
+__all__ = ["vjp", "defvjp", "has_vjp", "positional_parameters"]
 
 _RULE_ATTR = "__arraynorm_vjp__"
 
@@ -30,6 +30,11 @@ def defvjp(f: Callable[..., Any]) -> Callable[[Callable[..., Any]], Callable[...
         return rule
 
     return register
+
+
+def has_vjp(f: Callable[..., Any]) -> bool:
+    """Whether ``f`` has a VJP rule registered by :func:`defvjp`."""
+    return getattr(f, _RULE_ATTR, None) is not None
 
 
 def positional_parameters(f: Callable[..., Any]) -> tuple[str, ...]:
@@ -73,6 +78,7 @@ def vjp(f: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, Callable
         name = getattr(f, "__name__", repr(f))
         raise TypeError(f"vjp: {name} has no registered backward pass; pass an arraynorm op")
     y, pullback = rule(*args, **kwargs)
+    pullback_: Callable[[Any], tuple[Any, ...]] = pullback
     fname = f"{getattr(f, '__name__', 'op')} pullback"
 
     def check(out: Any, d: Any, what: str) -> None:
@@ -111,6 +117,6 @@ def vjp(f: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, Callable
             if dy is None:
                 raise ValueError(f"{fname}: dy must be an array, got None")
             check(y, dy, "dy")
-        return pullback(dy)
+        return pullback_(dy)
 
     return y, checked_pullback

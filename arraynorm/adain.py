@@ -1,21 +1,29 @@
-"""Adaptive instance normalization: instance partition ∘ standardize ∘ conditional affine."""
+"""Adaptive instance normalization as a composition: instance partition ∘ standardize ∘
+conditional affine, the affine's γ, β being the style's statistics.
+
+The content is normalized by ``Normalizer(Instance(), Standardize(),
+recovery=ConditionalAffine())`` with γ = σ(style), β = μ(style) per sample and channel; those
+come from the style's own instance standardization (no recovery), whose state holds μ and
+1/σ. The only code here is the derivative of (μ, σ) with respect to the style — the
+conditioning input's pullback and pushforward —, which the survey's framework leaves to
+whatever computes the conditional parameters (a style encoder, FiLM's generator).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
-from ._array_api import xp_check_eps, xp_check_floating, xp_compute_dtype, xp_namespace
+from ._array_api import xp_check_eps, xp_check_floating, xp_namespace
 from ._jvp import defjvp
+from ._statistics import mean
+from ._typing import Array, Pullback, Pushforward
 from ._vjp import defvjp
 from .compose import Normalizer
-from .operation import Standardize, mean
+from .operation import Standardize
 from .partition import Instance
-from .recovery import affine, affine_backward, affine_jvp
+from .recovery import ConditionalAffine, NoRecovery
 
 __all__ = ["adain", "adain_linearized"]
-
-Array = Any
 
 
 def adain_linearized(content: Array, style: Array, eps: float, axis: int
@@ -27,56 +35,42 @@ def adain_linearized(content: Array, style: Array, eps: float, axis: int
     xp_check_floating(fname, "content", content, xp)
     xp_check_floating(fname, "style", style, xp)
     xp_check_eps(fname, eps)
-    norm = Normalizer(Instance(axis), Standardize(), eps, fname)
-    chat, cctx = norm.forward(content)
-    s_layout = Instance(axis).layout(fname, tuple(style.shape))
-    s_layout.check_many(fname)
-    c_layout = cctx.layout
+    # the conditioning: μ and σ = sqrt(var + eps) of the style, per sample and channel
+    s_norm = Normalizer(Instance(axis), Standardize(), eps, fname, NoRecovery())
+    _, s_ctx = s_norm.forward(style)
+    s_layout = s_ctx.layout
+    norm = Normalizer(Instance(axis), Standardize(), eps, fname, ConditionalAffine())
+    c_layout = Instance(axis).layout(fname, tuple(content.shape))
+    pshape = norm.recovery.param_shape(c_layout)
     if (style.ndim != content.ndim or style.shape[0] != content.shape[0]
             or s_layout.param_shape != c_layout.param_shape):
         raise ValueError(
             f"{fname}: style must match content in batch size and channels, got content "
             f"{tuple(content.shape)} and style {tuple(style.shape)}"
         )
-    ct = xp_compute_dtype(xp, style.dtype)
-    sv = style if style.dtype == ct else xp.astype(style, ct)
-    s_hat, s_state = Standardize().forward(xp, sv, s_layout, eps)
-    # conditional affine: γ = σ(style), β = μ(style), one per sample and channel
-    cond_axes = (0, c_layout.param_axes[0])
-    pshape = tuple(content.shape[a] for a in cond_axes)
-    gamma = xp.reshape(1.0 / s_state.rstd, pshape)
-    beta = xp.reshape(s_state.mean, pshape)
-    chat_ct = cctx.yhat
-    y = affine(xp, chat_ct, gamma, beta, cond_axes)
-    y = y if y.dtype == content.dtype else xp.astype(y, content.dtype)
+    gamma = xp.reshape(1.0 / s_ctx.state.rstd, pshape)
+    beta = xp.reshape(s_ctx.state.mean, pshape)
+    y, c_ctx = norm.forward(content, gamma, beta)
+    s_hat = xp.reshape(s_ctx.yhat, s_layout.view_shape)
 
     def pullback(dy: Array) -> tuple[Array, Array]:
-        dy = dy if dy.dtype == chat_ct.dtype else xp.astype(dy, chat_ct.dtype)
-        g, dgamma, dbeta = affine_backward(xp, dy, chat_ct, gamma, beta, cond_axes)
-        dcontent = norm.backward(cctx, g)[0]
+        dcontent, dgamma, dbeta = norm.backward(c_ctx, dy)
         # σ = sqrt(var + eps), μ = mean over the M spatial values:
         # ∂σ/∂s = ŝ/M and ∂μ/∂s = 1/M, so ∂L/∂s = (∂L/∂μ + ∂L/∂σ · ŝ)/M
-        m = s_layout.group_size
         shape = s_layout.stats_shape
-        dstyle = (xp.reshape(dbeta, shape) + xp.reshape(dgamma, shape) * s_hat) / m
-        if dstyle.dtype != style.dtype:
-            dstyle = xp.astype(dstyle, style.dtype)
-        return dcontent, dstyle
+        dstyle = (xp.reshape(dbeta, shape) + xp.reshape(dgamma, shape) * s_hat) / s_layout.group_size
+        return dcontent, xp.astype(xp.reshape(dstyle, s_layout.shape), style.dtype, copy=False)
 
     def pushforward(dcontent: Array | None, dstyle: Array | None = None) -> Array:
-        # dy = σ(s)·dĉ + dσ(s)·ĉ + dμ(s), with dμ = mean(ds) and dσ = mean(ŝ·ds) per sample and
-        # channel (the transpose of the style pullback above); dĉ = the standardization JVP
-        dchat = None if dcontent is None else norm.jvp(cctx, dcontent)
-        if dchat is not None and dchat.dtype != chat_ct.dtype:
-            dchat = xp.astype(dchat, chat_ct.dtype)
+        # dγ = dσ = mean(ŝ·ds), dβ = dμ = mean(ds) per sample and channel (the transpose of
+        # the style pullback above); the content's part is the normalizer's own JVP
         dgamma = dbeta = None
         if dstyle is not None:
-            ds = dstyle if dstyle.dtype == ct else xp.astype(dstyle, ct)
+            ds = xp.reshape(xp.astype(dstyle, s_hat.dtype, copy=False), s_layout.view_shape)
             axes = s_layout.reduce_axes
             dgamma = xp.reshape(mean(xp, s_hat * ds, axes), pshape)
             dbeta = xp.reshape(mean(xp, ds, axes), pshape)
-        dy = affine_jvp(xp, dchat, chat_ct, gamma, cond_axes, tuple(content.shape), dgamma, dbeta)
-        return dy if dy.dtype == content.dtype else xp.astype(dy, content.dtype)
+        return norm.jvp(c_ctx, dcontent, dgamma, dbeta)
 
     return y, pullback, pushforward
 
@@ -96,11 +90,11 @@ def adain(content: Array, style: Array, *, eps: float = 1e-5, axis: int = 1) -> 
 
 
 @defvjp(adain)
-def _adain_vjp(content: Array, style: Array, *, eps: float = 1e-5, axis: int = 1) -> tuple[Array, Callable]:
+def _adain_vjp(content: Array, style: Array, *, eps: float = 1e-5, axis: int = 1) -> tuple[Array, Pullback]:
     return adain_linearized(content, style, eps, axis)[:2]
 
 
 @defjvp(adain)
-def _adain_jvp(content: Array, style: Array, *, eps: float = 1e-5, axis: int = 1) -> tuple[Array, Callable]:
+def _adain_jvp(content: Array, style: Array, *, eps: float = 1e-5, axis: int = 1) -> tuple[Array, Pushforward]:
     y, _, pushforward = adain_linearized(content, style, eps, axis)
     return y, pushforward

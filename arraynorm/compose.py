@@ -1,58 +1,38 @@
-"""Composition of the three stages: partition ∘ operation ∘ recovery.
+"""Composition of the survey's three stages, run by an implementation: a :class:`Normalizer`
+is Partition × Operation × Recovery × Implementation.
 
-A :class:`Normalizer` is one method of the survey's taxonomy: ``Normalizer(Group(8),
-Standardize())`` is GroupNorm, ``Normalizer(Batch(), ZCAWhiten())`` is decorrelated BN.
-It owns the whole forward and backward pass and the forward-mode product (JVP), so the named
-functions in :mod:`methods` are one line each, and a user or the ``analysis`` package can
-build methods the survey only describes.
+A normalizer is one method of the survey's taxonomy: ``Normalizer(Group(8), Standardize())``
+is GroupNorm, ``Normalizer(Batch(), ZCAWhiten())`` is decorrelated BN,
+``Normalizer(Instance(), Standardize(), recovery=ConditionalAffine())`` is AdaIN's
+normalization. It owns the whole forward and backward pass and the forward-mode product
+(JVP) — each delegated to the implementation the selector of :mod:`arraynorm._kernels`
+chose for the input — so the named functions in :mod:`arraynorm.methods` are one line each,
+and a user or the ``analysis`` package can build methods the survey only describes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from . import _kernels
-from ._array_api import (
-    xp_check_cotangent,
-    xp_check_eps,
-    xp_check_floating,
-    xp_check_param_shape,
-    xp_check_tangent,
-    xp_compute_dtype,
-    xp_namespace,
-)
+from ._array_api import (xp_check_cotangent, xp_check_eps, xp_check_floating, xp_check_param_shape,
+                         xp_check_tangent, xp_namespace)
+from ._context import Grads, Implementation, NormContext
 from ._jvp import defjvp
+from ._typing import Array, Namespace, Pullback, Pushforward
 from ._vjp import defvjp
 from .operation import Operation, Standardize
 from .partition import Layout, Partition
-from .recovery import affine, affine_backward, affine_jvp
+from .recovery import AFFINE, Recovery
 
 __all__ = ["Normalizer", "NormContext", "normalize"]
 
 
-@dataclass
-class NormContext:
-    """What a forward pass keeps for its backward pass.
-
-    ``state`` is the operation's (it carries the statistics: ``state.mean``, ``state.var``
-    in ``layout.stats_shape``, useful to update running statistics); ``yhat`` is the
-    normalized input before recovery, in the compute dtype and the input's shape.
-    """
-
-    xp: Any
-    layout: Layout
-    state: Any
-    yhat: Any
-    weight: Any
-    bias: Any
-    x_dtype: Any
-
-
 @dataclass(frozen=True)
 class Normalizer:
-    """partition ∘ operation ∘ per-feature affine, with its exact backward pass.
+    """partition ∘ operation ∘ recovery, run by an implementation, with its exact backward
+    pass and forward-mode product.
 
     Parameters
     ----------
@@ -60,19 +40,30 @@ class Normalizer:
     operation : what is done with them (:mod:`arraynorm.operation`).
     eps : added to the variance (or the clamp, for :class:`LpScale`); a Python float >= 0.
     name : used in error messages.
+    recovery : what restores capacity (:mod:`arraynorm.recovery`): :class:`Affine` (default,
+        γ and β optional), :class:`ConditionalAffine` (per-sample γ, β: AdaIN) or
+        :class:`NoRecovery`.
+    implementation : ``None`` (default): chosen per forward call by the selector of
+        :mod:`arraynorm._kernels` (the NumPy block implementation for large NumPy inputs,
+        the portable array-API code otherwise); or an implementation or its name
+        (``"portable"``, ``"numpy_fused"``) to require one. With fast paths off
+        (:func:`arraynorm.use_fast_paths`) the portable one always runs.
 
-    Shapes: ``x`` has any shape the partition accepts; ``weight`` and ``bias`` have
-    ``layout.param_shape`` (the channel count for BN/IN/GN/PN, the normalized axes' shape for
-    LN/RMS). The output has ``x``'s shape, dtype, namespace and device. Statistics are taken in
-    float32 at least (float16/bfloat16 inputs are promoted, the result cast back).
+    Shapes: ``x`` has any shape the partition accepts; ``weight`` and ``bias`` have the
+    recovery's parameter shape (``layout.param_shape`` for the affine: the channel count for
+    BN/IN/GN/PN, the normalized axes' shape for LN/RMS; (N, *that) for the conditional
+    affine). The output has ``x``'s shape, dtype, namespace and device. Statistics are taken
+    in float32 at least (float16/bfloat16 inputs are promoted, the result cast back).
     """
 
     partition: Partition
     operation: Operation
     eps: float = 1e-5
     name: str = "normalize"
+    recovery: Recovery = AFFINE
+    implementation: Implementation | str | None = None
 
-    def _prepare(self, x: Any, weight: Any, bias: Any) -> tuple[Any, Layout]:
+    def _prepare(self, x: Array, weight: Array | None, bias: Array | None) -> tuple[Namespace, Layout]:
         fname = self.name
         held = self.operation.arrays()
         params = {"weight": weight, "bias": bias, **held}
@@ -90,53 +81,37 @@ class Normalizer:
                 f"{fname}: {type(self.operation).__name__} decorrelates features but the "
                 f"{type(self.partition).__name__} partition has no feature axis"
             )
-        for pname, p in params.items():
+        self.recovery.check(fname, layout, weight, bias)
+        for pname, p in held.items():
             xp_check_param_shape(fname, pname, p, layout.param_shape)
         return xp, layout
 
-    def forward(self, x: Any, weight: Any = None, bias: Any = None) -> tuple[Any, NormContext]:
-        """Return ``(y, ctx)``; ``ctx`` feeds :meth:`backward`."""
+    def forward(self, x: Array, weight: Array | None = None,
+                bias: Array | None = None) -> tuple[Array, NormContext]:
+        """Return ``(y, ctx)``; ``ctx`` feeds :meth:`backward` and :meth:`jvp`."""
         xp, layout = self._prepare(x, weight, bias)
-        # a backend fast path (arraynorm._kernels, proven equal in tests/test_kernels.py) if one
-        # applies; the portable path below otherwise, and always with set_fast_paths(False)
-        fused = _kernels.normalizer_forward(self, xp, layout, x, weight, bias)
-        if fused is not None:
-            return fused
-        ct = xp_compute_dtype(xp, x.dtype)
-        xc = x if x.dtype == ct else xp.astype(x, ct)
-        yv, state = self.operation.forward(xp, xp.reshape(xc, layout.view_shape), layout, self.eps)
-        yhat = xp.reshape(yv, layout.shape)
-        y = affine(xp, yhat, weight, bias, layout.param_axes)
-        if y.dtype != x.dtype:
-            y = xp.astype(y, x.dtype)
-        return y, NormContext(xp, layout, state, yhat, weight, bias, x.dtype)
+        # one selector (arraynorm._kernels) picks the implementation; ctx remembers it
+        impl = _kernels.select(self.implementation, self, xp, layout, x, weight, bias)
+        return impl.forward(self, xp, layout, x, weight, bias)
 
-    def backward(self, ctx: NormContext, dy: Any) -> tuple[Any, Any, Any]:
+    def backward(self, ctx: NormContext, dy: Array) -> Grads:
         """Return ``(dx, dweight, dbias)`` for the cotangent ``dy`` (``None`` for absent
-        parameters), each in its input's dtype."""
-        fused = _kernels.normalizer_backward(self, ctx, dy)  # the fast path that made ctx
-        if fused is not None:
-            return fused
-        xp, layout = ctx.xp, ctx.layout
-        dy = dy if dy.dtype == ctx.yhat.dtype else xp.astype(dy, ctx.yhat.dtype)
-        g, dw, db = affine_backward(xp, dy, ctx.yhat, ctx.weight, ctx.bias, layout.param_axes)
-        dxv = self.operation.backward(xp, xp.reshape(g, layout.view_shape), ctx.state)
-        dx = xp.reshape(dxv, layout.shape)
-        if dx.dtype != ctx.x_dtype:
-            dx = xp.astype(dx, ctx.x_dtype)
-        return dx, dw, db
+        parameters), each in its input's dtype; answered by the implementation that ran the
+        forward."""
+        return (ctx.implementation or _kernels.PORTABLE).backward(self, ctx, dy)
 
-    def jvp(self, ctx: NormContext, dx: Any, dweight: Any = None, dbias: Any = None) -> Any:
+    def jvp(self, ctx: NormContext, dx: Array | None, dweight: Array | None = None,
+            dbias: Array | None = None) -> Array:
         """Forward-mode product at the point ``ctx`` was computed at (Jacobian–vector product):
 
             dy = γ · op.jvp(dx) + dγ · ŷ + dβ,
 
-        with the operation's closed form (:mod:`arraynorm.operation`,
-        :mod:`arraynorm.whitening`); the statistics move with x, so for a batch partition the
-        tangent ``dx`` is the whole batch's and the product couples its samples. ``None`` is a
-        zero tangent. ``ctx`` is not modified: any number of ``jvp`` and :meth:`backward`
-        calls may follow one forward (they are a linear map and its adjoint). Returns dy in
-        ``x``'s dtype; tangents have their primals' shapes.
+        with the operation's closed form (:mod:`arraynorm.operation`); the statistics move
+        with x, so for a batch partition the tangent ``dx`` is the whole batch's and the
+        product couples its samples. ``None`` is a zero tangent. ``ctx`` is not modified:
+        any number of ``jvp`` and :meth:`backward` calls may follow one forward (they are a
+        linear map and its adjoint). Returns dy in ``x``'s dtype; tangents have their
+        primals' shapes.
 
         Examples
         --------
@@ -148,39 +123,32 @@ class Normalizer:
         True
         """
         xp, layout, fname = ctx.xp, ctx.layout, f"{self.name}.jvp"
-        for name, t, shape in (("dx", dx, layout.shape), ("dweight", dweight, layout.param_shape),
-                               ("dbias", dbias, layout.param_shape)):
+        pshape = self.recovery.param_shape(layout)
+        for name, t, shape in (("dx", dx, layout.shape), ("dweight", dweight, pshape),
+                               ("dbias", dbias, pshape)):
             if t is not None:
                 xp_check_tangent(fname, name, t, xp, shape, name[1:])
-        ct = xp_compute_dtype(xp, ctx.x_dtype)
-        dyhat = None
-        if dx is not None:
-            t = dx if dx.dtype == ct else xp.astype(dx, ct)
-            dyv = self.operation.jvp(xp, xp.reshape(t, layout.view_shape), ctx.state)
-            dyhat = xp.reshape(dyv, layout.shape)
-        # ŷ is only needed for the γ tangent (the fast path forms it on demand)
-        yhat = ctx.yhat if dweight is not None or dyhat is None else None
-        dy = affine_jvp(xp, dyhat, yhat, ctx.weight, layout.param_axes, layout.shape,
-                        dweight, dbias)
-        return dy if dy.dtype == ctx.x_dtype else xp.astype(dy, ctx.x_dtype)
+        return (ctx.implementation or _kernels.PORTABLE).jvp(self, ctx, dx, dweight, dbias)
 
-    def __call__(self, x: Any, weight: Any = None, bias: Any = None) -> Any:
+    def __call__(self, x: Array, weight: Array | None = None, bias: Array | None = None) -> Array:
         return self.forward(x, weight, bias)[0]
 
-    def vjp(self, x: Any, weight: Any = None, bias: Any = None) -> tuple[Any, Callable[[Any], tuple[Any, Any, Any]]]:
+    def vjp(self, x: Array, weight: Array | None = None,
+            bias: Array | None = None) -> tuple[Array, Callable[[Array], Grads]]:
         """``(y, pullback)`` with ``pullback(dy) -> (dx, dweight, dbias)``; ``dy`` is checked
         as :func:`arraynorm.vjp` checks cotangents."""
         y, ctx = self.forward(x, weight, bias)
 
-        def pullback(dy: Any) -> tuple[Any, Any, Any]:
+        def pullback(dy: Array) -> Grads:
             xp_check_cotangent(f"{self.name} pullback", "dy", dy, y)
             return self.backward(ctx, dy)
 
         return y, pullback
 
 
-def normalize(x: Any, partition: Partition, operation: Operation | None = None,
-              weight: Any = None, bias: Any = None, *, eps: float = 1e-5) -> Any:
+def normalize(x: Array, partition: Partition, operation: Operation | None = None,
+              weight: Array | None = None, bias: Array | None = None, *, eps: float = 1e-5,
+              recovery: Recovery = AFFINE) -> Array:
     """Normalize ``x`` with any composition of the survey's three stages.
 
     y = γ · op(x restricted to each partition) + β
@@ -190,8 +158,9 @@ def normalize(x: Any, partition: Partition, operation: Operation | None = None,
     x : array to normalize.
     partition : a :mod:`arraynorm.partition` object (``Batch()``, ``Layer()``, ``Group(8)`` …).
     operation : a :mod:`arraynorm.operation` object; default :class:`Standardize`.
-    weight, bias : optional γ, β of the partition's parameter shape.
+    weight, bias : optional γ, β of the recovery's parameter shape.
     eps : numerical stabilizer, default 1e-5.
+    recovery : a :mod:`arraynorm.recovery` object; default :class:`Affine`.
 
     Examples
     --------
@@ -201,15 +170,21 @@ def normalize(x: Any, partition: Partition, operation: Operation | None = None,
     >>> y.shape
     (4, 6, 5)
     """
-    return Normalizer(partition, operation or Standardize(), eps, "normalize")(x, weight, bias)
+    return _normalizer(partition, operation, eps, recovery)(x, weight, bias)
+
+
+def _normalizer(partition: Partition, operation: Operation | None, eps: float,
+                recovery: Recovery) -> Normalizer:
+    return Normalizer(partition, operation or Standardize(), eps, "normalize", recovery)
 
 
 @defvjp(normalize)
-def _normalize_vjp(x: Any, partition: Partition, operation: Operation | None = None,
-                   weight: Any = None, bias: Any = None, *, eps: float = 1e-5) -> tuple[Any, Any]:
-    y, pb = Normalizer(partition, operation or Standardize(), eps, "normalize").vjp(x, weight, bias)
+def _normalize_vjp(x: Array, partition: Partition, operation: Operation | None = None,
+                   weight: Array | None = None, bias: Array | None = None, *, eps: float = 1e-5,
+                   recovery: Recovery = AFFINE) -> tuple[Array, Pullback]:
+    y, pb = _normalizer(partition, operation, eps, recovery).vjp(x, weight, bias)
 
-    def pullback(dy: Any) -> tuple[Any, ...]:
+    def pullback(dy: Array) -> tuple[Array, ...]:
         dx, dw, db = pb(dy)
         return dx, None, None, dw, db
 
@@ -217,13 +192,14 @@ def _normalize_vjp(x: Any, partition: Partition, operation: Operation | None = N
 
 
 @defjvp(normalize)
-def _normalize_jvp(x: Any, partition: Partition, operation: Operation | None = None,
-                   weight: Any = None, bias: Any = None, *, eps: float = 1e-5) -> tuple[Any, Any]:
-    norm = Normalizer(partition, operation or Standardize(), eps, "normalize")
+def _normalize_jvp(x: Array, partition: Partition, operation: Operation | None = None,
+                   weight: Array | None = None, bias: Array | None = None, *, eps: float = 1e-5,
+                   recovery: Recovery = AFFINE) -> tuple[Array, Pushforward]:
+    norm = _normalizer(partition, operation, eps, recovery)
     y, ctx = norm.forward(x, weight, bias)
 
-    def pushforward(dx: Any = None, _p: Any = None, _o: Any = None, dweight: Any = None,
-                    dbias: Any = None) -> Any:
+    def pushforward(dx: Array | None = None, _p: None = None, _o: None = None,
+                    dweight: Array | None = None, dbias: Array | None = None) -> Array:
         return norm.jvp(ctx, dx, dweight, dbias)
 
     return y, pushforward

@@ -38,8 +38,8 @@ import numbers
 from collections.abc import Callable, MutableMapping
 from typing import Any
 
-from ._vjp import defvjp
 from ._array_api import (
+    xp_check_bool,
     xp_check_eps,
     xp_check_finite_scalar,
     xp_check_floating,
@@ -47,7 +47,9 @@ from ._array_api import (
     xp_device,
     xp_namespace,
 )
-from .operation import lp_norm
+from ._statistics import lp_norm
+from ._typing import Array, Namespace, Pullback
+from ._vjp import defvjp
 
 __all__ = [
     "normalized_gradient", "block_normalized_gradient", "clip_by_global_norm",
@@ -55,7 +57,6 @@ __all__ = [
     "gradient_centralization",
 ]
 
-Array = Any
 Tree = Any
 
 
@@ -75,6 +76,7 @@ def _flatten(fname: str, name: str, tree: Tree) -> tuple[list[str], list[Any], C
 
         return [f"{name}[{k!r}]" for k in keys], [tree[k] for k in keys], rebuild_map
     if isinstance(tree, (list, tuple)):
+        rebuild: Callable[[list[Any]], Tree]
         if isinstance(tree, tuple) and hasattr(tree, "_fields"):
             rebuild = lambda leaves: type(tree)(*leaves)  # noqa: E731  named tuple
         elif isinstance(tree, tuple):
@@ -85,7 +87,8 @@ def _flatten(fname: str, name: str, tree: Tree) -> tuple[list[str], list[Any], C
     return [name], [tree], lambda leaves: leaves[0]
 
 
-def _gather(fname: str, name: str, tree: Tree) -> tuple[Any, list[str], list[Any], Callable]:
+def _gather(fname: str, name: str,
+            tree: Tree) -> tuple[Any, list[str], list[Any], Callable[[list[Any]], Tree]]:
     """Flatten ``tree``, check its arrays share one namespace and are floating, return xp."""
     labels, leaves, rebuild = _flatten(fname, name, tree)
     if all(leaf is None for leaf in leaves):
@@ -97,48 +100,45 @@ def _gather(fname: str, name: str, tree: Tree) -> tuple[Any, list[str], list[Any
     return xp, labels, leaves, rebuild
 
 
-def _map(xp: Any, leaves: list[Any], f: Callable[[Array, Array], Array]) -> list[Any]:
+def _map(xp: Namespace, leaves: list[Any], f: Callable[[Array, Array], Array]) -> list[Any]:
     """Apply f(leaf_in_compute_dtype, leaf) to each array, cast back to the leaf's dtype."""
-    out = []
+    out: list[Any] = []
     for leaf in leaves:
         if leaf is None:
             out.append(None)
             continue
         ct = xp_compute_dtype(xp, leaf.dtype)
-        r = _cast(xp, f(_cast(xp, leaf, ct), leaf), leaf.dtype)
+        r = xp.astype(f(xp.astype(leaf, ct, copy=False), leaf), leaf.dtype, copy=False)
         # NumPy turns 0-d results into scalars (np.float64); give back an array as received
         out.append(xp.asarray(r) if leaf.ndim == 0 else r)
     return out
 
 
-def _cast(xp: Any, a: Array, dtype: Any) -> Array:
-    return a if a.dtype == dtype else xp.astype(a, dtype)
-
 
 # ---------------------------------------------------------------------------------------------
 # norms
 
-def _norm(xp: Any, a: Array, p: float = 2.0, axis: tuple[int, ...] | None = None,
+def _norm(xp: Namespace, a: Array, p: float = 2.0, axis: tuple[int, ...] | None = None,
           keepdims: bool = False) -> Array:
     """‖a‖_p over ``axis`` (all axes if None) in the compute dtype, without overflow
     (:func:`arraynorm.operation.lp_norm`: squares accumulated in float64 for float32, other
     powers scaled by the largest magnitude). inf/NaN entries make the norm inf (or NaN when a
     NaN is present), as ``vector_norm`` does; an empty reduction gives 0.
     """
-    a = _cast(xp, a, xp_compute_dtype(xp, a.dtype))
+    a = xp.astype(a, xp_compute_dtype(xp, a.dtype), copy=False)
     axes = tuple(range(a.ndim)) if axis is None else axis
     m = lp_norm(xp, a, p, axes)
     return m if keepdims else xp.reshape(m, tuple(n for ax, n in enumerate(a.shape) if ax not in axes))
 
 
-def _total_norm(xp: Any, leaves: list[Any], p: float) -> Array:
+def _total_norm(xp: Namespace, leaves: list[Any], p: float) -> Array:
     """‖(‖g_1‖_p, …, ‖g_k‖_p)‖_p = ‖g‖_p over all arrays, in their common compute dtype."""
     norms = [_norm(xp, leaf, p) for leaf in leaves if leaf is not None]
     dtype = xp.result_type(*(n.dtype for n in norms)) if len(norms) > 1 else norms[0].dtype
-    return _norm(xp, xp.stack([_cast(xp, n, dtype) for n in norms]), p)
+    return _norm(xp, xp.stack([xp.astype(n, dtype, copy=False) for n in norms]), p)
 
 
-def _unitwise_norm(xp: Any, a: Array) -> Array:
+def _unitwise_norm(xp: Namespace, a: Array) -> Array:
     """L2 norm per output unit (axis 0) for rank > 1, keepdims; whole-array for rank <= 1."""
     if a.ndim <= 1:
         return _norm(xp, a)
@@ -148,10 +148,10 @@ def _unitwise_norm(xp: Any, a: Array) -> Array:
 def _check_norm_type(fname: str, p: Any) -> float:
     if isinstance(p, bool) or not isinstance(p, numbers.Real):
         raise TypeError(f"{fname}: norm_type must be a real number, got {type(p).__name__}")
-    p = float(p)
-    if not (p > 0):  # also rejects NaN
-        raise ValueError(f"{fname}: norm_type must be > 0 (or float('inf')), got {p}")
-    return p
+    order = float(p)
+    if not (order > 0):  # also rejects NaN
+        raise ValueError(f"{fname}: norm_type must be > 0 (or float('inf')), got {order}")
+    return order
 
 
 # ---------------------------------------------------------------------------------------------
@@ -170,7 +170,7 @@ def normalized_gradient(grads: Tree, *, eps: float = 1e-8) -> Tree:
     eps = xp_check_eps(fname, eps)
     xp, _, leaves, rebuild = _gather(fname, "grads", grads)
     denom = _total_norm(xp, leaves, 2.0) + eps
-    return rebuild(_map(xp, leaves, lambda g, _: g / _cast(xp, denom, g.dtype)))
+    return rebuild(_map(xp, leaves, lambda g, _: g / xp.astype(denom, g.dtype, copy=False)))
 
 
 def block_normalized_gradient(grads: Tree, *, eps: float = 1e-8) -> Tree:
@@ -232,12 +232,11 @@ def clip_by_global_norm(grads: Tree, max_norm: float, *, norm_type: float = 2.0,
 
 
 def _clip_by_global_norm(grads: Tree, max_norm: float, norm_type: float,
-                         error_if_nonfinite: bool) -> tuple[tuple[Tree, Array], Callable]:
+                         error_if_nonfinite: bool) -> tuple[tuple[Tree, Array], Pullback]:
     fname = "clip_by_global_norm"
     max_norm = xp_check_finite_scalar(fname, "max_norm", max_norm, minimum=0.0)
     p = _check_norm_type(fname, norm_type)
-    if not isinstance(error_if_nonfinite, bool):
-        raise TypeError(f"{fname}: error_if_nonfinite must be a bool, got {type(error_if_nonfinite).__name__}")
+    xp_check_bool(fname, "error_if_nonfinite", error_if_nonfinite)
     xp, _, leaves, rebuild = _gather(fname, "grads", grads)
     total = _total_norm(xp, leaves, p)
     if error_if_nonfinite and not bool(xp.all(xp.isfinite(total))):
@@ -248,7 +247,7 @@ def _clip_by_global_norm(grads: Tree, max_norm: float, norm_type: float,
         )
     raw = max_norm / (total + 1e-6)
     coef = xp.clip(raw, max=1.0)
-    clipped = rebuild(_map(xp, leaves, lambda g, _: g * _cast(xp, coef, g.dtype)))
+    clipped = rebuild(_map(xp, leaves, lambda g, _: g * xp.astype(coef, g.dtype, copy=False)))
 
     def pullback(dy: tuple[Tree, Array | None]) -> tuple[Tree, None]:
         dclipped, dtotal = dy
@@ -256,29 +255,29 @@ def _clip_by_global_norm(grads: Tree, max_norm: float, norm_type: float,
         n = total
         safe = xp.where(n > 0, n, xp.ones_like(n))
         # Σ dclipped·g/(N + 1e-6): each term of the order of dclipped, no product overflows
-        terms = [xp.sum(_cast(xp, d, n.dtype) * (_cast(xp, g, n.dtype) / (n + 1e-6)))
+        terms = [xp.sum(xp.astype(d, n.dtype, copy=False) * (xp.astype(g, n.dtype, copy=False) / (n + 1e-6)))
                  for g, d in zip(leaves, dleaves) if g is not None and d is not None]
         sgx = sum(terms[1:], terms[0]) if terms else xp.zeros_like(n)
         k = xp.where(raw <= 1.0, -coef * sgx, xp.zeros_like(n))
         if dtotal is not None:
-            k = k + _cast(xp, dtotal, n.dtype)
+            k = k + xp.astype(dtotal, n.dtype, copy=False)
         if p == math.inf:
-            hits = [None if g is None else xp.astype(xp.abs(_cast(xp, g, n.dtype)) == n, n.dtype)
+            hits = [None if g is None else xp.astype(xp.abs(xp.astype(g, n.dtype, copy=False)) == n, n.dtype)
                     for g in leaves]
             counts = [xp.sum(h) for h in hits if h is not None]
             ties = sum(counts[1:], counts[0])
 
         def one(i: int, g: Array) -> Array:
             d = dleaves[i]
-            gc = _cast(xp, g, n.dtype)
+            gc = xp.astype(g, n.dtype, copy=False)
             if p == math.inf:
                 dnorm = xp.sign(gc) * hits[i] / ties
             else:
                 u = gc / safe  # sign(0) = 0 picks the subgradient 0 where |u|^{p−1} is inf
                 au = xp.where(u == 0, xp.ones_like(u), xp.abs(u))
                 dnorm = u if p == 2.0 else xp.sign(u) * au ** (p - 1.0)
-            dg = k * dnorm if d is None else coef * _cast(xp, d, n.dtype) + k * dnorm
-            return _cast(xp, dg, g.dtype)
+            dg = k * dnorm if d is None else coef * xp.astype(d, n.dtype, copy=False) + k * dnorm
+            return xp.astype(dg, g.dtype, copy=False)
 
         dgrads = [None if g is None else one(i, g) for i, g in enumerate(leaves)]
         return rebuild([xp.asarray(a) if a is not None and a.ndim == 0 else a for a in dgrads]), None
@@ -288,7 +287,7 @@ def _clip_by_global_norm(grads: Tree, max_norm: float, norm_type: float,
 
 @defvjp(clip_by_global_norm)
 def _clip_by_global_norm_vjp(grads: Tree, max_norm: float, *, norm_type: float = 2.0,
-                             error_if_nonfinite: bool = False) -> tuple[tuple[Tree, Array], Callable]:
+                             error_if_nonfinite: bool = False) -> tuple[tuple[Tree, Array], Pullback]:
     return _clip_by_global_norm(grads, max_norm, norm_type, error_if_nonfinite)
 
 
@@ -346,7 +345,7 @@ def adaptive_gradient_clipping(grads: Tree, params: Tree, *, clipping: float = 0
         )
     named = {lab: leaf for lab, leaf in zip(glabels + plabels, gleaves + pleaves)}
     xp_namespace(fname, **named)
-    out = []
+    out: list[Any] = []
     for glab, plab, g, w in zip(glabels, plabels, gleaves, pleaves):
         if g is None:
             out.append(None)
@@ -359,14 +358,14 @@ def adaptive_gradient_clipping(grads: Tree, params: Tree, *, clipping: float = 0
                 f"{fname}: {plab} has shape {tuple(w.shape)} but {glab} has {tuple(g.shape)}"
             )
         ct = xp_compute_dtype(xp, xp.result_type(g.dtype, w.dtype))
-        gc = _cast(xp, g, ct)
-        w_norm = _cast(xp, _unitwise_norm(xp, w), ct)
-        g_norm = _cast(xp, _unitwise_norm(xp, g), ct)
+        gc = xp.astype(g, ct, copy=False)
+        w_norm = xp.astype(_unitwise_norm(xp, w), ct, copy=False)
+        g_norm = xp.astype(_unitwise_norm(xp, g), ct, copy=False)
         floor = xp.asarray(eps, dtype=ct, device=xp_device(gc))
         max_norm = xp.maximum(w_norm, floor) * lam
         tiny = xp.asarray(1e-6, dtype=ct, device=xp_device(gc))
         clipped = gc * (max_norm / xp.maximum(g_norm, tiny))
-        out.append(_cast(xp, xp.where(g_norm > max_norm, clipped, gc), g.dtype))
+        out.append(xp.astype(xp.where(g_norm > max_norm, clipped, gc), g.dtype, copy=False))
     return rebuild(out)
 
 
@@ -384,7 +383,7 @@ def _pair(fname: str, aname: str, a: Array, bname: str, b: Array) -> tuple[Any, 
     return xp, xp_compute_dtype(xp, xp.result_type(a.dtype, b.dtype))
 
 
-def _ratio_or_one(xp: Any, num: Array, den: Array, zero: Array) -> Array:
+def _ratio_or_one(xp: Namespace, num: Array, den: Array, zero: Array) -> Array:
     """num/den, and 1 where ``zero`` (without ever dividing by zero there)."""
     one = xp.ones_like(num)
     return xp.where(zero, one, num / xp.where(zero, one, den))
@@ -411,8 +410,8 @@ def lars_trust_ratio(param: Array, grad: Array, *, trust_coefficient: float = 0.
     beta = xp_check_finite_scalar(fname, "weight_decay", weight_decay, minimum=0.0)
     eps = xp_check_eps(fname, eps)
     xp, ct = _pair(fname, "param", param, "grad", grad)
-    w_norm = _cast(xp, _norm(xp, param), ct)
-    g_norm = _cast(xp, _norm(xp, grad), ct)
+    w_norm = xp.astype(_norm(xp, param), ct, copy=False)
+    g_norm = xp.astype(_norm(xp, grad), ct, copy=False)
     zero = (w_norm == 0) | (g_norm == 0)
     return _ratio_or_one(xp, eta * w_norm, g_norm + beta * w_norm + eps, zero)
 
@@ -431,8 +430,8 @@ def lamb_trust_ratio(param: Array, update: Array, *, eps: float = 0.0) -> Array:
     fname = "lamb_trust_ratio"
     eps = xp_check_eps(fname, eps)
     xp, ct = _pair(fname, "param", param, "update", update)
-    w_norm = _cast(xp, _norm(xp, param), ct)
-    u_norm = _cast(xp, _norm(xp, update), ct)
+    w_norm = xp.astype(_norm(xp, param), ct, copy=False)
+    u_norm = xp.astype(_norm(xp, update), ct, copy=False)
     return _ratio_or_one(xp, w_norm, u_norm + eps, (w_norm == 0) | (u_norm == 0))
 
 

@@ -20,8 +20,8 @@ under ``jit`` (pass it with ``static_argnames`` or fix it with ``functools.parti
 Keyword-only arrays (given or running statistics, a whitening matrix) are treated as
 constants, as ``arraynorm.vjp`` does: the op sees ``jax.lax.stop_gradient`` of them. The
 second output of ``spectral_norm`` (the new ``u``) is a state and gets no gradient. Under
-``jit``, arrays the caller closes over are lifted into the trace with the traced ones
-(arraynorm's plain ops refuse that mix as arrays on different devices).
+``jit``, traced arrays and arrays the caller closes over mix freely (a tracer has no device
+yet, and arraynorm's argument check takes it as compatible with any).
 
 The residuals are the op's array inputs, and the backward recomputes the statistics before
 running the pullback (rematerialization, as ``jax.checkpoint`` does): the pullback is a
@@ -57,17 +57,6 @@ __all__ = ["custom_vjp"]
 
 def _is_array(a: Any) -> bool:
     return isinstance(a, (jax.Array, np.ndarray))
-
-
-def _same_trace(*groups: tuple[Any, ...]) -> tuple[tuple[Any, ...], ...]:
-    """Lift concrete arrays into the current trace when others are traced.
-
-    Under ``jit`` an array the caller closed over stays concrete (a device) while the traced
-    ones have no device, and arraynorm's argument check refuses arrays on different devices;
-    ``a * 1`` (exact for every float, removed by XLA) makes it a tracer like the others."""
-    if not any(isinstance(a, jax.core.Tracer) for g in groups for a in g):
-        return groups
-    return tuple(tuple(a if isinstance(a, jax.core.Tracer) else a * 1 for a in g) for g in groups)
 
 
 def custom_vjp(op: Callable[..., Any]) -> Callable[..., Any]:
@@ -127,7 +116,6 @@ def custom_vjp(op: Callable[..., Any]) -> Callable[..., Any]:
         f.defvjp(fwd, bwd)
         arrays = tuple(jnp.asarray(call.positional[i]) for i in slots)
         consts = tuple(jax.lax.stop_gradient(jnp.asarray(call.keywords[k])) for k in const_names)
-        arrays, consts = _same_trace(arrays, consts)
         return f(arrays, consts)
 
     wrapped.__doc__ = _bridge.bridge_doc(op, "JAX", "a ``jax.custom_vjp`` whose backward is "
@@ -138,3 +126,10 @@ def custom_vjp(op: Callable[..., Any]) -> Callable[..., Any]:
 _OPS = _bridge.bridged_ops()
 globals().update({name: custom_vjp(op) for name, op in _OPS.items()})
 __all__ += list(_OPS)
+
+
+def __getattr__(name: str) -> Callable[..., Any]:
+    # the ops above are generated (``globals().update``); this hook only runs for names that
+    # do not exist, so it changes nothing at run time and tells the type checker what the
+    # generated names are
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

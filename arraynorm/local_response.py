@@ -2,28 +2,26 @@
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable
-from typing import Any
 
 from ._array_api import (
     xp_accumulation_dtype,
+    xp_check_channel_axis,
     xp_check_finite_scalar,
     xp_check_floating,
+    xp_check_int,
     xp_compute_dtype,
     xp_device,
     xp_namespace,
 )
 from ._jvp import defjvp
+from ._typing import Array, Namespace, Pullback, Pushforward
 from ._vjp import defvjp
-from .partition import _channel_axis
 
 __all__ = ["local_response_norm", "lrn_linearized"]
 
-Array = Any
 
-
-def _window_sum(xp: Any, a: Array, axis: int, before: int, after: int) -> Array:
+def _window_sum(xp: Namespace, a: Array, axis: int, before: int, after: int) -> Array:
     """Σ_{k=c−before}^{c+after} a_k along ``axis``, zeros outside: before + after + 1 shifted
     slices of a zero-padded copy (the window is a handful of channels, so this beats a
     cumulative sum, which would also cancel catastrophically in float32)."""
@@ -52,8 +50,7 @@ def lrn_linearized(x: Array, size: int, alpha: float, beta: float, k: float, axi
     fname = "local_response_norm"
     xp = xp_namespace(fname, x=x)
     xp_check_floating(fname, "x", x, xp)
-    if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
-        raise ValueError(f"{fname}: size must be a positive int, got {size!r}")
+    size = xp_check_int(fname, "size", size)
     alpha = xp_check_finite_scalar(fname, "alpha", alpha)
     beta = xp_check_finite_scalar(fname, "beta", beta)
     k = xp_check_finite_scalar(fname, "k", k, minimum=0.0, strict=True)
@@ -62,14 +59,14 @@ def lrn_linearized(x: Array, size: int, alpha: float, beta: float, k: float, axi
             f"{fname}: x must have at least 3 dimensions (batch, channel, spatial), got shape "
             f"{tuple(x.shape)}"
         )
-    ax = _channel_axis(fname, axis, tuple(x.shape))
+    ax = xp_check_channel_axis(fname, axis, x.ndim)
     # float32 (and half) inputs are computed in float64 where the backend has it: squares of
     # float32 values neither overflow nor underflow there, so every finite input gets its
     # result (in float32 x ~ 1e20 has x² = inf and y = 0; with β = 2 the backward's
     # s^{−β−1} underflows from x ~ 1e10). float64 squares overflow beyond ~1e154: s is then
     # inf and y is set to NaN rather than the wrong 0.
     ct = xp_compute_dtype(xp, x.dtype)
-    xc = x if x.dtype == ct else xp.astype(x, ct)
+    xc = xp.astype(x, ct, copy=False)
     wt = xp_accumulation_dtype(xp, xc)
     xw = xc if wt == ct else xp.astype(xc, wt)
     lo, hi = size // 2, (size - 1) // 2
@@ -80,23 +77,23 @@ def lrn_linearized(x: Array, size: int, alpha: float, beta: float, k: float, axi
         nan = xp.asarray(float("nan"), dtype=wt, device=xp_device(xw))
         s_pow = xp.where(xp.isinf(s) & xp.isfinite(xw), nan, s_pow)
     yw = xw * s_pow
-    y = yw if yw.dtype == x.dtype else xp.astype(yw, x.dtype)
+    y = xp.astype(yw, x.dtype, copy=False)
 
     def pullback(dy: Array) -> tuple[Array, None]:
-        g = dy if dy.dtype == wt else xp.astype(dy, wt)
+        g = xp.astype(dy, wt, copy=False)
         # ∂L/∂x_j = g_j s_j^{−β} − (2αβ/size) x_j Σ_{c : j ∈ window(c)} g_c y_c / s_c;
         # the transposed window is [j − (size−1)//2, j + size//2]. y/s, not x·s^{−β}/s:
         # no intermediate smaller than the terms themselves.
         t = _window_sum(xp, g * (yw / s), ax, hi, lo)
         dx = g * s_pow - (2.0 * alpha * beta / size) * xw * t
-        return (dx if dx.dtype == x.dtype else xp.astype(dx, x.dtype)), None
+        return (xp.astype(dx, x.dtype, copy=False)), None
 
     def pushforward(tx: Array) -> Array:
         # dy_c = t_c s_c^{−β} − β x_c s_c^{−β−1} ds_c,  ds_c = (2α/size) Σ_{window(c)} x t
-        t = tx if tx.dtype == ct else xp.astype(tx, ct)
+        t = xp.astype(tx, ct, copy=False)
         ds = (2.0 * alpha / size) * _window_sum(xp, xc * t, ax, lo, hi)
         dy = t * s_pow - beta * (xc * s_pow / s) * ds
-        return dy if dy.dtype == x.dtype else xp.astype(dy, x.dtype)
+        return xp.astype(dy, x.dtype, copy=False)
 
     return y, pullback, pushforward
 
@@ -124,14 +121,14 @@ def local_response_norm(x: Array, size: int, alpha: float = 1e-4, beta: float = 
 
 @defvjp(local_response_norm)
 def _lrn_vjp(x: Array, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0, *,
-             axis: int = 1) -> tuple[Array, Callable]:
+             axis: int = 1) -> tuple[Array, Pullback]:
     y, pb, _ = lrn_linearized(x, size, alpha, beta, k, axis)
     return y, lambda dy: pb(dy) + (None, None, None)
 
 
 @defjvp(local_response_norm)
 def _lrn_jvp(x: Array, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0, *,
-             axis: int = 1) -> tuple[Array, Callable]:
+             axis: int = 1) -> tuple[Array, Pushforward]:
     y, _, push = lrn_linearized(x, size, alpha, beta, k, axis)
 
     def pushforward(tx: Array = None, *hyperparameters: None) -> Array:

@@ -25,17 +25,16 @@ from ._array_api import (
     xp_namespace,
 )
 from ._jvp import defjvp
+from ._typing import Array
 from ._vjp import defvjp, positional_parameters
 from .compose import Normalizer
-from .operation import GivenStatistics, LpScale, RMSScale, Standardize
-from .partition import Batch, GhostBatch, Group, Instance, Layer, Layout, Position
+from .operation import GivenStatistics, LpScale, Renormalize, RMSScale, Standardize
+from .partition import Batch, GhostBatch, Group, Instance, Layer, Position
 
 __all__ = [
     "batch_norm", "layer_norm", "instance_norm", "group_norm", "rms_norm", "position_norm",
     "ghost_batch_norm", "batch_renorm", "l2_normalize", "composition", "Composed",
 ]
-
-Array = Any
 
 
 class Composed(NamedTuple):
@@ -204,45 +203,6 @@ def ghost_batch_norm(x: Array, virtual_batch_size: int, weight: Array | None = N
     """
     return Composed(Normalizer(GhostBatch(virtual_batch_size, axis), Standardize(), eps,
                                "ghost_batch_norm"), x, weight, bias)
-
-
-class Renormalize(Standardize):
-    """Batch renormalization's operation (Ioffe 2017): standardize with the batch statistics,
-    then correct towards the running ones, ŷ' = ŷ·r + d with
-
-        r = clip(σ_B / σ, 1/rmax, rmax),   d = clip((μ_B − μ) / σ, −dmax, dmax),
-
-    σ_B = sqrt(var_B + eps), σ = sqrt(running_var + eps). r and d are treated as constants in
-    the backward pass (the paper's stop-gradient): ∂L/∂x = BN-backward(r · g).
-    """
-
-    def __init__(self, running_mean: Array, running_var: Array, rmax: float, dmax: float) -> None:
-        self.running_mean, self.running_var = running_mean, running_var
-        self.rmax, self.dmax = rmax, dmax
-
-    def arrays(self) -> dict[str, Array]:
-        return {"running_mean": self.running_mean, "running_var": self.running_var}
-
-    def forward(self, xp: Any, xv: Array, layout: Layout, eps: float) -> tuple[Array, Any]:
-        y, st = super().forward(xp, xv, layout, eps)
-        shape = layout.stats_shape
-        mu = xp.reshape(xp.astype(self.running_mean, xv.dtype), shape)
-        sigma = xp.sqrt(xp.reshape(xp.astype(self.running_var, xv.dtype), shape) + eps)
-        r = xp.clip(1.0 / (st.rstd * sigma), 1.0 / self.rmax, self.rmax)
-        d = xp.clip((st.mean - mu) / sigma, -self.dmax, self.dmax)
-        return y * r + d, (st, r)
-
-    def backward(self, xp: Any, gv: Array, state: Any) -> Array:
-        st, r = state
-        return super().backward(xp, gv * r, st)
-
-    def jvp(self, xp: Any, tv: Array, state: Any) -> Array:
-        """Forward mode with the same stop-gradient as :meth:`backward` (r, d constant):
-        r · (the standardization JVP), the transpose of the backward, so that the two
-        together are one linear map and its adjoint. Where r and d clip (or with rmax = 1,
-        dmax = 0) this is the exact derivative of the forward."""
-        st, r = state
-        return super().jvp(xp, tv, st) * r
 
 
 @composition

@@ -33,14 +33,15 @@ from typing import Any
 
 from array_api_compat import array_namespace
 
-from ._array_api import xp_check_eps, xp_check_finite_scalar
-from ._array_api import xp_move, xp_resolve_namespace
+from ._array_api import (xp_check_eps, xp_check_finite_scalar, xp_check_unit_interval, xp_move,
+                         xp_resolve_namespace)
 from ._array_api import xp_supports_inplace as supports_inplace
+from ._typing import Array, Namespace
+from .gradient import (block_normalized_gradient, clip_by_global_norm, lamb_trust_ratio,
+                       lars_trust_ratio, normalized_gradient)
 from .nn.module import Module
 
 __all__ = ["supports_inplace", "Optimizer", "SGD", "NormalizedSGD", "LARS", "LAMB", "Adam", "AdamW"]
-
-Array = Any
 
 
 def _axpy(y: Array, a: Any, x: Array) -> Array:
@@ -62,12 +63,6 @@ def _scale(y: Array, a: Any) -> Array:
 def _check_lr(fname: str, lr: Any) -> float:
     return xp_check_finite_scalar(fname, "lr", lr, minimum=0.0)
 
-
-def _check_unit(fname: str, name: str, v: Any, *, closed: bool = False) -> float:
-    v = xp_check_finite_scalar(fname, name, v, minimum=0.0)
-    if v > 1.0 or (not closed and v == 1.0):
-        raise ValueError(f"{fname}: {name} must be in [0, 1{']' if closed else ')'}, got {v}")
-    return v
 
 
 class Optimizer:
@@ -102,7 +97,10 @@ class Optimizer:
         self.model.zero_grad()
 
     def _collect(self) -> tuple[list[str], list[tuple[Module, str]], list[Array], list[Array]]:
-        names, slots, params, grads = [], [], [], []
+        names: list[str] = []
+        slots: list[tuple[Module, str]] = []
+        params: list[Array] = []
+        grads: list[Array] = []
         for name, m, k in self.model.parameter_slots():
             g = m.grads.get(k)
             if g is None:
@@ -111,7 +109,10 @@ class Optimizer:
             if tuple(g.shape) != tuple(p.shape):
                 raise ValueError(f"{self._name}.step: gradient of {name} has shape "
                                  f"{tuple(g.shape)}, the parameter {tuple(p.shape)}")
-            names.append(name), slots.append((m, k)), params.append(p), grads.append(g)
+            names.append(name)
+            slots.append((m, k))
+            params.append(p)
+            grads.append(g)
         return names, slots, params, grads
 
     def step(self) -> None:
@@ -120,7 +121,6 @@ class Optimizer:
         if not names:
             return
         if self.max_grad_norm is not None:
-            from .gradient import clip_by_global_norm
             grads, self.last_grad_norm = clip_by_global_norm(grads, self.max_grad_norm)
         self.steps += 1
         new = self._update(names, params, grads)
@@ -130,7 +130,7 @@ class Optimizer:
     def _update(self, names: list[str], params: list[Array], grads: list[Array]) -> list[Array]:  # pragma: no cover
         raise NotImplementedError
 
-    def to(self, xp: Any, device: Any = None) -> Optimizer:
+    def to(self, xp: Namespace, device: Any = None) -> Optimizer:
         """Move the optimizer's state (momentum buffers, moments) along with a moved model."""
         ns = xp_resolve_namespace(xp)
         for st in self.state.values():
@@ -156,8 +156,8 @@ class SGD(Optimizer):
                  max_grad_norm: float | None = None) -> None:
         super().__init__(model, lr, max_grad_norm=max_grad_norm)
         fname = self._name
-        self.momentum = _check_unit(fname, "momentum", momentum)
-        self.dampening = _check_unit(fname, "dampening", dampening, closed=True)
+        self.momentum = xp_check_unit_interval(fname, "momentum", momentum, closed=False)
+        self.dampening = xp_check_unit_interval(fname, "dampening", dampening)
         self.weight_decay = xp_check_finite_scalar(fname, "weight_decay", weight_decay, minimum=0.0)
         if nesterov and (self.momentum == 0 or self.dampening != 0):
             raise ValueError(f"{fname}: nesterov needs momentum > 0 and dampening = 0")
@@ -202,7 +202,6 @@ class NormalizedSGD(SGD):
         self.block, self.eps = bool(block), xp_check_eps(self._name, eps)
 
     def _update(self, names: list[str], params: list[Array], grads: list[Array]) -> list[Array]:
-        from .gradient import block_normalized_gradient, normalized_gradient
         f = block_normalized_gradient if self.block else normalized_gradient
         return super()._update(names, params, f(grads, eps=self.eps))
 
@@ -226,14 +225,13 @@ class LARS(Optimizer):
                  *, max_grad_norm: float | None = None) -> None:
         super().__init__(model, lr, max_grad_norm=max_grad_norm)
         fname = self._name
-        self.momentum = _check_unit(fname, "momentum", momentum)
+        self.momentum = xp_check_unit_interval(fname, "momentum", momentum, closed=False)
         self.weight_decay = xp_check_finite_scalar(fname, "weight_decay", weight_decay, minimum=0.0)
         self.trust_coefficient = xp_check_finite_scalar(fname, "trust_coefficient",
                                                         trust_coefficient, minimum=0.0)
         self.eps = xp_check_eps(fname, eps)
 
     def _update(self, names: list[str], params: list[Array], grads: list[Array]) -> list[Array]:
-        from .gradient import lars_trust_ratio
         out = []
         for n, p, g in zip(names, params, grads):
             xp = array_namespace(p)
@@ -268,7 +266,8 @@ class Adam(Optimizer):
         super().__init__(model, lr, max_grad_norm=max_grad_norm)
         fname = self._name
         b1, b2 = betas
-        self.betas = (_check_unit(fname, "betas[0]", b1), _check_unit(fname, "betas[1]", b2))
+        self.betas = (xp_check_unit_interval(fname, "betas[0]", b1, closed=False),
+                      xp_check_unit_interval(fname, "betas[1]", b2, closed=False))
         self.eps = xp_check_eps(fname, eps)
         self.weight_decay = xp_check_finite_scalar(fname, "weight_decay", weight_decay, minimum=0.0)
         self.decoupled = bool(decoupled_weight_decay)
@@ -336,7 +335,6 @@ class LAMB(Adam):
         super().__init__(model, lr, betas, eps, weight_decay, max_grad_norm=max_grad_norm)
 
     def _update(self, names: list[str], params: list[Array], grads: list[Array]) -> list[Array]:
-        from .gradient import lamb_trust_ratio
         bc1, bc2 = self._bias_corrections()
         out = []
         for n, p, g in zip(names, params, grads):

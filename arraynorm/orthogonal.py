@@ -25,13 +25,12 @@ from collections.abc import Callable
 from typing import Any
 
 from . import _linalg
-from ._array_api import xp_check_eps, xp_check_floating, xp_compute_dtype, xp_namespace
+from ._array_api import (xp_check_bool, xp_check_eps, xp_check_floating, xp_check_int,
+                         xp_compute_dtype, xp_namespace)
+from ._typing import Array, Pullback
 from ._vjp import defvjp
-from .partition import _positive_int
 
 __all__ = ["orthogonal_weight_norm", "oni"]
-
-Array = Any
 
 
 def _orthogonalize(fname: str, v: Array, eps: float, center: bool,
@@ -40,8 +39,7 @@ def _orthogonalize(fname: str, v: Array, eps: float, center: bool,
     xp = xp_namespace(fname, v=v)
     xp_check_floating(fname, "v", v, xp)
     eps = xp_check_eps(fname, eps)
-    if not isinstance(center, bool):
-        raise TypeError(f"{fname}: center must be a bool, got {type(center).__name__}")
+    xp_check_bool(fname, "center", center)
     if v.ndim < 2:
         raise ValueError(
             f"{fname}: v must have at least 2 dimensions (out, in, *kernel), got shape "
@@ -58,15 +56,15 @@ def _orthogonalize(fname: str, v: Array, eps: float, center: bool,
     if routines:
         _linalg.require_linalg(fname, xp, what, routines, instead="ONI (oni)")
     ct = xp_compute_dtype(xp, v.dtype)
-    x = xp.reshape(v if v.dtype == ct else xp.astype(v, ct), (out, fan_in))
+    x = xp.reshape(xp.astype(v, ct, copy=False), (out, fan_in))
     rw = _linalg.whiten_rows(xp, x, matrix, scale=1.0, eps=eps, center=center)
     w = xp.reshape(rw.output(), tuple(v.shape))
-    w = w if w.dtype == v.dtype else xp.astype(w, v.dtype)
+    w = xp.astype(w, v.dtype, copy=False)
 
     def pullback(dw: Array) -> tuple[Array]:
-        g = xp.reshape(dw if dw.dtype == ct else xp.astype(dw, ct), (out, fan_in))
+        g = xp.reshape(xp.astype(dw, ct, copy=False), (out, fan_in))
         dv = xp.reshape(rw.pullback(g), tuple(v.shape))
-        return (dv if dv.dtype == v.dtype else xp.astype(dv, v.dtype),)
+        return (xp.astype(dv, v.dtype, copy=False),)
 
     return w, pullback
 
@@ -78,7 +76,7 @@ def _own(v: Array, eps: float, center: bool) -> tuple[Array, Callable[[Array], t
 
 
 def _oni(v: Array, T: int, eps: float, center: bool) -> tuple[Array, Callable[[Array], tuple[Array]]]:
-    T = _positive_int("oni", "T", T)
+    T = xp_check_int("oni", "T", T)
     return _orthogonalize("oni", v, eps, center,
                           lambda xp, s, floor: _linalg.newton_inv_sqrt(xp, s, T), (), "ONI")
 
@@ -111,7 +109,7 @@ def orthogonal_weight_norm(v: Array, *, eps: float = 1e-5, center: bool = True) 
 
 
 @defvjp(orthogonal_weight_norm)
-def _own_vjp(v: Array, *, eps: float = 1e-5, center: bool = True) -> tuple[Array, Callable]:
+def _own_vjp(v: Array, *, eps: float = 1e-5, center: bool = True) -> tuple[Array, Pullback]:
     return _own(v, eps, center)
 
 
@@ -151,5 +149,5 @@ def oni(v: Array, *, T: int = 5, eps: float = 1e-5, center: bool = True) -> Arra
 
 @defvjp(oni)
 def _oni_vjp(v: Array, *, T: int = 5, eps: float = 1e-5,
-             center: bool = True) -> tuple[Array, Callable]:
+             center: bool = True) -> tuple[Array, Pullback]:
     return _oni(v, T, eps, center)

@@ -26,10 +26,9 @@ Partitions only look at shapes, never at values.
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 
-from ._array_api import xp_normalize_axes, xp_normalize_axis
+from ._array_api import xp_check_channel_axis, xp_check_int, xp_normalize_axes
 
 __all__ = ["Layout", "Partition", "Batch", "Layer", "Instance", "Group", "Position", "GhostBatch",
            "BatchGroups"]
@@ -100,17 +99,6 @@ class Partition:
 
 
 
-def _channel_axis(fname: str, axis: int, shape: tuple[int, ...]) -> int:
-    ax = xp_normalize_axis(fname, axis, len(shape))
-    if ax == 0:
-        raise ValueError(f"{fname}: axis (the channel axis) cannot be 0, the batch axis")
-    return ax
-
-
-def _positive_int(fname: str, name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{fname}: {name} must be a positive int, got {value!r}")
-    return int(value)
 
 
 @dataclass(frozen=True)
@@ -121,7 +109,7 @@ class Batch(Partition):
 
     def layout(self, fname: str, shape: tuple[int, ...]) -> Layout:
         self._require_rank(fname, shape, 2, "batch and channel")
-        ax = _channel_axis(fname, self.axis, shape)
+        ax = xp_check_channel_axis(fname, self.axis, len(shape))
         reduce = tuple(a for a in range(len(shape)) if a != ax)
         return Layout(tuple(shape), tuple(shape), reduce, ax, (ax,), per="channel")
 
@@ -146,7 +134,7 @@ class Instance(Partition):
 
     def layout(self, fname: str, shape: tuple[int, ...]) -> Layout:
         self._require_rank(fname, shape, 3, "batch, channel and at least one spatial axis")
-        ax = _channel_axis(fname, self.axis, shape)
+        ax = xp_check_channel_axis(fname, self.axis, len(shape))
         reduce = tuple(a for a in range(1, len(shape)) if a != ax)
         return Layout(tuple(shape), tuple(shape), reduce, ax, (ax,),
                       per="instance and channel (spatial size 1)")
@@ -162,8 +150,8 @@ class Group(Partition):
 
     def layout(self, fname: str, shape: tuple[int, ...]) -> Layout:
         self._require_rank(fname, shape, 2, "batch and channel")
-        ax = _channel_axis(fname, self.axis, shape)
-        g = _positive_int(fname, "num_groups", self.num_groups)
+        ax = xp_check_channel_axis(fname, self.axis, len(shape))
+        g = xp_check_int(fname, "num_groups", self.num_groups)
         c = shape[ax]
         if c % g:
             raise ValueError(
@@ -183,7 +171,7 @@ class Position(Partition):
 
     def layout(self, fname: str, shape: tuple[int, ...]) -> Layout:
         self._require_rank(fname, shape, 2, "batch and channel")
-        ax = _channel_axis(fname, self.axis, shape)
+        ax = xp_check_channel_axis(fname, self.axis, len(shape))
         return Layout(tuple(shape), tuple(shape), (ax,), None, (ax,))
 
 
@@ -202,8 +190,8 @@ class GhostBatch(Partition):
 
     def layout(self, fname: str, shape: tuple[int, ...]) -> Layout:
         self._require_rank(fname, shape, 2, "batch and channel")
-        ax = _channel_axis(fname, self.axis, shape)
-        k = _positive_int(fname, "virtual_batch_size", self.virtual_batch_size)
+        ax = xp_check_channel_axis(fname, self.axis, len(shape))
+        k = xp_check_int(fname, "virtual_batch_size", self.virtual_batch_size)
         n = shape[0]
         if n % k:
             raise ValueError(
@@ -235,6 +223,7 @@ class BatchGroups(Partition):
         # GroupNorm's split of the channels (and its checks); only the roles of the axes differ
         grouped = Group(self.num_groups, self.axis).layout(fname, shape)
         ax = grouped.feature_axis  # the group axis; the channels within a group follow it
+        assert ax is not None  # a Group layout always has one
         reduce = tuple(a for a in range(len(grouped.view_shape)) if a not in (ax, ax + 1))
         return Layout(grouped.shape, grouped.view_shape, reduce, ax + 1, grouped.param_axes,
                       per="channel")

@@ -1,22 +1,36 @@
 """Stage 3 of the survey's framework: representation recovery — what restores capacity.
 
-One mechanism serves both recoveries of the survey (§3.3):
+A recovery is an object passed to :class:`~arraynorm.Normalizer` like a partition and an
+operation (the third of its four parts). One mechanism serves the survey's recoveries (§3.3):
 
-* per-feature affine, y = γ·ŷ + β with γ, β spanning the partition's ``param_axes``
-  (the channel axis for BN/IN/GN, the normalized axes for LN/RMS);
-* conditional affine (AdaIN, FiLM), where γ, β are themselves per-sample arrays computed
-  from another input: the same formula with the batch axis among ``param_axes``.
+=======================  ==================================  ================================
+recovery                 y =                                 γ, β span
+=======================  ==================================  ================================
+:class:`Affine`          γ·ŷ + β (either may be absent)      the partition's ``param_axes``:
+                                                             channel (BN/IN/GN), normalized
+                                                             axes (LN/RMS)
+:class:`ConditionalAffine`  γ·ŷ + β, γ, β computed from       the batch axis and the
+                         another input (AdaIN, FiLM)         partition's ``param_axes``
+:class:`NoRecovery`      ŷ (PONO, L2 normalization)          — (takes no parameters)
+=======================  ==================================  ================================
 
-Backward, with dy = ∂L/∂y and the sum over every axis not in ``param_axes``:
+Backward, with dy = ∂L/∂y and the sum over every axis not in the parameter axes:
   ∂L/∂ŷ = γ·dy,   ∂L/∂γ = Σ dy·ŷ,   ∂L/∂β = Σ dy.
 Forward mode, for tangents dŷ, dγ, dβ:  dy = γ·dŷ + dγ·ŷ + dβ.
+The functions :func:`affine`, :func:`affine_backward` and :func:`affine_jvp` are those
+formulas for any parameter axes; the weight family uses them directly.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
-__all__ = ["broadcast_shape", "affine", "affine_backward", "affine_jvp"]
+from ._array_api import xp_check_param_shape
+from ._typing import Array, Dtype, Namespace, Shape
+from .partition import Layout
+
+__all__ = ["Recovery", "Affine", "ConditionalAffine", "NoRecovery", "broadcast_shape", "affine",
+           "affine_backward", "affine_jvp"]
 
 
 def broadcast_shape(shape: tuple[int, ...], param_axes: tuple[int, ...]) -> tuple[int, ...]:
@@ -24,13 +38,13 @@ def broadcast_shape(shape: tuple[int, ...], param_axes: tuple[int, ...]) -> tupl
     return tuple(n if a in param_axes else 1 for a, n in enumerate(shape))
 
 
-def _b(xp: Any, p: Any, shape: tuple[int, ...], param_axes: tuple[int, ...], dtype: Any) -> Any:
-    p = p if p.dtype == dtype else xp.astype(p, dtype)
+def _b(xp: Namespace, p: Array, shape: tuple[int, ...], param_axes: tuple[int, ...], dtype: Dtype) -> Array:
+    p = xp.astype(p, dtype, copy=False)
     return xp.reshape(p, broadcast_shape(shape, param_axes))
 
 
-def affine(xp: Any, yhat: Any, weight: Any | None, bias: Any | None,
-           param_axes: tuple[int, ...]) -> Any:
+def affine(xp: Namespace, yhat: Array, weight: Array | None, bias: Array | None,
+           param_axes: tuple[int, ...]) -> Array:
     """y = γ·ŷ + β (either may be ``None``), parameters in ``yhat``'s dtype."""
     shape = tuple(yhat.shape)
     if weight is not None:
@@ -40,18 +54,18 @@ def affine(xp: Any, yhat: Any, weight: Any | None, bias: Any | None,
     return yhat
 
 
-def affine_backward(xp: Any, dy: Any, yhat: Any, weight: Any | None, bias: Any | None,
-                    param_axes: tuple[int, ...]) -> tuple[Any, Any | None, Any | None]:
+def affine_backward(xp: Namespace, dy: Array, yhat: Array, weight: Array | None, bias: Array | None,
+                    param_axes: tuple[int, ...]) -> tuple[Array, Array | None, Array | None]:
     """(∂L/∂ŷ, ∂L/∂γ, ∂L/∂β); the parameter cotangents in the parameters' own dtypes."""
     shape = tuple(dy.shape)
     axes = tuple(a for a in range(len(shape)) if a not in param_axes)
     pshape = tuple(shape[a] for a in param_axes)
 
-    def reduce(t: Any, like: Any) -> Any:
+    def reduce(t: Array, like: Array) -> Array:
         if axes:
             t = xp.sum(t, axis=axes)
         t = xp.reshape(t, pshape)
-        return t if t.dtype == like.dtype else xp.astype(t, like.dtype)
+        return xp.astype(t, like.dtype, copy=False)
 
     dw = reduce(dy * yhat, weight) if weight is not None else None
     db = reduce(dy, bias) if bias is not None else None
@@ -59,9 +73,9 @@ def affine_backward(xp: Any, dy: Any, yhat: Any, weight: Any | None, bias: Any |
     return g, dw, db
 
 
-def affine_jvp(xp: Any, dyhat: Any | None, yhat: Any | None, weight: Any | None,
-               param_axes: tuple[int, ...], shape: tuple[int, ...], dweight: Any | None = None,
-               dbias: Any | None = None) -> Any:
+def affine_jvp(xp: Namespace, dyhat: Array | None, yhat: Array | None, weight: Array | None,
+               param_axes: tuple[int, ...], shape: tuple[int, ...], dweight: Array | None = None,
+               dbias: Array | None = None) -> Array:
     """dy = γ·dŷ + dγ·ŷ + dβ, each term present only where its tangent is (``None`` is a zero
     tangent; γ absent means γ = 1). ``yhat`` is only read when ``dweight`` is given; ``shape``
     is the output's, used when every tangent is zero. The result has ``dyhat``'s dtype (or
@@ -72,8 +86,95 @@ def affine_jvp(xp: Any, dyhat: Any | None, yhat: Any | None, weight: Any | None,
         out = term if out is None else out + term
     if dbias is not None:
         like = yhat if out is None else out
+        assert like is not None, "affine_jvp: with only a β tangent, ŷ gives the output's dtype"
         b = _b(xp, dbias, shape, param_axes, like.dtype)
         out = b + xp.zeros_like(like) if out is None else out + b
     if out is None:
         out = xp.zeros_like(yhat)
     return out
+
+
+# --------------------------------------------------------------------------------------
+# the recovery objects
+# --------------------------------------------------------------------------------------
+
+class Recovery:
+    """Base of the stage-3 objects. ŷ is the operation's output (compute dtype, the input's
+    shape); γ (``weight``) and β (``bias``) span :meth:`param_axes` of the input. The
+    default methods are the affine formulas; subclasses choose the axes or refuse
+    parameters."""
+
+    def param_axes(self, layout: Layout) -> tuple[int, ...]:
+        """Axes of the input that γ and β span."""
+        return layout.param_axes
+
+    def param_shape(self, layout: Layout) -> Shape:
+        return tuple(layout.shape[a] for a in self.param_axes(layout))
+
+    def check(self, fname: str, layout: Layout, weight: Array | None, bias: Array | None) -> None:
+        """Raise ``ValueError`` naming ``fname`` when γ or β does not have :meth:`param_shape`."""
+        shape = self.param_shape(layout)
+        xp_check_param_shape(fname, "weight", weight, shape)
+        xp_check_param_shape(fname, "bias", bias, shape)
+
+    def forward(self, xp: Namespace, yhat: Array, weight: Array | None, bias: Array | None,
+                layout: Layout) -> Array:
+        return affine(xp, yhat, weight, bias, self.param_axes(layout))
+
+    def backward(self, xp: Namespace, dy: Array, yhat: Array, weight: Array | None,
+                 bias: Array | None, layout: Layout) -> tuple[Array, Array | None, Array | None]:
+        """(∂L/∂ŷ, ∂L/∂γ, ∂L/∂β); ``None`` for an absent parameter."""
+        return affine_backward(xp, dy, yhat, weight, bias, self.param_axes(layout))
+
+    def jvp(self, xp: Namespace, dyhat: Array | None, yhat: Array | None, weight: Array | None,
+            layout: Layout, dweight: Array | None = None, dbias: Array | None = None) -> Array:
+        """dy = γ·dŷ + dγ·ŷ + dβ (``None`` tangents are zero)."""
+        return affine_jvp(xp, dyhat, yhat, weight, self.param_axes(layout), layout.shape,
+                          dweight, dbias)
+
+
+@dataclass(frozen=True)
+class Affine(Recovery):
+    """Per-feature affine y = γ·ŷ + β (Ioffe & Szegedy 2015), γ, β of the partition's
+    ``param_shape``; either may be ``None``. The default recovery of every Normalizer."""
+
+
+@dataclass(frozen=True)
+class ConditionalAffine(Recovery):
+    """Conditional affine y = γ·ŷ + β with γ, β per *sample* and feature, of shape
+    (N, *param_shape): computed by the caller from another input (AdaIN's style statistics,
+    FiLM's generator), so their cotangents flow back into that input.
+
+    Needs a partition whose parameter axes leave the batch axis free (BN/IN/GN/PN, LN over
+    non-batch axes).
+    """
+
+    def param_axes(self, layout: Layout) -> tuple[int, ...]:
+        if 0 in layout.param_axes:
+            raise ValueError(
+                f"ConditionalAffine: the partition's parameters already span the batch axis "
+                f"(param_axes {layout.param_axes}); conditional γ, β need it free"
+            )
+        return (0,) + layout.param_axes
+
+
+@dataclass(frozen=True)
+class NoRecovery(Recovery):
+    """No stage 3: y = ŷ (PONO without affine, L2 normalization). Refuses γ and β."""
+
+    def check(self, fname: str, layout: Layout, weight: Array | None, bias: Array | None) -> None:
+        for name, p in (("weight", weight), ("bias", bias)):
+            if p is not None:
+                raise ValueError(f"{fname}: the normalization has no recovery (NoRecovery) and "
+                                 f"takes no {name}, got an array of shape {tuple(p.shape)}")
+
+    def forward(self, xp: Namespace, yhat: Array, weight: Array | None, bias: Array | None,
+                layout: Layout) -> Array:
+        return yhat
+
+    def backward(self, xp: Namespace, dy: Array, yhat: Array, weight: Array | None,
+                 bias: Array | None, layout: Layout) -> tuple[Array, Array | None, Array | None]:
+        return dy, None, None
+
+
+AFFINE = Affine()

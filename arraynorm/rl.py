@@ -19,24 +19,17 @@ asynchronous on CuPy.
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any
 
 import numpy as np
 
-from ._array_api import (
-    xp_check_eps,
-    xp_check_finite_scalar,
-    xp_check_floating,
-    xp_compute_dtype,
-    xp_namespace,
-)
-from ._array_api import xp_from_host, xp_move, xp_resolve_namespace
+from ._array_api import (xp_check_eps, xp_check_finite_scalar, xp_check_floating, xp_check_int,
+                         xp_check_unit_interval, xp_compute_dtype, xp_from_host, xp_move,
+                         xp_namespace, xp_resolve_namespace)
+from ._typing import Array, Namespace
 
 __all__ = ["merge_moments", "RunningMeanStd", "ObservationNormalizer", "RewardNormalizer",
            "normalize_advantages"]
-
-Array = Any
 
 
 def merge_moments(mean_a: Array, var_a: Array, count_a: int, mean_b: Array, var_b: Array,
@@ -48,8 +41,7 @@ def merge_moments(mean_a: Array, var_a: Array, count_a: int, mean_b: Array, var_
     moments exactly). Returns ``(mean, var, count_a + count_b)``.
     """
     for name, c in (("count_a", count_a), ("count_b", count_b)):
-        if isinstance(c, bool) or not isinstance(c, numbers.Integral) or c < 0:
-            raise ValueError(f"merge_moments: {name} must be an int >= 0, got {c!r}")
+        xp_check_int("merge_moments", name, c, minimum=0)
     total = int(count_a) + int(count_b)
     if total == 0:
         raise ValueError("merge_moments: both counts are 0")
@@ -75,10 +67,10 @@ class RunningMeanStd:
     and ``var`` 1 (so normalizing is the identity up to eps).
     """
 
-    def __init__(self, shape: tuple[int, ...] | int = (), *, xp: Any = None, dtype: Any = None,
+    def __init__(self, shape: tuple[int, ...] | int = (), *, xp: Namespace = None, dtype: Any = None,
                  device: Any = None) -> None:
-        shape = (shape,) if isinstance(shape, numbers.Integral) else tuple(shape)
-        self.shape = tuple(int(n) for n in shape)
+        dims = (shape,) if isinstance(shape, int) else tuple(shape)
+        self.shape = tuple(int(n) for n in dims)
         self.mean = xp_from_host(np.zeros(self.shape), xp, device, dtype)
         self.var = xp_from_host(np.ones(self.shape), xp, device, dtype)
         self.count = 0
@@ -95,7 +87,7 @@ class RunningMeanStd:
             raise ValueError(f"{fname}: batch must have shape (B, *{self.shape}) with B >= 1, "
                              f"got {tuple(batch.shape)}")
         ct = xp_compute_dtype(xp, self.mean.dtype)
-        b = batch if batch.dtype == ct else xp.astype(batch, ct)
+        b = xp.astype(batch, ct, copy=False)
         b_mean = xp.mean(b, axis=0)
         c = b - b_mean
         b_var = xp.mean(c * c, axis=0)  # two-pass: no cancellation for |mean| ≫ std
@@ -120,13 +112,13 @@ class RunningMeanStd:
         if self.shape and tuple(x.shape[-len(self.shape):]) != self.shape:
             raise ValueError(f"{fname}: x must have shape (..., *{self.shape}), got {tuple(x.shape)}")
         ct = xp_compute_dtype(xp, x.dtype)
-        xc = x if x.dtype == ct else xp.astype(x, ct)
+        xc = xp.astype(x, ct, copy=False)
         mean, var = xp.astype(self.mean, ct), xp.astype(self.var, ct)
         y = (xc - mean if center else xc) / xp.sqrt(var + eps)
         if clip is not None:
             c = xp_check_finite_scalar(fname, "clip", clip, minimum=0.0)
             y = xp.clip(y, -c, c)
-        return y if y.dtype == x.dtype else xp.astype(y, x.dtype)
+        return xp.astype(y, x.dtype, copy=False)
 
     def state_dict(self) -> dict[str, Any]:
         return {"mean": self.mean, "var": self.var, "count": self.count}
@@ -135,7 +127,7 @@ class RunningMeanStd:
         self.mean, self.var, self.count = state["mean"], state["var"], int(state["count"])
         return self
 
-    def to(self, xp: Any, device: Any = None, dtype: Any = None) -> RunningMeanStd:
+    def to(self, xp: Namespace, device: Any = None, dtype: Any = None) -> RunningMeanStd:
         ns = xp_resolve_namespace(xp)
         self.mean = xp_move(self.mean, ns, device, dtype)
         self.var = xp_move(self.var, ns, device, dtype)
@@ -151,7 +143,7 @@ class ObservationNormalizer:
     """
 
     def __init__(self, shape: tuple[int, ...] | int, *, clip: float | None = 10.0,
-                 eps: float = 1e-8, xp: Any = None, dtype: Any = None, device: Any = None) -> None:
+                 eps: float = 1e-8, xp: Namespace = None, dtype: Any = None, device: Any = None) -> None:
         self.rms = RunningMeanStd(shape, xp=xp, dtype=dtype, device=device)
         self.clip = None if clip is None else xp_check_finite_scalar("ObservationNormalizer", "clip", clip, minimum=0.0)
         self.eps = xp_check_eps("ObservationNormalizer", eps)
@@ -175,13 +167,10 @@ class RewardNormalizer:
     """
 
     def __init__(self, num_envs: int, *, gamma: float = 0.99, clip: float | None = 10.0,
-                 eps: float = 1e-8, xp: Any = None, dtype: Any = None, device: Any = None) -> None:
+                 eps: float = 1e-8, xp: Namespace = None, dtype: Any = None, device: Any = None) -> None:
         fname = "RewardNormalizer"
-        if isinstance(num_envs, bool) or not isinstance(num_envs, numbers.Integral) or num_envs < 1:
-            raise ValueError(f"{fname}: num_envs must be a positive int, got {num_envs!r}")
-        self.gamma = xp_check_finite_scalar(fname, "gamma", gamma, minimum=0.0)
-        if self.gamma > 1.0:
-            raise ValueError(f"{fname}: gamma must be in [0, 1], got {self.gamma}")
+        num_envs = xp_check_int(fname, "num_envs", num_envs)
+        self.gamma = xp_check_unit_interval(fname, "gamma", gamma)
         self.clip = None if clip is None else xp_check_finite_scalar(fname, "clip", clip, minimum=0.0)
         self.eps = xp_check_eps(fname, eps)
         self.rms = RunningMeanStd((), xp=xp, dtype=dtype, device=device)
@@ -202,7 +191,7 @@ class RewardNormalizer:
         out = self.rms.normalize(r, center=False, eps=self.eps, clip=self.clip)
         if dones is not None:
             self.returns = xp.where(dones, xp.zeros_like(self.returns), self.returns)
-        return out if out.dtype == rewards.dtype else xp.astype(out, rewards.dtype)
+        return xp.astype(out, rewards.dtype, copy=False)
 
 
 def normalize_advantages(advantages: Array, *, eps: float = 1e-8) -> Array:
@@ -219,7 +208,7 @@ def normalize_advantages(advantages: Array, *, eps: float = 1e-8) -> Array:
         raise ValueError(f"{fname}: advantages must hold at least 2 values, got shape "
                          f"{tuple(advantages.shape)}")
     ct = xp_compute_dtype(xp, advantages.dtype)
-    a = advantages if advantages.dtype == ct else xp.astype(advantages, ct)
+    a = xp.astype(advantages, ct, copy=False)
     c = a - xp.mean(a)
     y = c / (xp.sqrt(xp.mean(c * c)) + eps)
-    return y if y.dtype == advantages.dtype else xp.astype(y, advantages.dtype)
+    return xp.astype(y, advantages.dtype, copy=False)

@@ -1,23 +1,39 @@
-"""Batch moments and running statistics with PyTorch's momentum semantics."""
+"""Batch moments and running statistics with PyTorch's momentum semantics: the one helper
+every layer that keeps running statistics uses.
+
+=========================  ====================================================================
+function                   what
+=========================  ====================================================================
+:func:`batch_moments`      per-channel batch mean and biased variance (what training BN uses)
+:func:`momentum_weight`    m: ``momentum`` (PyTorch's weight of the new batch) or
+                           1/num_batches_tracked (``momentum=None``, the cumulative average)
+:func:`blend`              (1 − m)·running + m·batch in the running buffer's dtype, blended in
+                           float32 at least and rounded once (half buffers lose nothing)
+:func:`unbiased_variance`  σ²·count/(count − 1), the variance running statistics store
+:func:`fold_batch`         one more batch into a layer's buffers: counts it, blends each buffer
+:func:`update_running_stats`  the functional form of BN's update (mean and unbiased variance)
+=========================  ====================================================================
+
+Users: :class:`arraynorm.nn.BatchNorm`, :class:`~arraynorm.nn.BatchRenorm`,
+:class:`~arraynorm.nn.UncenteredBatchNorm` (running second moment),
+:class:`~arraynorm.nn.DecorrelatedBatchNorm` and :class:`~arraynorm.nn.IterNorm` (running mean
+and whitening matrix, averaged as the DBN and IterNorm reference code do) and the layers of
+:mod:`arraynorm.torch`; a new layer with running statistics calls :func:`fold_batch` too.
+"""
 
 from __future__ import annotations
 
-import numbers
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
-from ._array_api import (
-    xp_check_finite_scalar,
-    xp_check_floating,
-    xp_check_param_shape,
-    xp_compute_dtype,
-    xp_namespace,
-)
-from .operation import moments
+from ._array_api import (xp_check_floating, xp_check_int, xp_check_momentum, xp_check_param_shape,
+                         xp_compute_dtype, xp_in_compute_dtype, xp_namespace)
+from ._statistics import moments
+from ._typing import Array
 from .partition import Batch
 
-__all__ = ["batch_moments", "update_running_stats"]
-
-Array = Any
+__all__ = ["batch_moments", "update_running_stats", "momentum_weight", "blend",
+           "unbiased_variance", "fold_batch"]
 
 
 def batch_moments(x: Array, *, axis: int = 1) -> tuple[Array, Array]:
@@ -35,10 +51,58 @@ def batch_moments(x: Array, *, axis: int = 1) -> tuple[Array, Array]:
     xp_check_floating(fname, "x", x, xp)
     layout = Batch(axis).layout(fname, tuple(x.shape))
     layout.check_many(fname)
-    ct = xp_compute_dtype(xp, x.dtype)
-    xv = x if x.dtype == ct else xp.astype(x, ct)
-    mean, var, _ = moments(xp, xv, layout.reduce_axes)
+    mean, var, _ = moments(xp, xp_in_compute_dtype(xp, x), layout.reduce_axes)
     return xp.reshape(mean, layout.param_shape), xp.reshape(var, layout.param_shape)
+
+
+def momentum_weight(fname: str, momentum: float | None, num_batches_tracked: int | None) -> float:
+    """The new batch's weight m: ``momentum`` (in [0, 1], PyTorch's convention — the opposite
+    of Keras and Flax), or 1/num_batches_tracked for ``momentum=None`` (the cumulative
+    average; ``num_batches_tracked`` counts batches *including* this one)."""
+    if momentum is None:
+        if (isinstance(num_batches_tracked, bool) or not isinstance(num_batches_tracked, int)
+                or num_batches_tracked < 1):
+            raise ValueError(
+                f"{fname}: momentum=None (cumulative average) needs num_batches_tracked >= 1, "
+                f"got {num_batches_tracked!r}"
+            )
+        return 1.0 / num_batches_tracked
+    m = xp_check_momentum(fname, momentum)
+    assert m is not None
+    return m
+
+
+def blend(running: Array, batch: Array, m: float) -> Array:
+    """(1 − m)·running + m·batch, a new array in ``running``'s dtype: computed in float32 at
+    least and rounded once, as PyTorch does for half buffers (blending in float16 errs by up
+    to ~100 ulps). ``batch`` may have another floating dtype (the statistics' compute
+    dtype)."""
+    xp = xp_namespace("blend", running=running, batch=batch)
+    ct = xp_compute_dtype(xp, running.dtype)
+    new = (1.0 - m) * xp.astype(running, ct, copy=False) + m * xp.astype(batch, ct, copy=False)
+    return xp.astype(new, running.dtype, copy=False)
+
+
+def unbiased_variance(var: Array, count: int) -> Array:
+    """The unbiased variance σ²·count/(count − 1) from the biased one of ``count`` values per
+    statistic (count >= 2): what running variances store (PyTorch's convention)."""
+    count = xp_check_int("unbiased_variance", "count", count, minimum=2)
+    return var * (count / (count - 1))
+
+
+def fold_batch(buffers: MutableMapping[str, Any], batch: Mapping[str, Array],
+               momentum: float | None, *, fname: str = "fold_batch",
+               counter: str = "num_batches_tracked") -> None:
+    """Fold one batch into a layer's running statistics: ``buffers[counter]`` (a Python int)
+    counts it, then every ``buffers[name]`` becomes :func:`blend` of itself and
+    ``batch[name]`` with :func:`momentum_weight`. ``batch`` holds what is to be averaged
+    (the unbiased variance, a whitening matrix, a second moment), already reshaped to the
+    buffers' shapes."""
+    n = buffers[counter] + 1
+    buffers[counter] = n
+    m = momentum_weight(fname, momentum, n)
+    for name, value in batch.items():
+        buffers[name] = blend(buffers[name], value, m)
 
 
 def update_running_stats(running_mean: Array, running_var: Array, batch_mean: Array,
@@ -64,24 +128,7 @@ def update_running_stats(running_mean: Array, running_var: Array, batch_mean: Ar
                     ("batch_mean", batch_mean), ("batch_var", batch_var)):
         xp_check_floating(fname, name, a, xp)
         xp_check_param_shape(fname, name, a, tuple(running_mean.shape))
-    if isinstance(count, bool) or not isinstance(count, numbers.Integral) or count < 2:
-        raise ValueError(f"{fname}: count must be an int >= 2 (values per channel), got {count!r}")
-    if momentum is None:
-        if (isinstance(num_batches_tracked, bool) or not isinstance(num_batches_tracked, numbers.Integral)
-                or num_batches_tracked < 1):
-            raise ValueError(
-                f"{fname}: momentum=None (cumulative average) needs num_batches_tracked >= 1, "
-                f"got {num_batches_tracked!r}"
-            )
-        m = 1.0 / int(num_batches_tracked)
-    else:
-        m = xp_check_finite_scalar(fname, "momentum", momentum, minimum=0.0)
-        if m > 1.0:
-            raise ValueError(f"{fname}: momentum must be in [0, 1], got {m}")
-    def blend(running: Array, batch: Array) -> Array:
-        ct = xp_compute_dtype(xp, running.dtype)  # float32 for half running statistics
-        r = running if running.dtype == ct else xp.astype(running, ct)
-        new = (1.0 - m) * r + m * (batch if batch.dtype == ct else xp.astype(batch, ct))
-        return new if new.dtype == running.dtype else xp.astype(new, running.dtype)
-
-    return blend(running_mean, batch_mean), blend(running_var, batch_var * (count / (count - 1)))
+    count = xp_check_int(fname, "count", count, minimum=2)
+    m = momentum_weight(fname, momentum, num_batches_tracked)
+    return (blend(running_mean, batch_mean, m),
+            blend(running_var, unbiased_variance(batch_var, count), m))

@@ -36,6 +36,23 @@ def cuda_available() -> bool:
         return False
 
 
+def has_linalg(xp, *routines: str) -> bool:
+    """Whether the backend offers the batched ``xp.linalg`` routines, as the library's
+    capability table says (``arraynorm._array_api.xp_capabilities``): the tests decide what
+    must work and what must raise ``NotImplementedError`` from the same table the code reads,
+    and tests/test_array_api.py checks the table against each backend."""
+    from arraynorm._array_api import xp_capabilities
+
+    return set(routines) <= xp_capabilities(xp).linalg
+
+
+def supports_inplace(xp) -> bool:
+    """Whether ``a += b`` writes into ``a`` on this backend (the capability table)."""
+    from arraynorm._array_api import xp_capabilities
+
+    return xp_capabilities(xp).inplace
+
+
 def backend_name(xp) -> str:
     if is_dask_namespace(xp):
         return "dask"

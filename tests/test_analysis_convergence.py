@@ -19,7 +19,7 @@ import analysis
 from analysis._backend import Backend, point_rng
 from analysis._tasks import build_model, make_task, majority_sequences
 from analysis.convergence import largest_stable, parse_method
-from arraynorm.nn.demo import spirals
+from arraynorm.data import spirals
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # one run through every task (about a second): shared by several tests

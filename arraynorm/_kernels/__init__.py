@@ -1,9 +1,19 @@
-"""Optional backend fast paths, selected in one place (DESIGN.md §3.2).
+"""Implementations of a normalizer and the one selector that chooses among them (DESIGN.md §4).
 
-:class:`arraynorm.Normalizer` asks :func:`normalizer_forward` and :func:`normalizer_backward`
-first; they return ``None`` where no fast path applies and the portable array-API path runs.
-Every fast path computes the portable path's formulas and ``tests/test_kernels.py`` asserts
-they agree (outputs, cotangents and the statistics in ``ctx.state``).
+An implementation (:class:`arraynorm._context.Implementation`) runs a
+:class:`~arraynorm.Normalizer` on one input and owns its forward, backward and forward-mode
+product: :data:`PORTABLE` (the stages' array-API code, every backend, the reference) and the
+backend ones in :data:`IMPLEMENTATIONS`. :func:`select` asks each backend implementation, in
+order, whether it runs this input (its ``supports``: backend, operation, recovery, dtype and
+the size thresholds measured in ``benchmarks/``) and falls back to the portable one; the
+context records the choice, so the backward and the JVP are answered by the implementation
+that ran the forward. Every backend implementation computes the portable path's formulas and
+``tests/test_kernels.py`` asserts they agree (outputs, cotangents, JVPs and the statistics in
+``ctx.state``).
+
+Adding one (a numba JIT for CPU, a Dask one-pass reduction, CuPy fused kernels): a module
+here with an object that has ``name``, ``supports``, ``forward``, ``backward`` and ``jvp``,
+and one line in :data:`IMPLEMENTATIONS` (docs/architecture.md).
 
 Switches
 --------
@@ -15,140 +25,69 @@ Switches
 * ``ARRAYNORM_THREADS=n`` (or ``set_fast_paths(True, threads=n)``) caps the worker threads of
   the NumPy fast path; default: the CPUs this process may run on.
 
-Fast paths today
-----------------
+Implementations today
+---------------------
 =================  ===========================================================================
-backend            path
+backend            implementation
 =================  ===========================================================================
 NumPy              :mod:`.numpy_fused` for the standardize and RMS operations on every
-                   partition (BN, LN, IN, GN, PN, ghost BN, RMS norm and compositions), for
-                   inputs of 2 MiB and more (smaller ones fit in cache, where the portable
-                   path is as fast): cache-sized blocks, one read and one write of memory
-                   per element in the common layouts, worker threads
-CuPy               none yet: the portable path (fused kernels need a GPU to be proven equal)
-others             the portable path
+                   partition with the affine, conditional-affine or no recovery (BN, LN, IN,
+                   GN, PN, ghost BN, RMS norm, AdaIN and compositions), for inputs of 2 MiB
+                   and more (smaller ones fit in cache, where the portable path is as fast):
+                   cache-sized blocks, one read and one write of memory per element in the
+                   common layouts, worker threads; its JVP is the portable formula on its
+                   statistics
+CuPy               none yet: :data:`PORTABLE` (fused kernels need a GPU to be proven equal)
+others             :data:`PORTABLE` (:mod:`.portable`)
 =================  ===========================================================================
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-import os
-import warnings
-from collections.abc import Iterator
-from typing import Any
-
-from array_api_compat import is_numpy_namespace
-
-from ._blocks import default_threads
+from .._context import Implementation, Stages
+from .._typing import Array, Namespace
+from ..partition import Layout
+from . import numpy_fused
+from ._switches import fast_path_threads, fast_paths_enabled, set_fast_paths, use_fast_paths
+from .portable import PORTABLE
 
 __all__ = ["set_fast_paths", "fast_paths_enabled", "use_fast_paths", "fast_path_threads",
-           "normalizer_forward", "normalizer_backward"]
+           "select", "implementation", "IMPLEMENTATIONS", "PORTABLE"]
 
-def _threads_from_env() -> int:
-    value = os.environ.get("ARRAYNORM_THREADS", "").strip()
-    if value.isdigit() and int(value) > 0:
-        return int(value)
-    if value:
-        warnings.warn(f"arraynorm: ARRAYNORM_THREADS must be a positive int, got {value!r}; "
-                      f"using {default_threads()}", RuntimeWarning, stacklevel=2)
-    return default_threads()
+#: the backend implementations, asked in this order; the first that supports an input runs it
+IMPLEMENTATIONS: tuple[Implementation, ...] = (
+    numpy_fused.NUMPY_FUSED,  # NumPy: cache-sized blocks, one memory pass, worker threads
+)
 
 
-_default = os.environ.get("ARRAYNORM_FAST_PATHS", "1").strip().lower() not in ("0", "false", "no", "off")
-_threads = _threads_from_env()
-# a use_fast_paths block's setting, per context (thread / asyncio task); None: the default
-_override: contextvars.ContextVar[bool | None] = contextvars.ContextVar("arraynorm_fast_paths",
-                                                                       default=None)
+def implementation(name: str | Implementation) -> Implementation:
+    """The implementation called ``name`` (``"portable"`` or one of :data:`IMPLEMENTATIONS`),
+    or ``name`` itself when it is an implementation object."""
+    if not isinstance(name, str):
+        return name
+    known = {impl.name: impl for impl in (PORTABLE, *IMPLEMENTATIONS)}
+    if name not in known:
+        raise ValueError(f"implementation must be one of {sorted(known)} or an implementation "
+                         f"object, got {name!r}")
+    return known[name]
 
 
-def _check_bool(fname: str, enabled: Any) -> None:
-    if not isinstance(enabled, bool):
-        raise TypeError(f"{fname}: enabled must be a bool, got {type(enabled).__name__}")
-
-
-def set_fast_paths(enabled: bool, *, threads: int | None = None) -> bool:
-    """Set the process default of the backend fast paths (on or off); return the previous
-    default.
-
-    Every thread without a :func:`use_fast_paths` block of its own follows the default,
-    threads started later included; inside such a block the block's setting wins.
-    ``threads`` (a positive int) caps the worker threads of the NumPy fast path. With fast
-    paths off every op runs the portable array-API code.
-
-    Examples
-    --------
-    >>> import arraynorm as an
-    >>> previous = an.set_fast_paths(False)   # portable path only
-    >>> _ = an.set_fast_paths(previous)
-    """
-    global _default, _threads
-    _check_bool("set_fast_paths", enabled)
-    if threads is not None:
-        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-            raise ValueError(f"set_fast_paths: threads must be a positive int, got {threads!r}")
-        _threads = threads
-    previous, _default = _default, enabled
-    return previous
-
-
-def fast_paths_enabled() -> bool:
-    """Whether backend fast paths are used here: the innermost :func:`use_fast_paths` block
-    of the current context, else the process default (:func:`set_fast_paths`)."""
-    local = _override.get()
-    return _default if local is None else local
-
-
-def fast_path_threads() -> int:
-    """Worker threads of the NumPy fast path."""
-    return _threads
-
-
-@contextlib.contextmanager
-def use_fast_paths(enabled: bool) -> Iterator[None]:
-    """Context manager: fast paths on or off inside the block, in the current context only
-    (other threads and asyncio tasks keep theirs); the previous setting after, however
-    blocks of different threads overlap.
-
-    Examples
-    --------
-    >>> import numpy as np, arraynorm as an
-    >>> x = np.random.default_rng(0).standard_normal((8, 16)).astype(np.float32)
-    >>> with an.use_fast_paths(False):
-    ...     portable = an.layer_norm(x)
-    >>> bool(np.allclose(an.layer_norm(x), portable, atol=1e-6))
-    True
-    """
-    _check_bool("use_fast_paths", enabled)
-    token = _override.set(enabled)
-    try:
-        yield
-    finally:
-        _override.reset(token)
-
-
-def normalizer_forward(normalizer: Any, xp: Any, layout: Any, x: Any, weight: Any,
-                       bias: Any) -> tuple[Any, Any] | None:
-    """``(y, ctx)`` from a fast path for ``normalizer.forward``, or ``None`` (portable path)."""
+def select(requested: str | Implementation | None, stages: Stages, xp: Namespace,
+           layout: Layout, x: Array, weight: Array | None, bias: Array | None) -> Implementation:
+    """The implementation that runs ``stages`` on this input: the portable one whenever
+    fast paths are off (:func:`use_fast_paths`), else ``requested`` if given (``ValueError``
+    when it does not support the input), else the first of :data:`IMPLEMENTATIONS` that
+    does, else the portable one. Decided from namespaces, shapes, dtypes and types only."""
     if not fast_paths_enabled():
-        return None
-    # NumPy: the portable path makes ~10 memory passes; blocks in cache make one, on all cores
-    if is_numpy_namespace(xp):
-        from . import numpy_fused
-
-        if numpy_fused.supports(normalizer.operation, x, weight, bias):
-            return numpy_fused.forward(normalizer, xp, layout, x, weight, bias, _threads)
-    return None
-
-
-def normalizer_backward(normalizer: Any, ctx: Any, dy: Any) -> tuple[Any, Any, Any] | None:
-    """``(dx, dweight, dbias)`` from the fast path that made ``ctx``, or ``None``."""
-    if not fast_paths_enabled():
-        return None
-    # NumPy: a context from numpy_fused keeps x and the block plan; same blocks backwards
-    from . import numpy_fused
-
-    if isinstance(ctx, numpy_fused.FusedContext) and numpy_fused.supports_cotangent(ctx, dy):
-        return numpy_fused.backward(ctx, dy, _threads)
-    return None
+        return PORTABLE
+    if requested is not None:
+        impl = implementation(requested)
+        if not impl.supports(stages, xp, layout, x, weight, bias):
+            raise ValueError(f"{stages.name}: the {impl.name!r} implementation does not run this "
+                             f"input (a {type(x).__name__} of shape {tuple(x.shape)} and dtype "
+                             f"{x.dtype}); pass implementation=None to let the selector choose")
+        return impl
+    for impl in IMPLEMENTATIONS:
+        if impl.supports(stages, xp, layout, x, weight, bias):
+            return impl
+    return PORTABLE

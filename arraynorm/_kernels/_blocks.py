@@ -158,14 +158,14 @@ def dot_over(a: np.ndarray, b: np.ndarray, flags: tuple[bool, ...], scratch: np.
     last = len(shape) - 1
     if axes and axes[-1] == last and shape[last] > 1:
         n = shape[last]
-        m = np.vecdot(a.reshape(-1, n), b.reshape(-1, n)).reshape(shape[:-1] + (1,))
+        m: np.ndarray = np.vecdot(a.reshape(-1, n), b.reshape(-1, n)).reshape(shape[:-1] + (1,))
         if axes[:-1]:
             m = np.add.reduce(m, axis=axes[:-1], keepdims=True)
         return m.reshape(_keep_shape(tuple(a.shape), flags))
     if axes == (last - 1,) and math.prod(shape[:-2]) == 1:
         # Σ over the rows of a (rows, features) block in one pass
-        m = np.einsum("ij,ij->j", a.reshape(shape[-2:]), b.reshape(shape[-2:]))
-        return m.reshape(_keep_shape(tuple(a.shape), flags))
+        rows: np.ndarray = np.einsum("ij,ij->j", a.reshape(shape[-2:]), b.reshape(shape[-2:]))
+        return rows.reshape(_keep_shape(tuple(a.shape), flags))
     prod = scratch[: a.size].reshape(a.shape)
     np.multiply(a, b, out=prod)
     return sum_over(prod, flags)

@@ -105,7 +105,8 @@ class Plan:
         n0, n1 = self.n_chunks
         m, j = divmod(i, n0 * n1)
         j0, j1 = divmod(j, n1)
-        sl = (slice(m, m + 1), slice(j0 * self.chunk0, min(self.fine[0], (j0 + 1) * self.chunk0)))
+        sl: tuple[slice, ...] = (slice(m, m + 1),
+                                 slice(j0 * self.chunk0, min(self.fine[0], (j0 + 1) * self.chunk0)))
         if self.split1:
             sl += (slice(j1 * self.chunk1, min(self.fine[1], (j1 + 1) * self.chunk1)),)
             if not self.red[1]:

@@ -14,8 +14,6 @@ from .conv import Conv2d
 from .linear import Linear, ReparamLinear, SpectralNormLinear, WeightNormLinear
 from .loss import CrossEntropyLoss, MSELoss
 from .module import Module
-from .pool import AvgPool2d, Flatten, GlobalAvgPool2d, MaxPool2d
-from .probe import Probe
 from .norm import (
     BatchNorm,
     BatchRenorm,
@@ -28,6 +26,8 @@ from .norm import (
     RMSNorm,
     UncenteredBatchNorm,
 )
+from .pool import AvgPool2d, Flatten, GlobalAvgPool2d, MaxPool2d
+from .probe import Probe
 from .stack import NORMS, deep_stack
 from .style import AdaIN
 from .transformer import TransformerEncoderBlock, transformer_stack

@@ -36,16 +36,14 @@ import numbers
 from dataclasses import dataclass
 from typing import Any
 
-from .._array_api import (xp_check_floating, xp_compute_dtype, xp_device, xp_supports_inplace,
-                          xp_whole_axes)
+from .._array_api import xp_check_floating, xp_device, xp_supports_inplace, xp_whole_axes
+from .._typing import Array, Namespace
 
-__all__ = ["pair", "check_nchw", "check_cotangent", "to_compute", "cast", "Window2d", "pad2d",
+__all__ = ["pair", "check_nchw", "check_cotangent", "Window2d", "pad2d",
            "window_slices", "scatter_windows"]
 
-Array = Any
 
-
-def check_nchw(fname: str, xp: Any, x: Array) -> None:
+def check_nchw(fname: str, xp: Namespace, x: Array) -> None:
     """x must be a floating (N, C, H, W) array (batched; PyTorch also takes (C, H, W))."""
     xp_check_floating(fname, "x", x, xp)
     if x.ndim != 4:
@@ -59,17 +57,6 @@ def check_cotangent(fname: str, dy: Any, shape: tuple[int, ...], name: str = "dy
     if tuple(getattr(dy, "shape", ())) != tuple(shape):
         raise ValueError(f"{fname}: {name} must have the {of}'s shape {tuple(shape)}, got "
                          f"{tuple(getattr(dy, 'shape', ())) or type(dy).__name__}")
-
-
-def to_compute(xp: Any, a: Array) -> Array:
-    """``a`` in the computation dtype (float16/bfloat16 promoted to float32, DESIGN.md §3.3)."""
-    ct = xp_compute_dtype(xp, a.dtype)
-    return a if a.dtype == ct else xp.astype(a, ct)
-
-
-def cast(xp: Any, a: Array, dtype: Any) -> Array:
-    """``a`` cast back to ``dtype`` (no copy when it already has it)."""
-    return a if a.dtype == dtype else xp.astype(a, dtype)
 
 
 def pair(fname: str, name: str, value: Any, minimum: int) -> tuple[int, int]:
@@ -102,7 +89,8 @@ class Window2d:
 
     def span(self) -> tuple[int, int]:
         """Extent of the dilated kernel, d (k − 1) + 1, per spatial axis."""
-        return tuple(d * (k - 1) + 1 for k, d in zip(self.kernel, self.dilation))
+        (kh, kw), (dh, dw) = self.kernel, self.dilation
+        return dh * (kh - 1) + 1, dw * (kw - 1) + 1
 
     def output_size(self, fname: str, h: int, w: int) -> tuple[int, int]:
         """(H_out, W_out) for an input of spatial size (h, w); ``ValueError`` when the
@@ -117,11 +105,11 @@ class Window2d:
         return (hp - eh) // self.stride[0] + 1, (wp - ew) // self.stride[1] + 1
 
 
-def _full(xp: Any, like: Array, shape: tuple[int, ...], value: float) -> Array:
+def _full(xp: Namespace, like: Array, shape: tuple[int, ...], value: float) -> Array:
     return xp.full(shape, value, dtype=like.dtype, device=xp_device(like))
 
 
-def _concat_borders(xp: Any, a: Array, axis: int, before: int, after: int,
+def _concat_borders(xp: Namespace, a: Array, axis: int, before: int, after: int,
                     value: float = 0.0) -> Array:
     """``a`` with ``before``/``after`` entries of ``value`` added along ``axis``."""
     if before == 0 and after == 0:
@@ -134,7 +122,7 @@ def _concat_borders(xp: Any, a: Array, axis: int, before: int, after: int,
     return xp.concat([p for p in (parts[0], a, parts[1]) if p is not None], axis=axis)
 
 
-def pad2d(xp: Any, x: Array, padding: tuple[int, int, int, int], value: float = 0.0) -> Array:
+def pad2d(xp: Namespace, x: Array, padding: tuple[int, int, int, int], value: float = 0.0) -> Array:
     """(N, C, H, W) → (N, C, H + top + bottom, W + left + right), borders filled with ``value``
     (on Dask, channel and spatial axes in one chunk: every window slice would cut them)."""
     top, bottom, left, right = padding
@@ -150,13 +138,13 @@ def _offset_index(win: Window2d, out_hw: tuple[int, int]) -> list[tuple[slice, .
              slice(j * dw, j * dw + sw * (wo - 1) + 1, sw)) for i in range(kh) for j in range(kw)]
 
 
-def window_slices(xp: Any, xpad: Array, win: Window2d, out_hw: tuple[int, int]) -> list[Array]:
+def window_slices(xp: Namespace, xpad: Array, win: Window2d, out_hw: tuple[int, int]) -> list[Array]:
     """The k_h k_w strided slices (N, C, H_out, W_out) of the padded input, offset (i, j) at
     position i k_w + j (row-major: the scan order of PyTorch's pooling kernels)."""
     return [xpad[idx] for idx in _offset_index(win, out_hw)]
 
 
-def _place(xp: Any, a: Array, axis: int, offset: int, step: int, total: int) -> Array:
+def _place(xp: Namespace, a: Array, axis: int, offset: int, step: int, total: int) -> Array:
     """An array of length ``total`` along ``axis`` holding a[k] at offset + k·step and
     zeros elsewhere (the adjoint of the strided slice ``[offset::step]``)."""
     n = a.shape[axis]
@@ -175,7 +163,7 @@ def _place(xp: Any, a: Array, axis: int, offset: int, step: int, total: int) -> 
     return xp_whole_axes(placed, (1, 2, 3))
 
 
-def scatter_windows(xp: Any, cols: list[Array] | Array, win: Window2d,
+def scatter_windows(xp: Namespace, cols: list[Array] | Array, win: Window2d,
                     in_hw: tuple[int, int], *, inplace: bool | None = None) -> Array:
     """Adjoint of ``window_slices ∘ pad2d``: Σ_(i,j) cols[i k_w + j] placed at its strided
     positions of the padded input, padding cropped → (N, C, H, W).

@@ -12,11 +12,10 @@ import math
 from typing import Any
 
 from .._array_api import xp_check_finite_scalar, xp_check_floating, xp_namespace
+from .._typing import Array
 from .module import Module
 
 __all__ = ["Identity", "ReLU", "Tanh", "GELU", "HardTanh", "ACTIVATIONS", "make_activation"]
-
-Array = Any
 
 
 class _Pointwise(Module):

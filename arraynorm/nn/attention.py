@@ -27,15 +27,14 @@ from typing import Any
 
 from array_api_compat import array_namespace
 
-from .._array_api import xp_check_floating, xp_device, xp_namespace
+from .._array_api import xp_check_floating, xp_check_int, xp_device, xp_namespace
+from .._typing import Array, Namespace
 from .functional import softmax, softmax_backward
 from .init import make_rng
 from .linear import Linear
 from .module import Module
 
 __all__ = ["MultiHeadSelfAttention"]
-
-Array = Any
 
 
 class MultiHeadSelfAttention(Module):
@@ -66,12 +65,11 @@ class MultiHeadSelfAttention(Module):
     def __init__(self, embed_dim: int, num_heads: int, bias: bool = True, *,
                  causal: bool = False, init: str = "xavier_uniform", sigma_w: float | None = None,
                  zero_query_key: bool = False, identity_output: bool = False, rng: Any = None,
-                 xp: Any = None, dtype: Any = None, device: Any = None) -> None:
+                 xp: Namespace = None, dtype: Any = None, device: Any = None) -> None:
         super().__init__()
         fname = "MultiHeadSelfAttention"
         for name, n in (("embed_dim", embed_dim), ("num_heads", num_heads)):
-            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-                raise ValueError(f"{fname}: {name} must be a positive int, got {n!r}")
+            xp_check_int(fname, name, n)
         if embed_dim % num_heads:
             raise ValueError(f"{fname}: num_heads={num_heads} must divide embed_dim={embed_dim}")
         g = make_rng(rng)
@@ -90,10 +88,10 @@ class MultiHeadSelfAttention(Module):
             self.out_proj.weight = array_namespace(w).eye(embed_dim, dtype=w.dtype,
                                                           device=xp_device(w))
 
-    def _heads(self, xp: Any, t: Array, n: int, steps: int) -> Array:
+    def _heads(self, xp: Namespace, t: Array, n: int, steps: int) -> Array:
         return xp.permute_dims(xp.reshape(t, (n, steps, self.num_heads, self.head_dim)), (0, 2, 1, 3))
 
-    def _merge(self, xp: Any, t: Array, n: int, steps: int) -> Array:
+    def _merge(self, xp: Namespace, t: Array, n: int, steps: int) -> Array:
         return xp.reshape(xp.permute_dims(t, (0, 2, 1, 3)), (n, steps, self.embed_dim))
 
     def forward(self, x: Array) -> Array:

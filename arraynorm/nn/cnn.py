@@ -3,8 +3,8 @@ studies (Wu & He 2018's comparison of BN, GN, LN, IN on CNNs).
 
 :func:`cnn_stack` is :func:`~arraynorm.nn.deep_stack` for NCHW maps: conv–norm–activation
 blocks, optional residual connections, pooling between stages, global average pooling and a
-linear head. Normalizations are made by name through the same helper ``deep_stack`` uses;
-only the two whose meaning changes on feature maps are mapped here:
+linear head. Normalizations are made by name through the registry ``deep_stack`` uses
+(:mod:`arraynorm.nn.registry`); the two whose meaning changes on feature maps are:
 
 * ``"layer"``: statistics per sample over (C, H, W) — :class:`GroupNorm` with one group
   (Wu & He 2018 §3.1, GN with G = 1), γ and β per channel. PyTorch users often write
@@ -21,35 +21,23 @@ import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .._typing import Namespace
 from .activation import make_activation
 from .container import Residual, Sequential
 from .conv import Conv2d
 from .init import make_rng
 from .linear import Linear
 from .module import Module
-from .norm import GroupNorm, InstanceNorm
 from .pool import AvgPool2d, GlobalAvgPool2d, MaxPool2d
-from .stack import _norm_layer
+from .registry import NORM_LAYERS, make_norm, names
 
 __all__ = ["cnn_stack", "CNN_NORMS"]
 
-#: normalizations :func:`cnn_stack` knows by name (all act on (N, C, H, W) with channel axis 1)
-CNN_NORMS = ("none", "batch", "batch_renorm", "group", "layer", "instance", "position", "dbn",
-             "iternorm")
-
-# normalizations that subtract a per-channel mean: a conv bias before them is cancelled
-_CENTRING = ("batch", "batch_renorm", "group", "layer", "instance", "dbn", "iternorm")
+#: normalizations :func:`cnn_stack` knows by name (:mod:`arraynorm.nn.registry`, the ones
+#: offered on (N, C, H, W) maps with channel axis 1)
+CNN_NORMS = names("maps")
 
 _POOLS = {"max": MaxPool2d, "avg": AvgPool2d}
-
-
-def _map_norm(norm: str | Callable[[int], Module], channels: int, kw: dict[str, Any],
-              where: dict[str, Any]) -> Module | None:
-    if norm == "layer":
-        return GroupNorm(1, channels, **kw, **where)
-    if norm == "instance":
-        return InstanceNorm(channels, **{"affine": True, **kw}, **where)
-    return _norm_layer(norm, channels, kw, where, fname="cnn_stack")
 
 
 def cnn_stack(channels: Sequence[int] = (16, 32, 64), *, in_channels: int = 1,
@@ -58,7 +46,7 @@ def cnn_stack(channels: Sequence[int] = (16, 32, 64), *, in_channels: int = 1,
               norm_kwargs: dict[str, Any] | None = None, activation: Any = "relu",
               residual: bool = False, residual_scale: float = 1.0, pool: str | None = "max",
               bias: bool | None = None, init: str = "he", sigma_w: float | None = None,
-              sigma_b: float | None = None, rng: Any = None, xp: Any = None, dtype: Any = None,
+              sigma_b: float | None = None, rng: Any = None, xp: Namespace = None, dtype: Any = None,
               device: Any = None) -> Sequential:
     """A small CNN, as a :class:`Sequential`: one conv–norm–φ block per entry of ``channels``,
     a 2×2 pooling (stride 2) between blocks, global average pooling, a linear head.
@@ -118,7 +106,8 @@ def cnn_stack(channels: Sequence[int] = (16, 32, 64), *, in_channels: int = 1,
         raise ValueError(f"{fname}: pool must be 'max', 'avg' or None, got {pool!r}")
     make_activation(activation)  # validate the name once, before building anything
     if bias is None:
-        bias = not (isinstance(norm, str) and norm in _CENTRING)
+        bias = not (isinstance(norm, str) and norm in NORM_LAYERS
+                    and NORM_LAYERS[norm].centres_channels)
     g = make_rng(rng)
     where = dict(xp=xp, dtype=dtype, device=device)
     conv_kw = dict(init=init, sigma_w=sigma_w, sigma_b=sigma_b, rng=g, **where)
@@ -126,8 +115,8 @@ def cnn_stack(channels: Sequence[int] = (16, 32, 64), *, in_channels: int = 1,
     layers: list[Module] = []
     c_in = in_channels
     for i, c in enumerate(chans):
-        block_layers = [Conv2d(c_in, c, kernel_size, padding="same", bias=bias, **conv_kw)]
-        nl = _map_norm(norm, c, kw, where)
+        block_layers: list[Module] = [Conv2d(c_in, c, kernel_size, padding="same", bias=bias, **conv_kw)]
+        nl = make_norm(norm, c, kw, where, on="maps", fname=fname)
         if nl is not None:
             block_layers.append(nl)
         block_layers.append(make_activation(copy.deepcopy(activation)))

@@ -7,14 +7,13 @@ the same chain in the forward order: ``jvp`` pushes a tangent through the layers
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterator
 
 from .._array_api import xp_check_finite_scalar
+from .._typing import Array
 from .module import Module
 
 __all__ = ["Sequential", "Residual"]
-
-Array = Any
 
 
 class Sequential(Module):
@@ -51,7 +50,7 @@ class Sequential(Module):
         # a slice is a Sequential sharing the layers (e.g. the first k blocks of a deep stack)
         return Sequential(*layers[i]) if isinstance(i, slice) else layers[i]
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Module]:
         return iter(self._children.values())
 
     def forward(self, x: Array) -> Array:

@@ -29,15 +29,14 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .._array_api import xp_from_host, xp_namespace, xp_whole_axes
-from ._window import (Window2d, cast, check_cotangent, check_nchw, pad2d, pair, scatter_windows,
-                      to_compute, window_slices)
+from .._array_api import xp_check_int, xp_from_host, xp_in_compute_dtype, xp_namespace, xp_whole_axes
+from .._typing import Array, Namespace
+from ._window import (Window2d, check_cotangent, check_nchw, pad2d, pair, scatter_windows,
+                      window_slices)
 from .init import init_bias, init_weight, make_rng
 from .module import Module
 
 __all__ = ["Conv2d"]
-
-Array = Any
 
 
 def _padding(fname: str, padding: Any, kernel: tuple[int, int], stride: tuple[int, int],
@@ -59,7 +58,7 @@ def _padding(fname: str, padding: Any, kernel: tuple[int, int], stride: tuple[in
     return (ph, ph, pw, pw)
 
 
-def _reshape(xp: Any, a: Array, *shapes: tuple[int, ...]) -> Array:
+def _reshape(xp: Namespace, a: Array, *shapes: tuple[int, ...]) -> Array:
     """``a`` reshaped through ``shapes`` in turn: each step only splits or only merges axes,
     which is what Dask's chunked reshape supports (a view on the other backends)."""
     for shape in shapes:
@@ -67,13 +66,13 @@ def _reshape(xp: Any, a: Array, *shapes: tuple[int, ...]) -> Array:
     return a
 
 
-def _kernel_matrix(xp: Any, w: Array, groups: int) -> Array:
+def _kernel_matrix(xp: Namespace, w: Array, groups: int) -> Array:
     """W (O, C/G, k_h, k_w) as W_mat (G, O/G, C/G·k_h k_w)."""
     o, cg, kh, kw = w.shape
     return _reshape(xp, w, (groups, o // groups, cg, kh, kw), (groups, o // groups, cg * kh * kw))
 
 
-def _weight_grad(xp: Any, dyg: Array, cols: Array) -> Array:
+def _weight_grad(xp: Namespace, dyg: Array, cols: Array) -> Array:
     """∂L/∂W_mat = Σ_n dY_n X_col,nᵀ, shape (G, O/G, C/G·k_h k_w).
 
     When O/G <= H_out W_out: N per-sample matmuls and a sum over N (their (N, G, O/G,
@@ -90,7 +89,7 @@ def _weight_grad(xp: Any, dyg: Array, cols: Array) -> Array:
     return xp.matmul(dyt, colt)
 
 
-def _conv(xp: Any, x: Array, w: Array, win: Window2d, groups: int) -> tuple[Array, Array]:
+def _conv(xp: Namespace, x: Array, w: Array, win: Window2d, groups: int) -> tuple[Array, Array]:
     """(y without bias (N, O, H_out, W_out), window matrix (N, G, C/G·k_h k_w, H_out W_out))."""
     n, c, h, wd = x.shape
     o, cg, k = w.shape[0], c // groups, win.offsets
@@ -145,13 +144,12 @@ class Conv2d(Module):
                  stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] | str = 0,
                  dilation: int | tuple[int, int] = 1, groups: int = 1, bias: bool = True, *,
                  init: str = "he", sigma_w: float | None = None, sigma_b: float | None = None,
-                 rng: Any = None, xp: Any = None, dtype: Any = None, device: Any = None) -> None:
+                 rng: Any = None, xp: Namespace = None, dtype: Any = None, device: Any = None) -> None:
         super().__init__()
         fname = "Conv2d"
         for name, v in (("in_channels", in_channels), ("out_channels", out_channels),
                         ("groups", groups)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{fname}: {name} must be a positive int, got {v!r}")
+            xp_check_int(fname, name, v)
         for name, v in (("in_channels", in_channels), ("out_channels", out_channels)):
             if v % groups:
                 raise ValueError(f"{fname}: {name}={v} must be divisible by groups={groups}")
@@ -194,8 +192,8 @@ class Conv2d(Module):
                             f"cast one (or move the model with .to(xp, dtype=...))")
         return xp
 
-    def _conv(self, xp: Any, x: Array) -> tuple[Array, Array]:
-        return _conv(xp, to_compute(xp, x), to_compute(xp, self.params["weight"]), self.win,
+    def _conv(self, xp: Namespace, x: Array) -> tuple[Array, Array]:
+        return _conv(xp, xp_in_compute_dtype(xp, x), xp_in_compute_dtype(xp, self.params["weight"]), self.win,
                      self.groups)
 
     def forward(self, x: Array) -> Array:
@@ -203,9 +201,9 @@ class Conv2d(Module):
         y, cols = self._conv(xp, x)
         b = self.params.get("bias")
         if b is not None:
-            y = y + xp.reshape(to_compute(xp, b), (1, -1, 1, 1))
+            y = y + xp.reshape(xp_in_compute_dtype(xp, b), (1, -1, 1, 1))
         self._save(xp=xp, cols=cols, in_shape=tuple(x.shape), out_shape=tuple(y.shape))
-        return cast(xp, y, x.dtype)
+        return xp.astype(y, x.dtype, copy=False)
 
     def backward(self, dy: Array) -> Array:
         c = self._saved()
@@ -215,25 +213,25 @@ class Conv2d(Module):
         wt = self.params["weight"]
         g, o, k = self.groups, self.out_channels, self.win.offsets
         ho, wo = dy.shape[2], dy.shape[3]
-        dy = xp_whole_axes(to_compute(xp, dy), (1, 2, 3))
+        dy = xp_whole_axes(xp_in_compute_dtype(xp, dy), (1, 2, 3))
         dyg = _reshape(xp, dy, (n, o, ho * wo), (n, g, o // g, ho * wo))
         dw = _reshape(xp, _weight_grad(xp, dyg, cols), (g, o // g, ch // g, k), tuple(wt.shape))
-        self.grads["weight"] = cast(xp, dw, wt.dtype)
+        self.grads["weight"] = xp.astype(dw, wt.dtype, copy=False)
         if "bias" in self.params:
             db = xp.sum(dy, axis=(0, 2, 3))
-            self.grads["bias"] = cast(xp, db, wt.dtype)
-        wmat = _kernel_matrix(xp, to_compute(xp, wt), g)
+            self.grads["bias"] = xp.astype(db, wt.dtype, copy=False)
+        wmat = _kernel_matrix(xp, xp_in_compute_dtype(xp, wt), g)
         dcols = xp.matmul(xp.matrix_transpose(wmat), dyg)  # (N, G, C/G·k_h k_w, H_out W_out)
         dcols = _reshape(xp, dcols, (n, g, ch // g, k, ho, wo), (n, ch, k, ho, wo))
         dx = scatter_windows(xp, dcols, self.win, (h, w))
-        return cast(xp, dx, wt.dtype)
+        return xp.astype(dx, wt.dtype, copy=False)
 
     def jvp(self, dx: Array) -> Array:
         """∂y/∂x · dx = conv(dx, W) (no bias: the parameters are held fixed). Linear in x, so
         it needs no forward point and leaves the forward cache alone."""
         xp = self._check("Conv2d.jvp", dx)
         dy = self._conv(xp, dx)[0]
-        return cast(xp, dy, dx.dtype)
+        return xp.astype(dy, dx.dtype, copy=False)
 
     def extra_repr(self) -> str:
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "

@@ -11,41 +11,34 @@ log_softmax:  ∂L/∂z = g − p · Σ g
 
 from __future__ import annotations
 
-from typing import Any
 
-from .._array_api import xp_compute_dtype
+from .._array_api import xp_in_compute_dtype
+from .._typing import Array, Namespace
 
 __all__ = ["softmax", "softmax_backward", "log_softmax", "log_softmax_backward"]
 
-Array = Any
 
-
-def _up(xp: Any, z: Array) -> Array:
-    ct = xp_compute_dtype(xp, z.dtype)
-    return z if z.dtype == ct else xp.astype(z, ct)
-
-
-def softmax(xp: Any, z: Array, axis: int = -1) -> Array:
+def softmax(xp: Namespace, z: Array, axis: int = -1) -> Array:
     """Softmax along ``axis``, computed in float32 at least and cast back to ``z``'s dtype."""
-    zc = _up(xp, z)
+    zc = xp_in_compute_dtype(xp, z)
     e = xp.exp(zc - xp.max(zc, axis=axis, keepdims=True))
     p = e / xp.sum(e, axis=axis, keepdims=True)
-    return p if p.dtype == z.dtype else xp.astype(p, z.dtype)
+    return xp.astype(p, z.dtype, copy=False)
 
 
-def softmax_backward(xp: Any, g: Array, p: Array, axis: int = -1) -> Array:
+def softmax_backward(xp: Namespace, g: Array, p: Array, axis: int = -1) -> Array:
     """∂L/∂z = p ⊙ (g − Σ_axis g ⊙ p) for p = softmax(z)."""
     return p * (g - xp.sum(g * p, axis=axis, keepdims=True))
 
 
-def log_softmax(xp: Any, z: Array, axis: int = -1) -> Array:
+def log_softmax(xp: Namespace, z: Array, axis: int = -1) -> Array:
     """log softmax along ``axis`` by the log-sum-exp trick (float32 at least, cast back)."""
-    zc = _up(xp, z)
+    zc = xp_in_compute_dtype(xp, z)
     s = zc - xp.max(zc, axis=axis, keepdims=True)
     out = s - xp.log(xp.sum(xp.exp(s), axis=axis, keepdims=True))
-    return out if out.dtype == z.dtype else xp.astype(out, z.dtype)
+    return xp.astype(out, z.dtype, copy=False)
 
 
-def log_softmax_backward(xp: Any, g: Array, logp: Array, axis: int = -1) -> Array:
+def log_softmax_backward(xp: Namespace, g: Array, logp: Array, axis: int = -1) -> Array:
     """∂L/∂z = g − softmax(z) · Σ_axis g, from the forward's output ``logp``."""
     return g - xp.exp(logp) * xp.sum(g, axis=axis, keepdims=True)

@@ -8,25 +8,30 @@ leading shape (..., in_features). With dy = ∂L/∂y flattened to (M, out) and 
 forward mode (input tangent, parameters fixed): dy = dx Wᵀ.
 
 The reparameterized layers compute W from their own parameters with the weight-normalization
-ops of :mod:`arraynorm.weight` and pull ∂L/∂W back through those ops' VJPs.
+ops of :mod:`arraynorm.weight` and :mod:`arraynorm.orthogonal` and pull ∂L/∂W back through
+those ops' VJPs; every layer here is the one skeleton :class:`_LinearLayer` with its own
+weight map (:meth:`_LinearLayer._weight`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from .._array_api import xp_check_eps, xp_check_floating, xp_from_host, xp_namespace
+from .._array_api import xp_check_eps, xp_check_floating, xp_check_int, xp_from_host, xp_namespace
+from .._typing import Array, Namespace
 from .._vjp import vjp
+from ..orthogonal import oni, orthogonal_weight_norm
+from ..weight import (centered_weight_norm, spectral_norm, spectral_norm_init_u, weight_norm,
+                      weight_standardization)
 from .init import init_bias, init_weight, make_rng
 from .module import Module
 
 __all__ = ["Linear", "WeightNormLinear", "SpectralNormLinear", "ReparamLinear", "linear",
            "linear_backward"]
 
-Array = Any
 
-
-def _check_input(fname: str, xp: Any, x: Array, w: Array) -> None:
+def _check_input(fname: str, xp: Namespace, x: Array, w: Array) -> None:
     xp_check_floating(fname, "x", x, xp)
     if x.ndim < 1 or x.shape[-1] != w.shape[1]:
         raise ValueError(f"{fname}: x must have shape (..., {w.shape[1]}) (in_features), "
@@ -36,13 +41,13 @@ def _check_input(fname: str, xp: Any, x: Array, w: Array) -> None:
                         f"cast one (or move the model with .to(xp, dtype=...))")
 
 
-def linear(xp: Any, x: Array, w: Array, b: Array | None) -> Array:
+def linear(xp: Namespace, x: Array, w: Array, b: Array | None) -> Array:
     """y = x Wᵀ + b for x of shape (..., in)."""
     y = xp.matmul(x, xp.matrix_transpose(w))
     return y if b is None else y + b
 
 
-def linear_backward(xp: Any, dy: Array, x: Array, w: Array, has_bias: bool
+def linear_backward(xp: Namespace, dy: Array, x: Array, w: Array, has_bias: bool
                     ) -> tuple[Array, Array, Array | None]:
     """(∂L/∂x, ∂L/∂W, ∂L/∂b) of y = x Wᵀ + b."""
     dx = xp.matmul(dy, w)
@@ -54,11 +59,10 @@ def linear_backward(xp: Any, dy: Array, x: Array, w: Array, has_bias: bool
 
 
 def _init_arrays(in_features: int, out_features: int, bias: bool, init: str,
-                 sigma_w: float | None, sigma_b: float | None, rng: Any, xp: Any,
+                 sigma_w: float | None, sigma_b: float | None, rng: Any, xp: Namespace,
                  dtype: Any, device: Any) -> tuple[Array, Array | None]:
     for name, n in (("in_features", in_features), ("out_features", out_features)):
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"Linear: {name} must be a positive int, got {n!r}")
+        xp_check_int("Linear", name, n)
     g = make_rng(rng)
     w = xp_from_host(init_weight(init, (out_features, in_features), g, sigma_w), xp, device, dtype)
     b = (xp_from_host(init_bias(init, in_features, out_features, g, sigma_b), xp, device, w.dtype)
@@ -66,17 +70,56 @@ def _init_arrays(in_features: int, out_features: int, bias: bool, init: str,
     return w, b
 
 
-class _LinearLayer(Module):
-    """What the fully connected layers share: the JVP dy = dx Wᵀ with the weight the last
-    forward multiplied by (the reparameterized layers cache it as ``w``)."""
+#: ``dW ↦ {parameter name: gradient}``: the reparameterization's pullback, by parameter
+WeightPullback = Callable[[Array], dict[str, Array]]
 
-    def _weight_used(self, c: dict[str, Any]) -> Array:
-        return c["w"]
+
+class _LinearLayer(Module):
+    """What every fully connected layer is: y = x Wᵀ + b with W = the layer's weight map of its
+    parameters (:meth:`_weight`). Forward, backward and JVP are written once here; a layer
+    gives its weight map, the arrays its input must share a namespace and device with
+    (:attr:`_checked`, the first one W-shaped) and :meth:`effective_weight`."""
+
+    _checked: tuple[str, ...] = ("weight",)
+
+    def _weight(self) -> tuple[Array, WeightPullback | None]:  # pragma: no cover - abstract
+        """``(W, pullback)``; the pullback only while gradients are on."""
+        raise NotImplementedError
+
+    def effective_weight(self) -> Array:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _with_vjp(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+        """``f(*args, **kwargs)`` and its pullback (``None`` when gradients are off)."""
+        if self.requires_grad:
+            return vjp(f, *args, **kwargs)
+        return f(*args, **kwargs), None
+
+    def _multiplier(self, saved: dict[str, Any]) -> Array:
+        """The W that backward and JVP multiply by: the one the forward computed."""
+        return saved["w"]
+
+    def forward(self, x: Array) -> Array:
+        fname = f"{type(self).__name__}.forward"
+        checked = {name: getattr(self, name) for name in self._checked}
+        xp = xp_namespace(fname, x=x, **checked)
+        _check_input(fname, xp, x, checked[self._checked[0]])
+        w, pullback = self._weight()
+        self._save(x=x, xp=xp, w=w, pullback=pullback)
+        return linear(xp, x, w, self.params.get("bias"))
+
+    def backward(self, dy: Array) -> Array:
+        c = self._saved()
+        dx, dw, db = linear_backward(c["xp"], dy, c["x"], self._multiplier(c), "bias" in self.params)
+        self.grads.update(c["pullback"](dw))
+        if db is not None:
+            self.grads["bias"] = db
+        return dx
 
     def jvp(self, dx: Array) -> Array:
         c = self._saved("jvp")
         self._check_tangent(dx, c["xp"], tuple(c["x"].shape))
-        return linear(c["xp"], dx, self._weight_used(c), None)
+        return linear(c["xp"], dx, self._multiplier(c), None)
 
 
 class Linear(_LinearLayer):
@@ -100,7 +143,7 @@ class Linear(_LinearLayer):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
                  init: str = "he", sigma_w: float | None = None, sigma_b: float | None = None,
-                 rng: Any = None, xp: Any = None, dtype: Any = None, device: Any = None) -> None:
+                 rng: Any = None, xp: Namespace = None, dtype: Any = None, device: Any = None) -> None:
         super().__init__()
         w, b = _init_arrays(in_features, out_features, bias, init, sigma_w, sigma_b, rng, xp,
                             dtype, device)
@@ -108,29 +151,15 @@ class Linear(_LinearLayer):
         self.register_parameter("weight", w)
         self.register_parameter("bias", b)
 
-    def forward(self, x: Array) -> Array:
-        fname = "Linear.forward"
-        w, b = self.params["weight"], self.params.get("bias")
-        xp = xp_namespace(fname, x=x, weight=w)
-        _check_input(fname, xp, x, w)
-        self._save(x=x, xp=xp)
-        return linear(xp, x, w, b)
+    def _weight(self) -> tuple[Array, WeightPullback | None]:
+        return self.params["weight"], lambda dw: {"weight": dw}
+
+    def _multiplier(self, saved: dict[str, Any]) -> Array:
+        return self.params["weight"]  # the parameter itself, as it is now
 
     def effective_weight(self) -> Array:
         """The weight the layer multiplies by (here the parameter itself)."""
         return self.params["weight"]
-
-    def _weight_used(self, c: dict[str, Any]) -> Array:
-        return self.params["weight"]  # as backward: the parameter itself
-
-    def backward(self, dy: Array) -> Array:
-        c = self._saved()
-        w = self.params["weight"]
-        dx, dw, db = linear_backward(c["xp"], dy, c["x"], w, "bias" in self.params)
-        self.grads["weight"] = dw
-        if db is not None:
-            self.grads["bias"] = db
-        return dx
 
     def extra_repr(self) -> str:
         return (f"{self.in_features}, {self.out_features}, bias={'bias' in self.params}, "
@@ -147,11 +176,12 @@ class WeightNormLinear(_LinearLayer):
     and ∂L/∂v, ∂L/∂g come from its closed-form VJP. Other arguments as :class:`Linear`.
     """
 
+    _checked = ("weight_v",)
+
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
                  init: str = "he", sigma_w: float | None = None, sigma_b: float | None = None,
-                 rng: Any = None, xp: Any = None, dtype: Any = None, device: Any = None) -> None:
+                 rng: Any = None, xp: Namespace = None, dtype: Any = None, device: Any = None) -> None:
         super().__init__()
-        from ..weight import weight_norm  # noqa: F401  (fail early if the module is missing)
         w, b = _init_arrays(in_features, out_features, bias, init, sigma_w, sigma_b, rng, xp,
                             dtype, device)
         xpn = xp_namespace("WeightNormLinear", weight=w)
@@ -161,32 +191,15 @@ class WeightNormLinear(_LinearLayer):
         self.register_parameter("weight_v", w)
         self.register_parameter("bias", b)
 
+    def _weight(self) -> tuple[Array, WeightPullback | None]:
+        w, pb = self._with_vjp(weight_norm, self.params["weight_v"], self.params["weight_g"], dim=0)
+        if pb is None:
+            return w, None
+        return w, lambda dw: dict(zip(("weight_v", "weight_g"), pb(dw)[:2]))
+
     def effective_weight(self) -> Array:
         """The weight the layer multiplies by, g · v / ‖v‖ (computed, not stored)."""
-        from ..weight import weight_norm
         return weight_norm(self.params["weight_v"], self.params["weight_g"], dim=0)
-
-    def forward(self, x: Array) -> Array:
-        from ..weight import weight_norm
-        fname = "WeightNormLinear.forward"
-        v, g, b = self.params["weight_v"], self.params["weight_g"], self.params.get("bias")
-        xp = xp_namespace(fname, x=x, weight_v=v)
-        _check_input(fname, xp, x, v)
-        if self.requires_grad:
-            w, pullback = vjp(weight_norm, v, g, dim=0)
-        else:
-            w, pullback = weight_norm(v, g, dim=0), None
-        self._save(x=x, xp=xp, w=w, pullback=pullback)
-        return linear(xp, x, w, b)
-
-    def backward(self, dy: Array) -> Array:
-        c = self._saved()
-        dx, dw, db = linear_backward(c["xp"], dy, c["x"], c["w"], "bias" in self.params)
-        dv, dg = c["pullback"](dw)[:2]
-        self.grads["weight_v"], self.grads["weight_g"] = dv, dg
-        if db is not None:
-            self.grads["bias"] = db
-        return dx
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, bias={'bias' in self.params}"
@@ -204,69 +217,55 @@ class SpectralNormLinear(_LinearLayer):
     Parameters ``weight_orig`` (out, in) and ``bias``; other arguments as :class:`Linear`.
     """
 
+    _checked = ("weight_orig", "weight_u")
+
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
                  n_power_iterations: int = 1, eps: float = 1e-12, init: str = "he",
                  sigma_w: float | None = None, sigma_b: float | None = None, rng: Any = None,
-                 xp: Any = None, dtype: Any = None, device: Any = None) -> None:
+                 xp: Namespace = None, dtype: Any = None, device: Any = None) -> None:
         super().__init__()
-        from ..weight import spectral_norm  # noqa: F401
-        from ..weight import spectral_norm_init_u
         g = make_rng(rng)
         w, b = _init_arrays(in_features, out_features, bias, init, sigma_w, sigma_b, g, xp,
                             dtype, device)
         # 15 warm-up iterations, as torch.nn.utils.parametrizations.spectral_norm at creation
         u = spectral_norm_init_u(w, g, dim=0, eps=eps, n_power_iterations=15)
         self.in_features, self.out_features, self.init = in_features, out_features, init
-        from ..weight import _check_iterations
-        self.n_power_iterations = _check_iterations("SpectralNormLinear", n_power_iterations)
+        self.n_power_iterations = xp_check_int("SpectralNormLinear", "n_power_iterations",
+                                               n_power_iterations, minimum=0, strict_type=True)
         self.eps = xp_check_eps("SpectralNormLinear", eps)
         self.register_parameter("weight_orig", w)
         self.register_parameter("bias", b)
         self.register_buffer("weight_u", u)
 
-    def effective_weight(self) -> Array:
-        """The weight the layer multiplies by in eval mode, W / ‖Wᵀu‖ (u not updated)."""
-        from ..weight import spectral_norm
-        return spectral_norm(self.params["weight_orig"], self.buffers["weight_u"],
-                             n_power_iterations=0, eps=self.eps, dim=0)[0]
-
-    def forward(self, x: Array) -> Array:
-        from ..weight import spectral_norm
-        fname = "SpectralNormLinear.forward"
-        w0, b, u = self.params["weight_orig"], self.params.get("bias"), self.buffers["weight_u"]
-        xp = xp_namespace(fname, x=x, weight_orig=w0, weight_u=u)
-        _check_input(fname, xp, x, w0)
+    def _weight(self) -> tuple[Array, WeightPullback | None]:
         # eval: no power iteration and u kept (PyTorch's eval mode)
         n_it = self.n_power_iterations if self.training else 0
-        kw = dict(n_power_iterations=n_it, eps=self.eps, dim=0)
-        if self.requires_grad:
-            (w, u_new), pullback = vjp(spectral_norm, w0, u, **kw)
-        else:
-            (w, u_new), pullback = spectral_norm(w0, u, **kw), None
+        (w, u_new), pb = self._with_vjp(spectral_norm, self.params["weight_orig"],
+                                        self.buffers["weight_u"], n_power_iterations=n_it,
+                                        eps=self.eps, dim=0)
         if self.training:
             self.buffers["weight_u"] = u_new
-        self._save(x=x, xp=xp, w=w, pullback=pullback)
-        return linear(xp, x, w, b)
+        if pb is None:
+            return w, None
+        return w, lambda dw: {"weight_orig": pb((dw, None))[0]}
 
-    def backward(self, dy: Array) -> Array:
-        c = self._saved()
-        dx, dw, db = linear_backward(c["xp"], dy, c["x"], c["w"], "bias" in self.params)
-        self.grads["weight_orig"] = c["pullback"]((dw, None))[0]
-        if db is not None:
-            self.grads["bias"] = db
-        return dx
+    def effective_weight(self) -> Array:
+        """The weight the layer multiplies by in eval mode, W / ‖Wᵀu‖ (u not updated)."""
+        return spectral_norm(self.params["weight_orig"], self.buffers["weight_u"],
+                             n_power_iterations=0, eps=self.eps, dim=0)[0]
 
     def extra_repr(self) -> str:
         return (f"{self.in_features}, {self.out_features}, bias={'bias' in self.params}, "
                 f"n_power_iterations={self.n_power_iterations}")
 
 
-def _reparam_functions() -> dict[str, Any]:
-    from ..orthogonal import oni, orthogonal_weight_norm
-    from ..weight import centered_weight_norm, weight_standardization
-    return {"weight_standardization": weight_standardization,
-            "centered_weight_norm": centered_weight_norm,
-            "orthogonal": orthogonal_weight_norm, "oni": oni}
+#: the weight normalizations :class:`ReparamLinear` applies, by name
+REPARAMETERIZATIONS: dict[str, Callable[..., Array]] = {
+    "weight_standardization": weight_standardization,
+    "centered_weight_norm": centered_weight_norm,
+    "orthogonal": orthogonal_weight_norm,
+    "oni": oni,
+}
 
 
 class ReparamLinear(_LinearLayer):
@@ -287,46 +286,34 @@ class ReparamLinear(_LinearLayer):
     ``weight_v`` (out, in), initialized by ``init`` as :class:`Linear`, and ``bias``.
     """
 
+    _checked = ("weight_v",)
+
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
                  reparam: str = "weight_standardization", reparam_kwargs: dict[str, Any] | None = None,
                  init: str = "he", sigma_w: float | None = None, sigma_b: float | None = None,
-                 rng: Any = None, xp: Any = None, dtype: Any = None, device: Any = None) -> None:
+                 rng: Any = None, xp: Namespace = None, dtype: Any = None, device: Any = None) -> None:
         super().__init__()
-        funcs = _reparam_functions()
-        if reparam not in funcs:
-            raise ValueError(f"ReparamLinear: reparam must be one of {sorted(funcs)}, got {reparam!r}")
+        if reparam not in REPARAMETERIZATIONS:
+            raise ValueError(f"ReparamLinear: reparam must be one of "
+                             f"{sorted(REPARAMETERIZATIONS)}, got {reparam!r}")
         w, b = _init_arrays(in_features, out_features, bias, init, sigma_w, sigma_b, rng, xp,
                             dtype, device)
         self.in_features, self.out_features, self.reparam = in_features, out_features, reparam
         self.reparam_kwargs = dict(reparam_kwargs or {})
-        self._f = funcs[reparam]
+        self._f = REPARAMETERIZATIONS[reparam]
         self.register_parameter("weight_v", w)
         self.register_parameter("bias", b)
         self.effective_weight()  # fail at construction for shapes the reparameterization refuses
 
+    def _weight(self) -> tuple[Array, WeightPullback | None]:
+        w, pb = self._with_vjp(self._f, self.params["weight_v"], **self.reparam_kwargs)
+        if pb is None:
+            return w, None
+        return w, lambda dw: {"weight_v": pb(dw)[0]}
+
     def effective_weight(self) -> Array:
         """The weight the layer multiplies by, f(V) (computed, not stored)."""
         return self._f(self.params["weight_v"], **self.reparam_kwargs)
-
-    def forward(self, x: Array) -> Array:
-        fname = "ReparamLinear.forward"
-        v, b = self.params["weight_v"], self.params.get("bias")
-        xp = xp_namespace(fname, x=x, weight_v=v)
-        _check_input(fname, xp, x, v)
-        if self.requires_grad:
-            w, pullback = vjp(self._f, v, **self.reparam_kwargs)
-        else:
-            w, pullback = self._f(v, **self.reparam_kwargs), None
-        self._save(x=x, xp=xp, w=w, pullback=pullback)
-        return linear(xp, x, w, b)
-
-    def backward(self, dy: Array) -> Array:
-        c = self._saved()
-        dx, dw, db = linear_backward(c["xp"], dy, c["x"], c["w"], "bias" in self.params)
-        self.grads["weight_v"] = c["pullback"](dw)[0]
-        if db is not None:
-            self.grads["bias"] = db
-        return dx
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, reparam={self.reparam!r}"

@@ -12,12 +12,11 @@ import math
 from typing import Any
 
 from .._array_api import xp_check_floating, xp_device, xp_namespace
+from .._typing import Array
 from .functional import log_softmax
 from .module import Module
 
 __all__ = ["MSELoss", "CrossEntropyLoss"]
-
-Array = Any
 
 
 class MSELoss(Module):

@@ -28,12 +28,11 @@ from typing import Any
 
 from array_api_compat import array_namespace
 
-from .._array_api import xp_backend_name, xp_check_tangent, xp_device
+from .._array_api import xp_capabilities, xp_check_tangent, xp_device
 from .._array_api import xp_move, xp_resolve_namespace
+from .._typing import Array, Namespace
 
 __all__ = ["Module"]
-
-Array = Any
 
 
 class Module:
@@ -151,10 +150,12 @@ class Module:
         return self
 
     # ----------------------------------------------------------------- forward/backward
-    def forward(self, x: Array) -> Array:  # pragma: no cover - abstract
+    # the layer's inputs: one array for layers, (output, target) for losses, (content, style)
+    # for AdaIN; subclasses narrow the signature
+    def forward(self, *args: Any, **kwargs: Any) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def backward(self, dy: Array) -> Array:  # pragma: no cover - abstract
+    def backward(self, *args: Any, **kwargs: Any) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def jvp(self, dx: Array) -> Array:
@@ -181,9 +182,10 @@ class Module:
             why = ("gradients are disabled (requires_grad_(False))" if not self.requires_grad
                    else "forward has not been called")
             raise RuntimeError(f"{type(self).__name__}.{caller}: nothing cached, {why}")
-        return self._cache
+        cache: dict[str, Any] = self._cache
+        return cache
 
-    def _check_tangent(self, dx: Array, xp: Any, shape: tuple[int, ...]) -> None:
+    def _check_tangent(self, dx: Array, xp: Namespace, shape: tuple[int, ...]) -> None:
         """``dx`` must be a floating array of the forward's namespace and input ``shape``."""
         xp_check_tangent(f"{type(self).__name__}.jvp", "dx", dx, xp, shape, "the input")
 
@@ -236,7 +238,7 @@ class Module:
             object.__setattr__(m, "_cache", None)
         return self
 
-    def to(self, xp: Any, device: Any = None, dtype: Any = None) -> Module:
+    def to(self, xp: Namespace, device: Any = None, dtype: Any = None) -> Module:
         """Move every parameter, gradient and buffer to namespace ``xp`` (a namespace such as
         ``numpy``, ``cupy``, ``array_api_strict``, ``torch``, ``dask.array``, or its name) on
         ``device``, optionally casting floating arrays to ``dtype`` (a dtype of ``xp`` or its
@@ -286,7 +288,7 @@ class Module:
         return "\n".join(lines) + "\n)"
 
 
-def _loaded(fname: str, name: str, value: Any, slot: tuple[Module, dict, str]) -> Any:
+def _loaded(fname: str, name: str, value: Any, slot: tuple[Module, dict[str, Any], str]) -> Any:
     """``value`` checked and converted for the slot it is loaded into (see
     :meth:`Module.load_state_dict`); raises without touching the module."""
     owner, store, k = slot
@@ -328,6 +330,6 @@ def _copy(a: Any) -> Any:
     if not hasattr(a, "shape"):
         return a
     xp = array_namespace(a)
-    if xp_backend_name(xp) == "dask":  # immutable graph nodes: sharing is already a copy
+    if xp_capabilities(xp).lazy:  # immutable graph nodes (Dask): sharing is already a copy
         return a
     return xp.asarray(a, copy=True)

@@ -24,55 +24,28 @@ layer                  composition                        PyTorch counterpart
 
 from __future__ import annotations
 
-import numbers
 from typing import Any
 
 from array_api_compat import array_namespace
 
 import numpy as np
 
-from .._array_api import xp_check_eps, xp_check_finite_scalar, xp_namespace
-from ..compose import Normalizer
-from ..methods import Renormalize
-from ..operation import GivenStatistics, Operation, RMSScale, Standardize
+from .._array_api import (xp_check_eps, xp_check_finite_scalar, xp_check_momentum, xp_check_shape,
+                          xp_from_host, xp_namespace)
+from .._typing import Array, Namespace, Shape
+from ..compose import NormContext, Normalizer
+from ..local_response import local_response_norm, lrn_linearized
+from ..operation import GivenStatistics, Operation, Renormalize, RMSScale, Standardize
 from ..partition import Batch, Group, Instance, Layer, Partition, Position
-from ..running_stats import update_running_stats
-from .._array_api import xp_from_host
+from ..recovery import Affine, NoRecovery
+from ..running_stats import fold_batch, unbiased_variance
 from .module import Module
 
 __all__ = ["Normalization", "BatchNorm", "BatchRenorm", "UncenteredBatchNorm", "LayerNorm",
            "GroupNorm", "InstanceNorm", "RMSNorm", "PositionNorm", "LocalResponseNorm"]
 
-Array = Any
 
 
-def _shape(fname: str, name: str, shape: Any) -> tuple[int, ...]:
-    if isinstance(shape, numbers.Integral) and not isinstance(shape, bool):
-        shape = (int(shape),)
-    try:
-        shape = tuple(int(n) for n in shape)
-    except TypeError:
-        raise TypeError(f"{fname}: {name} must be an int or a tuple of ints, got {shape!r}") from None
-    if not shape or any(n < 1 for n in shape):
-        raise ValueError(f"{fname}: {name} must be positive, got {shape}")
-    return shape
-
-
-def _check_momentum(fname: str, momentum: float | None) -> float | None:
-    if momentum is None:
-        return None
-    m = xp_check_finite_scalar(fname, "momentum", momentum, minimum=0.0)
-    if m > 1.0:
-        raise ValueError(f"{fname}: momentum must be in [0, 1] or None, got {m}")
-    return m
-
-
-def _blend(running: Array, batch: Array, momentum: float | None, num_batches_tracked: int) -> Array:
-    """running ← (1 − m)·running + m·batch (PyTorch's momentum: m is the new batch's weight;
-    ``momentum=None``: the cumulative average, m = 1/num_batches_tracked), in running's dtype."""
-    m = 1.0 / num_batches_tracked if momentum is None else momentum
-    xp = array_namespace(running)
-    return (1.0 - m) * running + m * xp.astype(batch, running.dtype)
 
 
 class Normalization(Module):
@@ -84,16 +57,18 @@ class Normalization(Module):
     operation : :mod:`arraynorm.operation` object (default :class:`Standardize`).
     param_shape : shape of γ and β (the partition's ``param_shape``: (C,) for channel
         partitions, the normalized axes' shape for ``Layer``); required when ``affine``.
-    eps : Python float >= 0 (default 1e-5).
-    affine, bias : learn γ (ones) and β (zeros); ``bias=False`` keeps γ only.
+    eps : Python float >= 0 (default 1e-5); ``None``: the machine epsilon of the input's
+        dtype (RMSNorm's default, as ``torch.nn.RMSNorm``).
+    affine, bias : learn γ (ones) and β (zeros); ``bias=False`` keeps γ only. Without affine
+        the normalizer has no recovery (:class:`~arraynorm.recovery.NoRecovery`).
     xp, dtype, device : where the parameters live.
     """
 
     _name = "Normalization"
 
     def __init__(self, partition: Partition, operation: Operation | None = None,
-                 param_shape: tuple[int, ...] | int | None = None, *, eps: float = 1e-5,
-                 affine: bool = True, bias: bool = True, xp: Any = None, dtype: Any = None,
+                 param_shape: tuple[int, ...] | int | None = None, *, eps: float | None = 1e-5,
+                 affine: bool = True, bias: bool = True, xp: Namespace = None, dtype: Any = None,
                  device: Any = None) -> None:
         super().__init__()
         fname = self._name
@@ -103,19 +78,40 @@ class Normalization(Module):
         self.partition = partition
         self.operation = operation if operation is not None else Standardize()
         self.eps = None if eps is None else xp_check_eps(fname, eps)
-        self.param_shape = None if param_shape is None else _shape(fname, "param_shape", param_shape)
+        self.param_shape = None if param_shape is None else xp_check_shape(fname, "param_shape", param_shape)
         if affine and self.param_shape is None:
             raise ValueError(f"{fname}: affine=True needs param_shape (the shape of γ and β)")
-        if affine:
-            self.register_parameter("weight", xp_from_host(np.ones(self.param_shape), xp, device, dtype))
-            b = xp_from_host(np.zeros(self.param_shape), xp, device, dtype) if bias else None
+        self.recovery = Affine() if affine else NoRecovery()
+        if self.param_shape is not None and affine:
+            shape = self.param_shape
+            self.register_parameter("weight", xp_from_host(np.ones(shape), xp, device, dtype))
+            b = xp_from_host(np.zeros(shape), xp, device, dtype) if bias else None
             self.register_parameter("bias", b)
         else:
             self.register_parameter("weight", None)
             self.register_parameter("bias", None)
 
+    @property
+    def features(self) -> Shape:
+        """γ's shape, for the layers that always have one (the channel count: (C,))."""
+        assert self.param_shape is not None, f"{self._name} has no param_shape"
+        return self.param_shape
+
+    def _operation_now(self) -> Operation:
+        """The operation of the current mode (batch statistics here; the running ones in eval
+        for the layers that keep them)."""
+        return self.operation
+
+    def _eps(self, x: Array) -> float:
+        """eps, or for ``eps=None`` the machine epsilon of the input's dtype (RMSNorm's rule)."""
+        if self.eps is not None:
+            return self.eps
+        xp = xp_namespace(f"{self._name}.forward", x=x)
+        return float(xp.finfo(x.dtype).eps) if xp.isdtype(x.dtype, "real floating") else 0.0
+
     def _normalizer(self, x: Array) -> Normalizer:
-        return Normalizer(self.partition, self.operation, self.eps, self._name)
+        return Normalizer(self.partition, self._operation_now(), self._eps(x), self._name,
+                          self.recovery)
 
     def _check_features(self, x: Array) -> None:
         if self.param_shape is None:
@@ -140,7 +136,7 @@ class Normalization(Module):
         if hasattr(x, "shape"):
             self._check_features(x)
 
-    def _after_forward(self, ctx: Any) -> None:
+    def _after_forward(self, ctx: NormContext) -> None:
         """Hook: running statistics updates (batch methods)."""
 
     def backward(self, dy: Array) -> Array:
@@ -163,7 +159,23 @@ class Normalization(Module):
                 f"affine={'weight' in self.params}")
 
 
-class LayerNorm(Normalization):
+class _TrailingAxes(Normalization):
+    """A normalization over the trailing ``normalized_shape`` axes, γ and β of that shape
+    (what LayerNorm and RMSNorm share)."""
+
+    def __init__(self, normalized_shape: int | tuple[int, ...], operation: Operation,
+                 eps: float | None, affine: bool, bias: bool, xp: Namespace, dtype: Any,
+                 device: Any) -> None:
+        shape = xp_check_shape(self._name, "normalized_shape", normalized_shape)
+        super().__init__(Layer(tuple(range(-len(shape), 0))), operation, shape, eps=eps,
+                         affine=affine, bias=bias, xp=xp, dtype=dtype, device=device)
+        self.param_shape = shape
+
+    def extra_repr(self) -> str:
+        return f"{self.param_shape}, eps={self.eps}"
+
+
+class LayerNorm(_TrailingAxes):
     """Layer normalization over the trailing ``normalized_shape`` axes (Ba et al. 2016):
     y = γ · (x − μ)/sqrt(σ² + eps) + β, μ, σ² (biased) per sample over those axes.
 
@@ -173,19 +185,13 @@ class LayerNorm(Normalization):
     _name = "LayerNorm"
 
     def __init__(self, normalized_shape: int | tuple[int, ...], eps: float = 1e-5,
-                 elementwise_affine: bool = True, bias: bool = True, *, xp: Any = None,
+                 elementwise_affine: bool = True, bias: bool = True, *, xp: Namespace = None,
                  dtype: Any = None, device: Any = None) -> None:
-        shape = _shape(self._name, "normalized_shape", normalized_shape)
-        axes = tuple(range(-len(shape), 0))
-        super().__init__(Layer(axes), Standardize(), shape, eps=eps, affine=elementwise_affine,
-                         bias=bias, xp=xp, dtype=dtype, device=device)
-        self.param_shape = shape
-
-    def extra_repr(self) -> str:
-        return f"{self.param_shape}, eps={self.eps}"
+        super().__init__(normalized_shape, Standardize(), eps, elementwise_affine, bias, xp,
+                         dtype, device)
 
 
-class RMSNorm(Normalization):
+class RMSNorm(_TrailingAxes):
     """RMS normalization over the trailing ``normalized_shape`` axes (Zhang & Sennrich 2019):
     y = γ · x / sqrt(mean(x²) + eps). ``eps=None`` (default) is the machine epsilon of the
     input's dtype, as ``torch.nn.RMSNorm``."""
@@ -193,23 +199,10 @@ class RMSNorm(Normalization):
     _name = "RMSNorm"
 
     def __init__(self, normalized_shape: int | tuple[int, ...], eps: float | None = None,
-                 elementwise_affine: bool = True, *, xp: Any = None, dtype: Any = None,
+                 elementwise_affine: bool = True, *, xp: Namespace = None, dtype: Any = None,
                  device: Any = None) -> None:
-        shape = _shape(self._name, "normalized_shape", normalized_shape)
-        axes = tuple(range(-len(shape), 0))
-        super().__init__(Layer(axes), RMSScale(), shape, eps=eps, affine=elementwise_affine,
-                         bias=False, xp=xp, dtype=dtype, device=device)
-        self.param_shape = shape
-
-    def _normalizer(self, x: Array) -> Normalizer:
-        eps = self.eps
-        if eps is None:
-            xp = xp_namespace(f"{self._name}.forward", x=x)
-            eps = float(xp.finfo(x.dtype).eps) if xp.isdtype(x.dtype, "real floating") else 0.0
-        return Normalizer(self.partition, self.operation, eps, self._name)
-
-    def extra_repr(self) -> str:
-        return f"{self.param_shape}, eps={self.eps}"
+        super().__init__(normalized_shape, RMSScale(), eps, elementwise_affine, False, xp,
+                         dtype, device)
 
 
 class GroupNorm(Normalization):
@@ -220,11 +213,11 @@ class GroupNorm(Normalization):
     _name = "GroupNorm"
 
     def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5,
-                 affine: bool = True, *, axis: int = 1, xp: Any = None, dtype: Any = None,
+                 affine: bool = True, *, axis: int = 1, xp: Namespace = None, dtype: Any = None,
                  device: Any = None) -> None:
         super().__init__(Group(num_groups, axis), Standardize(), num_channels, eps=eps,
                          affine=affine, xp=xp, dtype=dtype, device=device)
-        c = self.param_shape[0]
+        c = self.features[0]
         if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1 \
                 or c % num_groups:
             raise ValueError(f"GroupNorm: num_groups must be a positive int dividing "
@@ -232,7 +225,7 @@ class GroupNorm(Normalization):
         self.num_groups = num_groups
 
     def extra_repr(self) -> str:
-        return f"{self.num_groups}, {self.param_shape[0]}, eps={self.eps}"
+        return f"{self.num_groups}, {self.features[0]}, eps={self.eps}"
 
 
 class InstanceNorm(Normalization):
@@ -243,7 +236,7 @@ class InstanceNorm(Normalization):
     _name = "InstanceNorm"
 
     def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = False, *,
-                 axis: int = 1, xp: Any = None, dtype: Any = None, device: Any = None) -> None:
+                 axis: int = 1, xp: Namespace = None, dtype: Any = None, device: Any = None) -> None:
         super().__init__(Instance(axis), Standardize(), num_features, eps=eps, affine=affine,
                          xp=xp, dtype=dtype, device=device)
 
@@ -255,7 +248,7 @@ class PositionNorm(Normalization):
     _name = "PositionNorm"
 
     def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = False, *,
-                 axis: int = 1, xp: Any = None, dtype: Any = None, device: Any = None) -> None:
+                 axis: int = 1, xp: Namespace = None, dtype: Any = None, device: Any = None) -> None:
         super().__init__(Position(axis), Standardize(), num_features, eps=eps, affine=affine,
                          xp=xp, dtype=dtype, device=device)
 
@@ -279,14 +272,14 @@ class BatchNorm(Normalization):
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
                  affine: bool = True, track_running_stats: bool = True, *, axis: int = 1,
-                 xp: Any = None, dtype: Any = None, device: Any = None) -> None:
+                 xp: Namespace = None, dtype: Any = None, device: Any = None) -> None:
         super().__init__(Batch(axis), Standardize(), num_features, eps=eps, affine=affine,
                          xp=xp, dtype=dtype, device=device)
-        self.momentum = _check_momentum(self._name, momentum)
+        self.momentum = xp_check_momentum(self._name, momentum)
         self.track_running_stats = bool(track_running_stats)
         self.axis = axis
         if self.track_running_stats:
-            shape = self.param_shape
+            shape = self.features
             self.register_buffer("running_mean", xp_from_host(np.zeros(shape), xp, device, dtype))
             self.register_buffer("running_var", xp_from_host(np.ones(shape), xp, device, dtype))
             self.register_buffer("num_batches_tracked", 0)
@@ -294,32 +287,24 @@ class BatchNorm(Normalization):
     def _uses_batch_stats(self) -> bool:
         return self.training or not self.track_running_stats
 
-    def _normalizer(self, x: Array) -> Normalizer:
+    def _operation_now(self) -> Operation:
         if self._uses_batch_stats():
-            return Normalizer(self.partition, self.operation, self.eps, self._name)
-        op = GivenStatistics(self.buffers["running_mean"], self.buffers["running_var"])
-        return Normalizer(self.partition, op, self.eps, self._name)
+            return self.operation
+        return GivenStatistics(self.buffers["running_mean"], self.buffers["running_var"])
 
-    def _batch_state(self, ctx: Any) -> Any:
-        return ctx.state
-
-    def _after_forward(self, ctx: Any) -> None:
+    def _after_forward(self, ctx: NormContext) -> None:
         # an empty batch has no statistics to fold in (PyTorch leaves the buffers as they are)
         if not (self.training and self.track_running_stats) or ctx.layout.group_size == 0:
             return
-        st = self._batch_state(ctx)
-        xp = ctx.xp
-        n = self.buffers["num_batches_tracked"] + 1
-        self.buffers["num_batches_tracked"] = n
-        mean = xp.reshape(st.mean, self.param_shape)
-        var = xp.reshape(st.var, self.param_shape)
-        rm, rv = update_running_stats(self.buffers["running_mean"], self.buffers["running_var"],
-                                      mean, var, ctx.layout.group_size, momentum=self.momentum,
-                                      num_batches_tracked=n)
-        self.buffers["running_mean"], self.buffers["running_var"] = rm, rv
+        xp, st = ctx.xp, ctx.state  # Standardize's or Renormalize's: the batch statistics
+        fold_batch(self.buffers, {
+            "running_mean": xp.reshape(st.mean, self.features),
+            "running_var": unbiased_variance(xp.reshape(st.var, self.features),
+                                             ctx.layout.group_size),
+        }, self.momentum, fname=self._name)
 
     def extra_repr(self) -> str:
-        return (f"{self.param_shape[0]}, eps={self.eps}, momentum={self.momentum}, "
+        return (f"{self.features[0]}, eps={self.eps}, momentum={self.momentum}, "
                 f"affine={'weight' in self.params}, track_running_stats={self.track_running_stats}")
 
 
@@ -337,24 +322,20 @@ class BatchRenorm(BatchNorm):
 
     def __init__(self, num_features: int, rmax: float = 3.0, dmax: float = 5.0,
                  eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True, *,
-                 axis: int = 1, xp: Any = None, dtype: Any = None, device: Any = None) -> None:
+                 axis: int = 1, xp: Namespace = None, dtype: Any = None, device: Any = None) -> None:
         super().__init__(num_features, eps, momentum, affine, True, axis=axis, xp=xp,
                          dtype=dtype, device=device)
         self.rmax = xp_check_finite_scalar(self._name, "rmax", rmax, minimum=1.0)
         self.dmax = xp_check_finite_scalar(self._name, "dmax", dmax, minimum=0.0)
 
-    def _normalizer(self, x: Array) -> Normalizer:
+    def _operation_now(self) -> Operation:
         if not self.training:
-            return super()._normalizer(x)
-        op = Renormalize(self.buffers["running_mean"], self.buffers["running_var"],
-                         self.rmax, self.dmax)
-        return Normalizer(self.partition, op, self.eps, self._name)
-
-    def _batch_state(self, ctx: Any) -> Any:
-        return ctx.state[0]  # Renormalize keeps (standardize state, r)
+            return super()._operation_now()
+        return Renormalize(self.buffers["running_mean"], self.buffers["running_var"],
+                           self.rmax, self.dmax)
 
     def extra_repr(self) -> str:
-        return f"{self.param_shape[0]}, rmax={self.rmax}, dmax={self.dmax}, eps={self.eps}"
+        return f"{self.features[0]}, rmax={self.rmax}, dmax={self.dmax}, eps={self.eps}"
 
 
 class UncenteredBatchNorm(Normalization):
@@ -381,35 +362,31 @@ class UncenteredBatchNorm(Normalization):
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
                  affine: bool = True, bias: bool = False, track_running_stats: bool = True, *,
-                 axis: int = 1, xp: Any = None, dtype: Any = None, device: Any = None) -> None:
+                 axis: int = 1, xp: Namespace = None, dtype: Any = None, device: Any = None) -> None:
         super().__init__(Batch(axis), RMSScale(), num_features, eps=eps, affine=affine,
                          bias=bias, xp=xp, dtype=dtype, device=device)
-        self.momentum = _check_momentum(self._name, momentum)
+        self.momentum = xp_check_momentum(self._name, momentum)
         self.track_running_stats = bool(track_running_stats)
         self.axis = axis
         if self.track_running_stats:
-            ones = xp_from_host(np.ones(self.param_shape), xp, device, dtype)
+            ones = xp_from_host(np.ones(self.features), xp, device, dtype)
             self.register_buffer("running_mean_square", ones)
             self.register_buffer("num_batches_tracked", 0)
 
-    def _normalizer(self, x: Array) -> Normalizer:
+    def _operation_now(self) -> Operation:
         if self.training or not self.track_running_stats:
-            return Normalizer(self.partition, self.operation, self.eps, self._name)
+            return self.operation
         ms = self.buffers["running_mean_square"]
-        op = GivenStatistics(array_namespace(ms).zeros_like(ms), ms)
-        return Normalizer(self.partition, op, self.eps, self._name)
+        return GivenStatistics(array_namespace(ms).zeros_like(ms), ms)
 
-    def _after_forward(self, ctx: Any) -> None:
+    def _after_forward(self, ctx: NormContext) -> None:
         if not (self.training and self.track_running_stats):
             return
-        n = self.buffers["num_batches_tracked"] + 1
-        self.buffers["num_batches_tracked"] = n
-        ms = ctx.xp.reshape(ctx.state.var, self.param_shape)  # RMSScale keeps mean(x²) as var
-        self.buffers["running_mean_square"] = _blend(self.buffers["running_mean_square"], ms,
-                                                     self.momentum, n)
+        ms = ctx.xp.reshape(ctx.state.var, self.features)  # RMSScale keeps mean(x²) as var
+        fold_batch(self.buffers, {"running_mean_square": ms}, self.momentum, fname=self._name)
 
     def extra_repr(self) -> str:
-        return (f"{self.param_shape[0]}, eps={self.eps}, momentum={self.momentum}, "
+        return (f"{self.features[0]}, eps={self.eps}, momentum={self.momentum}, "
                 f"affine={'weight' in self.params}, track_running_stats={self.track_running_stats}")
 
 
@@ -425,7 +402,6 @@ class LocalResponseNorm(Module):
         self.size, self.alpha, self.beta, self.k, self.axis = size, alpha, beta, k, axis
 
     def forward(self, x: Array) -> Array:
-        from ..local_response import local_response_norm, lrn_linearized
         args = (x, self.size, self.alpha, self.beta, self.k)
         if not self.requires_grad:
             self._save()

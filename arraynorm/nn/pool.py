@@ -29,14 +29,13 @@ from typing import Any
 
 import numpy as np
 
-from .._array_api import xp_device, xp_from_host, xp_namespace
-from ._window import (Window2d, cast, check_cotangent, check_nchw, pad2d, pair, scatter_windows,
-                      to_compute, window_slices)
+from .._array_api import xp_device, xp_from_host, xp_in_compute_dtype, xp_namespace
+from .._typing import Array, Namespace
+from ._window import (Window2d, check_cotangent, check_nchw, pad2d, pair, scatter_windows,
+                      window_slices)
 from .module import Module
 
 __all__ = ["MaxPool2d", "AvgPool2d", "GlobalAvgPool2d", "Flatten"]
-
-Array = Any
 
 
 class _Pool2d(Module):
@@ -94,7 +93,7 @@ class MaxPool2d(_Pool2d):
                  padding: int | tuple[int, int] = 0, dilation: int | tuple[int, int] = 1) -> None:
         super().__init__(kernel_size, stride, padding, dilation)
 
-    def _offsets(self, xp: Any, like: Array) -> Array:
+    def _offsets(self, xp: Namespace, like: Array) -> Array:
         k = self.win.offsets
         return xp.reshape(xp.arange(k, device=xp_device(like)), (1, 1, k, 1, 1))
 
@@ -155,7 +154,7 @@ class AvgPool2d(_Pool2d):
         super().__init__(kernel_size, stride, padding, 1)
         self.count_include_pad = bool(count_include_pad)
 
-    def _divisor(self, xp: Any, like: Array, in_hw: tuple[int, int],
+    def _divisor(self, xp: Namespace, like: Array, in_hw: tuple[int, int],
                  out_hw: tuple[int, int]) -> float | Array:
         """k_h k_w, or the (H_out, W_out) counts of real entries per window (from shapes only)."""
         w = self.win
@@ -168,14 +167,14 @@ class AvgPool2d(_Pool2d):
         host = np.outer(counts[0], counts[1]).astype(np.float64)
         return xp_from_host(host, xp, xp_device(like), like.dtype)
 
-    def _pool(self, xp: Any, x: Array, out_hw: tuple[int, int]) -> Array:
-        xu = to_compute(xp, x)
+    def _pool(self, xp: Namespace, x: Array, out_hw: tuple[int, int]) -> Array:
+        xu = xp_in_compute_dtype(xp, x)
         slices = window_slices(xp, pad2d(xp, xu, self.win.padding), self.win, out_hw)
         total = slices[0]
         for s in slices[1:]:
             total = total + s
         y = total / self._divisor(xp, xu, tuple(x.shape[2:]), out_hw)
-        return cast(xp, y, x.dtype)
+        return xp.astype(y, x.dtype, copy=False)
 
     def forward(self, x: Array) -> Array:
         xp, out_hw = self._check("AvgPool2d.forward", x)
@@ -186,10 +185,9 @@ class AvgPool2d(_Pool2d):
         c = self._saved()
         xp = c["xp"]
         check_cotangent("AvgPool2d.backward", dy, c["out_shape"])
-        g = to_compute(xp, dy)
+        g = xp_in_compute_dtype(xp, dy)
         g = g / self._divisor(xp, g, c["in_hw"], tuple(dy.shape[2:]))
-        return cast(xp, scatter_windows(xp, [g] * self.win.offsets, self.win, c["in_hw"]),
-                     dy.dtype)
+        return xp.astype(scatter_windows(xp, [g] * self.win.offsets, self.win, c["in_hw"]), dy.dtype, copy=False)
 
     def jvp(self, dx: Array) -> Array:
         """The pooling of the tangent (the layer is linear; no forward point needed)."""
@@ -226,23 +224,23 @@ class GlobalAvgPool2d(Module):
         xp = xp_namespace(fname, x=x)
         check_nchw(fname, xp, x)
         self._save(xp=xp, shape=tuple(x.shape))
-        return cast(xp, xp.mean(to_compute(xp, x), axis=(2, 3)), x.dtype)
+        return xp.astype(xp.mean(xp_in_compute_dtype(xp, x), axis=(2, 3)), x.dtype, copy=False)
 
     def backward(self, dy: Array) -> Array:
         c = self._saved()
         xp, shape = c["xp"], c["shape"]
         check_cotangent("GlobalAvgPool2d.backward", dy, shape[:2])
-        g = to_compute(xp, dy) / float(shape[2] * shape[3])
+        g = xp_in_compute_dtype(xp, dy) / float(shape[2] * shape[3])
         # a new array, not a broadcast view: later layers may keep or update it
         dx = xp.zeros(shape, dtype=g.dtype, device=xp_device(g)) + g[:, :, None, None]
-        return cast(xp, dx, dy.dtype)
+        return xp.astype(dx, dy.dtype, copy=False)
 
     def jvp(self, dx: Array) -> Array:
         """The mean of the tangent over (H, W) (linear; no forward point needed)."""
         fname = "GlobalAvgPool2d.jvp"
         xp = xp_namespace(fname, x=dx)
         check_nchw(fname, xp, dx)
-        return cast(xp, xp.mean(to_compute(xp, dx), axis=(2, 3)), dx.dtype)
+        return xp.astype(xp.mean(xp_in_compute_dtype(xp, dx), axis=(2, 3)), dx.dtype, copy=False)
 
 
 class Flatten(Module):

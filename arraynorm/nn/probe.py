@@ -18,11 +18,13 @@ import fnmatch
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from array_api_compat import array_namespace
+
+from .._typing import Array
 from .module import Module
 
 __all__ = ["Probe"]
 
-Array = Any
 _ABSENT = object()
 _KINDS = ("inputs", "activations", "output_grads", "input_grads", "param_grads", "tangents")
 
@@ -74,6 +76,14 @@ class Probe:
     False
     """
 
+    #: what the probe records, by kind and then by module name (see the class docstring)
+    inputs: dict[str, Any]
+    activations: dict[str, Any]
+    output_grads: dict[str, Any]
+    input_grads: dict[str, Any]
+    param_grads: dict[str, Any]
+    tangents: dict[str, Any]
+
     def __init__(self, model: Module, *, depth: int | None = None,
                  names: str | Iterable[str] | Callable[[str], bool] | None = None,
                  types: type | tuple[type, ...] | None = None,
@@ -114,7 +124,6 @@ class Probe:
         ``"param_grads"`` …) as Python floats (this synchronizes a lazy or GPU backend)."""
         if kind not in _KINDS:
             raise ValueError(f"Probe.norms: kind must be one of {_KINDS}, got {kind!r}")
-        from array_api_compat import array_namespace
 
         out = {}
         for name, a in getattr(self, kind).items():

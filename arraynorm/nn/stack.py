@@ -8,63 +8,24 @@ comes before or after the activation, residual connections or not, and the initi
 from __future__ import annotations
 
 import copy
-import functools
-import numbers
 from collections.abc import Callable
 from typing import Any
 
+from .._array_api import xp_check_int
+from .._typing import Namespace
 from .activation import make_activation
 from .container import Residual, Sequential
 from .init import make_rng
-from .linear import Linear, ReparamLinear, SpectralNormLinear, WeightNormLinear
+from .linear import Linear
 from .module import Module
-from .norm import (BatchNorm, BatchRenorm, GroupNorm, LayerNorm, PositionNorm, RMSNorm,
-                   UncenteredBatchNorm)
+from .registry import WEIGHT_NORMS, make_norm, names
 
 __all__ = ["deep_stack", "NORMS"]
 
-#: normalizations :func:`deep_stack` knows by name (activation normalizations act on the
-#: (N, width) pre/post-activations; weight normalizations replace the Linear layers)
-NORMS = ("none", "batch", "batch_uncentered", "layer", "group", "rms", "position", "batch_renorm",
-         "dbn", "iternorm", "weight_norm", "spectral_norm", "weight_standardization",
-         "centered_weight_norm")
-
-_WEIGHT_NORMS = {"weight_norm": WeightNormLinear, "spectral_norm": SpectralNormLinear,
-                 "weight_standardization": functools.partial(ReparamLinear, reparam="weight_standardization"),
-                 "centered_weight_norm": functools.partial(ReparamLinear, reparam="centered_weight_norm")}
-
-
-def _norm_layer(norm: str | Callable[[int], Module], width: int, kw: dict[str, Any],
-                where: dict[str, Any], fname: str = "deep_stack") -> Module | None:
-    if callable(norm) and not isinstance(norm, str):
-        layer = norm(width)
-        if not isinstance(layer, Module):
-            raise TypeError(f"{fname}: norm(width) must return a Module, got {type(layer).__name__}")
-        return layer
-    if norm == "batch":
-        return BatchNorm(width, **kw, **where)
-    if norm == "batch_renorm":
-        return BatchRenorm(width, **kw, **where)
-    if norm == "batch_uncentered":
-        return UncenteredBatchNorm(width, **kw, **where)
-    if norm == "layer":
-        return LayerNorm(width, **kw, **where)
-    if norm == "rms":
-        return RMSNorm(width, **kw, **where)
-    if norm == "position":
-        return PositionNorm(width, **kw, **where)
-    if norm == "group":
-        kw = dict(kw)
-        # default: the largest group count <= 8 that divides the width (GN needs a divisor)
-        default = max(g for g in range(1, min(8, width) + 1) if width % g == 0)
-        return GroupNorm(kw.pop("num_groups", default), width, **kw, **where)
-    if norm == "dbn":
-        from .whiten import DecorrelatedBatchNorm
-        return DecorrelatedBatchNorm(width, **kw, **where)
-    if norm == "iternorm":
-        from .whiten import IterNorm
-        return IterNorm(width, **kw, **where)
-    return None
+#: normalizations :func:`deep_stack` knows by name (:mod:`arraynorm.nn.registry`: activation
+#: normalizations act on the (N, width) pre/post-activations; weight normalizations replace
+#: the Linear layers)
+NORMS = names("features", weight=True)
 
 
 def deep_stack(depth: int, width: int, *, in_features: int | None = None,
@@ -72,7 +33,7 @@ def deep_stack(depth: int, width: int, *, in_features: int | None = None,
                norm: str | Callable[[int], Module] | None = None, norm_position: str = "before",
                residual: bool = False, residual_scale: float = 1.0, init: str = "he",
                sigma_w: float | None = None, sigma_b: float | None = None, bias: bool = True,
-               norm_kwargs: dict[str, Any] | None = None, rng: Any = None, xp: Any = None,
+               norm_kwargs: dict[str, Any] | None = None, rng: Any = None, xp: Namespace = None,
                dtype: Any = None, device: Any = None) -> Sequential:
     """A deep MLP of ``depth`` hidden blocks of ``width`` units, as a :class:`Sequential`.
 
@@ -113,8 +74,7 @@ def deep_stack(depth: int, width: int, *, in_features: int | None = None,
     """
     fname = "deep_stack"
     for name, n in (("depth", depth), ("width", width)):
-        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
-            raise ValueError(f"{fname}: {name} must be a positive int, got {n!r}")
+        xp_check_int(fname, name, n)
     norm = "none" if norm is None else norm
     if isinstance(norm, str) and norm not in NORMS:
         raise ValueError(f"{fname}: norm must be one of {NORMS} or a callable, got {norm!r}")
@@ -125,14 +85,14 @@ def deep_stack(depth: int, width: int, *, in_features: int | None = None,
     g = make_rng(rng)
     where = dict(xp=xp, dtype=dtype, device=device)
     lin_kw = dict(init=init, sigma_w=sigma_w, sigma_b=sigma_b, rng=g, **where)
-    linear_cls = _WEIGHT_NORMS.get(norm, Linear) if isinstance(norm, str) else Linear
+    linear_cls = WEIGHT_NORMS.get(norm, Linear) if isinstance(norm, str) else Linear
     kw = dict(norm_kwargs or {})
     fan_in = width if in_features is None else in_features
     blocks: list[Module] = []
     for i in range(depth):
         n_in = fan_in if i == 0 else width
-        layers = [linear_cls(n_in, width, bias, **lin_kw)]
-        nl = _norm_layer(norm, width, kw, where)
+        layers: list[Module] = [linear_cls(n_in, width, bias, **lin_kw)]
+        nl = make_norm(norm, width, kw, where)
         # a layer given as the activation is copied: each block caches its own input
         act = make_activation(copy.deepcopy(activation))
         if nl is None:
@@ -141,7 +101,7 @@ def deep_stack(depth: int, width: int, *, in_features: int | None = None,
             layers += [nl, act]
         else:
             layers += [act, nl]
-        block = Sequential(*layers)
+        block: Module = Sequential(*layers)
         if residual and n_in == width:
             block = Residual(block, scale=residual_scale)
         blocks.append(block)

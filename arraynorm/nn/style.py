@@ -3,17 +3,15 @@ application, §7)."""
 
 from __future__ import annotations
 
-from typing import Any
 
 from array_api_compat import array_namespace
 
 from .._array_api import xp_check_eps, xp_check_tangent
+from .._typing import Array
 from ..adain import adain, adain_linearized
 from .module import Module
 
 __all__ = ["AdaIN"]
-
-Array = Any
 
 
 class AdaIN(Module):

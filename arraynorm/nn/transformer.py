@@ -14,16 +14,17 @@ read-out, for the depth studies of Xiong et al. (2020).
 
 from __future__ import annotations
 
-import numbers
 from typing import Any
 
+from .._array_api import xp_check_int
+from .._typing import Array, Namespace
 from .activation import make_activation
 from .attention import MultiHeadSelfAttention
 from .container import Sequential
 from .init import SCHEMES, make_rng
 from .linear import Linear
 from .module import Module
-from .norm import LayerNorm, RMSNorm
+from .registry import make_norm
 
 __all__ = ["TransformerEncoderBlock", "transformer_stack", "INIT_PRESETS"]
 
@@ -57,7 +58,20 @@ def _init_options(fname: str, init: str | None, sigma_w: float | None, zero_quer
     attn.update(zero_query_key=bool(zero_query_key), identity_output=bool(identity_output))
     return attn, ffn
 
-Array = Any
+
+#: the registry's normalizations a Transformer block offers (per token, over D)
+BLOCK_NORMS = ("layer", "rms")
+
+
+def _check_norm(fname: str, norm: Any) -> None:
+    if norm not in BLOCK_NORMS:
+        raise ValueError(f"{fname}: norm must be 'layer' or 'rms', got {norm!r}")
+
+
+def _block_norm(norm: str, d_model: int, eps: float, where: dict[str, Any]) -> Module:
+    layer = make_norm(norm, d_model, {"eps": eps}, where)
+    assert layer is not None  # BLOCK_NORMS are registry layers
+    return layer
 
 
 class TransformerEncoderBlock(Module):
@@ -91,7 +105,7 @@ class TransformerEncoderBlock(Module):
                  activation: Any = "relu", norm_first: bool = False, causal: bool = False,
                  norm: str = "layer", eps: float = 1e-5, init: str | None = None,
                  sigma_w: float | None = None, zero_query_key: bool = False,
-                 identity_output: bool = False, rng: Any = None, xp: Any = None,
+                 identity_output: bool = False, rng: Any = None, xp: Namespace = None,
                  dtype: Any = None, device: Any = None) -> None:
         super().__init__()
         attn_kw, ffn_kw = _init_options("TransformerEncoderBlock", init, sigma_w, zero_query_key,
@@ -105,12 +119,9 @@ class TransformerEncoderBlock(Module):
         self.linear1 = Linear(d_model, ff, rng=g, **ffn_kw, **where)
         self.activation = make_activation(activation)
         self.linear2 = Linear(ff, d_model, rng=g, **ffn_kw, **where)
-        if norm == "layer":
-            self.norm1, self.norm2 = LayerNorm(d_model, eps, **where), LayerNorm(d_model, eps, **where)
-        elif norm == "rms":
-            self.norm1, self.norm2 = RMSNorm(d_model, eps, **where), RMSNorm(d_model, eps, **where)
-        else:
-            raise ValueError(f"TransformerEncoderBlock: norm must be 'layer' or 'rms', got {norm!r}")
+        _check_norm("TransformerEncoderBlock", norm)
+        self.norm1 = _block_norm(norm, d_model, eps, where)
+        self.norm2 = _block_norm(norm, d_model, eps, where)
 
     def _ffn(self, h: Array) -> Array:
         return self.linear2.forward(self.activation.forward(self.linear1.forward(h)))
@@ -156,7 +167,7 @@ def transformer_stack(depth: int, d_model: int, n_heads: int, *,
                       activation: Any = "relu", causal: bool = False, norm: str = "layer",
                       eps: float = 1e-5, init: str | None = None, sigma_w: float | None = None,
                       zero_query_key: bool = False, identity_output: bool = False,
-                      rng: Any = None, xp: Any = None, dtype: Any = None,
+                      rng: Any = None, xp: Namespace = None, dtype: Any = None,
                       device: Any = None) -> Sequential:
     """A stack of ``depth`` Transformer encoder blocks, as a :class:`Sequential`.
 
@@ -188,12 +199,10 @@ def transformer_stack(depth: int, d_model: int, n_heads: int, *,
     (8, (2, 5, 10), (2, 5, 16))
     """
     fname = "transformer_stack"
-    if isinstance(depth, bool) or not isinstance(depth, numbers.Integral) or depth < 1:
-        raise ValueError(f"{fname}: depth must be a positive int, got {depth!r}")
+    xp_check_int(fname, "depth", depth)
     if norm_position not in ("post", "pre"):
         raise ValueError(f"{fname}: norm_position must be 'post' or 'pre', got {norm_position!r}")
-    if norm not in ("layer", "rms"):
-        raise ValueError(f"{fname}: norm must be 'layer' or 'rms', got {norm!r}")
+    _check_norm(fname, norm)
     _init_options(fname, init, sigma_w, zero_query_key, identity_output)  # fail before building
     g = make_rng(rng)
     where = dict(xp=xp, dtype=dtype, device=device)
@@ -205,8 +214,7 @@ def transformer_stack(depth: int, d_model: int, n_heads: int, *,
                                 identity_output=identity_output, rng=g, **where)
         for _ in range(int(depth))]
     if pre if final_norm is None else final_norm:
-        layers.append(LayerNorm(d_model, eps, **where) if norm == "layer"
-                      else RMSNorm(d_model, eps, **where))
+        layers.append(_block_norm(norm, d_model, eps, where))
     if out_features is not None:
         _, lin_kw = _init_options(fname, init, sigma_w, False, False)
         layers.append(Linear(d_model, out_features, rng=g, **lin_kw, **where))

@@ -21,69 +21,64 @@ from typing import Any
 
 import numpy as np
 
-from ..compose import Normalizer
+from .._array_api import xp_check_int, xp_check_momentum, xp_from_host
+from .._typing import Namespace
+from ..compose import NormContext
+from ..operation import GivenWhitening, IterNormWhiten, Operation, whitening_operation
 from ..partition import BatchGroups
-from .._array_api import xp_from_host
-from .norm import Normalization, _blend, _check_momentum
+from ..running_stats import fold_batch
+from .norm import Normalization
 
 __all__ = ["DecorrelatedBatchNorm", "IterNorm"]
-
-Array = Any
 
 
 class _Whitening(Normalization):
     _name = "Whitening"
 
     def __init__(self, num_features: int, num_groups: int, eps: float, momentum: float | None,
-                 affine: bool, axis: int, xp: Any, dtype: Any, device: Any) -> None:
+                 affine: bool, axis: int, xp: Namespace, dtype: Any, device: Any) -> None:
         fname = self._name
         for name, n in (("num_features", num_features), ("num_groups", num_groups)):
-            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-                raise ValueError(f"{fname}: {name} must be a positive int, got {n!r}")
+            xp_check_int(fname, name, n)
         if num_features % num_groups:
             raise ValueError(f"{fname}: num_groups={num_groups} must divide num_features={num_features}")
         super().__init__(BatchGroups(num_groups, axis), self._operation(), num_features, eps=eps,
                          affine=affine, xp=xp, dtype=dtype, device=device)
         self.num_groups, self.axis = num_groups, axis
-        self.momentum = _check_momentum(fname, momentum)
+        self.momentum = xp_check_momentum(fname, momentum)
         d = num_features // num_groups
         eye = np.array(np.broadcast_to(np.eye(d), (num_groups, d, d)))
         self.register_buffer("running_mean", xp_from_host(np.zeros(num_features), xp, device, dtype))
         self.register_buffer("running_whitening", xp_from_host(eye, xp, device, dtype))
         self.register_buffer("num_batches_tracked", 0)
 
-    def _operation(self) -> Any:  # pragma: no cover - subclasses
+    def _operation(self) -> Operation:  # pragma: no cover - subclasses
         raise NotImplementedError
 
-    def _normalizer(self, x: Array) -> Normalizer:
+    def _operation_now(self) -> Operation:
         if self.training:
-            return Normalizer(self.partition, self.operation, self.eps, self._name)
-        from ..whitening import GivenWhitening
-        op = GivenWhitening(self.buffers["running_mean"], self.buffers["running_whitening"],
-                            name=self._name)
-        return Normalizer(self.partition, op, self.eps, self._name)
+            return self.operation
+        return GivenWhitening(self.buffers["running_mean"], self.buffers["running_whitening"],
+                              name=self._name)
 
-    def _after_forward(self, ctx: Any) -> None:
+    def _after_forward(self, ctx: NormContext) -> None:
         if not self.training:
             return
         xp, st = ctx.xp, ctx.state
-        n = self.buffers["num_batches_tracked"] + 1
-        self.buffers["num_batches_tracked"] = n
-        b = self.buffers
-        b["running_mean"] = _blend(b["running_mean"], xp.reshape(st.mean, self.param_shape),
-                                   self.momentum, n)
-        b["running_whitening"] = _blend(b["running_whitening"], st.whitening_matrix,
-                                        self.momentum, n)
+        fold_batch(self.buffers, {"running_mean": xp.reshape(st.mean, self.features),
+                                  "running_whitening": st.whitening_matrix},
+                   self.momentum, fname=self._name)
 
     def extra_repr(self) -> str:
-        return (f"{self.param_shape[0]}, num_groups={self.num_groups}, eps={self.eps}, "
+        return (f"{self.features[0]}, num_groups={self.num_groups}, eps={self.eps}, "
                 f"momentum={self.momentum}")
 
 
 class DecorrelatedBatchNorm(_Whitening):
     """Decorrelated batch normalization (Huang et al. 2018): each group of C/G channels is
     centred and whitened, x̂ = W_B (x − μ_B) with W_B = Σ_B^{−1/2} (``method="zca"``, the
-    paper's), or PCA / Cholesky whitening (``"pca"``, ``"cholesky"``), then γ x̂ + β.
+    paper's), or PCA / Cholesky / Newton-iteration whitening (``"pca"``, ``"cholesky"``,
+    ``"iternorm"``: the method table of :mod:`arraynorm.operation`), then γ x̂ + β.
 
     Shapes: x (N, C, *S), channel at ``axis`` (default 1); γ, β (C,); running mean (C,) and
     running whitening matrix (G, C/G, C/G), G = ``num_groups`` (default 1). Same operation
@@ -95,16 +90,12 @@ class DecorrelatedBatchNorm(_Whitening):
 
     def __init__(self, num_features: int, num_groups: int = 1, method: str = "zca",
                  eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True, *,
-                 axis: int = 1, xp: Any = None, dtype: Any = None, device: Any = None) -> None:
+                 axis: int = 1, xp: Namespace = None, dtype: Any = None, device: Any = None) -> None:
         self.method = method
         super().__init__(num_features, num_groups, eps, momentum, affine, axis, xp, dtype, device)
 
-    def _operation(self) -> Any:
-        from ..whitening import CholeskyWhiten, PCAWhiten, ZCAWhiten
-        ops = {"zca": ZCAWhiten, "pca": PCAWhiten, "cholesky": CholeskyWhiten}
-        if self.method not in ops:
-            raise ValueError(f"{self._name}: method must be one of {sorted(ops)}, got {self.method!r}")
-        return ops[self.method](name=self._name)
+    def _operation(self) -> Operation:
+        return whitening_operation(self._name, self.method)
 
 
 class IterNorm(_Whitening):
@@ -118,10 +109,9 @@ class IterNorm(_Whitening):
 
     def __init__(self, num_features: int, num_groups: int = 1, T: int = 5, eps: float = 1e-5,
                  momentum: float | None = 0.1, affine: bool = True, *, axis: int = 1,
-                 xp: Any = None, dtype: Any = None, device: Any = None) -> None:
+                 xp: Namespace = None, dtype: Any = None, device: Any = None) -> None:
         self.T = T
         super().__init__(num_features, num_groups, eps, momentum, affine, axis, xp, dtype, device)
 
-    def _operation(self) -> Any:
-        from ..whitening import IterNormWhiten
+    def _operation(self) -> Operation:
         return IterNormWhiten(self.T, name=self._name)

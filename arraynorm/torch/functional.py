@@ -32,6 +32,9 @@ Examples
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from .. import _bridge
 from ._function import autograd_function
 
@@ -39,3 +42,10 @@ _OPS = _bridge.bridged_ops()
 globals().update({name: autograd_function(op) for name, op in _OPS.items()})
 
 __all__ = list(_OPS)  # noqa: PLE0605 - generated names
+
+
+def __getattr__(name: str) -> Callable[..., Any]:
+    # the ops above are generated (``globals().update``); this hook only runs for names that
+    # do not exist, so it changes nothing at run time and tells the type checker what the
+    # generated names are
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

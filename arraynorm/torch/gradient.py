@@ -41,9 +41,10 @@ True
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, TypeAlias
 
 import torch
+from torch import Tensor
 
 from .. import gradient as _g
 from .._array_api import xp_check_eps
@@ -51,8 +52,8 @@ from .._array_api import xp_check_eps
 __all__ = ["clip_grad_norm_", "clip_grad_value_", "adaptive_clip_grad_", "normalize_grad_",
            "block_normalize_grad_", "centralize_grad_", "lars_", "TrustRatio"]
 
-Tensor = torch.Tensor
-Parameters = Tensor | Iterable[Tensor]
+#: one tensor or an iterable of them, as ``torch.nn.utils.clip_grad_norm_`` takes
+Parameters: TypeAlias = "Tensor | Iterable[Tensor]"
 
 
 def _with_grads(fname: str, parameters: Parameters) -> list[Tensor]:

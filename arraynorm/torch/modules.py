@@ -48,19 +48,20 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch import Tensor
 
-from .. import running_stats as _running
-from .._array_api import xp_check_eps, xp_check_finite_scalar, xp_normalize_axis
+from .._array_api import (xp_check_eps, xp_check_finite_scalar, xp_check_int, xp_check_momentum,
+                          xp_normalize_axis)
 from ..compose import Normalizer
-from ..partition import BatchGroups, _positive_int
-from ..whitening import CholeskyWhiten, IterNormWhiten, PCAWhiten, ZCAWhiten
+from ..operation import IterNormWhiten, whitening_operation
+from ..partition import BatchGroups
+from ..running_stats import batch_moments, blend, momentum_weight, update_running_stats
 from . import functional as AF
 from ._function import apply_rule
 
 __all__ = ["DecorrelatedBatchNorm", "IterNorm", "GroupWhitening", "PositionNorm", "BatchRenorm",
            "GhostBatchNorm", "AdaIN"]
 
-Tensor = torch.Tensor
 
 
 class _ChannelNorm(torch.nn.Module):
@@ -70,7 +71,7 @@ class _ChannelNorm(torch.nn.Module):
                  device: Any, dtype: Any) -> None:
         super().__init__()
         fname = type(self).__name__
-        self.num_features = _positive_int(fname, "num_features", num_features)
+        self.num_features = xp_check_int(fname, "num_features", num_features)
         self.eps = xp_check_eps(fname, eps)
         if not isinstance(axis, int) or isinstance(axis, bool):
             raise TypeError(f"{fname}: axis must be an int, got {type(axis).__name__}")
@@ -105,12 +106,7 @@ class _RunningStats(_ChannelNorm):
     def __init__(self, num_features: int, eps: float, momentum: float | None, affine: bool,
                  axis: int, device: Any, dtype: Any) -> None:
         super().__init__(num_features, eps, affine, axis, device, dtype)
-        if momentum is not None:
-            momentum = xp_check_finite_scalar(type(self).__name__, "momentum", momentum, minimum=0.0)
-            if momentum > 1.0:
-                raise ValueError(f"{type(self).__name__}: momentum must be in [0, 1] or None, "
-                                 f"got {momentum}")
-        self.momentum = momentum
+        self.momentum = xp_check_momentum(type(self).__name__, momentum)
         self.register_buffer("num_batches_tracked",
                              torch.tensor(0, dtype=torch.long, device=device))
 
@@ -137,9 +133,9 @@ class _BatchStats(_RunningStats):
 
     @torch.no_grad()
     def _update(self, x: Tensor) -> None:
-        mean, var = _running.batch_moments(x, axis=self.axis)
+        mean, var = batch_moments(x, axis=self.axis)
         n = self._count_batch()
-        rm, rv = _running.update_running_stats(
+        rm, rv = update_running_stats(
             self.running_mean, self.running_var, mean, var, x.numel() // self.num_features,
             momentum=self.momentum, num_batches_tracked=n)
         self.running_mean.copy_(rm)
@@ -204,7 +200,7 @@ class GhostBatchNorm(_BatchStats):
                  momentum: float | None = 0.1, affine: bool = True, *, axis: int = 1,
                  device: Any = None, dtype: Any = None) -> None:
         super().__init__(num_features, eps, momentum, affine, axis, device, dtype)
-        self.virtual_batch_size = _positive_int("GhostBatchNorm", "virtual_batch_size",
+        self.virtual_batch_size = xp_check_int("GhostBatchNorm", "virtual_batch_size",
                                                 virtual_batch_size)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -232,7 +228,7 @@ class _Whitening(_RunningStats):
                  affine: bool, axis: int, device: Any, dtype: Any) -> None:
         super().__init__(num_features, eps, momentum, affine, axis, device, dtype)
         fname = type(self).__name__
-        self.num_groups = _positive_int(fname, "num_groups", num_groups)
+        self.num_groups = xp_check_int(fname, "num_groups", num_groups)
         if self.num_features % self.num_groups:
             raise ValueError(f"{fname}: num_groups={num_groups} must divide "
                              f"num_features={num_features}")
@@ -271,10 +267,9 @@ class _Whitening(_RunningStats):
 
     @torch.no_grad()
     def _update(self, mean: Tensor, w: Tensor) -> None:
-        n = self._count_batch()
-        m = self.momentum if n is None else 1.0 / n
-        self.running_mean.lerp_(mean.reshape(self.num_features).to(self.running_mean.dtype), m)
-        self.running_whitening.lerp_(w.to(self.running_whitening.dtype), m)
+        m = momentum_weight(type(self).__name__, self.momentum, self._count_batch())
+        self.running_mean.copy_(blend(self.running_mean, mean.reshape(self.num_features), m))
+        self.running_whitening.copy_(blend(self.running_whitening, w, m))
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, num_groups={self.num_groups}"
@@ -297,17 +292,12 @@ class DecorrelatedBatchNorm(_Whitening):
     def __init__(self, num_features: int, num_groups: int = 1, method: str = "zca",
                  eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True, *,
                  axis: int = 1, device: Any = None, dtype: Any = None) -> None:
-        methods = ("zca", "pca", "cholesky", "iternorm")
-        if method not in methods:
-            raise ValueError(f"DecorrelatedBatchNorm: method must be one of {methods}, got {method!r}")
+        whitening_operation("DecorrelatedBatchNorm", method)  # the one method table; refuses others
         self.method = method
         super().__init__(num_features, num_groups, eps, momentum, affine, axis, device, dtype)
 
     def _operation(self) -> Any:
-        if self.method == "iternorm":
-            return IterNormWhiten(name="DecorrelatedBatchNorm")
-        ops = {"zca": ZCAWhiten, "pca": PCAWhiten, "cholesky": CholeskyWhiten}
-        return ops[self.method](name="DecorrelatedBatchNorm")
+        return whitening_operation("DecorrelatedBatchNorm", self.method)
 
     def _eval(self, x: Tensor) -> Tensor:
         return AF.decorrelated_batch_norm(
@@ -331,7 +321,7 @@ class IterNorm(_Whitening):
     def __init__(self, num_features: int, num_groups: int = 1, T: int = 5, eps: float = 1e-5,
                  momentum: float | None = 0.1, affine: bool = True, *, axis: int = 1,
                  device: Any = None, dtype: Any = None) -> None:
-        self.T = _positive_int("IterNorm", "T", T)
+        self.T = xp_check_int("IterNorm", "T", T)
         super().__init__(num_features, num_groups, eps, momentum, affine, axis, device, dtype)
 
     def _operation(self) -> Any:
@@ -360,7 +350,7 @@ class GroupWhitening(_ChannelNorm):
                  eps: float = 1e-5, affine: bool = True, *, axis: int = 1, device: Any = None,
                  dtype: Any = None) -> None:
         super().__init__(num_channels, eps, affine, axis, device, dtype)
-        self.num_groups = _positive_int("GroupWhitening", "num_groups", num_groups)
+        self.num_groups = xp_check_int("GroupWhitening", "num_groups", num_groups)
         if self.num_features % self.num_groups:
             raise ValueError(f"GroupWhitening: num_groups={num_groups} must divide "
                              f"num_channels={num_channels}")

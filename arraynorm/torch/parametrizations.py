@@ -39,6 +39,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch import Tensor
 from torch.nn.utils import parametrize
 
 from .._array_api import xp_check_eps, xp_normalize_axis
@@ -47,7 +48,6 @@ from . import functional as AF
 __all__ = ["CenteredWeightNorm", "WeightStandardization", "OrthogonalWeightNorm", "ONI",
            "centered_weight_norm", "weight_standardization", "orthogonal_weight_norm", "oni"]
 
-Tensor = torch.Tensor
 
 
 class CenteredWeightNorm(torch.nn.Module):

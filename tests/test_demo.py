@@ -1,7 +1,7 @@
 """The training demo's claim, shortened: at the same learning rate, the same deep MLP trained
 from the same initialization on the same mini-batches reaches a clearly lower loss with
 BatchNorm than without (the survey's "accelerating convergence / larger learning rates").
-Seeded, so deterministic; the full demo is ``python -m arraynorm.nn.demo``."""
+Seeded, so deterministic; the full demo is ``python -m arraynorm.demo``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import io
 
 import numpy as np
 
-from arraynorm.nn.demo import main, run_demo, spirals
+from arraynorm.data import spirals
+from arraynorm.demo import main, run_demo
 
 
 def test_batchnorm_reaches_a_clearly_lower_loss_at_the_same_learning_rate():

@@ -1,7 +1,7 @@
 """Training demo: a deep MLP with and without BatchNorm on two interleaved spirals.
 
-    python -m arraynorm.nn.demo                 # about 10 s on 2 CPU cores
-    python -m arraynorm.nn.demo --depth 20 --lr 0.1 --steps 1000
+    python -m arraynorm.demo                    # about 10 s on 2 CPU cores
+    python -m arraynorm.demo --depth 20 --lr 0.1 --steps 1000
 
 The survey's first claim for BN (Huang et al., arXiv 2009.12836, §1 and §5: "accelerating
 convergence", "allowing larger learning rates") shown on a fixed synthetic task: the same
@@ -11,6 +11,8 @@ activation. The script prints both training-loss curves (mean over each window o
 and the final loss and accuracy on the whole data set, in eval mode (running statistics).
 
 Everything runs on NumPy through :mod:`arraynorm.nn` and :mod:`arraynorm.optim`; no autodiff.
+The script sits above both (it is the top of the training layer, not part of ``nn``); its data
+come from :mod:`arraynorm.data`.
 """
 
 from __future__ import annotations
@@ -20,29 +22,17 @@ import contextlib
 import math
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from ..optim import SGD
-from .loss import CrossEntropyLoss
-from .stack import deep_stack
+from .data import spirals
+from .nn import CrossEntropyLoss, deep_stack
+from .optim import SGD
 
-__all__ = ["spirals", "train", "run_demo", "main"]
-
-
-def spirals(n: int, seed: int = 0, *, turns: float = 2.0, noise: float = 0.02
-            ) -> tuple[np.ndarray, np.ndarray]:
-    """Two interleaved spirals: ``n`` points in 2-D (float64, radius up to 2) and their
-    class (0 or 1). Each arm winds ``turns`` times; ``noise`` is the Gaussian jitter."""
-    rng = np.random.default_rng(seed)
-    t = np.sqrt(rng.uniform(0.0, 1.0, n)) * turns * 2.0 * math.pi
-    cls = rng.integers(0, 2, n)
-    radius = 2.0 * t / (turns * 2.0 * math.pi)
-    angle = t + math.pi * cls
-    x = np.stack([radius * np.cos(angle), radius * np.sin(angle)], axis=1)
-    return x + noise * rng.standard_normal((n, 2)), cls
+__all__ = ["train", "run_demo", "main", "Result"]
 
 
 @dataclass
@@ -58,12 +48,12 @@ class Result:
 
 
 @contextlib.contextmanager
-def _one_blas_thread():
+def _one_blas_thread() -> Iterator[None]:
     # the matrices here are tiny (width 64): a multi-threaded BLAS spends more time waking
     # its threads than multiplying, and on a shared 2-core machine it is ~10x slower
-    try:
+    try:  # an optional dependency (the bench extra), imported only when the demo runs
         from threadpoolctl import threadpool_limits
-    except ImportError:  # optional: the demo is only slower without it
+    except ImportError:  # the demo is only slower without it
         yield
         return
     with threadpool_limits(limits=1, user_api="blas"):
@@ -131,7 +121,7 @@ def run_demo(*, depth: int = 10, width: int = 64, lr: float = 0.05, momentum: fl
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m arraynorm.nn.demo", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m arraynorm.demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--depth", type=int, default=10, help="hidden layers (default 10)")
     p.add_argument("--width", type=int, default=64, help="units per hidden layer (default 64)")
     p.add_argument("--lr", type=float, default=0.05, help="learning rate, both runs (default 0.05)")

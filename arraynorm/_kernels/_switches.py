@@ -1,0 +1,91 @@
+"""The switches of the backend implementations: on/off (process default and per context) and
+the NumPy implementation's worker threads (see :mod:`arraynorm._kernels`)."""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+import warnings
+from collections.abc import Iterator
+
+from .._array_api import xp_check_bool, xp_check_int
+from ._blocks import default_threads
+
+__all__ = ["set_fast_paths", "fast_paths_enabled", "use_fast_paths", "fast_path_threads"]
+
+
+def _threads_from_env() -> int:
+    value = os.environ.get("ARRAYNORM_THREADS", "").strip()
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    if value:
+        warnings.warn(f"arraynorm: ARRAYNORM_THREADS must be a positive int, got {value!r}; "
+                      f"using {default_threads()}", RuntimeWarning, stacklevel=2)
+    return default_threads()
+
+
+_default = os.environ.get("ARRAYNORM_FAST_PATHS", "1").strip().lower() not in ("0", "false", "no", "off")
+_threads = _threads_from_env()
+# a use_fast_paths block's setting, per context (thread / asyncio task); None: the default
+_override: contextvars.ContextVar[bool | None] = contextvars.ContextVar("arraynorm_fast_paths",
+                                                                       default=None)
+
+
+
+def set_fast_paths(enabled: bool, *, threads: int | None = None) -> bool:
+    """Set the process default of the backend fast paths (on or off); return the previous
+    default.
+
+    Every thread without a :func:`use_fast_paths` block of its own follows the default,
+    threads started later included; inside such a block the block's setting wins.
+    ``threads`` (a positive int) caps the worker threads of the NumPy fast path. With fast
+    paths off every op runs the portable array-API code.
+
+    Examples
+    --------
+    >>> import arraynorm as an
+    >>> previous = an.set_fast_paths(False)   # portable path only
+    >>> _ = an.set_fast_paths(previous)
+    """
+    global _default, _threads
+    xp_check_bool("set_fast_paths", "enabled", enabled)
+    if threads is not None:
+        _threads = xp_check_int("set_fast_paths", "threads", threads)
+    previous, _default = _default, enabled
+    return previous
+
+
+def fast_paths_enabled() -> bool:
+    """Whether backend fast paths are used here: the innermost :func:`use_fast_paths` block
+    of the current context, else the process default (:func:`set_fast_paths`)."""
+    local = _override.get()
+    return _default if local is None else local
+
+
+def fast_path_threads() -> int:
+    """Worker threads of the NumPy fast path."""
+    return _threads
+
+
+@contextlib.contextmanager
+def use_fast_paths(enabled: bool) -> Iterator[None]:
+    """Context manager: fast paths on or off inside the block, in the current context only
+    (other threads and asyncio tasks keep theirs); the previous setting after, however
+    blocks of different threads overlap.
+
+    Examples
+    --------
+    >>> import numpy as np, arraynorm as an
+    >>> x = np.random.default_rng(0).standard_normal((8, 16)).astype(np.float32)
+    >>> with an.use_fast_paths(False):
+    ...     portable = an.layer_norm(x)
+    >>> bool(np.allclose(an.layer_norm(x), portable, atol=1e-6))
+    True
+    """
+    xp_check_bool("use_fast_paths", "enabled", enabled)
+    token = _override.set(enabled)
+    try:
+        yield
+    finally:
+        _override.reset(token)
