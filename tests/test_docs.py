@@ -51,5 +51,7 @@ def test_readme_python_examples_run_as_written(i):
     if "import cupy" in code:
         from _helpers import cuda_available
         if not cuda_available():
-            pytest.skip("the CuPy example needs a CUDA device")
+            # no GPU here: the same calls on NumPy, which shares CuPy's API for everything the
+            # example uses, so a wrong signature or a missing argument still fails
+            code = code.replace("import cupy as cp", "import numpy as cp")
     exec(compile(code, f"README.md block {i}", "exec"), {})
