@@ -4,6 +4,31 @@ Every layer is a :class:`Module`: parameters, gradients and buffers are arrays o
 array-API namespace; ``forward(x)`` caches what ``backward(dy) -> dx`` needs, and ``backward``
 sets the parameters' gradients. Normalization layers are the core's
 :class:`~arraynorm.Normalizer` compositions with state added; nothing is re-implemented.
+
+Dtypes
+------
+*Layers compute in their input's floating dtype.* Parameters keep their own dtype — chosen
+with ``dtype=`` at construction or ``.to(xp, dtype=...)``; default the namespace's default
+floating dtype: float64 for NumPy, float32 for PyTorch — and are cast to the input's dtype on
+each call; gradients come back in each parameter's dtype, and optimizers update in it. So a
+default NumPy model trains on float32 (or float16) data with float64 "master" parameters, and
+``dtype="float32"`` makes the parameters float32 too (no cast per call). Inside a layer,
+float16/bfloat16 inputs are computed in float32 and rounded once to the input's dtype
+(matrix products, convolutions, softmax), and statistics accumulate in float32 at least
+(float64 for float32 data on NumPy); running statistics stay in their buffer's dtype.
+The output, ``dx`` and a JVP have the input's (tangent's) dtype. An input that is not real
+floating (integers, bool) is a ``TypeError`` that says to cast it.
+
+Differs from PyTorch, where a float64 input to a float32 module raises: there the module's
+dtype rules and the input must be cast (``model.double()``); here the input's dtype rules.
+The analysis studies pass ``dtype`` explicitly (float64).
+
+Axes
+----
+``axis`` follows Keras: in the batch, instance, group and position norms it is the kept
+*channel* axis (default 1, NCHW; ``axis=-1`` for NHWC); in layer, RMS and L2 normalization it
+is the *reduced* axes (default the last; a tuple such as ``(-2, -1)`` for several). Negative
+values count from the end, as everywhere in NumPy.
 """
 
 from .activation import ACTIVATIONS, GELU, HardTanh, Identity, ReLU, Tanh, make_activation

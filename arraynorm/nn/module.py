@@ -28,7 +28,7 @@ from typing import Any
 
 from array_api_compat import array_namespace
 
-from .._array_api import xp_capabilities, xp_check_tangent, xp_device
+from .._array_api import xp_capabilities, xp_check_floating, xp_check_tangent, xp_device
 from .._array_api import xp_move, xp_resolve_namespace
 from .._typing import Array, Namespace
 
@@ -324,6 +324,19 @@ def _loaded(fname: str, name: str, value: Any, slot: tuple[Module, dict[str, Any
         raise ValueError(f"{fname}: {name} must be >= 0 everywhere (a variance), got negative "
                          f"or NaN values")
     return new
+
+
+def check_float_input(fname: str, xp: Namespace, x: Any) -> None:
+    """A layer's input must be a real floating array: layers compute in the input's floating
+    dtype (parameters are cast per call), so an integer or bool input is a ``TypeError`` that
+    says to cast it."""
+    if not hasattr(x, "dtype") or not hasattr(x, "shape"):
+        xp_check_floating(fname, "x", x, xp)  # the "must be an array" error
+    if not xp.isdtype(x.dtype, "real floating"):
+        raise TypeError(
+            f"{fname}: x must have a real floating dtype (float16, bfloat16, float32 or float64), "
+            f"got {x.dtype}; layers compute in the input's floating dtype, so cast the input "
+            f"first (e.g. x.astype(numpy.float32) or xp.astype(x, xp.float32))")
 
 
 def _copy(a: Any) -> Any:
