@@ -30,8 +30,8 @@ from array_api_compat import array_namespace
 
 import numpy as np
 
-from .._array_api import (xp_check_eps, xp_check_finite_scalar, xp_check_momentum, xp_check_shape,
-                          xp_from_host, xp_namespace)
+from .._array_api import (xp_check_channel_axis, xp_check_eps, xp_check_finite_scalar,
+                          xp_check_momentum, xp_check_shape, xp_from_host, xp_namespace)
 from .._typing import Array, Namespace, Shape
 from ..compose import NormContext, Normalizer
 from ..local_response import local_response_norm, lrn_linearized
@@ -75,6 +75,8 @@ class Normalization(Module):
         if not isinstance(partition, Partition):
             raise TypeError(f"{fname}: partition must be an arraynorm.partition object, "
                             f"got {type(partition).__name__}")
+        if hasattr(partition, "axis"):  # a channel partition: one int axis, checked now
+            xp_check_channel_axis(fname, getattr(partition, "axis"), None)
         self.partition = partition
         self.operation = operation if operation is not None else Standardize()
         self.eps = None if eps is None else xp_check_eps(fname, eps)
@@ -160,39 +162,68 @@ class Normalization(Module):
 
 
 class _TrailingAxes(Normalization):
-    """A normalization over the trailing ``normalized_shape`` axes, γ and β of that shape
-    (what LayerNorm and RMSNorm share)."""
+    """A normalization over the ``normalized_shape`` axes — the trailing ones, or ``axis`` —
+    γ and β of that shape (what LayerNorm and RMSNorm share)."""
 
     def __init__(self, normalized_shape: int | tuple[int, ...], operation: Operation,
                  eps: float | None, affine: bool, bias: bool, xp: Namespace, dtype: Any,
-                 device: Any) -> None:
-        shape = xp_check_shape(self._name, "normalized_shape", normalized_shape)
-        super().__init__(Layer(tuple(range(-len(shape), 0))), operation, shape, eps=eps,
+                 device: Any, axis: int | tuple[int, ...] | None = None) -> None:
+        fname = self._name
+        shape = xp_check_shape(fname, "normalized_shape", normalized_shape)
+        if axis is None:
+            axes: int | tuple[int, ...] = tuple(range(-len(shape), 0))
+        else:
+            axes = (axis,) if isinstance(axis, int) and not isinstance(axis, bool) else axis
+            if (not isinstance(axes, (tuple, list)) or not axes
+                    or not all(isinstance(a, int) and not isinstance(a, bool) for a in axes)):
+                raise TypeError(f"{fname}: axis must be an int or a non-empty tuple of ints "
+                                f"(the reduced axes), got {axis!r}")
+            if len(set(axes)) != len(axes):
+                raise ValueError(f"{fname}: axis={tuple(axes)} repeats an axis")
+            if len(axes) != len(shape):
+                raise ValueError(f"{fname}: axis={tuple(axes)} must name one axis per entry of "
+                                 f"normalized_shape={shape} (the reduced axes, in order)")
+            if any(a < 0 for a in axes) and any(a >= 0 for a in axes):
+                raise ValueError(f"{fname}: axis={tuple(axes)} mixes negative and non-negative "
+                                 f"axes, whose order depends on the input's rank; use one sign")
+            if list(axes) != sorted(axes):
+                raise ValueError(f"{fname}: axis={tuple(axes)} must be increasing (γ and β "
+                                 f"have the normalized axes' shape in the input's order)")
+            axes = tuple(axes)
+        super().__init__(Layer(axes), operation, shape, eps=eps,
                          affine=affine, bias=bias, xp=xp, dtype=dtype, device=device)
         self.param_shape = shape
+        self.axis = axes
+        self._axis_given = axis is not None
 
     def extra_repr(self) -> str:
-        return f"{self.param_shape}, eps={self.eps}"
+        return f"{self.param_shape}, eps={self.eps}" + (f", axis={self.axis}" if self._axis_given else "")
 
 
 class LayerNorm(_TrailingAxes):
-    """Layer normalization over the trailing ``normalized_shape`` axes (Ba et al. 2016):
+    """Layer normalization (Ba et al. 2016) over the *reduced* axes: the trailing
+    ``normalized_shape`` axes, or ``axis`` (an int or an increasing tuple of ints, one per
+    entry of ``normalized_shape``; negative ones count from the end).
     y = γ · (x − μ)/sqrt(σ² + eps) + β, μ, σ² (biased) per sample over those axes.
 
-    Same arguments and defaults as ``torch.nn.LayerNorm`` (eps=1e-5, γ = 1, β = 0).
+    Same arguments and defaults as ``torch.nn.LayerNorm`` (eps=1e-5, γ = 1, β = 0); ``axis``
+    is ours (Keras' ``LayerNormalization(axis=...)``): ``LayerNorm(C, axis=1)`` normalizes
+    the channels of an NCHW input at each position.
     """
 
     _name = "LayerNorm"
 
     def __init__(self, normalized_shape: int | tuple[int, ...], eps: float = 1e-5,
                  elementwise_affine: bool = True, bias: bool = True, *, xp: Namespace = None,
-                 dtype: Any = None, device: Any = None) -> None:
+                 dtype: Any = None, device: Any = None,
+                 axis: int | tuple[int, ...] | None = None) -> None:
         super().__init__(normalized_shape, Standardize(), eps, elementwise_affine, bias, xp,
-                         dtype, device)
+                         dtype, device, axis)
 
 
 class RMSNorm(_TrailingAxes):
-    """RMS normalization over the trailing ``normalized_shape`` axes (Zhang & Sennrich 2019):
+    """RMS normalization (Zhang & Sennrich 2019) over the *reduced* axes: the trailing
+    ``normalized_shape`` axes, or ``axis`` (as :class:`LayerNorm`).
     y = γ · x / sqrt(mean(x²) + eps). ``eps=None`` (default) is the machine epsilon of the
     input's dtype, as ``torch.nn.RMSNorm``."""
 
@@ -200,9 +231,9 @@ class RMSNorm(_TrailingAxes):
 
     def __init__(self, normalized_shape: int | tuple[int, ...], eps: float | None = None,
                  elementwise_affine: bool = True, *, xp: Namespace = None, dtype: Any = None,
-                 device: Any = None) -> None:
+                 device: Any = None, axis: int | tuple[int, ...] | None = None) -> None:
         super().__init__(normalized_shape, RMSScale(), eps, elementwise_affine, False, xp,
-                         dtype, device)
+                         dtype, device, axis)
 
 
 class GroupNorm(Normalization):
@@ -399,6 +430,7 @@ class LocalResponseNorm(Module):
     def __init__(self, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0, *,
                  axis: int = 1) -> None:
         super().__init__()
+        xp_check_channel_axis("LocalResponseNorm", axis, None)
         self.size, self.alpha, self.beta, self.k, self.axis = size, alpha, beta, k, axis
 
     def forward(self, x: Array) -> Array:

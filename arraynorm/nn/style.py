@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from array_api_compat import array_namespace
 
-from .._array_api import xp_check_eps, xp_check_tangent
+from .._array_api import xp_check_channel_axis, xp_check_eps, xp_check_tangent
 from .._typing import Array
 from ..adain import adain, adain_linearized
 from .module import Module
@@ -40,7 +40,7 @@ class AdaIN(Module):
 
     def __init__(self, eps: float = 1e-5, *, axis: int = 1) -> None:
         super().__init__()
-        self.eps, self.axis = xp_check_eps("AdaIN", eps), axis
+        self.eps, self.axis = xp_check_eps("AdaIN", eps), xp_check_channel_axis("AdaIN", axis, None)
 
     def forward(self, content: Array, style: Array) -> Array:
         if self.requires_grad:
