@@ -97,6 +97,7 @@ class Optimizer:
         self.last_grad_norm: Array | None = None
 
     def zero_grad(self) -> None:
+        """Forget every gradient of the model (its ``backward`` overwrites them anyway)."""
         self.model.zero_grad()
 
     def _collect(self) -> tuple[list[str], list[tuple[Module, str]], list[Array], list[Array]]:

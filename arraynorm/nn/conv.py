@@ -170,14 +170,17 @@ class Conv2d(Module):
 
     @property
     def kernel_size(self) -> tuple[int, int]:
+        """(k_h, k_w), the kernel's spatial size."""
         return self.win.kernel
 
     @property
     def stride(self) -> tuple[int, int]:
+        """(s_h, s_w), the step between windows."""
         return self.win.stride
 
     @property
     def dilation(self) -> tuple[int, int]:
+        """(d_h, d_w), the spacing between kernel taps."""
         return self.win.dilation
 
     def _check(self, fname: str, x: Array) -> Any:
@@ -197,6 +200,9 @@ class Conv2d(Module):
                      self.groups)
 
     def forward(self, x: Array) -> Array:
+        """y = W ⋆ x + b (cross-correlation, PyTorch's ``conv2d``) for x (N, C_in, H, W), computed
+        in the input's dtype (float16/bfloat16 in float32, rounded once).
+        """
         xp = self._check("Conv2d.forward", x)
         y, cols = self._conv(xp, x)
         b = self.params.get("bias")
@@ -207,6 +213,7 @@ class Conv2d(Module):
         return xp.astype(y, x.dtype, copy=False)
 
     def backward(self, dy: Array) -> Array:
+        """dx = W ⋆ᵀ dy (in the input's dtype); sets ∂L/∂W and ∂L/∂b in the parameters' dtype."""
         c = self._saved()
         xp, cols = c["xp"], c["cols"]
         check_cotangent("Conv2d.backward", dy, c["out_shape"])

@@ -127,6 +127,9 @@ class Normalization(Module):
             )
 
     def forward(self, x: Array) -> Array:
+        """y = γ · op(x | partition) + β with batch statistics in training mode (the running ones in
+        eval mode for the layers that keep them); updates the running statistics in training.
+        """
         self._check_features_if_array(x)
         norm = self._normalizer(x)
         y, ctx = norm.forward(x, self.params.get("weight"), self.params.get("bias"))
@@ -142,6 +145,7 @@ class Normalization(Module):
         """Hook: running statistics updates (batch methods)."""
 
     def backward(self, dy: Array) -> Array:
+        """dx by the normalizer's closed-form VJP; sets ∂L/∂γ and ∂L/∂β (in the parameters' dtype)."""
         c = self._saved()
         dx, dw, db = c["norm"].backward(c["ctx"], dy)
         if "weight" in self.params:
@@ -434,6 +438,7 @@ class LocalResponseNorm(Module):
         self.size, self.alpha, self.beta, self.k, self.axis = size, alpha, beta, k, axis
 
     def forward(self, x: Array) -> Array:
+        """y_c = x_c / (k + α/size · Σ_window x²)^β along the channel ``axis``."""
         args = (x, self.size, self.alpha, self.beta, self.k)
         if not self.requires_grad:
             self._save()
@@ -444,6 +449,7 @@ class LocalResponseNorm(Module):
         return y
 
     def backward(self, dy: Array) -> Array:
+        """dx by :func:`arraynorm.local_response_norm`'s closed-form VJP (no parameters)."""
         return self._saved()["pullback"](dy)[0]
 
     def jvp(self, dx: Array) -> Array:

@@ -43,6 +43,7 @@ class AdaIN(Module):
         self.eps, self.axis = xp_check_eps("AdaIN", eps), xp_check_channel_axis("AdaIN", axis, None)
 
     def forward(self, content: Array, style: Array) -> Array:
+        """y = σ(style) · (content − μ(content))/σ(content) + μ(style), per sample and channel."""
         if self.requires_grad:
             y, pullback, pushforward = adain_linearized(content, style, self.eps, self.axis)
             self._save(pullback=pullback, pushforward=pushforward, xp=array_namespace(y),
@@ -52,6 +53,7 @@ class AdaIN(Module):
         return adain(content, style, eps=self.eps, axis=self.axis)
 
     def backward(self, dy: Array) -> tuple[Array, Array]:
+        """``(dcontent, dstyle)``: the cotangents of both inputs (closed-form VJP of :func:`arraynorm.adain`)."""
         dcontent, dstyle = self._saved()["pullback"](dy)
         return dcontent, dstyle
 

@@ -46,6 +46,7 @@ class StandardizeState:
 
     @property
     def y(self) -> Array:
+        """ŷ = (x − μ)·rstd, the standardized view (formed on first use where it was not kept)."""
         if self._y is None and self._compute_y is not None:
             self._y = self._compute_y()
         return self._y
