@@ -47,7 +47,15 @@ def set_fast_paths(enabled: bool, *, threads: int | None = None) -> bool:
 
 def fast_paths_enabled() -> bool:
     """Whether backend fast paths are used here: the innermost :func:`use_fast_paths` block
-    of the current context, else the process default (:func:`set_fast_paths`)."""
+    of the current context, else the process default (:func:`set_fast_paths`).
+
+    Examples
+    --------
+    >>> import arraynorm as an
+    >>> with an.use_fast_paths(False):
+    ...     an.fast_paths_enabled()
+    False
+    """
     local = _override.get()
     return _default if local is None else local
 
