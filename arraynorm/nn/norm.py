@@ -242,8 +242,12 @@ class RMSNorm(_TrailingAxes):
 
 class GroupNorm(Normalization):
     """Group normalization (Wu & He 2018): channels in ``num_groups`` groups, statistics per
-    sample and group; γ, β per channel. Same as ``torch.nn.GroupNorm``; ``axis`` is the channel
-    axis (default 1)."""
+    sample and group; γ, β per channel. Same as ``torch.nn.GroupNorm``.
+
+    ``axis`` is the *channel* axis, kept: its channels are split into groups, γ and β are per
+    channel (default 1, NCHW; ``axis=-1`` for channels last; one int — a tuple is a
+    ``ValueError``).
+    """
 
     _name = "GroupNorm"
 
@@ -266,7 +270,11 @@ class GroupNorm(Normalization):
 class InstanceNorm(Normalization):
     """Instance normalization (Ulyanov et al. 2016): statistics per sample and channel over
     the spatial axes of (N, C, *S). Defaults as ``torch.nn.InstanceNorm2d`` (affine=False);
-    unlike it, no running statistics are kept (PyTorch's default too)."""
+    unlike it, no running statistics are kept (PyTorch's default too).
+
+    ``axis`` is the *channel* axis, kept: one statistic per sample and channel (default 1, NCHW;
+    ``axis=-1`` for channels last; one int — a tuple is a ``ValueError``).
+    """
 
     _name = "InstanceNorm"
 
@@ -278,7 +286,11 @@ class InstanceNorm(Normalization):
 
 class PositionNorm(Normalization):
     """Positional normalization (Li et al. 2019): statistics per sample and position over
-    the channels; optional γ, β per channel (default none, as in the paper)."""
+    the channels; optional γ, β per channel (default none, as in the paper).
+
+    ``axis`` is the *channel* axis, which PN *reduces* (one statistic per sample and position;
+    default 1; one int).
+    """
 
     _name = "PositionNorm"
 
@@ -290,6 +302,9 @@ class PositionNorm(Normalization):
 
 class BatchNorm(Normalization):
     """Batch normalization (Ioffe & Szegedy 2015) with running statistics.
+
+    ``axis`` is the *channel* axis, kept: one statistic per channel (default 1, NCHW;
+    ``axis=-1`` for channels last; one int — a tuple is a ``ValueError``).
 
     Training: y = γ (x − μ_B)/sqrt(σ²_B + eps) + β with the batch's per-channel statistics
     (biased variance), and the running statistics updated
@@ -351,6 +366,9 @@ class BatchRenorm(BatchNorm):
     running statistics as in BN. ``rmax=1, dmax=0`` is BN. Running statistics follow
     :class:`BatchNorm` (PyTorch momentum convention; the paper's α is ``momentum``).
     PyTorch has no counterpart.
+
+    ``axis`` is the *channel* axis, kept: one statistic per channel, as :class:`BatchNorm`
+    (default 1, NCHW; ``axis=-1`` for channels last; one int — a tuple is a ``ValueError``).
     """
 
     _name = "BatchRenorm"
@@ -375,6 +393,9 @@ class BatchRenorm(BatchNorm):
 
 class UncenteredBatchNorm(Normalization):
     """Batch normalization without centring (scale-only BN): batch partition ∘ RMS scale,
+
+    ``axis`` is the *channel* axis, kept: one second moment per channel (default 1, NCHW;
+    ``axis=-1`` for channels last; one int — a tuple is a ``ValueError``).
 
         y = γ · x / sqrt(mean_B(x²) + eps)  (+ β with ``bias=True``),
 
@@ -429,7 +450,10 @@ class LocalResponseNorm(Module):
     """Local response normalization across channels (Krizhevsky et al. 2012):
     y_c = x_c / (k + α/size · Σ_{|c'−c| in window} x_{c'}²)^β, as ``torch.nn.LocalResponseNorm``
     (same defaults α=1e-4, β=0.75, k=1). Forward and backward are
-    :func:`arraynorm.local_response_norm` and its VJP; x is (N, C, *S). No parameters."""
+    :func:`arraynorm.local_response_norm` and its VJP; x is (N, C, *S). No parameters.
+
+    ``axis`` is the *channel* axis the window runs along (default 1; one int).
+    """
 
     def __init__(self, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0, *,
                  axis: int = 1) -> None:

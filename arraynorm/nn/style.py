@@ -18,6 +18,9 @@ class AdaIN(Module):
     """AdaIN as a layer (Huang & Belongie 2017): y = σ(s) · (c − μ(c))/σ(c) + μ(s), μ and σ
     per sample and channel over the spatial axes (biased variance, eps inside the root).
 
+    ``axis`` is the *channel* axis, kept: statistics per sample and channel (default 1; one
+    int).
+
     ``forward(content, style)`` takes two inputs — content (N, C, *S) and style (N, C, *S'),
     spatial sizes may differ — and ``backward(dy)`` returns ``(dcontent, dstyle)``: in a
     style-transfer network the style cotangent flows into the style encoder. No parameters.
