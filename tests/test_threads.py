@@ -114,9 +114,13 @@ def test_results_do_not_depend_on_the_thread_count(spy):
             got = []
             for normalizer in (an.Normalizer(an.partition.Batch(), an.operation.Standardize()),
                                an.Normalizer(an.partition.Group(3), an.operation.Standardize()),
-                               an.Normalizer(an.partition.Instance(), an.operation.Standardize())):
-                y, ctx = normalizer.forward(x, w, b)
-                got += [y, *normalizer.backward(ctx, dy)]
+                               an.Normalizer(an.partition.Instance(), an.operation.Standardize()),
+                               an.Normalizer(an.partition.Layer((-2, -1)), an.operation.Standardize()),
+                               an.Normalizer(an.partition.Layer(-1), an.operation.RMSScale())):
+                layer = normalizer.partition.__class__.__name__ == "Layer"
+                wb = (None, None) if layer else (w, b)
+                y, ctx = normalizer.forward(x, *wb)
+                got += [y, *(g for g in normalizer.backward(ctx, dy) if g is not None)]
             results[n] = got
     finally:
         an.set_num_threads(previous)
