@@ -25,10 +25,12 @@ The analysis studies pass ``dtype`` explicitly (float64).
 
 Axes
 ----
-``axis`` follows Keras: in the batch, instance, group and position norms it is the kept
-*channel* axis (default 1, NCHW; ``axis=-1`` for NHWC); in layer, RMS and L2 normalization it
-is the *reduced* axes (default the last; a tuple such as ``(-2, -1)`` for several). Negative
-values count from the end, as everywhere in NumPy.
+``axis`` follows Keras: in the batch, instance and group norms, batch renorm, the whitening
+layers, LRN and AdaIN it is the *channel* axis, kept (one statistic, γ and β per channel;
+default 1, NCHW; ``axis=-1`` for NHWC; one int, a tuple is a ``ValueError``); position norm
+reduces over that channel axis. In :class:`LayerNorm` and :class:`RMSNorm` ``axis`` is the
+*reduced* axes (default the trailing ``normalized_shape`` axes, as PyTorch; an int or an
+increasing tuple such as ``(-2, -1)`` or ``(1, 3)``). Negative values count from the end.
 """
 
 from .activation import ACTIVATIONS, GELU, HardTanh, Identity, ReLU, Tanh, make_activation
