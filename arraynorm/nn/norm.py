@@ -477,6 +477,7 @@ class LocalResponseNorm(Module):
         return self._saved()["pullback"](dy)[0]
 
     def jvp(self, dx: Array) -> Array:
+        """J·dx by the closed-form pushforward of :func:`arraynorm.local_response_norm`."""
         c = self._saved("jvp")
         self._check_tangent(dx, c["xp"], c["shape"])
         return c["pushforward"](dx)
