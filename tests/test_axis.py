@@ -229,3 +229,33 @@ def test_layer_norm_layer_refuses_bad_axes(axis, error, message):
     with pytest.raises(error, match=rf"LayerNorm: .*{message}"):
         nn.LayerNorm((5, 6), axis=axis)
 
+
+
+
+TORCH_LAYERS = {
+    "DecorrelatedBatchNorm": lambda t, k, dt: t.DecorrelatedBatchNorm(C, 2, axis=k, dtype=dt),
+    "IterNorm": lambda t, k, dt: t.IterNorm(C, 3, axis=k, dtype=dt),
+    "GroupWhitening": lambda t, k, dt: t.GroupWhitening(2, C, axis=k, dtype=dt),
+    "PositionNorm": lambda t, k, dt: t.PositionNorm(C, affine=True, axis=k, dtype=dt),
+    "BatchRenorm": lambda t, k, dt: t.BatchRenorm(C, axis=k, dtype=dt),
+    "GhostBatchNorm": lambda t, k, dt: t.GhostBatchNorm(C, 2, axis=k, dtype=dt),
+    "AdaIN": lambda t, k, dt: t.AdaIN(axis=k),
+}
+
+
+@pytest.mark.parametrize("name", list(TORCH_LAYERS))
+def test_torch_bridge_layers_take_the_channel_axis_the_same_way(name):
+    """The torch layers (optional extra): axis=-1 on NHWC = axis=1 on NCHW; a tuple is refused
+    at construction."""
+    torch = pytest.importorskip("torch")
+    import arraynorm.torch as ant
+
+    make = TORCH_LAYERS[name]
+    last, first = make(ant, -1, torch.float64), make(ant, 1, torch.float64)
+    xs = (torch.tensor(X),) + ((torch.tensor(X[::-1] * 2.0 + 1.0),) if name == "AdaIN" else ())
+    xs1 = tuple(torch.movedim(a, -1, 1).contiguous() for a in xs)
+    y = last(*xs).detach().numpy()
+    y1 = first(*xs1).detach().numpy()
+    np.testing.assert_allclose(y, np.moveaxis(y1, 1, -1), rtol=1e-9, atol=1e-10)
+    with pytest.raises(ValueError, match=r"axis is the channel axis, one int, got \(1, 2\)"):
+        make(ant, (1, 2), torch.float64)
