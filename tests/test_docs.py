@@ -85,12 +85,12 @@ def _public_names(module):
     return names
 
 
-def _public_api():
+def _public_api(modules=None):
     """``(qualified name, object)`` for every public function and class of the walked
     modules, and every public method and property of those classes, inherited ones included
     (those defined by a class outside arraynorm, e.g. ``tuple.count``, are not ours)."""
     seen: dict[str, object] = {}
-    for modname in _API_MODULES:
+    for modname in modules or _API_MODULES:
         module = importlib.import_module(modname)
         for name in _public_names(module):
             obj = getattr(module, name)
@@ -117,9 +117,9 @@ def _public_api():
     return seen
 
 
-def _undocumented():
+def _undocumented(modules=None):
     out = []
-    for qual, obj in _public_api().items():
+    for qual, obj in _public_api(modules).items():
         doc = inspect.getdoc(obj)
         if not doc or not doc.strip() or doc == inspect.getdoc(object):
             out.append(qual)
@@ -131,6 +131,14 @@ def test_every_public_callable_method_and_property_has_a_docstring():
     missing = _undocumented()
     assert len(api) > 300  # the walk found the API (not an empty list that passes)
     assert not missing, f"{len(missing)} of {len(api)} public names have no docstring: {missing}"
+
+
+@pytest.mark.parametrize("module, framework", [("arraynorm.torch", "torch"), ("arraynorm.jax", "jax")])
+def test_the_bridges_public_names_have_docstrings(module, framework):
+    pytest.importorskip(framework)   # optional extras
+    api = _public_api([module])
+    missing = _undocumented([module])
+    assert api and not missing, f"{len(missing)} of {len(api)} public names have no docstring: {missing}"
 
 
 _FORMULA = re.compile(r"(?<![=<>!])\s(=|←|≈|≤)\s|\s=\s*$")
