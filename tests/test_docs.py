@@ -121,7 +121,8 @@ def _undocumented(modules=None):
     out = []
     for qual, obj in _public_api(modules).items():
         doc = inspect.getdoc(obj)
-        if not doc or not doc.strip() or doc == inspect.getdoc(object):
+        generated = inspect.isclass(obj) and doc and doc.startswith(f"{obj.__name__}(")  # dataclass
+        if not doc or not doc.strip() or doc == inspect.getdoc(object) or generated:
             out.append(qual)
     return out
 

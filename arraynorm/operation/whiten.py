@@ -265,6 +265,8 @@ class IterNormWhiten(Whiten):
 
 @dataclass
 class GivenWhiteningState:
+    """What :class:`GivenWhitening`'s backward needs: the given W and the view's group blocks."""
+
     whitening_matrix: Array
     blocks: _Blocks
 
