@@ -47,7 +47,7 @@ from __future__ import annotations
 from .._context import Implementation, Stages
 from .._typing import Array, Namespace
 from ..partition import Layout
-from . import numpy_fused
+from . import numba_jit, numpy_fused
 from ._switches import fast_path_threads, fast_paths_enabled, set_fast_paths, use_fast_paths
 from .portable import PORTABLE
 
@@ -56,6 +56,7 @@ __all__ = ["set_fast_paths", "fast_paths_enabled", "use_fast_paths", "fast_path_
 
 #: the backend implementations, asked in this order; the first that supports an input runs it
 IMPLEMENTATIONS: tuple[Implementation, ...] = (
+    numba_jit.NUMBA_JIT,      # NumPy with numba installed: compiled fused loops, where measured faster
     numpy_fused.NUMPY_FUSED,  # NumPy: cache-sized blocks, one memory pass, worker threads
 )
 
