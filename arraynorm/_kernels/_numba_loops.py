@@ -78,44 +78,43 @@ def _shift(v: float) -> float:
 
 
 # rows ----------------------------------------------------------------------------------------
+# Arrays are 2-D, a row taken as a 1-D view and indexed with flat offsets: LLVM vectorizes
+# those loops (multi-dimensional indexing inside the inner loop measured 5x slower).
 
 @_jit(parallel=True, fastmath=_FASTMATH)
-def rows_forward(x: Any, W: Any, B: Any, sm: int, sa: int, sc: int, eps: float, rms: bool,
-                 y: Any, stats: Any) -> None:
-    """y[m] = ((x[m] − shift) − μ_s)·rstd·γ + β per row; ``stats[m]`` = (shift, μ_s, var,
-    rstd) in float64 (shift = μ_s = 0 for RMS, var then the mean square)."""
-    M, A, C = x.shape
-    n = A * C
+def rows_forward(x: Any, A: int, C: int, W: Any, B: Any, sm: int, sa: int, sc: int, eps: float,
+                 rms: bool, y: Any, stats: Any) -> None:
+    """y[m] = ((x[m] − shift) − μ_s)·rstd·γ + β per row of ``x: (M, A·C)``; ``stats[m]`` =
+    (shift, μ_s, var, rstd) in float64 (shift = μ_s = 0 for RMS, var then the mean square)."""
+    M, n = x.shape
     for m in prange(M):
+        xr = x[m]
+        yr = y[m]
         shift = 0.0
         mean_s = 0.0
         if not rms:
-            shift = _shift(np.float64(x[m, 0, 0]))
+            shift = _shift(np.float64(xr[0]))
             acc = 0.0
-            for a in range(A):
-                for c in range(C):
-                    acc += np.float64(x[m, a, c]) - shift
+            for i in range(n):
+                acc += np.float64(xr[i]) - shift
             mean_s = acc / n
         ss = 0.0
-        for a in range(A):
-            for c in range(C):
-                d = (np.float64(x[m, a, c]) - shift) - mean_s
-                ss += d * d
+        for i in range(n):
+            d = (np.float64(xr[i]) - shift) - mean_s
+            ss += d * d
         s = 1.0
         if not (ss >= _SS_LO and ss < math.inf):
             mx = 0.0
-            for a in range(A):
-                for c in range(C):
-                    d = abs((np.float64(x[m, a, c]) - shift) - mean_s)
-                    if d > mx:
-                        mx = d
+            for i in range(n):
+                d = abs((np.float64(xr[i]) - shift) - mean_s)
+                if d > mx:
+                    mx = d
             s = _pow2(mx)
             inv = 1.0 / s
             ss = 0.0
-            for a in range(A):
-                for c in range(C):
-                    d = ((np.float64(x[m, a, c]) - shift) - mean_s) * inv
-                    ss += d * d
+            for i in range(n):
+                d = ((np.float64(xr[i]) - shift) - mean_s) * inv
+                ss += d * d
         ms = ss / n
         r = _inv_root(s, ms, eps)
         stats[m, 0] = shift
@@ -123,59 +122,83 @@ def rows_forward(x: Any, W: Any, B: Any, sm: int, sa: int, sc: int, eps: float, 
         stats[m, 2] = (s * ms) * s
         stats[m, 3] = r
         for a in range(A):
-            for c in range(C):
-                k = m * sm + a * sa + c * sc
-                y[m, a, c] = ((np.float64(x[m, a, c]) - shift) - mean_s) * r * W[k] + B[k]
+            o = a * C
+            base = m * sm + a * sa
+            if sc == 0:  # γ, β constant along the row segment: one factor
+                f = r * W[base]
+                bb = B[base]
+                for c in range(C):
+                    yr[o + c] = ((np.float64(xr[o + c]) - shift) - mean_s) * f + bb
+            else:
+                for c in range(C):
+                    yr[o + c] = ((np.float64(xr[o + c]) - shift) - mean_s) * r * W[base + c] + B[base + c]
 
 
 @_jit(parallel=True, fastmath=_FASTMATH)
-def rows_backward(x: Any, dy: Any, W: Any, sm: int, sa: int, sc: int, stats: Any, rms: bool,
-                  dx: Any, dW: Any, dB: Any) -> None:
+def rows_backward(x: Any, dy: Any, A: int, C: int, W: Any, sm: int, sa: int, sc: int, stats: Any,
+                  rms: bool, dx: Any, dW: Any, dB: Any) -> None:
     """dx = rstd·(g − Σg/n − ŷ·Σgŷ/n), g = dy·γ (no Σg term for RMS), per row; the rows are
     cut into ``dW.shape[0]`` ranges, one per task, each adding Σ dy·ŷ and Σ dy into its own
-    row of ``dW`` and ``dB`` (float64, γ's flat index)."""
-    M, A, C = x.shape
-    n = A * C
+    row of ``dW`` and ``dB`` (float64, γ's flat index; ``sc`` is 0 or 1)."""
+    M, n = x.shape
     T = dW.shape[0]
     for t in prange(T):
+        dWt = dW[t]
+        dBt = dB[t]
         for m in range(M * t // T, M * (t + 1) // T):
+            xr = x[m]
+            dyr = dy[m]
+            dxr = dx[m]
             shift = stats[m, 0]
             mean_s = stats[m, 1]
             r = stats[m, 3]
             sg = 0.0
             sgy = 0.0
             for a in range(A):
-                for c in range(C):
-                    g = np.float64(dy[m, a, c]) * W[m * sm + a * sa + c * sc]
-                    sg += g
-                    sgy += g * (((np.float64(x[m, a, c]) - shift) - mean_s) * r)
-            kg = sgy / n
+                o = a * C
+                base = m * sm + a * sa
+                if sc == 0:
+                    u = 0.0
+                    v = 0.0
+                    for c in range(C):
+                        d = np.float64(dyr[o + c])
+                        u += d
+                        v += d * ((np.float64(xr[o + c]) - shift) - mean_s)
+                    sg += u * W[base]
+                    sgy += v * W[base]
+                else:
+                    for c in range(C):
+                        g = np.float64(dyr[o + c]) * W[base + c]
+                        sg += g
+                        sgy += g * ((np.float64(xr[o + c]) - shift) - mean_s)
+            kg = sgy * r * r / n   # Σgŷ/n·rstd, to multiply x − μ
             cg = 0.0 if rms else sg / n
             for a in range(A):
+                o = a * C
                 base = m * sm + a * sa
                 if sc == 0:  # γ constant along c: its cotangent is one sum per (m, a)
                     w = W[base]
                     u = 0.0
                     v = 0.0
                     for c in range(C):
-                        d = np.float64(dy[m, a, c])
-                        yh = ((np.float64(x[m, a, c]) - shift) - mean_s) * r
-                        dx[m, a, c] = r * (d * w - cg - yh * kg)
-                        u += d * yh
+                        d = np.float64(dyr[o + c])
+                        xc = (np.float64(xr[o + c]) - shift) - mean_s
+                        dxr[o + c] = r * ((d * w - cg) - xc * kg)
+                        u += d * xc
                         v += d
-                    dW[t, base] += u
-                    dB[t, base] += v
+                    dWt[base] += u * r
+                    dBt[base] += v
                 else:
                     for c in range(C):
-                        k = base + c * sc
-                        d = np.float64(dy[m, a, c])
-                        yh = ((np.float64(x[m, a, c]) - shift) - mean_s) * r
-                        dx[m, a, c] = r * (d * W[k] - cg - yh * kg)
-                        dW[t, k] += d * yh
-                        dB[t, k] += d
+                        d = np.float64(dyr[o + c])
+                        xc = (np.float64(xr[o + c]) - shift) - mean_s
+                        dxr[o + c] = r * ((d * W[base + c] - cg) - xc * kg)
+                        dWt[base + c] += d * xc * r
+                        dBt[base + c] += d
 
 
 # channels ------------------------------------------------------------------------------------
+# x: (M·R1, K·R2), row m·R1 + r; statistic (m, k) over r and the R2 values k·R2 + q.
 
 @_jit(inline="always")
 def _task(task: int, nkb: int, nrb: int, kspan: int, b: int, K: int,
@@ -190,64 +213,70 @@ def _task(task: int, nkb: int, nrb: int, kspan: int, b: int, K: int,
 
 
 @_jit(parallel=True, fastmath=_FASTMATH)
-def channels_stats(x: Any, shift: Any, kspan: int, b: int, rms: bool, part: Any) -> None:
+def channels_stats(x: Any, M: int, R1: int, K: int, R2: int, shift: Any, kspan: int, b: int,
+                   rms: bool, part: Any) -> None:
     """Per block (``b`` rows of r1 × ``kspan`` channels) and channel: ``part[m, rb, k]`` =
-    (block mean of x − shift, block M2 / scale², scale), two passes over the block in cache
-    (mean 0 and M2 = Σ x² for RMS)."""
-    M, R1, K, R2 = x.shape
+    (block mean of x − shift, block Σ((x − mean)/scale)², scale), two passes over the block
+    in cache (mean 0 and M2 = Σ x² for RMS)."""
     nkb = (K + kspan - 1) // kspan
     nrb = (R1 + b - 1) // b
     for task in prange(M * nkb * nrb):
         m, rb, k0, k1, r0, r1 = _task(task, nkb, nrb, kspan, b, K, R1)
         cnt = (r1 - r0) * R2
-        mb = np.zeros(k1 - k0)
+        sh = shift[m]
+        mb = np.zeros(K)
         if not rms:
             for r in range(r0, r1):
+                xr = x[m * R1 + r]
                 if R2 == 1:
                     for k in range(k0, k1):
-                        mb[k - k0] += np.float64(x[m, r, k, 0]) - shift[m, k]
+                        mb[k] += np.float64(xr[k]) - sh[k]
                 else:
                     for k in range(k0, k1):
-                        sh = shift[m, k]
+                        o = k * R2
+                        shk = sh[k]
                         acc = 0.0
                         for q in range(R2):
-                            acc += np.float64(x[m, r, k, q]) - sh
-                        mb[k - k0] += acc
+                            acc += np.float64(xr[o + q]) - shk
+                        mb[k] += acc
             for k in range(k0, k1):
-                mb[k - k0] /= cnt
-        ss = np.zeros(k1 - k0)
+                mb[k] /= cnt
+        ss = np.zeros(K)
         for r in range(r0, r1):
+            xr = x[m * R1 + r]
             if R2 == 1:
                 for k in range(k0, k1):
-                    d = (np.float64(x[m, r, k, 0]) - shift[m, k]) - mb[k - k0]
-                    ss[k - k0] += d * d
+                    d = (np.float64(xr[k]) - sh[k]) - mb[k]
+                    ss[k] += d * d
             else:
                 for k in range(k0, k1):
-                    sh = shift[m, k]
-                    mu = mb[k - k0]
+                    o = k * R2
+                    shk = sh[k]
+                    mu = mb[k]
                     acc = 0.0
                     for q in range(R2):
-                        d = (np.float64(x[m, r, k, q]) - sh) - mu
+                        d = (np.float64(xr[o + q]) - shk) - mu
                         acc += d * d
-                    ss[k - k0] += acc
+                    ss[k] += acc
         for k in range(k0, k1):
-            sh = shift[m, k]
-            mu = mb[k - k0]
-            v = ss[k - k0]
+            mu = mb[k]
+            v = ss[k]
             s = 1.0
             if not (v >= _SS_LO and v < math.inf):  # rare: recompute scaled, in cache
                 mx = 0.0
                 for r in range(r0, r1):
+                    xr = x[m * R1 + r]
                     for q in range(R2):
-                        d = abs((np.float64(x[m, r, k, q]) - sh) - mu)
+                        d = abs((np.float64(xr[k * R2 + q]) - sh[k]) - mu)
                         if d > mx:
                             mx = d
                 s = _pow2(mx)
                 inv = 1.0 / s
                 v = 0.0
                 for r in range(r0, r1):
+                    xr = x[m * R1 + r]
                     for q in range(R2):
-                        d = ((np.float64(x[m, r, k, q]) - sh) - mu) * inv
+                        d = ((np.float64(xr[k * R2 + q]) - sh[k]) - mu) * inv
                         v += d * d
             part[m, rb, k, 0] = mu
             part[m, rb, k, 1] = v
@@ -255,79 +284,96 @@ def channels_stats(x: Any, shift: Any, kspan: int, b: int, rms: bool, part: Any)
 
 
 @_jit(parallel=True, fastmath=_FASTMATH)
-def channels_apply(x: Any, shift: Any, mean_s: Any, a: Any, c: Any, y: Any) -> None:
-    """y = ((x − shift) − μ_s)·a + c per (m, k), a = rstd·γ, c = β; parallel over (m, r1)."""
-    M, R1, K, R2 = x.shape
+def channels_apply(x: Any, M: int, R1: int, K: int, R2: int, shift: Any, mean_s: Any, a: Any,
+                   c: Any, y: Any) -> None:
+    """y = ((x − shift) − μ_s)·a + c per (m, k), a = rstd·γ, c = β; parallel over rows."""
     for t in prange(M * R1):
         m = t // R1
-        r = t % R1
+        xr = x[t]
+        yr = y[t]
+        sh = shift[m]
+        mu = mean_s[m]
+        am = a[m]
+        cm = c[m]
         if R2 == 1:
             for k in range(K):
-                y[m, r, k, 0] = ((np.float64(x[m, r, k, 0]) - shift[m, k]) - mean_s[m, k]) * a[m, k] + c[m, k]
+                yr[k] = ((np.float64(xr[k]) - sh[k]) - mu[k]) * am[k] + cm[k]
         else:
             for k in range(K):
-                sh = shift[m, k]
-                mu = mean_s[m, k]
-                ak = a[m, k]
-                ck = c[m, k]
+                o = k * R2
+                shk = sh[k]
+                muk = mu[k]
+                ak = am[k]
+                ck = cm[k]
                 for q in range(R2):
-                    y[m, r, k, q] = ((np.float64(x[m, r, k, q]) - sh) - mu) * ak + ck
+                    yr[o + q] = ((np.float64(xr[o + q]) - shk) - muk) * ak + ck
 
 
 @_jit(parallel=True, fastmath=_FASTMATH)
-def channels_grad_sums(x: Any, dy: Any, shift: Any, mean_s: Any, kspan: int, b: int,
-                       part: Any) -> None:
+def channels_grad_sums(x: Any, dy: Any, M: int, R1: int, K: int, R2: int, shift: Any,
+                       mean_s: Any, kspan: int, b: int, part: Any) -> None:
     """Per block and channel: ``part[m, rb, k]`` = (Σ dy, Σ dy·(x − mean)), one pass."""
-    M, R1, K, R2 = x.shape
     nkb = (K + kspan - 1) // kspan
     nrb = (R1 + b - 1) // b
     for task in prange(M * nkb * nrb):
         m, rb, k0, k1, r0, r1 = _task(task, nkb, nrb, kspan, b, K, R1)
-        s1 = np.zeros(k1 - k0)
-        s2 = np.zeros(k1 - k0)
+        sh = shift[m]
+        mu = mean_s[m]
+        s1 = np.zeros(K)
+        s2 = np.zeros(K)
         for r in range(r0, r1):
+            xr = x[m * R1 + r]
+            dyr = dy[m * R1 + r]
             if R2 == 1:
                 for k in range(k0, k1):
-                    d = np.float64(dy[m, r, k, 0])
-                    s1[k - k0] += d
-                    s2[k - k0] += d * ((np.float64(x[m, r, k, 0]) - shift[m, k]) - mean_s[m, k])
+                    d = np.float64(dyr[k])
+                    s1[k] += d
+                    s2[k] += d * ((np.float64(xr[k]) - sh[k]) - mu[k])
             else:
                 for k in range(k0, k1):
-                    sh = shift[m, k]
-                    mu = mean_s[m, k]
+                    o = k * R2
+                    shk = sh[k]
+                    muk = mu[k]
                     u = 0.0
                     v = 0.0
                     for q in range(R2):
-                        d = np.float64(dy[m, r, k, q])
+                        d = np.float64(dyr[o + q])
                         u += d
-                        v += d * ((np.float64(x[m, r, k, q]) - sh) - mu)
-                    s1[k - k0] += u
-                    s2[k - k0] += v
+                        v += d * ((np.float64(xr[o + q]) - shk) - muk)
+                    s1[k] += u
+                    s2[k] += v
         for k in range(k0, k1):
-            part[m, rb, k, 0] = s1[k - k0]
-            part[m, rb, k, 1] = s2[k - k0]
+            part[m, rb, k, 0] = s1[k]
+            part[m, rb, k, 1] = s2[k]
 
 
 @_jit(parallel=True, fastmath=_FASTMATH)
-def channels_grad_apply(x: Any, dy: Any, shift: Any, mean_s: Any, a: Any, mdy: Any, kd: Any,
-                        dx: Any) -> None:
+def channels_grad_apply(x: Any, dy: Any, M: int, R1: int, K: int, R2: int, shift: Any,
+                        mean_s: Any, a: Any, mdy: Any, kd: Any, dx: Any) -> None:
     """dx = a·((dy − mdy) − (x − mean)·kd) per (m, k): a = rstd·γ, mdy = Σdy/n (0 for RMS),
     kd = rstd²·Σ dy·(x − mean)/n."""
-    M, R1, K, R2 = x.shape
     for t in prange(M * R1):
         m = t // R1
-        r = t % R1
+        xr = x[t]
+        dyr = dy[t]
+        dxr = dx[t]
+        sh = shift[m]
+        mu = mean_s[m]
+        am = a[m]
+        mm = mdy[m]
+        km = kd[m]
         if R2 == 1:
             for k in range(K):
-                d = (np.float64(x[m, r, k, 0]) - shift[m, k]) - mean_s[m, k]
-                dx[m, r, k, 0] = a[m, k] * ((np.float64(dy[m, r, k, 0]) - mdy[m, k]) - d * kd[m, k])
+                d = (np.float64(xr[k]) - sh[k]) - mu[k]
+                dxr[k] = am[k] * ((np.float64(dyr[k]) - mm[k]) - d * km[k])
         else:
             for k in range(K):
-                sh = shift[m, k]
-                mu = mean_s[m, k]
-                ak = a[m, k]
-                mk = mdy[m, k]
-                kk = kd[m, k]
+                o = k * R2
+                shk = sh[k]
+                muk = mu[k]
+                ak = am[k]
+                mk = mm[k]
+                kk = km[k]
                 for q in range(R2):
-                    d = (np.float64(x[m, r, k, q]) - sh) - mu
-                    dx[m, r, k, q] = ak * ((np.float64(dy[m, r, k, q]) - mk) - d * kk)
+                    d = (np.float64(xr[o + q]) - shk) - muk
+                    dxr[o + q] = ak * ((np.float64(dyr[o + q]) - mk) - d * kk)

@@ -161,6 +161,12 @@ def _geometry(p: Plan, itemsize: int) -> _Geometry | None:
     return None
 
 
+def _flat(g: _Geometry) -> tuple[int, int]:
+    """The 2-D shape the loops see: (M, A·C) rows, or (M·R1, K·R2) for channels."""
+    d = g.dims
+    return (d[0], d[1] * d[2]) if g.kind == "rows" else (d[0] * d[1], d[2] * d[3])
+
+
 def _channel_blocks(g: _Geometry) -> tuple[int, int, int]:
     """(kspan, b, nrb): channels per block, rows of r1 per block, blocks along r1."""
     _, R1, K, R2 = g.dims
@@ -214,12 +220,12 @@ def _forward(stages: Stages, xp: Namespace, layout: Layout, playout: Layout, g: 
     xa = np.ascontiguousarray(x)
     rms = type(stages.operation) is RMSScale
     eps = float(stages.eps)
-    y = np.empty(g.dims, ct)
-    xg = xa.reshape(g.dims)
+    y = np.empty(_flat(g), ct)
+    xg = xa.reshape(_flat(g))
     if g.kind == "rows":
         W, B, (sm, sa, sc) = _rows_params(g, weight, bias)
         stats = np.empty((g.dims[0], 4))
-        _call(loops, "rows_forward", xg, W, B, sm, sa, sc, eps, rms, y, stats)
+        _call(loops, "rows_forward", xg, g.dims[1], g.dims[2], W, B, sm, sa, sc, eps, rms, y, stats)
         shift, mean_s, var64, rstd64 = (np.ascontiguousarray(stats[:, i]) for i in range(4))
         params: Any = (W, (sm, sa, sc))
     else:
@@ -227,10 +233,10 @@ def _forward(stages: Stages, xp: Namespace, layout: Layout, playout: Layout, g: 
         kspan, b, nrb = _channel_blocks(g)
         shift = np.zeros((M, K))
         if not rms:
-            shift = xg[:, 0, :, 0].astype(np.float64)
+            shift = xa.reshape(g.dims)[:, 0, :, 0].astype(np.float64)
             shift[~np.isfinite(shift)] = 0.0
         part = np.empty((M, nrb, K, 3))
-        _call(loops, "channels_stats", xg, shift, kspan, b, rms, part)
+        _call(loops, "channels_stats", xg, *g.dims, shift, kspan, b, rms, part)
         starts = np.arange(nrb) * b
         w = ((np.minimum(R1, starts + b) - starts) * R2).astype(np.float64)[None, :, None]
         d, m2b, sb = part[..., 0], part[..., 1], part[..., 2]
@@ -242,7 +248,7 @@ def _forward(stages: Stages, xp: Namespace, layout: Layout, playout: Layout, g: 
         f64 = np.dtype(np.float64)
         var64, rstd64 = unscale(np, S, ms, f64), inv_root(np, S, ms, eps, f64)
         Wk, Bk = _channel_params(g, weight, 1.0), _channel_params(g, bias, 0.0)
-        _call(loops, "channels_apply", xg, shift, mean_s, rstd64 * Wk, Bk, y)
+        _call(loops, "channels_apply", xg, *g.dims, shift, mean_s, rstd64 * Wk, Bk, y)
         params = Wk
     st = layout.stats_shape
 
@@ -275,25 +281,25 @@ def _backward(ctx: NormContext, saved: _Saved, dy: np.ndarray, rms: bool,
     g = saved.geometry
     p = g.plan
     ct = saved.x.dtype
-    xg = saved.x.reshape(g.dims)
-    dyg = np.ascontiguousarray(dy, dtype=ct).reshape(g.dims)
-    dx = np.empty(g.dims, ct)
+    xg = saved.x.reshape(_flat(g))
+    dyg = np.ascontiguousarray(dy, dtype=ct).reshape(_flat(g))
+    dx = np.empty(_flat(g), ct)
     if g.kind == "rows":
         W, (sm, sa, sc) = saved.params
         stats = np.stack([saved.shift, saved.mean_s, saved.mean_s, saved.rstd], axis=1)
         T = max(1, min(fast_path_threads(), g.dims[0]))
         dW, dB = np.zeros((T, W.size)), np.zeros((T, W.size))
-        _call(loops, "rows_backward", xg, dyg, W, sm, sa, sc, stats, rms, dx, dW, dB)
+        _call(loops, "rows_backward", xg, dyg, g.dims[1], g.dims[2], W, sm, sa, sc, stats, rms, dx, dW, dB)
         acc_w, acc_b = dW.sum(axis=0), dB.sum(axis=0)
     else:
         M, _, K, _ = g.dims
         kspan, b, nrb = _channel_blocks(g)
         part = np.empty((M, nrb, K, 2))
-        _call(loops, "channels_grad_sums", xg, dyg, saved.shift, saved.mean_s, kspan, b, part)
+        _call(loops, "channels_grad_sums", xg, dyg, *g.dims, saved.shift, saved.mean_s, kspan, b, part)
         sdy, sdyd = part[..., 0].sum(axis=1), part[..., 1].sum(axis=1)
         r = saved.rstd
         mdy = np.zeros((M, K)) if rms else sdy / g.n
-        _call(loops, "channels_grad_apply", xg, dyg, saved.shift, saved.mean_s, r * saved.params,
+        _call(loops, "channels_grad_apply", xg, dyg, *g.dims, saved.shift, saved.mean_s, r * saved.params,
               mdy, r * r * sdyd / g.n, dx)
         acc_w, acc_b = r * sdyd, sdy
         if not any(p.lead_par):
