@@ -78,8 +78,8 @@ def _shift(v: float) -> float:
 
 
 # rows ----------------------------------------------------------------------------------------
-# Arrays are 2-D, a row taken as a 1-D view and indexed with flat offsets: LLVM vectorizes
-# those loops (multi-dimensional indexing inside the inner loop measured 5x slower).
+# Arrays are 2-D, a row taken as a 1-D view and cut into 1-D slices: LLVM vectorizes those
+# loops (multi-dimensional or offset indexing inside the inner loop measured 5x slower).
 
 @_jit(parallel=True, fastmath=_FASTMATH)
 def rows_forward(x: Any, A: int, C: int, W: Any, B: Any, sm: int, sa: int, sc: int, eps: float,
@@ -122,16 +122,21 @@ def rows_forward(x: Any, A: int, C: int, W: Any, B: Any, sm: int, sa: int, sc: i
         stats[m, 2] = (s * ms) * s
         stats[m, 3] = r
         for a in range(A):
-            o = a * C
+            # slices, not offset indices: an index numba cannot prove non-negative gets a
+            # wraparound test per element, which stops vectorization (measured 5x)
+            xs = xr[a * C:(a + 1) * C]
+            ys = yr[a * C:(a + 1) * C]
             base = m * sm + a * sa
             if sc == 0:  # γ, β constant along the row segment: one factor
                 f = r * W[base]
                 bb = B[base]
                 for c in range(C):
-                    yr[o + c] = ((np.float64(xr[o + c]) - shift) - mean_s) * f + bb
+                    ys[c] = ((np.float64(xs[c]) - shift) - mean_s) * f + bb
             else:
+                Ws = W[base:base + C]
+                Bs = B[base:base + C]
                 for c in range(C):
-                    yr[o + c] = ((np.float64(xr[o + c]) - shift) - mean_s) * r * W[base + c] + B[base + c]
+                    ys[c] = ((np.float64(xs[c]) - shift) - mean_s) * r * Ws[c] + Bs[c]
 
 
 @_jit(parallel=True, fastmath=_FASTMATH)
@@ -155,46 +160,53 @@ def rows_backward(x: Any, dy: Any, A: int, C: int, W: Any, sm: int, sa: int, sc:
             sg = 0.0
             sgy = 0.0
             for a in range(A):
-                o = a * C
+                xs = xr[a * C:(a + 1) * C]
+                dys = dyr[a * C:(a + 1) * C]
                 base = m * sm + a * sa
                 if sc == 0:
                     u = 0.0
                     v = 0.0
                     for c in range(C):
-                        d = np.float64(dyr[o + c])
+                        d = np.float64(dys[c])
                         u += d
-                        v += d * ((np.float64(xr[o + c]) - shift) - mean_s)
+                        v += d * ((np.float64(xs[c]) - shift) - mean_s)
                     sg += u * W[base]
                     sgy += v * W[base]
                 else:
+                    Ws = W[base:base + C]
                     for c in range(C):
-                        g = np.float64(dyr[o + c]) * W[base + c]
+                        g = np.float64(dys[c]) * Ws[c]
                         sg += g
-                        sgy += g * ((np.float64(xr[o + c]) - shift) - mean_s)
+                        sgy += g * ((np.float64(xs[c]) - shift) - mean_s)
             kg = sgy * r * r / n   # Σgŷ/n·rstd, to multiply x − μ
             cg = 0.0 if rms else sg / n
             for a in range(A):
-                o = a * C
+                xs = xr[a * C:(a + 1) * C]
+                dys = dyr[a * C:(a + 1) * C]
+                dxs = dxr[a * C:(a + 1) * C]
                 base = m * sm + a * sa
                 if sc == 0:  # γ constant along c: its cotangent is one sum per (m, a)
                     w = W[base]
                     u = 0.0
                     v = 0.0
                     for c in range(C):
-                        d = np.float64(dyr[o + c])
-                        xc = (np.float64(xr[o + c]) - shift) - mean_s
-                        dxr[o + c] = r * ((d * w - cg) - xc * kg)
+                        d = np.float64(dys[c])
+                        xc = (np.float64(xs[c]) - shift) - mean_s
+                        dxs[c] = r * ((d * w - cg) - xc * kg)
                         u += d * xc
                         v += d
                     dWt[base] += u * r
                     dBt[base] += v
                 else:
+                    Ws = W[base:base + C]
+                    dWs = dWt[base:base + C]
+                    dBs = dBt[base:base + C]
                     for c in range(C):
-                        d = np.float64(dyr[o + c])
-                        xc = (np.float64(xr[o + c]) - shift) - mean_s
-                        dxr[o + c] = r * ((d * W[base + c] - cg) - xc * kg)
-                        dWt[base + c] += d * xc * r
-                        dBt[base + c] += d
+                        d = np.float64(dys[c])
+                        xc = (np.float64(xs[c]) - shift) - mean_s
+                        dxs[c] = r * ((d * Ws[c] - cg) - xc * kg)
+                        dWs[c] += d * xc * r
+                        dBs[c] += d
 
 
 # channels ------------------------------------------------------------------------------------
@@ -228,16 +240,17 @@ def channels_stats(x: Any, M: int, R1: int, K: int, R2: int, shift: Any, kspan: 
         if not rms:
             for r in range(r0, r1):
                 xr = x[m * R1 + r]
-                if R2 == 1:
-                    for k in range(k0, k1):
-                        mb[k] += np.float64(xr[k]) - sh[k]
+                if R2 == 1:  # slices: see the note on rows
+                    xs, shs, mbs = xr[k0:k1], sh[k0:k1], mb[k0:k1]
+                    for j in range(k1 - k0):
+                        mbs[j] += np.float64(xs[j]) - shs[j]
                 else:
                     for k in range(k0, k1):
-                        o = k * R2
+                        xs = xr[k * R2:(k + 1) * R2]
                         shk = sh[k]
                         acc = 0.0
                         for q in range(R2):
-                            acc += np.float64(xr[o + q]) - shk
+                            acc += np.float64(xs[q]) - shk
                         mb[k] += acc
             for k in range(k0, k1):
                 mb[k] /= cnt
@@ -245,17 +258,18 @@ def channels_stats(x: Any, M: int, R1: int, K: int, R2: int, shift: Any, kspan: 
         for r in range(r0, r1):
             xr = x[m * R1 + r]
             if R2 == 1:
-                for k in range(k0, k1):
-                    d = (np.float64(xr[k]) - sh[k]) - mb[k]
-                    ss[k] += d * d
+                xs, shs, mbs, sss = xr[k0:k1], sh[k0:k1], mb[k0:k1], ss[k0:k1]
+                for j in range(k1 - k0):
+                    d = (np.float64(xs[j]) - shs[j]) - mbs[j]
+                    sss[j] += d * d
             else:
                 for k in range(k0, k1):
-                    o = k * R2
+                    xs = xr[k * R2:(k + 1) * R2]
                     shk = sh[k]
                     mu = mb[k]
                     acc = 0.0
                     for q in range(R2):
-                        d = (np.float64(xr[o + q]) - shk) - mu
+                        d = (np.float64(xs[q]) - shk) - mu
                         acc += d * d
                     ss[k] += acc
         for k in range(k0, k1):
@@ -300,13 +314,14 @@ def channels_apply(x: Any, M: int, R1: int, K: int, R2: int, shift: Any, mean_s:
                 yr[k] = ((np.float64(xr[k]) - sh[k]) - mu[k]) * am[k] + cm[k]
         else:
             for k in range(K):
-                o = k * R2
+                xs = xr[k * R2:(k + 1) * R2]
+                ys = yr[k * R2:(k + 1) * R2]
                 shk = sh[k]
                 muk = mu[k]
                 ak = am[k]
                 ck = cm[k]
                 for q in range(R2):
-                    yr[o + q] = ((np.float64(xr[o + q]) - shk) - muk) * ak + ck
+                    ys[q] = ((np.float64(xs[q]) - shk) - muk) * ak + ck
 
 
 @_jit(parallel=True, fastmath=_FASTMATH)
@@ -325,21 +340,24 @@ def channels_grad_sums(x: Any, dy: Any, M: int, R1: int, K: int, R2: int, shift:
             xr = x[m * R1 + r]
             dyr = dy[m * R1 + r]
             if R2 == 1:
-                for k in range(k0, k1):
-                    d = np.float64(dyr[k])
-                    s1[k] += d
-                    s2[k] += d * ((np.float64(xr[k]) - sh[k]) - mu[k])
+                xs, dys, shs, mus = xr[k0:k1], dyr[k0:k1], sh[k0:k1], mu[k0:k1]
+                s1s, s2s = s1[k0:k1], s2[k0:k1]
+                for j in range(k1 - k0):
+                    d = np.float64(dys[j])
+                    s1s[j] += d
+                    s2s[j] += d * ((np.float64(xs[j]) - shs[j]) - mus[j])
             else:
                 for k in range(k0, k1):
-                    o = k * R2
+                    xs = xr[k * R2:(k + 1) * R2]
+                    dys = dyr[k * R2:(k + 1) * R2]
                     shk = sh[k]
                     muk = mu[k]
                     u = 0.0
                     v = 0.0
                     for q in range(R2):
-                        d = np.float64(dyr[o + q])
+                        d = np.float64(dys[q])
                         u += d
-                        v += d * ((np.float64(xr[o + q]) - shk) - muk)
+                        v += d * ((np.float64(xs[q]) - shk) - muk)
                     s1[k] += u
                     s2[k] += v
         for k in range(k0, k1):
@@ -368,12 +386,14 @@ def channels_grad_apply(x: Any, dy: Any, M: int, R1: int, K: int, R2: int, shift
                 dxr[k] = am[k] * ((np.float64(dyr[k]) - mm[k]) - d * km[k])
         else:
             for k in range(K):
-                o = k * R2
+                xs = xr[k * R2:(k + 1) * R2]
+                dys = dyr[k * R2:(k + 1) * R2]
+                dxs = dxr[k * R2:(k + 1) * R2]
                 shk = sh[k]
                 muk = mu[k]
                 ak = am[k]
                 mk = mm[k]
                 kk = km[k]
                 for q in range(R2):
-                    d = (np.float64(xr[o + q]) - shk) - muk
-                    dxr[o + q] = ak * ((np.float64(dyr[o + q]) - mk) - d * kk)
+                    d = (np.float64(xs[q]) - shk) - muk
+                    dxs[q] = ak * ((np.float64(dys[q]) - mk) - d * kk)
