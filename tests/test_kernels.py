@@ -1,7 +1,10 @@
-"""DESIGN.md §3.2: the NumPy fast path (arraynorm._kernels) is selected in one place, can be
-switched off, and computes what the portable array-API path computes — outputs, cotangents and
-the statistics in ``ctx.state`` — for every partition, dtype and block geometry; plus a smoke
-test of the benchmark harness."""
+"""DESIGN.md §3.2: the NumPy fast paths (arraynorm._kernels: the NumPy block recipe
+``numpy_fused`` and the numba JIT ``numba_jit``) are selected in one place, can be switched
+off, and compute what the portable array-API path computes — outputs, cotangents, JVPs and the
+statistics in ``ctx.state`` — for every partition, dtype and block geometry; plus a smoke test
+of the benchmark harness. Tests taking the ``impl`` fixture run once per fast implementation,
+with the selector restricted to it (the JIT's runs are skipped only where numba, the optional
+``[jit]`` extra, is not installed)."""
 
 from __future__ import annotations
 
@@ -14,14 +17,21 @@ import numpy as np
 import pytest
 
 import arraynorm as an
-from arraynorm._kernels import PORTABLE, fast_path_threads, numpy_fused
+import arraynorm._kernels as kernels
+from arraynorm._kernels import PORTABLE, fast_path_threads, numba_jit, numpy_fused
 from arraynorm.operation import RMSScale, Standardize
 from arraynorm.partition import Batch, GhostBatch, Group, Instance, Layer, Position
 from _helpers import backend_name, from_numpy, to_numpy
 
 def fused(ctx) -> bool:
-    """Whether the NumPy block implementation ran the forward that made ``ctx``."""
-    return ctx.implementation is numpy_fused.NUMPY_FUSED
+    """Whether a fast (non-portable) implementation ran the forward that made ``ctx``."""
+    return ctx.implementation is not None and ctx.implementation is not PORTABLE
+
+
+def jit_runs(n, x, w, b) -> bool:
+    """Whether the numba implementation takes this input (its documented scope)."""
+    layout = n.partition.layout("t", tuple(x.shape))
+    return numba_jit.NUMBA_JIT.supports(n, np, layout, x, w, b)
 
 
 RNG = np.random.default_rng(5)
@@ -56,13 +66,28 @@ def fast_path_for_small_arrays(monkeypatch):
     monkeypatch.setattr(numpy_fused, "MIN_BYTES", 0)
 
 
+@pytest.fixture(params=["numpy_fused", "numba_jit"])
+def impl(request, monkeypatch):
+    """The fast implementation under test, the only one the selector asks (no size
+    threshold)."""
+    if request.param == "numba_jit":
+        if not numba_jit.available():
+            pytest.skip("numba (the optional [jit] extra) is not installed")
+        monkeypatch.setattr(numba_jit, "MIN_BYTES", 0)
+    monkeypatch.setattr(kernels, "IMPLEMENTATIONS", (kernels.implementation(request.param),))
+    return request.param
+
+
 @pytest.fixture(params=["default", "tiny"])
-def blocks(request, monkeypatch):
-    """Default blocks, and 256-byte blocks that force many blocks, chunked statistics (merged
-    across chunks) and worker threads on these small arrays."""
+def blocks(request, impl, monkeypatch):
+    """Default blocks, and tiny ones that force many blocks, chunked statistics (merged
+    across chunks) and worker threads on these small arrays: 256-byte blocks for the NumPy
+    recipe; 16-element channel blocks and parallel loops at every size for the JIT."""
     if request.param == "tiny":
         monkeypatch.setattr(numpy_fused, "BLOCK_BYTES", 256)
         monkeypatch.setattr(numpy_fused, "MIN_BLOCKS_FOR_THREADS", 2)
+        monkeypatch.setattr(numba_jit, "BLOCK_ELEMS", 16)
+        monkeypatch.setattr(numba_jit, "PARALLEL_MIN_BYTES", 0)
         threads = fast_path_threads()
         previous = an.set_fast_paths(True, threads=2)
         yield request.param
@@ -93,7 +118,7 @@ def assert_same(fast, slow, dtype, what):
 @pytest.mark.parametrize("partition,operation,shape", CASES, ids=IDS)
 @pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
 @pytest.mark.parametrize("params", ["both", "none", "weight", "bias"])
-def test_fast_path_equals_portable_path(blocks, partition, operation, shape, dtype, params):
+def test_fast_path_equals_portable_path(impl, blocks, partition, operation, shape, dtype, params):
     layout = partition.layout("t", shape)
     x = (2.0 + 3.0 * RNG.standard_normal(shape)).astype(dtype)
     dy = RNG.standard_normal(shape).astype(dtype)
@@ -102,7 +127,14 @@ def test_fast_path_equals_portable_path(blocks, partition, operation, shape, dty
     n = an.Normalizer(partition, operation, 1e-5)
     y1, c1, g1 = run(n, x, w, b, dy, True)
     y0, c0, g0 = run(n, x, w, b, dy, False)
-    assert fused(c1) and not fused(c0)
+    # the JIT's scope: float32/float64, and γ constant over a statistic that spans a kept axis
+    outside = impl == "numba_jit" and (dtype == "float16" or (params != "none" and (
+        isinstance(partition, Position) or getattr(partition, "axes", None) == (0, 2))))
+    if impl == "numba_jit":
+        assert jit_runs(n, x, w, b) != outside
+    assert c1.implementation.name == ("portable" if outside else impl) and not fused(c0)
+    tx = RNG.standard_normal(shape).astype(dtype)
+    assert_same(n.jvp(c1, tx), n.jvp(c0, tx), dtype, "jvp")
     assert_same(y1, y0, dtype, "y")
     for name, f, s in zip(("dx", "dweight", "dbias"), g1, g0):
         assert_same(f, s, dtype, name)
