@@ -248,8 +248,9 @@ def test_float16_statistics_accumulate_in_float32():
     np.testing.assert_allclose(y.astype(np.float32), y32, atol=2e-3)
 
 
-def test_thread_count_does_not_change_results(monkeypatch):
+def test_thread_count_does_not_change_results(impl, monkeypatch):
     monkeypatch.setattr(numpy_fused, "BLOCK_BYTES", 1024)
+    monkeypatch.setattr(numba_jit, "PARALLEL_MIN_BYTES", 0)
     x, dy = RNG.standard_normal((32, 8, 50)), RNG.standard_normal((32, 8, 50))
     w, b = RNG.uniform(0.5, 1.5, 8), RNG.standard_normal(8)
     threads = fast_path_threads()

@@ -75,7 +75,7 @@ __all__ = ["NumbaJit", "NUMBA_JIT", "MIN_BYTES", "MAX_ROW_BYTES", "BLOCK_ELEMS",
 
 #: smaller inputs (bytes) are left to the other implementations (measured crossover, see
 #: the module docstring)
-MIN_BYTES = 0
+MIN_BYTES = 128 << 10
 
 #: longest row (bytes of the input dtype) the rows geometry takes: three sweeps over a row
 #: must find it in cache
@@ -217,8 +217,9 @@ def _channel_params(g: _Geometry, a: Any, fill: float) -> np.ndarray:
 @dataclasses.dataclass(frozen=True)
 class _Saved:
     """What the forward keeps: the input (C order), the geometry, the float64 statistics
-    (shift, μ_s, rstd per statistic), γ/β as the loops read them, and the layout whose
-    ``param_axes`` γ/β span."""
+    (shift, μ_s, rstd per statistic), γ/β as the loops read them, the layout whose
+    ``param_axes`` γ/β span, and ``mean_lo`` (``layout.stats_shape``, as
+    :mod:`.numpy_fused` keeps it)."""
 
     x: np.ndarray
     geometry: _Geometry
@@ -227,6 +228,7 @@ class _Saved:
     rstd: np.ndarray
     params: Any
     param_layout: Layout
+    mean_lo: np.ndarray | None   # what state.mean rounds off the exact mean (None for RMS)
 
 
 def _forward(stages: Stages, xp: Namespace, layout: Layout, playout: Layout, g: _Geometry,
@@ -283,7 +285,7 @@ def _forward(stages: Stages, xp: Namespace, layout: Layout, playout: Layout, g: 
         return yv
 
     state = StandardizeState(None, mean, var, rstd, layout.reduce_axes, compute_y=compute_y)
-    saved = _Saved(xa, g, shift, mean_s, rstd64, params, playout)
+    saved = _Saved(xa, g, shift, mean_s, rstd64, params, playout, mean_lo)
     ctx = NormContext(xp, layout, state, None, weight, bias, x.dtype, NUMBA_JIT, saved=saved,
                       compute_yhat=lambda: np.reshape(state.y, layout.shape))
     return y.reshape(layout.shape), ctx
