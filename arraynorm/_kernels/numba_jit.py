@@ -129,7 +129,7 @@ def _threads(x: np.ndarray) -> int:
 
     if x.nbytes < PARALLEL_MIN_BYTES:
         return 1
-    return max(1, min(fast_path_threads(), numba.config.NUMBA_NUM_THREADS))
+    return max(1, min(fast_path_threads(), int(numba.config.NUMBA_NUM_THREADS)))
 
 
 def _call(loops: ModuleType, name: str, *args: Any) -> None:
