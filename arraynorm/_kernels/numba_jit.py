@@ -122,6 +122,17 @@ def available() -> bool:
     return _loops() is not None
 
 
+#: positions of each loop's output arguments
+_OUTPUTS = {"rows_forward": (10, 11), "rows_backward": (10, 11, 12), "channels_stats": (9,),
+            "channels_apply": (9,), "channels_grad_sums": (10,), "channels_grad_apply": (11,)}
+
+
+def _read_only(a: np.ndarray) -> np.ndarray:
+    v = a.view()
+    v.flags.writeable = False
+    return v
+
+
 def _threads(x: np.ndarray) -> int:
     """Threads for a loop over ``x``: arraynorm's (:func:`fast_path_threads`, capped by numba's
     pool), one below :data:`PARALLEL_MIN_BYTES`."""
@@ -139,6 +150,11 @@ def _call(loops: ModuleType, name: str, *args: Any) -> None:
 
     numba.set_num_threads(_threads(args[0]))
     fn = getattr(loops, name)
+    # inputs as read-only views, outputs writable: numba types an array's writability, so
+    # this keeps one compiled signature per loop and dtype (not one more per read-only input)
+    outs = _OUTPUTS[name]
+    args = tuple(_read_only(a) if isinstance(a, np.ndarray) and i not in outs else a
+                 for i, a in enumerate(args))
     key = f"{name}[{args[0].dtype}]"
     if key in COMPILE_SECONDS:
         fn(*args)
