@@ -573,3 +573,64 @@ def test_concurrent_forward_passes_with_different_settings_give_the_right_result
     for (fast, _), (y, dx) in results.items():
         np.testing.assert_allclose(y, y0, rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(dx, dx0, rtol=1e-10, atol=1e-10)
+
+
+# the numba JIT: scope, selection rule, lazy import, cache ----------------------------------
+
+jit_needed = pytest.mark.skipif(not numba_jit.available(),
+                                reason="numba (the optional [jit] extra) is not installed")
+
+
+@jit_needed
+def test_the_jit_takes_its_documented_cases_and_leaves_the_others():
+    """The selection rule of numba_jit's docstring, with the default thresholds."""
+    f32 = np.float32
+
+    def chosen(partition, shape, dtype=f32, operation=Standardize()):
+        x = RNG.standard_normal(shape).astype(dtype)
+        return an.Normalizer(partition, operation).forward(x)[1].implementation.name
+
+    assert chosen(Layer(-1), (256, 1024)) == "numba_jit"                  # 1 MiB LN
+    assert chosen(Layer(-1), (256, 1024), operation=RMSScale()) == "numba_jit"
+    assert chosen(Batch(1), (4, 64, 56, 56)) == "numba_jit"               # NCHW BN
+    assert chosen(Instance(1), (4, 16, 32, 32), np.float64) == "numba_jit"
+    assert chosen(Group(4), (4, 16, 32, 32)) == "numba_jit"
+    assert chosen(GhostBatch(4), (512, 64)) == "numba_jit"
+    assert chosen(Batch(1), (4096, 1024)) == "numpy_fused"                # BN on (N, C) > 4 MiB
+    assert chosen(Layer(-1), (1024, 1024), np.float16) == "numpy_fused"   # float16
+    # below the JIT's MIN_BYTES the next implementation answers (numpy_fused: no threshold here)
+    assert chosen(Layer(-1), (16, 1024)) == "numpy_fused"
+    assert chosen(Layer((1, 2, 3)), (2, 128, 64, 64)) == "numpy_fused"    # rows over 1 MiB
+
+
+def _python(code, **env):
+    out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=ROOT, **env),
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout.split()
+
+
+@jit_needed
+def test_numba_is_imported_only_when_a_numpy_input_is_asked_about_and_can_be_switched_off():
+    code = ("import sys, numpy as np, arraynorm as an; a = 'numba' in sys.modules;"
+            "c = an.Normalizer(an.partition.Layer(-1), an.operation.Standardize())"
+            ".forward(np.ones((256, 1024), np.float32))[1];"
+            "print(a, 'numba' in sys.modules, c.implementation.name)")
+    assert _python(code) == ["False", "True", "numba_jit"]
+    # 1 MiB is below numpy_fused's threshold: the portable path
+    assert _python(code, ARRAYNORM_JIT="0") == ["False", "False", "portable"]
+
+
+@jit_needed
+def test_the_jit_runs_where_numba_finds_no_writable_cache_directory():
+    """A read-only install without a writable cache directory: numba refuses ``cache=True``
+    (no locator); the loops compile without caching instead of failing the import."""
+    code = ("import numba.core.caching as c; c.CacheImpl._locator_classes = [];"
+            "import numpy as np, arraynorm as an;"
+            "from arraynorm._kernels import _numba_loops as L;"
+            "x = np.random.default_rng(0).standard_normal((256, 1024)).astype(np.float32);"
+            "y, ctx = an.Normalizer(an.partition.Layer(-1), an.operation.Standardize()).forward(x);"
+            "ref = (x - x.mean(1, keepdims=True)) / np.sqrt(x.var(1, keepdims=True) + 1e-5);"
+            "print(ctx.implementation.name, L.rows_forward._cache.__class__.__name__,"
+            " float(np.abs(y - ref).max()) < 1e-5)")
+    assert _python(code) == ["numba_jit", "NullCache", "True"]

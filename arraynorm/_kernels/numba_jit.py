@@ -71,7 +71,7 @@ from .numpy_fused import _finish_param, _param, _split
 from .portable import PORTABLE
 
 __all__ = ["NumbaJit", "NUMBA_JIT", "MIN_BYTES", "MAX_ROW_BYTES", "BLOCK_ELEMS",
-           "COMPILE_SECONDS", "PARALLEL_MIN_BYTES", "available"]
+           "COMPILE_SECONDS", "PARALLEL_MIN_BYTES", "MAX_BN2D_BYTES", "available"]
 
 #: smaller inputs (bytes) are left to the other implementations (measured crossover, see
 #: the module docstring)
@@ -85,6 +85,10 @@ MAX_ROW_BYTES = 1 << 20
 #: machine and milliseconds when a core is busy elsewhere (measured: LN 256×1024 float32
 #: forward+backward 0.9 ms on one thread, 10 ms on two with the machine loaded)
 PARALLEL_MIN_BYTES = 4 << 20
+
+#: larger BN-on-(N, C) inputs (channels geometry with R2 = 1) go to :mod:`.numpy_fused`, whose
+#: BLAS column sums beat these loops there (BN 4096×1024 float32: 1.1–1.4× slower in 4 runs)
+MAX_BN2D_BYTES = 4 << 20
 
 #: elements of one block of the channels geometry (float64 accumulators: 256 KiB of float32)
 BLOCK_ELEMS = 1 << 16
@@ -375,8 +379,11 @@ class NumbaJit:
             return False
         if not all(p is None or type(p) is np.ndarray for p in (weight, bias)):
             return False
-        if self._geometry(stages, layout, x, weight, bias)[1] is None:
+        g = self._geometry(stages, layout, x, weight, bias)[1]
+        if g is None:
             return False
+        if g.kind == "channels" and g.dims[3] == 1 and x.nbytes > MAX_BN2D_BYTES:
+            return False  # BN on (N, C): NumPy's BLAS sums were faster there (measured)
         return _loops() is not None  # last: the first NumPy input asked about imports numba
 
     def forward(self, stages: Stages, xp: Namespace, layout: Layout, x: Array,
