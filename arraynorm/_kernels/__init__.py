@@ -11,7 +11,7 @@ that ran the forward. Every backend implementation computes the portable path's 
 ``tests/test_kernels.py`` asserts they agree (outputs, cotangents, JVPs and the statistics in
 ``ctx.state``).
 
-Adding one (a numba JIT for CPU, a Dask one-pass reduction, CuPy fused kernels): a module
+Adding one (a Dask one-pass reduction, CuPy fused kernels): a module
 here with an object that has ``name``, ``supports``, ``forward``, ``backward`` and ``jvp``,
 and one line in :data:`IMPLEMENTATIONS` (docs/architecture.md).
 
@@ -23,13 +23,26 @@ Switches
   concurrent threads never switch each other. The decision is taken in the calling thread;
   the fast path's worker threads only compute blocks.
 * ``ARRAYNORM_THREADS=n`` (or ``set_fast_paths(True, threads=n)``) caps the worker threads of
-  the NumPy fast path; default: the CPUs this process may run on.
+  the NumPy fast path and of the numba loops; default: the CPUs this process may run on.
+* ``ARRAYNORM_JIT=0`` (read on first use) keeps the numba implementation out, as if the
+  ``[jit]`` extra were not installed (the benchmarks' "without the extra").
 
 Implementations today
 ---------------------
 =================  ===========================================================================
 backend            implementation
 =================  ===========================================================================
+NumPy, numba       :mod:`.numba_jit` (the ``[jit]`` extra; numba imported on the first NumPy
+installed          input asked about; ``ARRAYNORM_JIT=0`` turns it off) for the standardize
+                   and RMS operations, float32/float64, 128 KiB and more, with the affine,
+                   conditional-affine or no recovery, on LN/RMS over trailing axes, IN, GN
+                   (rows of at most 1 MiB) and BN, ghost BN (NCHW or NHWC; on (N, C) up to
+                   4 MiB): compiled fused loops, one memory read per row in the forward,
+                   exact merged block moments for BN, float64 accumulation, parallel over
+                   rows/blocks with :func:`fast_path_threads` threads from 4 MiB; measured
+                   0.24–0.92× :mod:`.numpy_fused` where selected (the module docstring has
+                   the measurements and the cases it leaves); its JVP is the portable
+                   formula on its statistics
 NumPy              :mod:`.numpy_fused` for the standardize and RMS operations on every
                    partition with the affine, conditional-affine or no recovery (BN, LN, IN,
                    GN, PN, ghost BN, RMS norm, AdaIN and compositions), for inputs of 2 MiB

@@ -37,15 +37,25 @@ Six loops × two dtypes; :data:`COMPILE_SECONDS` records the first-call compile/
 Parallel loops use ``numba.prange`` with :func:`arraynorm._kernels.fast_path_threads`
 threads (``ARRAYNORM_THREADS`` / ``set_fast_paths(threads=)``).
 
-Selection rule (:meth:`NumbaJit.supports`, measured on a 2-core EPYC with 2 other jobs
-running, forward+backward medians of interleaved repeats, see the report of issue 13):
-numba importable and ``ARRAYNORM_JIT`` not ``0``; plain ``numpy.ndarray`` float32/float64
-input, not empty, of at least :data:`MIN_BYTES`; parameters NumPy arrays or absent; the
-standardize or RMS operation with the affine, conditional-affine or no recovery; a layout of
-the rows geometry with rows of at most :data:`MAX_ROW_BYTES` (longer rows do not stay in
-cache; :mod:`.numpy_fused` cuts them into chunks), or of the channels geometry. float16,
-other layouts (position norm with γ over the reduced axis, three or more alternating axes)
-and smaller inputs go to :mod:`.numpy_fused` or the portable path.
+Selection rule (:meth:`NumbaJit.supports`): numba importable and ``ARRAYNORM_JIT`` not
+``0``; plain ``numpy.ndarray`` float32/float64 input of at least :data:`MIN_BYTES` (128 KiB);
+parameters NumPy arrays or absent; the standardize or RMS operation with the affine,
+conditional-affine or no recovery; a layout of the rows geometry with rows of at most
+:data:`MAX_ROW_BYTES` (longer rows leave the cache between sweeps; :mod:`.numpy_fused` cuts
+them into chunks) or of the channels geometry, except BN on (N, C) input above
+:data:`MAX_BN2D_BYTES`. float16, the other layouts (γ varying over a statistic that spans a
+kept axis: position norm, LN over non-adjacent axes with γ) and the rest go to
+:mod:`.numpy_fused` or the portable path. Loops run in one thread below
+:data:`PARALLEL_MIN_BYTES`.
+
+Measured for that rule (2-core EPYC shared with two other jobs, so noisy: float32
+forward+backward, medians of 5–40 interleaved repeats, JIT time / ``numpy_fused`` time with
+both forced at every size): LN 32×1024 to 512×1024 (0.1–2 MiB) 0.43–0.60, LN 2048×4096 0.41–
+0.92 (one run 1.31 with the JIT on one thread against NumPy's multithreaded BLAS); RMS 0.73–
+0.83 (one run 1.3); IN/GN 3–12 MiB 0.24–0.91 (one run 1.09); BN NCHW 1–49 MiB 0.29–0.78 (one
+run 1.66 with a core taken by another job: a parallel region waits for its slowest thread);
+BN (N, C) 0.5–2 MiB 0.44–0.85 but 4096×1024 1.13–1.39 in all four runs, hence
+:data:`MAX_BN2D_BYTES`. Against the portable path the JIT measured 0.13–0.66 from 128 KiB up.
 """
 
 from __future__ import annotations
