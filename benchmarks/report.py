@@ -126,7 +126,7 @@ def implementation_markdown(res: dict[str, Any]) -> list[str]:
     the peak memory of forward+backward over the input's size, per CPU backend measured; then
     the JIT's first-call (compile or cache-load) times."""
     mem = [b for b, d in res["backends"].items()
-           if any("peak_over_input" in c["backends"].get(b, {}) for c in res["cases"].values())]
+           if any(c["backends"].get(b, {}).get("peak_over_input") is not None for c in res["cases"].values())]
     lines = ["## Implementation used and peak memory (forward+backward)", "",
              "| case | arraynorm-numpy runs | " + " | ".join(f"{b} peak/x" for b in mem) + " |",
              "|---|---|" + "---|" * len(mem)]
