@@ -142,7 +142,7 @@ _OUTPUTS = {"rows_forward": (10, 11), "rows_backward": (10, 11, 12), "channels_s
 
 
 def _read_only(a: np.ndarray) -> np.ndarray:
-    v = a.view()
+    v: np.ndarray = a.view()
     v.flags.writeable = False
     return v
 
