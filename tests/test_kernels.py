@@ -634,3 +634,20 @@ def test_the_jit_runs_where_numba_finds_no_writable_cache_directory():
             "print(ctx.implementation.name, L.rows_forward._cache.__class__.__name__,"
             " float(np.abs(y - ref).max()) < 1e-5)")
     assert _python(code) == ["numba_jit", "NullCache", "True"]
+
+
+@jit_needed
+def test_jit_calls_from_several_threads_survive_numbas_workqueue_layer():
+    """numba's workqueue threading layer (where neither TBB nor OpenMP is installed) aborts
+    the process when two threads run parallel loops at once; the JIT serializes its calls
+    under that layer, and the results stay right."""
+    code = ("import threading, numpy as np, arraynorm as an, numba;"
+            "from arraynorm._kernels import numba_jit as J; J.PARALLEL_MIN_BYTES = 0;"
+            "x = np.random.default_rng(0).standard_normal((256, 1024)).astype(np.float32);"
+            "ref = (x - x.mean(1, keepdims=True)) / np.sqrt(x.var(1, keepdims=True) + 1e-5);"
+            "ok = [];"
+            "work = lambda: ok.append(all(float(np.abs(an.layer_norm(x) - ref).max()) < 1e-5 for _ in range(20)));"
+            "ts = [threading.Thread(target=work) for _ in range(4)];"
+            "[t.start() for t in ts]; [t.join() for t in ts];"
+            "print(numba.threading_layer(), ok == [True] * 4)")
+    assert _python(code, NUMBA_THREADING_LAYER="workqueue") == ["workqueue", "True"]

@@ -60,9 +60,11 @@ BN (N, C) 0.5–2 MiB 0.44–0.85 but 4096×1024 1.13–1.39 in all four runs, h
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
+import threading
 import time
 from types import ModuleType
 from typing import Any
@@ -108,6 +110,8 @@ COMPILE_SECONDS: dict[str, float] = {}
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 _NO_BLOCKS = 1 << 62  # plan() with blocks larger than any input: only its axis merging is used
+_launch_lock = threading.Lock()
+_serialize: bool | None = None   # None until the first loop ran (then: is the layer workqueue)
 _loops_module: ModuleType | None = None
 _loops_failed = False
 
@@ -170,12 +174,19 @@ def _call(loops: ModuleType, name: str, *args: Any) -> None:
     args = tuple(_read_only(a) if isinstance(a, np.ndarray) and i not in outs else a
                  for i, a in enumerate(args))
     key = f"{name}[{args[0].dtype}]"
-    if key in COMPILE_SECONDS:
-        fn(*args)
-        return
-    t0 = time.perf_counter()
-    fn(*args)
-    COMPILE_SECONDS[key] = time.perf_counter() - t0
+    # numba's workqueue threading layer (chosen where neither TBB nor OpenMP is available)
+    # aborts the process when two threads run parallel loops at once: calls are serialized
+    # until the first one shows which layer numba picked, and for good under workqueue
+    global _serialize
+    with _launch_lock if _serialize is not False else contextlib.nullcontext():
+        if key in COMPILE_SECONDS:
+            fn(*args)
+        else:
+            t0 = time.perf_counter()
+            fn(*args)
+            COMPILE_SECONDS[key] = time.perf_counter() - t0
+        if _serialize is None:
+            _serialize = numba.threading_layer() == "workqueue"
 
 
 # geometry ------------------------------------------------------------------------------------
