@@ -596,7 +596,7 @@ def test_the_jit_takes_its_documented_cases_and_leaves_the_others():
     assert chosen(Instance(1), (4, 16, 32, 32), np.float64) == "numba_jit"
     assert chosen(Group(4), (4, 16, 32, 32)) == "numba_jit"
     assert chosen(GhostBatch(4), (512, 64)) == "numba_jit"
-    assert chosen(Batch(1), (4096, 1024)) == "numpy_fused"                # BN on (N, C) > 4 MiB
+    assert chosen(Batch(1), (4096, 1024)) == "numba_jit"                  # BN on (N, C)
     assert chosen(Layer(-1), (1024, 1024), np.float16) == "numpy_fused"   # float16
     # below the JIT's MIN_BYTES the next implementation answers (numpy_fused: no threshold here)
     assert chosen(Layer(-1), (16, 1024)) == "numpy_fused"

@@ -36,12 +36,13 @@ NumPy, numba       :mod:`.numba_jit` (the ``[jit]`` extra; numba imported on the
 installed          input asked about; ``ARRAYNORM_JIT=0`` turns it off) for the standardize
                    and RMS operations, float32/float64, 128 KiB and more, with the affine,
                    conditional-affine or no recovery, on LN/RMS over trailing axes, IN, GN
-                   (rows of at most 1 MiB) and BN, ghost BN (NCHW or NHWC; on (N, C) up to
-                   4 MiB): compiled fused loops, one memory read per row in the forward,
+                   (rows of at most 1 MiB) and BN, ghost BN (on (N, C), NCHW or NHWC):
+                   compiled fused loops, one memory read per row in the forward,
                    exact merged block moments for BN, float64 accumulation, parallel over
                    rows/blocks with :func:`fast_path_threads` threads from 4 MiB; measured
-                   0.24–0.92× :mod:`.numpy_fused` where selected (the module docstring has
-                   the measurements and the cases it leaves); its JVP is the portable
+                   0.28–0.96× :mod:`.numpy_fused` (the module docstring has the
+                   measurements, taken on a loaded machine, and the cases it leaves to
+                   :mod:`.numpy_fused`: float16, other layouts); its JVP is the portable
                    formula on its statistics
 NumPy              :mod:`.numpy_fused` for the standardize and RMS operations on every
                    partition with the affine, conditional-affine or no recovery (BN, LN, IN,

@@ -42,20 +42,25 @@ Selection rule (:meth:`NumbaJit.supports`): numba importable and ``ARRAYNORM_JIT
 parameters NumPy arrays or absent; the standardize or RMS operation with the affine,
 conditional-affine or no recovery; a layout of the rows geometry with rows of at most
 :data:`MAX_ROW_BYTES` (longer rows leave the cache between sweeps; :mod:`.numpy_fused` cuts
-them into chunks) or of the channels geometry, except BN on (N, C) input above
-:data:`MAX_BN2D_BYTES`. float16, the other layouts (γ varying over a statistic that spans a
-kept axis: position norm, LN over non-adjacent axes with γ) and the rest go to
-:mod:`.numpy_fused` or the portable path. Loops run in one thread below
+them into chunks) or of the channels geometry. float16, the other layouts (γ varying over a
+statistic that spans a kept axis: position norm, LN over non-adjacent axes with γ) and
+smaller inputs go to :mod:`.numpy_fused` or the portable path. Loops run in one thread below
 :data:`PARALLEL_MIN_BYTES`.
 
-Measured for that rule (2-core EPYC shared with two other jobs, so noisy: float32
-forward+backward, medians of 5–40 interleaved repeats, JIT time / ``numpy_fused`` time with
-both forced at every size): LN 32×1024 to 512×1024 (0.1–2 MiB) 0.43–0.60, LN 2048×4096 0.41–
-0.92 (one run 1.31 with the JIT on one thread against NumPy's multithreaded BLAS); RMS 0.73–
-0.83 (one run 1.3); IN/GN 3–12 MiB 0.24–0.91 (one run 1.09); BN NCHW 1–49 MiB 0.29–0.78 (one
-run 1.66 with a core taken by another job: a parallel region waits for its slowest thread);
-BN (N, C) 0.5–2 MiB 0.44–0.85 but 4096×1024 1.13–1.39 in all four runs, hence
-:data:`MAX_BN2D_BYTES`. Against the portable path the JIT measured 0.13–0.66 from 128 KiB up.
+Measured for that rule (2-core EPYC shared with two other jobs; float32 forward+backward,
+medians of 5–40 interleaved repeats, JIT time / ``numpy_fused`` time, both forced at every
+size). On one thread each (the comparison the load disturbs least): LN 0.1–32 MiB 0.58–
+0.96 (LN 2048×4096: 0.31–0.41 in quieter runs on two), BN (N, C) 2–16 MiB 0.44–0.76, BN
+NCHW 12 MiB 0.57–0.72, IN/GN 12 MiB 0.60–0.63. On two threads the machine's load decides:
+with the other core busy every parallel region lasts a scheduler time slice (8.0 ms per
+loop measured for BN 4096×1024 against 1.4 ms on one thread), and the same case measured
+0.40 in one run and 1.09–1.46 in five others; LN 8192×1024 0.59–0.72, RMS 0.90–0.96, BN NCHW
+49 MiB 0.38–0.78, IN 0.62–0.76, GN 0.28–0.65 in two runs with ``OPENBLAS_THREAD_TIMEOUT=4``
+(as ``python -m benchmarks`` sets: spinning OpenBLAS threads from a NumPy call just before
+otherwise hold the cores the numba threads wait for). Against the portable path the JIT
+measured 0.09–0.88 from 128 KiB up. The losses seen are therefore load, not the loops; the
+full benchmark on an idle machine (``python -m benchmarks --sizes`` with and without
+``--no-jit``) is the check of this rule.
 """
 
 from __future__ import annotations
@@ -83,7 +88,7 @@ from .numpy_fused import _finish_param, _param, _split
 from .portable import PORTABLE
 
 __all__ = ["NumbaJit", "NUMBA_JIT", "MIN_BYTES", "MAX_ROW_BYTES", "BLOCK_ELEMS",
-           "COMPILE_SECONDS", "PARALLEL_MIN_BYTES", "MAX_BN2D_BYTES", "available"]
+           "COMPILE_SECONDS", "PARALLEL_MIN_BYTES", "available"]
 
 #: smaller inputs (bytes) are left to the other implementations (measured crossover, see
 #: the module docstring)
@@ -97,10 +102,6 @@ MAX_ROW_BYTES = 1 << 20
 #: machine and milliseconds when a core is busy elsewhere (measured: LN 256×1024 float32
 #: forward+backward 0.9 ms on one thread, 10 ms on two with the machine loaded)
 PARALLEL_MIN_BYTES = 4 << 20
-
-#: larger BN-on-(N, C) inputs (channels geometry with R2 = 1) go to :mod:`.numpy_fused`, whose
-#: BLAS column sums beat these loops there (BN 4096×1024 float32: 1.1–1.4× slower in 4 runs)
-MAX_BN2D_BYTES = 4 << 20
 
 #: elements of one block of the channels geometry (float64 accumulators: 256 KiB of float32)
 BLOCK_ELEMS = 1 << 16
@@ -400,11 +401,8 @@ class NumbaJit:
             return False
         if not all(p is None or type(p) is np.ndarray for p in (weight, bias)):
             return False
-        g = self._geometry(stages, layout, x, weight, bias)[1]
-        if g is None:
+        if self._geometry(stages, layout, x, weight, bias)[1] is None:
             return False
-        if g.kind == "channels" and g.dims[3] == 1 and x.nbytes > MAX_BN2D_BYTES:
-            return False  # BN on (N, C): NumPy's BLAS sums were faster there (measured)
         return _loops() is not None  # last: the first NumPy input asked about imports numba
 
     def forward(self, stages: Stages, xp: Namespace, layout: Layout, x: Array,
