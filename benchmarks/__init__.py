@@ -4,7 +4,12 @@ Normalization is memory-bound, so every case is reported three ways: time (media
 interleaved repeats), effective bandwidth (the bytes the op must move over its time) and that
 bandwidth as a share of the machine's copy bandwidth measured in the same run. Peers in the same
 run: a naive NumPy recipe, PyTorch's ``torch.nn.functional`` ops with autograd on CPU and CUDA,
-and arraynorm with its fast paths off. Backends that are not installed are reported absent.
+JAX (``jax.jit`` of the same normalization and its ``jax.vjp``, CPU), and arraynorm with its
+fast paths off. Backends that are not installed are reported absent. Per case the note also
+gives the implementation arraynorm ran (``numba_jit``, ``numpy_fused``, ``portable``) and the
+peak memory of forward+backward over the input; ``--sizes`` adds every normalization case at
+smaller sizes (1 MiB up), ``--no-jit`` runs without the numba implementation (as without the
+``[jit]`` extra) and ``--jit-cold-cache`` reports the JIT's compile times on an empty cache.
 
 Modules: :mod:`.cases` (what is timed, per backend), :mod:`.naive` (the textbook NumPy peer),
 :mod:`.timing` (timers, copy bandwidth, peak memory), :mod:`.machine` (machine description),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from . import run
 from . import sweep
@@ -30,9 +31,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", metavar="DIR", help="where results go (default: benchmarks/results in a checkout, "
                         "./benchmark-results elsewhere)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG chart")
+    p.add_argument("--sizes", action="store_true",
+                   help="also run every normalization case at smaller sizes (1 MiB up; quick: 0.25 MiB)")
+    p.add_argument("--no-jit", action="store_true",
+                   help="arraynorm without its numba implementation (ARRAYNORM_JIT=0: as without the [jit] extra)")
+    p.add_argument("--jit-cold-cache", action="store_true",
+                   help="compile the JIT's loops afresh (an empty NUMBA_CACHE_DIR) to report cold compile times")
     a = p.parse_args(argv)
+    if a.jit_cold_cache:
+        import tempfile
+
+        os.environ["NUMBA_CACHE_DIR"] = tempfile.mkdtemp(prefix="arraynorm-numba-")
     run(cases=_ids(a.cases), backends=_ids(a.backends), quick=a.quick, repeats=a.repeats,
-        out_dir=a.out, plot=not a.no_plot)
+        out_dir=a.out, plot=not a.no_plot, sizes=a.sizes, jit=not a.no_jit)
     return 0
 
 

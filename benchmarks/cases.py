@@ -24,7 +24,7 @@ import numpy as np
 from . import naive
 
 __all__ = ["Case", "CASES", "MODEL_FAMILIES", "Backend", "BACKENDS", "Absent", "Impl",
-           "make_inputs"]
+           "make_inputs", "SIZE_FAMILIES", "size_sweep"]
 
 EPS = 1e-5
 RMS_EPS = 1e-6
@@ -81,6 +81,30 @@ CASES = [
     Case("conv", "conv", "Conv2d 3x3 32->64", (64, 32, 16, 16), (16, 32, 16, 16), out_channels=64),
     Case("cnn", "cnn", "CNN 16-32-64 BN", (64, 3, 32, 32), (16, 3, 16, 16)),
 ]
+
+#: the normalization families the size sweep (``--sizes``) runs at several sizes
+SIZE_FAMILIES = ("ln", "bn", "gn", "in", "rms")
+
+
+def size_sweep(cases: list[Case], quick: bool) -> list[Case]:
+    """Each normalization case also at smaller sizes, its first axis (the batch) scaled: 1, 4,
+    16, 64, 256 MiB below the case's own size (``--quick``: 0.25 MiB below the quick size), so
+    a library is judged on the sizes models use, from cache-resident to the largest. The
+    scaled cases' ids are ``<id>@<MiB>MiB``; their quick and full shapes are the same."""
+    out: list[Case] = []
+    for c in cases:
+        if c.family in SIZE_FAMILIES:
+            shape = c.shape(quick)
+            nbytes = 4 * math.prod(shape)
+            for mib in ((0.25,) if quick else (1, 4, 16, 64, 256)):
+                n0 = max(1, round(shape[0] * mib * 2**20 / nbytes))
+                if n0 < shape[0] and 4 * n0 * math.prod(shape[1:]) < 0.75 * nbytes:
+                    s = (n0,) + shape[1:]
+                    label = f"{mib:g}MiB"
+                    out.append(Case(f"{c.id}@{label}", c.family, c.label, s, s, groups=c.groups))
+        out.append(c)
+    return out
+
 
 CNN_CHANNELS = (16, 32, 64)
 CNN_CLASSES = 10
@@ -468,6 +492,60 @@ def _torch(case: Case, a: dict[str, Any]) -> Impl:
     return Impl(fwd, fwdbwd)
 
 
+# JAX (jit, CPU) -------------------------------------------------------------------------
+
+def _jax_module() -> Any:
+    try:
+        import jax
+    except Exception as e:
+        raise Absent(f"JAX is not installed ({type(e).__name__})") from None
+    return jax
+
+
+def _jax(case: Case, a: dict[str, np.ndarray]) -> Impl:
+    """The normalization in ``jax.numpy`` under ``jax.jit`` (XLA fuses it), on the CPU:
+    forward, and forward+backward as the jitted ``jax.vjp`` (y and the cotangents of x, γ,
+    β); both wait for their results (``block_until_ready``)."""
+    jax = _jax_module()
+    jnp = jax.numpy
+    fam = case.family
+    if fam not in ("ln", "bn", "gn", "in", "rms"):
+        raise Absent("no JAX peer for this case (normalizations only)")
+    cpu = jax.devices("cpu")[0]
+    x, w, b, dy = (jax.device_put(a[k], cpu) for k in ("x", "w", "b", "dy"))
+    nd = x.ndim
+    groups = case.groups
+
+    def norm(x: Any, axes: tuple[int, ...]) -> Any:
+        mean = jnp.mean(x, axis=axes, keepdims=True)
+        xc = x - mean
+        return xc * jax.lax.rsqrt(jnp.mean(xc * xc, axis=axes, keepdims=True) + EPS)
+
+    def f(x: Any, w: Any, b: Any) -> Any:
+        if fam == "ln":
+            return norm(x, (nd - 1,)) * w + b
+        if fam == "rms":
+            return x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + RMS_EPS) * w
+        p = (1, x.shape[1]) + (1,) * (nd - 2)
+        if fam == "bn":
+            y = norm(x, (0,) + tuple(range(2, nd)))
+        elif fam == "in":
+            y = norm(x, tuple(range(2, nd)))
+        else:
+            y = norm(x.reshape(x.shape[0], groups, -1), (2,)).reshape(x.shape)
+        return y * w.reshape(p) + b.reshape(p)
+
+    fwd_j = jax.jit(f)
+
+    def vjp(x: Any, w: Any, b: Any, dy: Any) -> Any:
+        y, pullback = jax.vjp(f, x, w, b)
+        return y, pullback(dy)
+
+    fwdbwd_j = jax.jit(vjp)
+    return Impl(lambda: fwd_j(x, w, b).block_until_ready(),
+                lambda: jax.block_until_ready(fwdbwd_j(x, w, b, dy)))
+
+
 # backends --------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -501,6 +579,8 @@ class Backend:
         if self.id == "arraynorm-cupy":
             cp = _cupy()
             return an({k: cp.asarray(v) for k, v in arrays.items()})
+        if self.id == "jax-cpu":
+            return _jax(case, arrays)
         torch = _torch_module()
         if self.id == "torch-cpu":
             return tc({k: torch.from_numpy(v) for k, v in arrays.items()}, torch)
@@ -512,6 +592,8 @@ class Backend:
         """Raise :class:`Absent` when this backend cannot run on this machine at all."""
         if self.id == "arraynorm-cupy":
             _cupy()
+        elif self.id == "jax-cpu":
+            _jax_module()
         elif self.id.startswith("torch"):
             torch = _torch_module()
             if self.id == "torch-cuda" and not torch.cuda.is_available():
@@ -546,6 +628,7 @@ BACKENDS = [
     Backend("arraynorm-portable", "cpu", "cpu", "numpy", "arraynorm on NumPy, fast paths off (the array-API path)"),
     Backend("naive-numpy", "cpu", "cpu", "numpy", "textbook NumPy recipe (benchmarks/naive.py)"),
     Backend("torch-cpu", "cpu", "cpu", None, "torch.nn.functional + autograd on CPU"),
+    Backend("jax-cpu", "cpu", "cpu", None, "jax.numpy under jax.jit (XLA fusion) + jax.vjp on CPU"),
     Backend("arraynorm-cupy", "gpu", "cuda", "cupy", "arraynorm on CuPy (portable path)"),
     Backend("torch-cuda", "gpu", "cuda", "torch-cuda", "torch.nn.functional + autograd on CUDA"),
 ]

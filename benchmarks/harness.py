@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from . import machine, report, sweep, timing
-from .cases import BACKENDS, CASES, MODEL_FAMILIES, Absent, Backend, Case, make_inputs
+from .cases import BACKENDS, CASES, MODEL_FAMILIES, Absent, Backend, Case, make_inputs, size_sweep
 
 __all__ = ["run", "select"]
 
@@ -52,6 +52,27 @@ def _timer(backend: Backend) -> str:
         return "cuda"
     except Exception:
         return "cuda-torch"
+
+
+def _implementations(fn: Callable[[], Any]) -> dict[str, int]:
+    """Which arraynorm implementations (numba_jit, numpy_fused, portable) ``fn`` runs: the
+    selector's answers during one call, counted."""
+    import arraynorm._kernels as kernels
+
+    seen: dict[str, int] = {}
+    select = kernels.select
+
+    def recording(*args: Any, **kw: Any) -> Any:
+        impl = select(*args, **kw)
+        seen[impl.name] = seen.get(impl.name, 0) + 1
+        return impl
+
+    kernels.select = recording  # type: ignore[assignment]
+    try:
+        fn()
+    finally:
+        kernels.select = select  # type: ignore[assignment]
+    return seen
 
 
 def _free_gpu() -> None:
@@ -107,6 +128,9 @@ def _run_case(case: Case, backends: list[Backend], quick: bool, cfg: dict[str, A
             ref, ref_id = y, bid
         out["backends"][bid] = {"status": "ok", "check": "reference" if bid == ref_id else
                                 f"max|y-{ref_id}|={float(np.max(np.abs(y.astype(np.float64) - ref))):.1e}"}
+    for bid, impl in impls.items():
+        if bid.startswith("arraynorm"):
+            out["backends"][bid]["implementations"] = _implementations(impl.fwdbwd)
     # a whole model's time is matrix products and many passes: no bandwidth figure for it
     moved = None if case.family in MODEL_FAMILIES else {"fwd": 2 * nbytes, "fwdbwd": 5 * nbytes}
     bdev = {b.id: b for b in backends}
@@ -155,9 +179,17 @@ def default_out_dir() -> str:
 
 def run(*, cases: Sequence[str] | None = None, backends: Sequence[str] | None = None,
         quick: bool = False, repeats: int | None = None, out_dir: str | None = None,
-        plot: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run the benchmarks; write ``<date>-<machine>[-quick].{json,md,png}`` into ``out_dir``
-    (default :func:`default_out_dir`) and return the results dictionary."""
+        plot: bool = True, log: Callable[[str], None] = print, sizes: bool = False,
+        jit: bool = True) -> dict[str, Any]:
+    """Run the benchmarks; write ``<date>-<machine>[-quick][-nojit].{json,md,png}`` into
+    ``out_dir`` (default :func:`default_out_dir`) and return the results dictionary.
+
+    ``sizes``: every normalization case also at smaller sizes (:func:`.cases.size_sweep`).
+    ``jit=False``: arraynorm without its numba implementation (``ARRAYNORM_JIT=0``, as if the
+    ``[jit]`` extra were not installed; it must be set before arraynorm first loads numba, so
+    a process that already ran the JIT keeps it and says so in the settings)."""
+    if not jit:
+        os.environ["ARRAYNORM_JIT"] = "0"
     cfg = dict(QUICK if quick else FULL)
     if repeats is not None:
         cfg["repeats"] = int(repeats)
@@ -166,14 +198,17 @@ def run(*, cases: Sequence[str] | None = None, backends: Sequence[str] | None = 
     run_sweep = not cases or sweep.ID in cases
     op_cases = [c for c in cases or () if c != sweep.ID]
     sel_cases = [] if cases and not op_cases else select(CASES, op_cases, "case")
+    if sizes:
+        sel_cases = size_sweep(sel_cases, quick)
     sel_backends = select(BACKENDS, backends, "backend")
     torch_info = _setup_torch() if any(b.id.startswith("torch") for b in sel_backends) else None
     import arraynorm as an
-    from arraynorm._kernels import fast_path_threads
+    from arraynorm._kernels import fast_path_threads, numba_jit
 
     settings = {"quick": quick, **cfg, "arraynorm_fast_paths": an.fast_paths_enabled(),
                 "arraynorm_threads": fast_path_threads(), **(torch_info or {}),
-                "openblas": _openblas_note()}
+                "openblas": _openblas_note(), "jit": numba_jit.available(),
+                "numba_cache_dir": os.environ.get("NUMBA_CACHE_DIR", "numba default")}
     info = machine.describe()
     log(f"arraynorm benchmarks on {info['cpu']} ({info['cpus_available']} CPUs), "
         f"GPU: {info['gpu']['name'] if info['gpu'] else 'none'}; load {info['loadavg_1_5_15']}")
@@ -205,6 +240,12 @@ def run(*, cases: Sequence[str] | None = None, backends: Sequence[str] | None = 
     if run_sweep:
         res["sweeps"] = {sweep.ID: sweep.run(quick, min(cfg["repeats"], sweep.MAX_REPEATS), log)}
     res["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
+    # first call of each compiled loop and dtype: numba's compile (cold cache) or cache load
+    res["jit_first_call_s"] = dict(numba_jit.COMPILE_SECONDS)
+    if res["jit_first_call_s"]:
+        log("JIT first calls (compile on a cold cache, load on a warm one): "
+            + ", ".join(f"{k} {v:.2f} s" for k, v in res["jit_first_call_s"].items())
+            + f"; total {sum(res['jit_first_call_s'].values()):.1f} s")
     # the targets are stated for the full sizes (memory-bound arrays, the issue's cases): a
     # quick run's small arrays sit in cache and say nothing about them, so it judges none
     res["targets"] = [] if quick else report.targets(res)
@@ -215,7 +256,8 @@ def run(*, cases: Sequence[str] | None = None, backends: Sequence[str] | None = 
             f"{'met' if t['met'] else 'NOT met'}")
     out_dir = out_dir or default_out_dir()
     os.makedirs(out_dir, exist_ok=True)
-    stem = os.path.join(out_dir, machine.slug(info) + ("-quick" if quick else ""))
+    stem = os.path.join(out_dir, machine.slug(info) + ("-quick" if quick else "")
+                        + ("" if settings["jit"] else "-nojit") + ("-sizes" if sizes else ""))
     with open(stem + ".json", "w") as f:
         json.dump(res, f, indent=1, default=_json_default, allow_nan=False)
     with open(stem + ".md", "w") as f:

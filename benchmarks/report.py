@@ -106,6 +106,7 @@ def markdown(res: dict[str, Any]) -> str:
             cells.append(f"{fw['median_s'] * 1e3:.1f} / {fb['median_s'] * 1e3:.1f} ms{rate}")
         lines.append(f"| {c['title']} | " + " | ".join(cells) + " |")
     lines += ["", "Cells: forward / forward+backward median; GB/s and % of copy bandwidth for forward+backward.", ""]
+    lines += implementation_markdown(res)
     tg = res.get("targets", [])
     if tg:
         lines += ["## Targets (issue 5), forward+backward", "", "| case | target | measured | limit | met |", "|---|---|---|---|---|"]
@@ -118,6 +119,35 @@ def markdown(res: dict[str, Any]) -> str:
     if absent:
         lines += ["## Absent", ""] + [f"- {a}" for a in absent] + [""]
     return "\n".join(lines)
+
+
+def implementation_markdown(res: dict[str, Any]) -> list[str]:
+    """Per case: the arraynorm implementation(s) the selector chose for forward+backward and
+    the peak memory of forward+backward over the input's size, per CPU backend measured; then
+    the JIT's first-call (compile or cache-load) times."""
+    mem = [b for b, d in res["backends"].items()
+           if any(c["backends"].get(b, {}).get("peak_over_input") is not None for c in res["cases"].values())]
+    lines = ["## Implementation used and peak memory (forward+backward)", "",
+             "| case | arraynorm-numpy runs | " + " | ".join(f"{b} peak/x" for b in mem) + " |",
+             "|---|---|" + "---|" * len(mem)]
+    for c in res["cases"].values():
+        used = c["backends"].get("arraynorm-numpy", {}).get("implementations")
+        cell = "-" if not used else ", ".join(f"{k}" + (f" ×{v}" if v > 1 else "") for k, v in used.items())
+        peaks = []
+        for b in mem:
+            p = c["backends"].get(b, {}).get("peak_over_input")
+            peaks.append("-" if p is None else f"{p:.2f}")
+        lines.append(f"| {c['title']} | {cell} | " + " | ".join(peaks) + " |")
+    lines.append("")
+    first = res.get("jit_first_call_s") or {}
+    jit = res.get("settings", {}).get("jit")
+    lines.append(f"numba JIT: {'on' if jit else 'off (ARRAYNORM_JIT=0 or numba not installed)'}"
+                 + (f"; first calls (compile on a cold cache, load on a warm one; cache "
+                    f"{res['settings'].get('numba_cache_dir')}): "
+                    + ", ".join(f"{k} {v:.2f} s" for k, v in first.items())
+                    + f"; total {sum(first.values()):.1f} s" if first else ""))
+    lines.append("")
+    return lines
 
 
 def sweep_markdown(res: dict[str, Any]) -> list[str]:

@@ -16,12 +16,14 @@ import pytest
 import arraynorm as an
 import references as ref
 from _helpers import backend_name, from_numpy, has_linalg, supports_inplace, to_numpy
-from arraynorm._kernels import numpy_fused
+import arraynorm._kernels as kernels
+from arraynorm._kernels import PORTABLE, numba_jit, numpy_fused
 from arraynorm.operation import WHITENING_METHODS
 
 def fused(ctx) -> bool:
-    """Whether the NumPy block implementation ran the forward that made ``ctx``."""
-    return ctx.implementation is numpy_fused.NUMPY_FUSED
+    """Whether a fast implementation (NumPy blocks or numba JIT) ran the forward that made
+    ``ctx``."""
+    return ctx.implementation is not None and ctx.implementation is not PORTABLE
 
 
 RNG = np.random.default_rng(8)
@@ -43,12 +45,19 @@ def exact_standardize(x, axes, eps=1e-5):
     return xc / np.sqrt((xc * xc).mean(axis=axes, keepdims=True) + eps)
 
 
-@pytest.fixture
-def tiny_blocks(monkeypatch):
-    """The NumPy fast path on small arrays, cut into 256-byte blocks: every statistic spans
+@pytest.fixture(params=["numpy_fused", "numba_jit"])
+def tiny_blocks(request, monkeypatch):
+    """Each fast implementation alone, on small arrays cut into tiny blocks (256 bytes for
+    the NumPy recipe, 16 elements for the JIT's channel blocks): every statistic spans
     several chunks whose partial moments are merged, as with BN over a large N·H·W."""
+    if request.param == "numba_jit" and not numba_jit.available():
+        pytest.skip("numba (the optional [jit] extra) is not installed")
+    monkeypatch.setattr(kernels, "IMPLEMENTATIONS", (kernels.implementation(request.param),))
     monkeypatch.setattr(numpy_fused, "MIN_BYTES", 0)
     monkeypatch.setattr(numpy_fused, "BLOCK_BYTES", 256)
+    monkeypatch.setattr(numba_jit, "MIN_BYTES", 0)
+    monkeypatch.setattr(numba_jit, "BLOCK_ELEMS", 16)
+    monkeypatch.setattr(numba_jit, "PARALLEL_MIN_BYTES", 0)
 
 
 def fast_forward(partition, x, eps=1e-5):

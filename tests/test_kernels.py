@@ -1,7 +1,10 @@
-"""DESIGN.md §3.2: the NumPy fast path (arraynorm._kernels) is selected in one place, can be
-switched off, and computes what the portable array-API path computes — outputs, cotangents and
-the statistics in ``ctx.state`` — for every partition, dtype and block geometry; plus a smoke
-test of the benchmark harness."""
+"""DESIGN.md §3.2: the NumPy fast paths (arraynorm._kernels: the NumPy block recipe
+``numpy_fused`` and the numba JIT ``numba_jit``) are selected in one place, can be switched
+off, and compute what the portable array-API path computes — outputs, cotangents, JVPs and the
+statistics in ``ctx.state`` — for every partition, dtype and block geometry; plus a smoke test
+of the benchmark harness. Tests taking the ``impl`` fixture run once per fast implementation,
+with the selector restricted to it (the JIT's runs are skipped only where numba, the optional
+``[jit]`` extra, is not installed)."""
 
 from __future__ import annotations
 
@@ -14,14 +17,21 @@ import numpy as np
 import pytest
 
 import arraynorm as an
-from arraynorm._kernels import PORTABLE, fast_path_threads, numpy_fused
+import arraynorm._kernels as kernels
+from arraynorm._kernels import PORTABLE, fast_path_threads, numba_jit, numpy_fused
 from arraynorm.operation import RMSScale, Standardize
 from arraynorm.partition import Batch, GhostBatch, Group, Instance, Layer, Position
 from _helpers import backend_name, from_numpy, to_numpy
 
 def fused(ctx) -> bool:
-    """Whether the NumPy block implementation ran the forward that made ``ctx``."""
-    return ctx.implementation is numpy_fused.NUMPY_FUSED
+    """Whether a fast (non-portable) implementation ran the forward that made ``ctx``."""
+    return ctx.implementation is not None and ctx.implementation is not PORTABLE
+
+
+def jit_runs(n, x, w, b) -> bool:
+    """Whether the numba implementation takes this input (its documented scope)."""
+    layout = n.partition.layout("t", tuple(x.shape))
+    return numba_jit.NUMBA_JIT.supports(n, np, layout, x, w, b)
 
 
 RNG = np.random.default_rng(5)
@@ -56,13 +66,28 @@ def fast_path_for_small_arrays(monkeypatch):
     monkeypatch.setattr(numpy_fused, "MIN_BYTES", 0)
 
 
+@pytest.fixture(params=["numpy_fused", "numba_jit"])
+def impl(request, monkeypatch):
+    """The fast implementation under test, the only one the selector asks (no size
+    threshold)."""
+    if request.param == "numba_jit":
+        if not numba_jit.available():
+            pytest.skip("numba (the optional [jit] extra) is not installed")
+        monkeypatch.setattr(numba_jit, "MIN_BYTES", 0)
+    monkeypatch.setattr(kernels, "IMPLEMENTATIONS", (kernels.implementation(request.param),))
+    return request.param
+
+
 @pytest.fixture(params=["default", "tiny"])
-def blocks(request, monkeypatch):
-    """Default blocks, and 256-byte blocks that force many blocks, chunked statistics (merged
-    across chunks) and worker threads on these small arrays."""
+def blocks(request, impl, monkeypatch):
+    """Default blocks, and tiny ones that force many blocks, chunked statistics (merged
+    across chunks) and worker threads on these small arrays: 256-byte blocks for the NumPy
+    recipe; 16-element channel blocks and parallel loops at every size for the JIT."""
     if request.param == "tiny":
         monkeypatch.setattr(numpy_fused, "BLOCK_BYTES", 256)
         monkeypatch.setattr(numpy_fused, "MIN_BLOCKS_FOR_THREADS", 2)
+        monkeypatch.setattr(numba_jit, "BLOCK_ELEMS", 16)
+        monkeypatch.setattr(numba_jit, "PARALLEL_MIN_BYTES", 0)
         threads = fast_path_threads()
         previous = an.set_fast_paths(True, threads=2)
         yield request.param
@@ -93,7 +118,7 @@ def assert_same(fast, slow, dtype, what):
 @pytest.mark.parametrize("partition,operation,shape", CASES, ids=IDS)
 @pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
 @pytest.mark.parametrize("params", ["both", "none", "weight", "bias"])
-def test_fast_path_equals_portable_path(blocks, partition, operation, shape, dtype, params):
+def test_fast_path_equals_portable_path(impl, blocks, partition, operation, shape, dtype, params):
     layout = partition.layout("t", shape)
     x = (2.0 + 3.0 * RNG.standard_normal(shape)).astype(dtype)
     dy = RNG.standard_normal(shape).astype(dtype)
@@ -102,7 +127,14 @@ def test_fast_path_equals_portable_path(blocks, partition, operation, shape, dty
     n = an.Normalizer(partition, operation, 1e-5)
     y1, c1, g1 = run(n, x, w, b, dy, True)
     y0, c0, g0 = run(n, x, w, b, dy, False)
-    assert fused(c1) and not fused(c0)
+    # the JIT's scope: float32/float64, and γ constant over a statistic that spans a kept axis
+    outside = impl == "numba_jit" and (dtype == "float16" or (params != "none" and (
+        isinstance(partition, Position) or getattr(partition, "axes", None) == (0, 2))))
+    if impl == "numba_jit":
+        assert jit_runs(n, x, w, b) != outside
+    assert c1.implementation.name == ("portable" if outside else impl) and not fused(c0)
+    tx = RNG.standard_normal(shape).astype(dtype)
+    assert_same(n.jvp(c1, tx), n.jvp(c0, tx), dtype, "jvp")
     assert_same(y1, y0, dtype, "y")
     for name, f, s in zip(("dx", "dweight", "dbias"), g1, g0):
         assert_same(f, s, dtype, name)
@@ -216,8 +248,9 @@ def test_float16_statistics_accumulate_in_float32():
     np.testing.assert_allclose(y.astype(np.float32), y32, atol=2e-3)
 
 
-def test_thread_count_does_not_change_results(monkeypatch):
+def test_thread_count_does_not_change_results(impl, monkeypatch):
     monkeypatch.setattr(numpy_fused, "BLOCK_BYTES", 1024)
+    monkeypatch.setattr(numba_jit, "PARALLEL_MIN_BYTES", 0)
     x, dy = RNG.standard_normal((32, 8, 50)), RNG.standard_normal((32, 8, 50))
     w, b = RNG.uniform(0.5, 1.5, 8), RNG.standard_normal(8)
     threads = fast_path_threads()
@@ -540,3 +573,81 @@ def test_concurrent_forward_passes_with_different_settings_give_the_right_result
     for (fast, _), (y, dx) in results.items():
         np.testing.assert_allclose(y, y0, rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(dx, dx0, rtol=1e-10, atol=1e-10)
+
+
+# the numba JIT: scope, selection rule, lazy import, cache ----------------------------------
+
+jit_needed = pytest.mark.skipif(not numba_jit.available(),
+                                reason="numba (the optional [jit] extra) is not installed")
+
+
+@jit_needed
+def test_the_jit_takes_its_documented_cases_and_leaves_the_others():
+    """The selection rule of numba_jit's docstring, with the default thresholds."""
+    f32 = np.float32
+
+    def chosen(partition, shape, dtype=f32, operation=Standardize()):
+        x = RNG.standard_normal(shape).astype(dtype)
+        return an.Normalizer(partition, operation).forward(x)[1].implementation.name
+
+    assert chosen(Layer(-1), (256, 1024)) == "numba_jit"                  # 1 MiB LN
+    assert chosen(Layer(-1), (256, 1024), operation=RMSScale()) == "numba_jit"
+    assert chosen(Batch(1), (4, 64, 56, 56)) == "numba_jit"               # NCHW BN
+    assert chosen(Instance(1), (4, 16, 32, 32), np.float64) == "numba_jit"
+    assert chosen(Group(4), (4, 16, 32, 32)) == "numba_jit"
+    assert chosen(GhostBatch(4), (512, 64)) == "numba_jit"
+    assert chosen(Batch(1), (4096, 1024)) == "numba_jit"                  # BN on (N, C)
+    assert chosen(Layer(-1), (1024, 1024), np.float16) == "numpy_fused"   # float16
+    # below the JIT's MIN_BYTES the next implementation answers (numpy_fused: no threshold here)
+    assert chosen(Layer(-1), (16, 1024)) == "numpy_fused"
+    assert chosen(Layer((1, 2, 3)), (2, 128, 64, 64)) == "numpy_fused"    # rows over 1 MiB
+
+
+def _python(code, **env):
+    out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=ROOT, **env),
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout.split()
+
+
+@jit_needed
+def test_numba_is_imported_only_when_a_numpy_input_is_asked_about_and_can_be_switched_off():
+    code = ("import sys, numpy as np, arraynorm as an; a = 'numba' in sys.modules;"
+            "c = an.Normalizer(an.partition.Layer(-1), an.operation.Standardize())"
+            ".forward(np.ones((256, 1024), np.float32))[1];"
+            "print(a, 'numba' in sys.modules, c.implementation.name)")
+    assert _python(code) == ["False", "True", "numba_jit"]
+    # 1 MiB is below numpy_fused's threshold: the portable path
+    assert _python(code, ARRAYNORM_JIT="0") == ["False", "False", "portable"]
+
+
+@jit_needed
+def test_the_jit_runs_where_numba_finds_no_writable_cache_directory():
+    """A read-only install without a writable cache directory: numba refuses ``cache=True``
+    (no locator); the loops compile without caching instead of failing the import."""
+    code = ("import numba.core.caching as c; c.CacheImpl._locator_classes = [];"
+            "import numpy as np, arraynorm as an;"
+            "from arraynorm._kernels import _numba_loops as L;"
+            "x = np.random.default_rng(0).standard_normal((256, 1024)).astype(np.float32);"
+            "y, ctx = an.Normalizer(an.partition.Layer(-1), an.operation.Standardize()).forward(x);"
+            "ref = (x - x.mean(1, keepdims=True)) / np.sqrt(x.var(1, keepdims=True) + 1e-5);"
+            "print(ctx.implementation.name, L.rows_forward._cache.__class__.__name__,"
+            " float(np.abs(y - ref).max()) < 1e-5)")
+    assert _python(code) == ["numba_jit", "NullCache", "True"]
+
+
+@jit_needed
+def test_jit_calls_from_several_threads_survive_numbas_workqueue_layer():
+    """numba's workqueue threading layer (where neither TBB nor OpenMP is installed) aborts
+    the process when two threads run parallel loops at once; the JIT serializes its calls
+    under that layer, and the results stay right."""
+    code = ("import threading, numpy as np, arraynorm as an, numba;"
+            "from arraynorm._kernels import numba_jit as J; J.PARALLEL_MIN_BYTES = 0;"
+            "x = np.random.default_rng(0).standard_normal((256, 1024)).astype(np.float32);"
+            "ref = (x - x.mean(1, keepdims=True)) / np.sqrt(x.var(1, keepdims=True) + 1e-5);"
+            "ok = [];"
+            "work = lambda: ok.append(all(float(np.abs(an.layer_norm(x) - ref).max()) < 1e-5 for _ in range(20)));"
+            "ts = [threading.Thread(target=work) for _ in range(4)];"
+            "[t.start() for t in ts]; [t.join() for t in ts];"
+            "print(numba.threading_layer(), ok == [True] * 4)")
+    assert _python(code, NUMBA_THREADING_LAYER="workqueue") == ["workqueue", "True"]

@@ -9,7 +9,7 @@ import pytest
 from scipy.differentiate import jacobian
 
 import arraynorm as an
-from arraynorm._kernels import PORTABLE, numpy_fused
+from arraynorm._kernels import PORTABLE, numba_jit, numpy_fused
 from arraynorm.operation import Standardize
 from arraynorm.partition import Group, Instance, Layer
 from arraynorm.recovery import Affine, ConditionalAffine, NoRecovery
@@ -94,11 +94,16 @@ def test_affine_is_the_default_recovery():
     (Group(2), ConditionalAffine(), (4, 8)),
     (Layer(-1), NoRecovery(), None),
 ])
+@pytest.mark.parametrize("impl", ["numpy_fused", "numba_jit"])
 def test_numpy_implementation_equals_the_portable_one_for_every_recovery(monkeypatch, partition,
-                                                                      recovery, pshape):
-    """The NumPy block implementation runs the conditional affine (AdaIN on large inputs) and
-    no recovery too; outputs, every cotangent and the JVP agree with the portable path."""
+                                                                      recovery, pshape, impl):
+    """The NumPy block implementation and the numba JIT run the conditional affine (AdaIN on
+    large inputs) and no recovery too; outputs, every cotangent and the JVP agree with the
+    portable path."""
+    if impl == "numba_jit" and not numba_jit.available():
+        pytest.skip("numba (the optional [jit] extra) is not installed")
     monkeypatch.setattr(numpy_fused, "MIN_BYTES", 0)
+    monkeypatch.setattr(numba_jit, "MIN_BYTES", 0)
     monkeypatch.setattr(numpy_fused, "BLOCK_BYTES", 512)   # many blocks, chunked statistics
     x = 3.0 + RNG.standard_normal((4, 8, 6, 5))
     dy, t = RNG.standard_normal(x.shape), RNG.standard_normal(x.shape)
@@ -106,12 +111,12 @@ def test_numpy_implementation_equals_the_portable_one_for_every_recovery(monkeyp
     if pshape is not None:
         w, b = RNG.uniform(0.5, 1.5, pshape), RNG.standard_normal(pshape)
     runs = {}
-    for name in ("numpy_fused", "portable"):
+    for name in (impl, "portable"):
         norm = an.Normalizer(partition, Standardize(), recovery=recovery, implementation=name)
         y, ctx = norm.forward(x, w, b)
         assert ctx.implementation.name == name
         runs[name] = (y, *norm.backward(ctx, dy), norm.jvp(ctx, t))
-    for fast, slow in zip(runs["numpy_fused"], runs["portable"]):
+    for fast, slow in zip(runs[impl], runs["portable"]):
         if slow is None:
             assert fast is None
         else:

@@ -112,6 +112,33 @@ def test_weight_norm_matches_torch_parametrization_on_a_conv(xp, dim):
     assert_close(dg, g.grad.numpy(), xp=xp)
 
 
+@pytest.mark.parametrize("shape,dtype,scale,flat_g", [
+    ((5, 4), "float64", 1.0, False), ((4, 3, 2, 2), "float32", 1.0, True),
+    ((64, 300), "float32", 1e20, False), ((6, 7), "float32", 1e-23, True),
+    ((4, 3), "float64", 1e200, False), ((4, 3), "float64", 1e-200, False),
+])
+def test_weight_norm_direct_path_equals_the_general_path(xp, shape, dtype, scale, flat_g):
+    """Units along axis 0 (p = 2) take weight_norm's direct path; the general per-unit
+    normalizer path (LpScale then the affine) is the oracle: w, dv and dg agree to rounding,
+    in dtype and shape too, also for float32 values near 1e20 and 1e-23 (squares past the
+    float32 range) and float64 values near 1e±200."""
+    from arraynorm.weight.per_unit import _weight_norm
+
+    rng = _rng(4)
+    v = scale * rng.standard_normal(shape)
+    g = rng.uniform(0.5, 1.5, (shape[0],) if flat_g else _keep_shape(shape, 0))
+    dw = rng.standard_normal(shape)
+    args = [from_numpy(xp, a, dtype) for a in (v, g)]
+    w1, pb1 = _weight_norm(*args, 0)
+    w0, pb0 = _weight_norm(*args, 0, direct=False)
+    tol = 1e-13 if dtype == "float64" else 5e-7
+    for got, want in zip((w1, *pb1(from_numpy(xp, dw, dtype))[:2]), (w0, *pb0(from_numpy(xp, dw, dtype))[:2])):
+        got, want = to_numpy(got), to_numpy(want)
+        assert got.shape == want.shape and got.dtype == want.dtype
+        assert np.all(np.isfinite(got))
+        assert np.max(np.abs(got - want)) <= tol * np.max(np.abs(want))
+
+
 def test_weight_norm_accepts_flat_g_and_returns_dg_in_that_shape(xp):
     rng = _rng(3)
     v = rng.standard_normal((3, 4, 2))

@@ -11,7 +11,7 @@ that ran the forward. Every backend implementation computes the portable path's 
 ``tests/test_kernels.py`` asserts they agree (outputs, cotangents, JVPs and the statistics in
 ``ctx.state``).
 
-Adding one (a numba JIT for CPU, a Dask one-pass reduction, CuPy fused kernels): a module
+Adding one (a Dask one-pass reduction, CuPy fused kernels): a module
 here with an object that has ``name``, ``supports``, ``forward``, ``backward`` and ``jvp``,
 and one line in :data:`IMPLEMENTATIONS` (docs/architecture.md).
 
@@ -24,15 +24,30 @@ Switches
   the fast path's worker threads only compute blocks.
 * :func:`set_num_threads` (``arraynorm.set_num_threads``; ``set_fast_paths(True, threads=n)``
   is the same setting), else ``ARRAYNORM_THREADS=n``, sets the worker threads of the NumPy
-  fast path; default: the CPUs this process may run on, lowered to ``OMP_NUM_THREADS`` and to
+  fast path and of the numba loops; default: the CPUs this process may run on, lowered to
+  ``OMP_NUM_THREADS`` and to
   the limits in force under ``threadpoolctl.threadpool_limits`` (:mod:`._threads`).
   :func:`fast_path_threads` is the count every implementation with a thread pool asks.
+* ``ARRAYNORM_JIT=0`` (read on first use) keeps the numba implementation out, as if the
+  ``[jit]`` extra were not installed (the benchmarks' "without the extra").
 
 Implementations today
 ---------------------
 =================  ===========================================================================
 backend            implementation
 =================  ===========================================================================
+NumPy, numba       :mod:`.numba_jit` (the ``[jit]`` extra; numba imported on the first NumPy
+installed          input asked about; ``ARRAYNORM_JIT=0`` turns it off) for the standardize
+                   and RMS operations, float32/float64, 128 KiB and more, with the affine,
+                   conditional-affine or no recovery, on LN/RMS over trailing axes, IN, GN
+                   (rows of at most 1 MiB) and BN, ghost BN (on (N, C), NCHW or NHWC):
+                   compiled fused loops, one memory read per row in the forward,
+                   exact merged block moments for BN, float64 accumulation, parallel over
+                   rows/blocks with :func:`fast_path_threads` threads from 4 MiB; measured
+                   0.28–0.96× :mod:`.numpy_fused` (the module docstring has the
+                   measurements, taken on a loaded machine, and the cases it leaves to
+                   :mod:`.numpy_fused`: float16, other layouts); its JVP is the portable
+                   formula on its statistics
 NumPy              :mod:`.numpy_fused` for the standardize and RMS operations on every
                    partition with the affine, conditional-affine or no recovery (BN, LN, IN,
                    GN, PN, ghost BN, RMS norm, AdaIN and compositions), for inputs of 2 MiB
@@ -50,7 +65,7 @@ from __future__ import annotations
 from .._context import Implementation, Stages
 from .._typing import Array, Namespace
 from ..partition import Layout
-from . import numpy_fused
+from . import numba_jit, numpy_fused
 from ._switches import fast_paths_enabled, set_fast_paths, use_fast_paths
 from ._threads import fast_path_threads, get_num_threads, set_num_threads
 from .portable import PORTABLE
@@ -61,6 +76,7 @@ __all__ = ["set_fast_paths", "fast_paths_enabled", "use_fast_paths", "fast_path_
 
 #: the backend implementations, asked in this order; the first that supports an input runs it
 IMPLEMENTATIONS: tuple[Implementation, ...] = (
+    numba_jit.NUMBA_JIT,      # NumPy with numba installed: compiled fused loops, where measured faster
     numpy_fused.NUMPY_FUSED,  # NumPy: cache-sized blocks, one memory pass, worker threads
 )
 

@@ -1,0 +1,399 @@
+"""The compiled loops of :mod:`arraynorm._kernels.numba_jit` (numba ``@njit``).
+
+Imported only by :func:`arraynorm._kernels.numba_jit._loops`, the first time the JIT
+implementation is asked about a NumPy input: importing this module imports numba.
+
+Two geometries (see :mod:`.numba_jit` for how a layout maps onto them):
+
+* **rows** ``x: (M, A, C)``: one statistic per row of ``A·C`` contiguous values (LN, RMS, IN,
+  GN). A row is read from memory once: the shifted mean, the sum of squared deviations and
+  the output are three sweeps over the row while it sits in cache. γ/β are indexed
+  ``m·sm + a·sa + c·sc`` (a stride 0 where they do not vary).
+* **channels** ``x: (M, R1, K, R2)``: one statistic per ``(m, k)`` over ``R1·R2`` values
+  (BN, ghost BN). Blocks of ``b`` rows of ``r1`` × ``kspan`` channels (a cache-sized slab)
+  give (mean, M2) by two passes in cache; the blocks are merged exactly in float64 by the
+  caller (Chan et al.), then one more sweep writes the output.
+
+Every sum is accumulated in float64 whatever the data dtype (float32 squares cannot overflow
+or underflow there). For float64 data a sum of squares that overflows or lands below
+2⁻⁹⁰⁰ is recomputed (in cache) on values divided by a power of two near their largest
+magnitude, as :func:`arraynorm._statistics.pow2_scale` does; the scale is returned with it.
+All means are shifted by the statistic's first value (0 if not finite), as
+:func:`arraynorm._statistics.centre`. ``fastmath`` allows only reassociation and
+contraction (so sums vectorize); NaN and inf keep their IEEE meaning.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from numba import njit, prange
+
+__all__ = ["rows_forward", "rows_backward", "channels_stats", "channels_apply",
+           "channels_grad_sums", "channels_grad_apply"]
+
+_FASTMATH = {"reassoc", "contract"}
+_SS_LO = 2.0 ** -900     # sums of squares below this (or inf) are recomputed scaled
+_EMIN, _EMAX = -1021, 1021
+
+
+def _jit(**options: Any) -> Callable[[Callable[..., Any]], Any]:
+    """njit with ``cache=True`` where numba finds a writable cache directory (next to this
+    file, else NUMBA_CACHE_DIR or the user's cache); without caching otherwise (a read-only
+    install with no writable home still runs, compiling once per process)."""
+    def deco(fn: Callable[..., Any]) -> Any:
+        try:
+            return njit(cache=True, **options)(fn)
+        except RuntimeError:  # "cannot cache function ...: no locator available"
+            return njit(cache=False, **options)(fn)
+    return deco
+
+
+@_jit(inline="always")
+def _pow2(m: float) -> float:
+    """2**floor(log2 m) within float64's normal range; 1 where m is 0, inf or NaN."""
+    if not (m > 0.0 and m < math.inf):
+        return 1.0
+    e = math.floor(math.log2(m))
+    return 2.0 ** min(max(e, _EMIN), _EMAX)
+
+
+@_jit(inline="always")
+def _inv_root(s: float, ms: float, eps: float) -> float:
+    """1/sqrt(s²·ms + eps) without forming s²·ms (:func:`arraynorm._statistics.inv_root`)."""
+    a = s * math.sqrt(ms)
+    b = math.sqrt(eps)
+    hi = max(a, b)
+    lo = min(a, b)
+    r = lo / hi if hi > 0.0 else lo
+    return 1.0 / (hi * math.sqrt(1.0 + r * r))
+
+
+@_jit(inline="always")
+def _shift(v: float) -> float:
+    return v if math.isfinite(v) else 0.0
+
+
+# rows ----------------------------------------------------------------------------------------
+# Arrays are 2-D, a row taken as a 1-D view and cut into 1-D slices: LLVM vectorizes those
+# loops (multi-dimensional or offset indexing inside the inner loop measured 5x slower).
+
+@_jit(parallel=True, fastmath=_FASTMATH)
+def rows_forward(x: Any, A: int, C: int, W: Any, B: Any, sm: int, sa: int, sc: int, eps: float,
+                 rms: bool, y: Any, stats: Any) -> None:
+    """y[m] = ((x[m] − shift) − μ_s)·rstd·γ + β per row of ``x: (M, A·C)``; ``stats[m]`` =
+    (shift, μ_s, var, rstd) in float64 (shift = μ_s = 0 for RMS, var then the mean square)."""
+    M, n = x.shape
+    for m in prange(M):
+        xr = x[m]
+        yr = y[m]
+        shift = 0.0
+        mean_s = 0.0
+        if not rms:
+            shift = _shift(np.float64(xr[0]))
+            acc = 0.0
+            for i in range(n):
+                acc += np.float64(xr[i]) - shift
+            mean_s = acc / n
+        ss = 0.0
+        for i in range(n):
+            d = (np.float64(xr[i]) - shift) - mean_s
+            ss += d * d
+        s = 1.0
+        if not (ss >= _SS_LO and ss < math.inf):
+            mx = 0.0
+            for i in range(n):
+                d = abs((np.float64(xr[i]) - shift) - mean_s)
+                if d > mx:
+                    mx = d
+            s = _pow2(mx)
+            inv = 1.0 / s
+            ss = 0.0
+            for i in range(n):
+                d = ((np.float64(xr[i]) - shift) - mean_s) * inv
+                ss += d * d
+        ms = ss / n
+        r = _inv_root(s, ms, eps)
+        stats[m, 0] = shift
+        stats[m, 1] = mean_s
+        stats[m, 2] = (s * ms) * s
+        stats[m, 3] = r
+        for a in range(A):
+            # slices, not offset indices: an index numba cannot prove non-negative gets a
+            # wraparound test per element, which stops vectorization (measured 5x)
+            xs = xr[a * C:(a + 1) * C]
+            ys = yr[a * C:(a + 1) * C]
+            base = m * sm + a * sa
+            if sc == 0:  # γ, β constant along the row segment: one factor
+                f = r * W[base]
+                bb = B[base]
+                for c in range(C):
+                    ys[c] = ((np.float64(xs[c]) - shift) - mean_s) * f + bb
+            else:
+                Ws = W[base:base + C]
+                Bs = B[base:base + C]
+                for c in range(C):
+                    ys[c] = ((np.float64(xs[c]) - shift) - mean_s) * r * Ws[c] + Bs[c]
+
+
+@_jit(parallel=True, fastmath=_FASTMATH)
+def rows_backward(x: Any, dy: Any, A: int, C: int, W: Any, sm: int, sa: int, sc: int, stats: Any,
+                  rms: bool, dx: Any, dW: Any, dB: Any) -> None:
+    """dx = rstd·(g − Σg/n − ŷ·Σgŷ/n), g = dy·γ (no Σg term for RMS), per row; the rows are
+    cut into ``dW.shape[0]`` ranges, one per task, each adding Σ dy·ŷ and Σ dy into its own
+    row of ``dW`` and ``dB`` (float64, γ's flat index; ``sc`` is 0 or 1)."""
+    M, n = x.shape
+    T = dW.shape[0]
+    for t in prange(T):
+        dWt = dW[t]
+        dBt = dB[t]
+        for m in range(M * t // T, M * (t + 1) // T):
+            xr = x[m]
+            dyr = dy[m]
+            dxr = dx[m]
+            shift = stats[m, 0]
+            mean_s = stats[m, 1]
+            r = stats[m, 3]
+            sg = 0.0
+            sgy = 0.0
+            for a in range(A):
+                xs = xr[a * C:(a + 1) * C]
+                dys = dyr[a * C:(a + 1) * C]
+                base = m * sm + a * sa
+                if sc == 0:
+                    u = 0.0
+                    v = 0.0
+                    for c in range(C):
+                        d = np.float64(dys[c])
+                        u += d
+                        v += d * ((np.float64(xs[c]) - shift) - mean_s)
+                    sg += u * W[base]
+                    sgy += v * W[base]
+                else:
+                    Ws = W[base:base + C]
+                    for c in range(C):
+                        g = np.float64(dys[c]) * Ws[c]
+                        sg += g
+                        sgy += g * ((np.float64(xs[c]) - shift) - mean_s)
+            kg = sgy * r * r / n   # Σgŷ/n·rstd, to multiply x − μ
+            cg = 0.0 if rms else sg / n
+            for a in range(A):
+                xs = xr[a * C:(a + 1) * C]
+                dys = dyr[a * C:(a + 1) * C]
+                dxs = dxr[a * C:(a + 1) * C]
+                base = m * sm + a * sa
+                if sc == 0:  # γ constant along c: its cotangent is one sum per (m, a)
+                    w = W[base]
+                    u = 0.0
+                    v = 0.0
+                    for c in range(C):
+                        d = np.float64(dys[c])
+                        xc = (np.float64(xs[c]) - shift) - mean_s
+                        dxs[c] = r * ((d * w - cg) - xc * kg)
+                        u += d * xc
+                        v += d
+                    dWt[base] += u * r
+                    dBt[base] += v
+                else:
+                    Ws = W[base:base + C]
+                    dWs = dWt[base:base + C]
+                    dBs = dBt[base:base + C]
+                    for c in range(C):
+                        d = np.float64(dys[c])
+                        xc = (np.float64(xs[c]) - shift) - mean_s
+                        dxs[c] = r * ((d * Ws[c] - cg) - xc * kg)
+                        dWs[c] += d * xc * r
+                        dBs[c] += d
+
+
+# channels ------------------------------------------------------------------------------------
+# x: (M·R1, K·R2), row m·R1 + r; statistic (m, k) over r and the R2 values k·R2 + q.
+
+@_jit(inline="always")
+def _task(task: int, nkb: int, nrb: int, kspan: int, b: int, K: int,
+          R1: int) -> tuple[int, int, int, int, int, int]:
+    m = task // (nkb * nrb)
+    rem = task % (nkb * nrb)
+    kb = rem // nrb
+    rb = rem % nrb
+    k0 = kb * kspan
+    r0 = rb * b
+    return m, rb, k0, min(K, k0 + kspan), r0, min(R1, r0 + b)
+
+
+@_jit(parallel=True, fastmath=_FASTMATH)
+def channels_stats(x: Any, M: int, R1: int, K: int, R2: int, shift: Any, kspan: int, b: int,
+                   rms: bool, part: Any) -> None:
+    """Per block (``b`` rows of r1 × ``kspan`` channels) and channel: ``part[m, rb, k]`` =
+    (block mean of x − shift, block Σ((x − mean)/scale)², scale), two passes over the block
+    in cache (mean 0 and M2 = Σ x² for RMS)."""
+    nkb = (K + kspan - 1) // kspan
+    nrb = (R1 + b - 1) // b
+    for task in prange(M * nkb * nrb):
+        m, rb, k0, k1, r0, r1 = _task(task, nkb, nrb, kspan, b, K, R1)
+        cnt = (r1 - r0) * R2
+        sh = shift[m]
+        mb = np.zeros(K)
+        if not rms:
+            for r in range(r0, r1):
+                xr = x[m * R1 + r]
+                if R2 == 1:  # slices: see the note on rows
+                    xs, shs, mbs = xr[k0:k1], sh[k0:k1], mb[k0:k1]
+                    for j in range(k1 - k0):
+                        mbs[j] += np.float64(xs[j]) - shs[j]
+                else:
+                    for k in range(k0, k1):
+                        xs = xr[k * R2:(k + 1) * R2]
+                        shk = sh[k]
+                        acc = 0.0
+                        for q in range(R2):
+                            acc += np.float64(xs[q]) - shk
+                        mb[k] += acc
+            for k in range(k0, k1):
+                mb[k] /= cnt
+        ss = np.zeros(K)
+        for r in range(r0, r1):
+            xr = x[m * R1 + r]
+            if R2 == 1:
+                xs, shs, mbs, sss = xr[k0:k1], sh[k0:k1], mb[k0:k1], ss[k0:k1]
+                for j in range(k1 - k0):
+                    d = (np.float64(xs[j]) - shs[j]) - mbs[j]
+                    sss[j] += d * d
+            else:
+                for k in range(k0, k1):
+                    xs = xr[k * R2:(k + 1) * R2]
+                    shk = sh[k]
+                    mu = mb[k]
+                    acc = 0.0
+                    for q in range(R2):
+                        d = (np.float64(xs[q]) - shk) - mu
+                        acc += d * d
+                    ss[k] += acc
+        for k in range(k0, k1):
+            mu = mb[k]
+            v = ss[k]
+            s = 1.0
+            if not (v >= _SS_LO and v < math.inf):  # rare: recompute scaled, in cache
+                mx = 0.0
+                for r in range(r0, r1):
+                    xr = x[m * R1 + r]
+                    for q in range(R2):
+                        d = abs((np.float64(xr[k * R2 + q]) - sh[k]) - mu)
+                        if d > mx:
+                            mx = d
+                s = _pow2(mx)
+                inv = 1.0 / s
+                v = 0.0
+                for r in range(r0, r1):
+                    xr = x[m * R1 + r]
+                    for q in range(R2):
+                        d = ((np.float64(xr[k * R2 + q]) - sh[k]) - mu) * inv
+                        v += d * d
+            part[m, rb, k, 0] = mu
+            part[m, rb, k, 1] = v
+            part[m, rb, k, 2] = s
+
+
+@_jit(parallel=True, fastmath=_FASTMATH)
+def channels_apply(x: Any, M: int, R1: int, K: int, R2: int, shift: Any, mean_s: Any, a: Any,
+                   c: Any, y: Any) -> None:
+    """y = ((x − shift) − μ_s)·a + c per (m, k), a = rstd·γ, c = β; parallel over rows."""
+    for t in prange(M * R1):
+        m = t // R1
+        xr = x[t]
+        yr = y[t]
+        sh = shift[m]
+        mu = mean_s[m]
+        am = a[m]
+        cm = c[m]
+        if R2 == 1:
+            for k in range(K):
+                yr[k] = ((np.float64(xr[k]) - sh[k]) - mu[k]) * am[k] + cm[k]
+        else:
+            for k in range(K):
+                xs = xr[k * R2:(k + 1) * R2]
+                ys = yr[k * R2:(k + 1) * R2]
+                shk = sh[k]
+                muk = mu[k]
+                ak = am[k]
+                ck = cm[k]
+                for q in range(R2):
+                    ys[q] = ((np.float64(xs[q]) - shk) - muk) * ak + ck
+
+
+@_jit(parallel=True, fastmath=_FASTMATH)
+def channels_grad_sums(x: Any, dy: Any, M: int, R1: int, K: int, R2: int, shift: Any,
+                       mean_s: Any, kspan: int, b: int, part: Any) -> None:
+    """Per block and channel: ``part[m, rb, k]`` = (Σ dy, Σ dy·(x − mean)), one pass."""
+    nkb = (K + kspan - 1) // kspan
+    nrb = (R1 + b - 1) // b
+    for task in prange(M * nkb * nrb):
+        m, rb, k0, k1, r0, r1 = _task(task, nkb, nrb, kspan, b, K, R1)
+        sh = shift[m]
+        mu = mean_s[m]
+        s1 = np.zeros(K)
+        s2 = np.zeros(K)
+        for r in range(r0, r1):
+            xr = x[m * R1 + r]
+            dyr = dy[m * R1 + r]
+            if R2 == 1:
+                xs, dys, shs, mus = xr[k0:k1], dyr[k0:k1], sh[k0:k1], mu[k0:k1]
+                s1s, s2s = s1[k0:k1], s2[k0:k1]
+                for j in range(k1 - k0):
+                    d = np.float64(dys[j])
+                    s1s[j] += d
+                    s2s[j] += d * ((np.float64(xs[j]) - shs[j]) - mus[j])
+            else:
+                for k in range(k0, k1):
+                    xs = xr[k * R2:(k + 1) * R2]
+                    dys = dyr[k * R2:(k + 1) * R2]
+                    shk = sh[k]
+                    muk = mu[k]
+                    u = 0.0
+                    v = 0.0
+                    for q in range(R2):
+                        d = np.float64(dys[q])
+                        u += d
+                        v += d * ((np.float64(xs[q]) - shk) - muk)
+                    s1[k] += u
+                    s2[k] += v
+        for k in range(k0, k1):
+            part[m, rb, k, 0] = s1[k]
+            part[m, rb, k, 1] = s2[k]
+
+
+@_jit(parallel=True, fastmath=_FASTMATH)
+def channels_grad_apply(x: Any, dy: Any, M: int, R1: int, K: int, R2: int, shift: Any,
+                        mean_s: Any, a: Any, mdy: Any, kd: Any, dx: Any) -> None:
+    """dx = a·((dy − mdy) − (x − mean)·kd) per (m, k): a = rstd·γ, mdy = Σdy/n (0 for RMS),
+    kd = rstd²·Σ dy·(x − mean)/n."""
+    for t in prange(M * R1):
+        m = t // R1
+        xr = x[t]
+        dyr = dy[t]
+        dxr = dx[t]
+        sh = shift[m]
+        mu = mean_s[m]
+        am = a[m]
+        mm = mdy[m]
+        km = kd[m]
+        if R2 == 1:
+            for k in range(K):
+                d = (np.float64(xr[k]) - sh[k]) - mu[k]
+                dxr[k] = am[k] * ((np.float64(dyr[k]) - mm[k]) - d * km[k])
+        else:
+            for k in range(K):
+                xs = xr[k * R2:(k + 1) * R2]
+                dys = dyr[k * R2:(k + 1) * R2]
+                dxs = dxr[k * R2:(k + 1) * R2]
+                shk = sh[k]
+                muk = mu[k]
+                ak = am[k]
+                mk = mm[k]
+                kk = km[k]
+                for q in range(R2):
+                    d = (np.float64(xs[q]) - shk) - muk
+                    dxs[q] = ak * ((np.float64(dys[q]) - mk) - d * kk)

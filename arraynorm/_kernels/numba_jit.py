@@ -1,0 +1,427 @@
+"""numba JIT implementation of :class:`arraynorm.Normalizer` with the standardize or RMS
+operation, for NumPy float32/float64 input (the optional extra ``pip install arraynorm[jit]``).
+
+The layout is cut as the NumPy fast path cuts it (:func:`._plan.plan`: the input seen as
+``(M, *fine)``, axes merged where neighbours agree on being reduced and on carrying γ/β),
+then mapped onto one of two compiled geometries (:mod:`._numba_loops`):
+
+* **rows** — every ``fine`` axis reduced, at most two of them (LN and RMS over trailing
+  axes, IN, GN): ``x: (M, A, C)``, one statistic per contiguous row. Forward: one read of
+  the row from memory, then in cache the shifted mean, Σ(x − μ)² (two-pass, as the precision
+  rule of DESIGN.md §3.3 asks) and the output — 1 read + 1 write per element. Backward:
+  Σg and Σg·ŷ, then dx, γ/β cotangents in per-task float64 rows — 2 reads + 1 write.
+* **channels** — ``fine`` is (reduced, kept) or (reduced, kept, reduced) and γ is constant
+  over each statistic (BN on (N, C) and NCHW, ghost BN): ``x: (M, R1, K, R2)``. Blocks of
+  ~256 KiB (rows of r1 × a span of channels) give their mean and M2 by two passes in cache;
+  the blocks are merged in float64 (Chan, Golub & LeVeque: M2 = Σ M2_b + Σ n_b (μ_b − μ)²),
+  every block mean relative to the statistic's first value, so the merge adds O(spread)
+  numbers whatever the offset; then one sweep writes y — 2 reads + 1 write, the least a
+  statistic over the whole batch allows. Backward: Σdy, Σdy·(x − μ) per block, then dx —
+  4 reads + 1 write.
+
+Numerics are the portable path's formulas (shifted two-pass moments, rstd = 1/sqrt(σ² +
+eps) without forming σ² where it would overflow, ŷ = (x − μ)·rstd, y = ŷ·γ + β, the closed
+form backward of :mod:`arraynorm.operation.standardize`), with every sum and every
+per-element product in float64 — float32 squares cannot overflow there, float64 sums of
+squares outside [2⁻⁹⁰⁰, inf) are redone on values scaled by a power of two — so the results
+agree with the portable path to rounding. The mean is kept as shift + μ_s in float64; the
+context's ``state.mean`` is its compute-dtype rounding with the remainder kept, as
+:mod:`.numpy_fused` does, for the portable JVP (``ctx.yhat``, ``state.y`` are formed from
+the kept input on first access). Like PyTorch and :mod:`.numpy_fused`, the forward keeps a
+reference to the input, not a copy of ŷ.
+
+Compilation: ``cache=True`` (compiled once per machine and numba version, in
+``__pycache__`` next to :mod:`._numba_loops` or, where that is read-only, in
+``NUMBA_CACHE_DIR`` or the user's cache; with nowhere writable it compiles once per process).
+Six loops × two dtypes; :data:`COMPILE_SECONDS` records the first-call compile/load times.
+Parallel loops use ``numba.prange`` with :func:`arraynorm._kernels.fast_path_threads`
+threads (``ARRAYNORM_THREADS`` / ``set_fast_paths(threads=)``).
+
+Selection rule (:meth:`NumbaJit.supports`): numba importable and ``ARRAYNORM_JIT`` not
+``0``; plain ``numpy.ndarray`` float32/float64 input of at least :data:`MIN_BYTES` (128 KiB);
+parameters NumPy arrays or absent; the standardize or RMS operation with the affine,
+conditional-affine or no recovery; a layout of the rows geometry with rows of at most
+:data:`MAX_ROW_BYTES` (longer rows leave the cache between sweeps; :mod:`.numpy_fused` cuts
+them into chunks) or of the channels geometry. float16, the other layouts (γ varying over a
+statistic that spans a kept axis: position norm, LN over non-adjacent axes with γ) and
+smaller inputs go to :mod:`.numpy_fused` or the portable path. Loops run in one thread below
+:data:`PARALLEL_MIN_BYTES`.
+
+Measured for that rule (2-core EPYC shared with two other jobs; float32 forward+backward,
+medians of 5–40 interleaved repeats, JIT time / ``numpy_fused`` time, both forced at every
+size). On one thread each (the comparison the load disturbs least): LN 0.1–32 MiB 0.58–
+0.96 (LN 2048×4096: 0.31–0.41 in quieter runs on two), BN (N, C) 2–16 MiB 0.44–0.76, BN
+NCHW 12 MiB 0.57–0.72, IN/GN 12 MiB 0.60–0.63. On two threads the machine's load decides:
+with the other core busy every parallel region lasts a scheduler time slice (8.0 ms per
+loop measured for BN 4096×1024 against 1.4 ms on one thread), and the same case measured
+0.40 in one run and 1.09–1.46 in five others; LN 8192×1024 0.59–0.72, RMS 0.90–0.96, BN NCHW
+49 MiB 0.38–0.78, IN 0.62–0.76, GN 0.28–0.65 in two runs with ``OPENBLAS_THREAD_TIMEOUT=4``
+(as ``python -m benchmarks`` sets: spinning OpenBLAS threads from a NumPy call just before
+otherwise hold the cores the numba threads wait for). Against the portable path the JIT
+measured 0.09–0.88 from 128 KiB up. The losses seen are therefore load, not the loops; the
+full benchmark on an idle machine (``python -m benchmarks --sizes`` with and without
+``--no-jit``) is the check of this rule.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import threading
+import time
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from .._context import Grads, NormContext, Stages
+from .._statistics import inv_root, pow2_scale, unscale
+from .._typing import Array, Namespace
+from ..operation import RMSScale, Standardize, StandardizeState
+from ..partition import Layout
+from ..recovery import Affine, ConditionalAffine, NoRecovery
+from ._plan import Plan, plan
+from ._switches import fast_path_threads
+from .numpy_fused import _finish_param, _param, _split
+from .portable import PORTABLE
+
+__all__ = ["NumbaJit", "NUMBA_JIT", "MIN_BYTES", "MAX_ROW_BYTES", "BLOCK_ELEMS",
+           "COMPILE_SECONDS", "PARALLEL_MIN_BYTES", "available"]
+
+#: smaller inputs (bytes) are left to the other implementations (measured crossover, see
+#: the module docstring)
+MIN_BYTES = 128 << 10
+
+#: longest row (bytes of the input dtype) the rows geometry takes: three sweeps over a row
+#: must find it in cache
+MAX_ROW_BYTES = 1 << 20
+
+#: smaller inputs run the loops in one thread: a parallel region costs ~10 µs on an idle
+#: machine and milliseconds when a core is busy elsewhere (measured: LN 256×1024 float32
+#: forward+backward 0.9 ms on one thread, 10 ms on two with the machine loaded)
+PARALLEL_MIN_BYTES = 4 << 20
+
+#: elements of one block of the channels geometry (float64 accumulators: 256 KiB of float32)
+BLOCK_ELEMS = 1 << 16
+
+#: first-call seconds per compiled loop and dtype: numba's compile (cold cache) or cache load
+COMPILE_SECONDS: dict[str, float] = {}
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+_NO_BLOCKS = 1 << 62  # plan() with blocks larger than any input: only its axis merging is used
+_launch_lock = threading.Lock()
+_serialize: bool | None = None   # None until the first loop ran (then: is the layer workqueue)
+_loops_module: ModuleType | None = None
+_loops_failed = False
+
+
+def _loops() -> ModuleType | None:
+    """The compiled loops, imported on first use (imports numba); ``None`` when numba is not
+    installed or ``ARRAYNORM_JIT=0``."""
+    global _loops_module, _loops_failed
+    if _loops_module is None and not _loops_failed:
+        if os.environ.get("ARRAYNORM_JIT", "1").strip().lower() in ("0", "false", "no", "off"):
+            _loops_failed = True
+            return None
+        try:
+            # function-level: numba is an optional, heavy dependency (import arraynorm stays
+            # light and works without it)
+            from . import _numba_loops
+        except ImportError:
+            _loops_failed = True
+            return None
+        _loops_module = _numba_loops
+    return _loops_module
+
+
+def available() -> bool:
+    """Whether the JIT can run here (numba importable, ``ARRAYNORM_JIT`` not ``0``)."""
+    return _loops() is not None
+
+
+#: positions of each loop's output arguments
+_OUTPUTS = {"rows_forward": (10, 11), "rows_backward": (10, 11, 12), "channels_stats": (9,),
+            "channels_apply": (9,), "channels_grad_sums": (10,), "channels_grad_apply": (11,)}
+
+
+def _read_only(a: np.ndarray) -> np.ndarray:
+    v: np.ndarray = a.view()
+    v.flags.writeable = False
+    return v
+
+
+def _threads(x: np.ndarray) -> int:
+    """Threads for a loop over ``x``: arraynorm's (:func:`fast_path_threads`, capped by numba's
+    pool), one below :data:`PARALLEL_MIN_BYTES`."""
+    import numba  # function-level: optional dependency, already imported by _loops()
+
+    if x.nbytes < PARALLEL_MIN_BYTES:
+        return 1
+    return max(1, min(fast_path_threads(), int(numba.config.NUMBA_NUM_THREADS)))
+
+
+def _call(loops: ModuleType, name: str, *args: Any) -> None:
+    """Run a compiled loop with :func:`_threads` threads, timing the first call per
+    signature (compile or cache load) into :data:`COMPILE_SECONDS`."""
+    import numba  # function-level: optional dependency, already imported by _loops()
+
+    numba.set_num_threads(_threads(args[0]))
+    fn = getattr(loops, name)
+    # inputs as read-only views, outputs writable: numba types an array's writability, so
+    # this keeps one compiled signature per loop and dtype (not one more per read-only input)
+    outs = _OUTPUTS[name]
+    args = tuple(_read_only(a) if isinstance(a, np.ndarray) and i not in outs else a
+                 for i, a in enumerate(args))
+    key = f"{name}[{args[0].dtype}]"
+    # numba's workqueue threading layer (chosen where neither TBB nor OpenMP is available)
+    # aborts the process when two threads run parallel loops at once: calls are serialized
+    # until the first one shows which layer numba picked, and for good under workqueue
+    global _serialize
+    with _launch_lock if _serialize is not False else contextlib.nullcontext():
+        if key in COMPILE_SECONDS:
+            fn(*args)
+        else:
+            t0 = time.perf_counter()
+            fn(*args)
+            COMPILE_SECONDS[key] = time.perf_counter() - t0
+        if _serialize is None:
+            _serialize = numba.threading_layer() == "workqueue"
+
+
+# geometry ------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class _Geometry:
+    kind: str                       # "rows" or "channels"
+    dims: tuple[int, ...]           # (M, A, C) or (M, R1, K, R2)
+    strides: tuple[int, int, int]   # rows: γ index m·sm + a·sa + c·sc
+    n: int                          # elements per statistic
+    plan: Plan
+
+
+def _geometry(p: Plan, itemsize: int) -> _Geometry | None:
+    fine, red, pf = p.fine, p.red, p.pfine
+    M, P = p.rows, math.prod(pf)
+    if all(red) and len(fine) <= 2:
+        if p.n * itemsize > MAX_ROW_BYTES:
+            return None
+        sm = P if any(p.lead_par) else 0
+        if len(fine) == 1:
+            return _Geometry("rows", (M, 1, fine[0]), (sm, 0, int(pf[0] > 1)), p.n, p)
+        return _Geometry("rows", (M, fine[0], fine[1]),
+                         (sm, pf[1] if pf[0] > 1 else 0, int(pf[1] > 1)), p.n, p)
+    if (red == (True, False) and pf[0] == 1) or (red == (True, False, True) and pf[0] == pf[2] == 1):
+        R2 = fine[2] if len(fine) == 3 else 1
+        return _Geometry("channels", (M, fine[0], fine[1], R2), (0, 0, 0), p.n, p)
+    return None
+
+
+def _flat(g: _Geometry) -> tuple[int, int]:
+    """The 2-D shape the loops see: (M, A·C) rows, or (M·R1, K·R2) for channels."""
+    d = g.dims
+    return (d[0], d[1] * d[2]) if g.kind == "rows" else (d[0] * d[1], d[2] * d[3])
+
+
+def _channel_blocks(g: _Geometry) -> tuple[int, int, int]:
+    """(kspan, b, nrb): channels per block, rows of r1 per block, blocks along r1."""
+    _, R1, K, R2 = g.dims
+    kspan = min(K, max(1, BLOCK_ELEMS // R2))
+    b = max(1, BLOCK_ELEMS // (kspan * R2))
+    return kspan, b, -(-R1 // b)
+
+
+def _rows_params(g: _Geometry, weight: Any, bias: Any) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int]]:
+    """γ and β flat in float64 (ones/zeros where absent) and their strides."""
+    f64 = np.dtype(np.float64)
+    W, B = _param(g.plan, weight, f64), _param(g.plan, bias, f64)
+    if W is None and B is None:
+        return np.ones(1), np.zeros(1), (0, 0, 0)
+    size = (W if W is not None else B).size  # type: ignore[union-attr]
+    Wf = np.ones(size) if W is None else W.ravel()
+    Bf = np.zeros(size) if B is None else B.ravel()
+    return Wf, Bf, g.strides
+
+
+def _channel_params(g: _Geometry, a: Any, fill: float) -> np.ndarray:
+    """γ or β per (m, k) in float64 (``fill`` where absent)."""
+    M, _, K, _ = g.dims
+    if a is None:
+        return np.full((M, K), fill)
+    pa = _param(g.plan, a, np.dtype(np.float64))
+    assert pa is not None
+    return np.ascontiguousarray(np.broadcast_to(pa.reshape(pa.shape[0], -1), (M, K)))
+
+
+# forward -------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class _Saved:
+    """What the forward keeps: the input (C order), the geometry, the float64 statistics
+    (shift, μ_s, rstd per statistic), γ/β as the loops read them, the layout whose
+    ``param_axes`` γ/β span, and ``mean_lo`` (``layout.stats_shape``, as
+    :mod:`.numpy_fused` keeps it)."""
+
+    x: np.ndarray
+    geometry: _Geometry
+    shift: np.ndarray
+    mean_s: np.ndarray
+    rstd: np.ndarray
+    params: Any
+    param_layout: Layout
+    mean_lo: np.ndarray | None   # what state.mean rounds off the exact mean (None for RMS)
+
+
+def _forward(stages: Stages, xp: Namespace, layout: Layout, playout: Layout, g: _Geometry,
+             x: np.ndarray, weight: Any, bias: Any, loops: ModuleType) -> tuple[np.ndarray, NormContext]:
+    ct = x.dtype
+    xa = np.ascontiguousarray(x)
+    rms = type(stages.operation) is RMSScale
+    eps = float(stages.eps)
+    y = np.empty(_flat(g), ct)
+    xg = xa.reshape(_flat(g))
+    if g.kind == "rows":
+        W, B, (sm, sa, sc) = _rows_params(g, weight, bias)
+        stats = np.empty((g.dims[0], 4))
+        _call(loops, "rows_forward", xg, g.dims[1], g.dims[2], W, B, sm, sa, sc, eps, rms, y, stats)
+        shift, mean_s, var64, rstd64 = (np.ascontiguousarray(stats[:, i]) for i in range(4))
+        params: Any = (W, (sm, sa, sc))
+    else:
+        M, R1, K, R2 = g.dims
+        kspan, b, nrb = _channel_blocks(g)
+        shift = np.zeros((M, K))
+        if not rms:
+            shift = xa.reshape(g.dims)[:, 0, :, 0].astype(np.float64)
+            shift[~np.isfinite(shift)] = 0.0
+        part = np.empty((M, nrb, K, 3))
+        _call(loops, "channels_stats", xg, *g.dims, shift, kspan, b, rms, part)
+        starts = np.arange(nrb) * b
+        w = ((np.minimum(R1, starts + b) - starts) * R2).astype(np.float64)[None, :, None]
+        d, m2b, sb = part[..., 0], part[..., 1], part[..., 2]
+        mean_s = (w * d).sum(axis=1) / g.n
+        dev = d - mean_s[:, None]
+        S = np.maximum(sb.max(axis=1), pow2_scale(np, np.abs(dev).max(axis=1)))[:, None]
+        m2 = ((sb / S) ** 2 * m2b).sum(axis=1) + (w * (dev / S) ** 2).sum(axis=1)
+        S, ms = S[:, 0], m2 / g.n
+        f64 = np.dtype(np.float64)
+        var64, rstd64 = unscale(np, S, ms, f64), inv_root(np, S, ms, eps, f64)
+        Wk, Bk = _channel_params(g, weight, 1.0), _channel_params(g, bias, 0.0)
+        _call(loops, "channels_apply", xg, *g.dims, shift, mean_s, rstd64 * Wk, Bk, y)
+        params = Wk
+    st = layout.stats_shape
+
+    def view(a: np.ndarray) -> np.ndarray:
+        return a.astype(ct).reshape(st)
+
+    mean = mean_lo = None
+    if not rms:
+        hi, lo = _split(shift, mean_s, ct)
+        mean, mean_lo = hi.reshape(st), lo.reshape(st)
+    var, rstd = view(var64), view(rstd64)
+
+    def compute_y() -> np.ndarray:
+        """ŷ in the view shape from the kept input (the portable backward and JVP read it)."""
+        xv = xa.reshape(layout.view_shape)
+        yv: np.ndarray = xv * rstd if mean is None else ((xv - mean) - mean_lo) * rstd
+        return yv
+
+    state = StandardizeState(None, mean, var, rstd, layout.reduce_axes, compute_y=compute_y)
+    saved = _Saved(xa, g, shift, mean_s, rstd64, params, playout, mean_lo)
+    ctx = NormContext(xp, layout, state, None, weight, bias, x.dtype, NUMBA_JIT, saved=saved,
+                      compute_yhat=lambda: np.reshape(state.y, layout.shape))
+    return y.reshape(layout.shape), ctx
+
+
+# backward ------------------------------------------------------------------------------------
+
+def _backward(ctx: NormContext, saved: _Saved, dy: np.ndarray, rms: bool,
+              loops: ModuleType) -> Grads:
+    g = saved.geometry
+    p = g.plan
+    ct = saved.x.dtype
+    xg = saved.x.reshape(_flat(g))
+    dyg = np.ascontiguousarray(dy, dtype=ct).reshape(_flat(g))
+    dx = np.empty(_flat(g), ct)
+    if g.kind == "rows":
+        W, (sm, sa, sc) = saved.params
+        stats = np.stack([saved.shift, saved.mean_s, saved.mean_s, saved.rstd], axis=1)
+        T = max(1, min(_threads(xg), g.dims[0]))
+        dW, dB = np.zeros((T, W.size)), np.zeros((T, W.size))
+        _call(loops, "rows_backward", xg, dyg, g.dims[1], g.dims[2], W, sm, sa, sc, stats, rms, dx, dW, dB)
+        acc_w, acc_b = dW.sum(axis=0), dB.sum(axis=0)
+    else:
+        M, _, K, _ = g.dims
+        kspan, b, nrb = _channel_blocks(g)
+        part = np.empty((M, nrb, K, 2))
+        _call(loops, "channels_grad_sums", xg, dyg, *g.dims, saved.shift, saved.mean_s, kspan, b, part)
+        sdy, sdyd = part[..., 0].sum(axis=1), part[..., 1].sum(axis=1)
+        r = saved.rstd
+        mdy = np.zeros((M, K)) if rms else sdy / g.n
+        _call(loops, "channels_grad_apply", xg, dyg, *g.dims, saved.shift, saved.mean_s, r * saved.params,
+              mdy, r * r * sdyd / g.n, dx)
+        acc_w, acc_b = r * sdyd, sdy
+        if not any(p.lead_par):
+            acc_w, acc_b = acc_w.sum(axis=0), acc_b.sum(axis=0)
+    pshape = saved.param_layout.param_shape
+    dw = db = None
+    if ctx.weight is not None:
+        dw = _finish_param(p, acc_w.reshape((-1,) + p.pfine), ctx.weight, pshape)
+    if ctx.bias is not None:
+        db = _finish_param(p, acc_b.reshape((-1,) + p.pfine), ctx.bias, pshape)
+    return dx.reshape(ctx.layout.shape), dw, db
+
+
+# the implementation --------------------------------------------------------------------------
+
+class NumbaJit:
+    """The numba implementation (module docstring): standardize and RMS operations on the
+    rows and channels geometries, float32/float64 NumPy input. Its forward-mode product is
+    the portable formula on this implementation's statistics; a cotangent that is not a
+    floating NumPy array of the output's shape takes the portable backward."""
+
+    name = "numba_jit"
+
+    def _geometry(self, stages: Stages, layout: Layout, x: np.ndarray, weight: Any,
+                  bias: Any) -> tuple[Layout, _Geometry | None]:
+        playout = dataclasses.replace(layout, param_axes=stages.recovery.param_axes(layout))
+        p = plan(playout, weight is not None or bias is not None, _NO_BLOCKS)
+        return playout, None if p is None else _geometry(p, x.dtype.itemsize)
+
+    def supports(self, stages: Stages, xp: Namespace, layout: Layout, x: Array,
+                 weight: Array | None, bias: Array | None) -> bool:
+        # subclasses of the operations (and other recoveries) may change the math
+        if type(stages.operation) not in (Standardize, RMSScale):
+            return False
+        if type(stages.recovery) not in (Affine, ConditionalAffine, NoRecovery):
+            return False
+        if type(x) is not np.ndarray or x.dtype not in _FLOATS or x.size == 0:
+            return False
+        if x.nbytes < MIN_BYTES:
+            return False
+        if not all(p is None or type(p) is np.ndarray for p in (weight, bias)):
+            return False
+        if self._geometry(stages, layout, x, weight, bias)[1] is None:
+            return False
+        return _loops() is not None  # last: the first NumPy input asked about imports numba
+
+    def forward(self, stages: Stages, xp: Namespace, layout: Layout, x: Array,
+                weight: Array | None, bias: Array | None) -> tuple[Array, NormContext]:
+        playout, g = self._geometry(stages, layout, x, weight, bias)
+        loops = _loops()
+        assert g is not None and loops is not None, "forward called on an input supports() refused"
+        return _forward(stages, xp, layout, playout, g, x, weight, bias, loops)
+
+    def backward(self, stages: Stages, ctx: NormContext, dy: Array) -> Grads:
+        loops = _loops()
+        if (loops is not None and type(dy) is np.ndarray and dy.dtype in _FLOATS + (np.dtype(np.float16),)
+                and tuple(dy.shape) == tuple(ctx.layout.shape)):
+            return _backward(ctx, ctx.saved, dy, ctx.state.mean is None, loops)
+        return PORTABLE.backward(stages, ctx, dy)
+
+    def jvp(self, stages: Stages, ctx: NormContext, dx: Array | None, dweight: Array | None,
+            dbias: Array | None) -> Array:
+        return PORTABLE.jvp(stages, ctx, dx, dweight, dbias)
+
+
+NUMBA_JIT = NumbaJit()
