@@ -146,6 +146,24 @@ def max_over(a: np.ndarray, flags: tuple[bool, ...]) -> np.ndarray:
         _keep_shape(tuple(a.shape), flags))
 
 
+#: rows per float32 partial sum in :func:`_rows_dot_blocked`
+_ROWS = 64
+
+
+def _rows_dot_blocked(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Σ_i a_ij·b_ij for float32 (rows, features) arrays: float32 sums over groups of
+    :data:`_ROWS` rows, added in float64. einsum's column sums accumulate row after row, so
+    their float32 error grows with the row count (2.3e-6 of the largest value over 4096 rows
+    broke the 1e4-offset precision test of dγ); the groups cut it ~8x at the same speed."""
+    n, c = a.shape
+    k = n - n % _ROWS
+    part = np.einsum("kij,kij->kj", a[:k].reshape(-1, _ROWS, c), b[:k].reshape(-1, _ROWS, c))
+    out = part.sum(axis=0, dtype=np.float64)
+    if k < n:
+        out += np.einsum("ij,ij->j", a[k:], b[k:])
+    return out.astype(a.dtype)
+
+
 def dot_over(a: np.ndarray, b: np.ndarray, flags: tuple[bool, ...], scratch: np.ndarray) -> np.ndarray:
     """Σ a·b over the flagged axes (kept dimensions) of two C-contiguous arrays of one shape.
 
@@ -164,7 +182,11 @@ def dot_over(a: np.ndarray, b: np.ndarray, flags: tuple[bool, ...], scratch: np.
         return m.reshape(_keep_shape(tuple(a.shape), flags))
     if axes == (last - 1,) and math.prod(shape[:-2]) == 1:
         # Σ over the rows of a (rows, features) block in one pass
-        rows: np.ndarray = np.einsum("ij,ij->j", a.reshape(shape[-2:]), b.reshape(shape[-2:]))
+        a2, b2 = a.reshape(shape[-2:]), b.reshape(shape[-2:])
+        if a.dtype.itemsize < 8 and shape[-2] > 2 * _ROWS:
+            rows = _rows_dot_blocked(a2, b2)
+        else:
+            rows = np.einsum("ij,ij->j", a2, b2)
         return rows.reshape(_keep_shape(tuple(a.shape), flags))
     prod = scratch[: a.size].reshape(a.shape)
     np.multiply(a, b, out=prod)
