@@ -37,6 +37,11 @@ NumPy              :mod:`.numpy_fused` for the standardize and RMS operations on
                    cache-sized blocks, one read and one write of memory per element in the
                    common layouts, worker threads; its JVP is the portable formula on its
                    statistics
+Dask               :mod:`.dask_moments` for the standardize and RMS operations on every
+                   partition and recovery: the statistics in one pass over the chunks
+                   (per-chunk count, shifted mean and scaled M2 merged by Chan's formula in
+                   ``dask.array.reduction``), then ŷ elementwise with the global statistics
+                   (synchronized BN); backward and JVP the portable closed forms; lazy
 CuPy               none yet: :data:`PORTABLE` (fused kernels need a GPU to be proven equal)
 others             :data:`PORTABLE` (:mod:`.portable`)
 =================  ===========================================================================
@@ -47,7 +52,7 @@ from __future__ import annotations
 from .._context import Implementation, Stages
 from .._typing import Array, Namespace
 from ..partition import Layout
-from . import numpy_fused
+from . import dask_moments, numpy_fused
 from ._switches import fast_path_threads, fast_paths_enabled, set_fast_paths, use_fast_paths
 from .portable import PORTABLE
 
@@ -57,6 +62,7 @@ __all__ = ["set_fast_paths", "fast_paths_enabled", "use_fast_paths", "fast_path_
 #: the backend implementations, asked in this order; the first that supports an input runs it
 IMPLEMENTATIONS: tuple[Implementation, ...] = (
     numpy_fused.NUMPY_FUSED,  # NumPy: cache-sized blocks, one memory pass, worker threads
+    dask_moments.DASK_MOMENTS,  # Dask: one-pass mergeable statistics, synchronized across chunks
 )
 
 
