@@ -117,8 +117,10 @@ def _merge_moments(p: Any, axis: Any = None, keepdims: bool = True) -> Any:
     m = bxp.sum(w * mu, axis=ax, keepdims=True)
     dev = bxp.where(n > 0, mu - m, bxp.zeros_like(mu))
     big = bxp.max(s, axis=ax, keepdims=True)
-    spread = pow2_scale(bxp, bxp.max(bxp.abs(dev), axis=ax, keepdims=True))
-    S = bxp.maximum(big, spread)
+    top = bxp.max(bxp.abs(dev), axis=ax, keepdims=True)
+    # pow2_scale is 1 where the chunk means agree (top = 0): keep the chunks' scale then, it
+    # may be far from 1 (values of 2^-700)
+    S = bxp.where(top > 0, bxp.maximum(big, pow2_scale(bxp, top)), big)
     r = s / S
     d = dev / S
     out_ss = bxp.sum(r * r * ss, axis=ax, keepdims=True) + bxp.sum(n * d * d, axis=ax, keepdims=True)
