@@ -32,6 +32,15 @@ reductions already). Everything is lazy: building the graph computes nothing.
 :class:`arraynorm.rl.RunningMeanStd`) and :func:`one_pass_covariance` (mean and covariance of
 the rows of (B, d, m) blocks; :func:`arraynorm.whitening_moments`) use the same merges.
 
+**Beyond memory: persist the statistics.** In one graph, ŷ of chunk i needs x_i *and* the
+statistics of every chunk, so Dask keeps every x_i in memory (or spills it to disk) until the
+reduction is done. Inside :func:`persist_statistics` the forward persists the (tiny)
+statistics with ``dask.persist`` — under a ``distributed.Client`` that only submits them and
+returns at once; with the local schedulers it computes them there, a compute point — and the
+backward does the same with Σg and Σg·ŷ; ŷ and dx are then built on the persisted values, so
+each later compute re-reads (or regenerates) its chunks instead of holding them: memory of a
+few chunks per worker whatever the input size.
+
 Chunk functions take the chunk's own namespace (``array_api_compat.array_namespace``) and every
 ``map_blocks``/``reduction`` passes a ``meta`` made from the input's ``_meta``, so a Dask
 array of CuPy chunks stays one of CuPy chunks (multi-GPU); tested here only for NumPy chunks.
@@ -39,22 +48,25 @@ array of CuPy chunks stays one of CuPy chunks (multi-GPU); tested here only for 
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import math
+from collections.abc import Iterator
 from typing import Any
 
 from array_api_compat import array_namespace, is_dask_array
 
 from .._array_api import xp_compute_dtype
 from .._context import Grads, NormContext, Stages
-from .._statistics import inv_root, pow2_scale, unscale
+from .._statistics import inv_root, mean, pow2_scale, unscale
 from .._typing import Array, Namespace
 from ..operation import RMSScale, Standardize, StandardizeState
 from ..partition import Layout
 from .portable import PORTABLE
 
 __all__ = ["DaskMoments", "DASK_MOMENTS", "Moments", "one_pass_moments", "one_pass_covariance",
-           "is_dask"]
+           "is_dask", "persist_statistics", "persisting_statistics"]
 
 # fields of a partial, along its leading axis
 _MEAN, _SCALE, _SS, _COUNT = 0, 1, 2, 3
@@ -81,9 +93,9 @@ def _chunk_moments(block: Any, shift: Any = None, *, axes: tuple[int, ...], scal
     """One chunk's partial (4, *keepdims shape): its mean relative to ``shift``, the scale s,
     Σ((x − shift − mean)/s)² and the count, in float64."""
     bxp = array_namespace(block)
-    a = bxp.astype(block, bxp.float64)
+    a = bxp.astype(block, bxp.float64, copy=True)  # our own copy: updated in place below
     if shift is not None:
-        a = a - bxp.astype(shift, bxp.float64)
+        a -= bxp.astype(shift, bxp.float64)
     n = math.prod(block.shape[i] for i in axes)
     keep = tuple(1 if i in axes else d for i, d in enumerate(block.shape))
     if n == 0:
@@ -91,15 +103,16 @@ def _chunk_moments(block: Any, shift: Any = None, *, axes: tuple[int, ...], scal
         return bxp.stack([zeros, zeros + 1.0, zeros, zeros])
     if shift is not None:
         mu = bxp.sum(a, axis=axes, keepdims=True) / n
-        a = a - mu
+        a -= mu
     else:
         mu = bxp.zeros(keep, dtype=bxp.float64)
     if scale:
         s = pow2_scale(bxp, bxp.max(bxp.abs(a), axis=axes, keepdims=True))
-        a = a / s
+        a /= s
     else:
         s = bxp.ones(keep, dtype=bxp.float64)
-    ss = bxp.sum(a * a, axis=axes, keepdims=True)
+    a *= a
+    ss = bxp.sum(a, axis=axes, keepdims=True)
     return bxp.stack([mu, s, ss, bxp.full(keep, float(n), dtype=bxp.float64)])
 
 
@@ -235,6 +248,49 @@ def one_pass_covariance(xp: Namespace, xb: Array, *,
 
 
 # ---------------------------------------------------------------------------------------------
+# persisting the statistics
+# ---------------------------------------------------------------------------------------------
+
+_PERSIST: contextvars.ContextVar[bool] = contextvars.ContextVar("arraynorm_dask_persist",
+                                                                default=False)
+
+
+@contextlib.contextmanager
+def persist_statistics(enabled: bool = True) -> Iterator[None]:
+    """Within this context (the calling thread or asyncio task), normalizers running on Dask
+    arrays persist their statistics: the forward's mean/variance and the backward's Σg, Σg·ŷ
+    (module docstring). Use it when the input does not fit in the cluster's memory: the
+    statistics pass then holds one chunk per worker at a time, and the passes that form ŷ
+    and dx read the chunks again. Under a ``distributed.Client`` nothing blocks (``persist``
+    submits); with the local schedulers each persist is a compute point."""
+    token = _PERSIST.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _PERSIST.reset(token)
+
+
+def persisting_statistics() -> bool:
+    """Whether :func:`persist_statistics` is active in the calling context."""
+    return _PERSIST.get()
+
+
+def _spans_chunks(xv: Any, axes: tuple[int, ...]) -> bool:
+    """Whether a statistic over ``axes`` gathers several chunks (BN over batch chunks); per-row
+    statistics of batch chunks (LN, IN, GN) are chunk-local: nothing is held, nothing to
+    persist."""
+    return any(len(xv.chunks[a]) > 1 for a in axes)
+
+
+def _persist(*arrays: Any) -> tuple[Any, ...]:
+    if not _PERSIST.get():
+        return arrays
+    import dask  # optional dependency: imported on use
+
+    return tuple(dask.persist(*arrays))
+
+
+# ---------------------------------------------------------------------------------------------
 # the implementation
 # ---------------------------------------------------------------------------------------------
 
@@ -263,6 +319,9 @@ class DaskMoments:
         axes = layout.reduce_axes
         rms = type(stages.operation) is RMSScale
         mo = one_pass_moments(xp, xv, axes, center=not rms)
+        if _PERSIST.get() and _spans_chunks(xv, axes):  # one persist call for the statistics
+            done = _persist(mo.mean_rel, mo.scale, mo.ms, *(() if rms else (mo.shift,)))
+            mo = Moments(None if rms else done[3], done[0], done[1], done[2])
         rstd64 = mo.rstd(xp, stages.eps, xp.float64)
         a = xp.astype(xv, xp.float64)
         if not rms:  # the shifted centring: (x − c) − μ_rel, exact for any offset
@@ -276,7 +335,28 @@ class DaskMoments:
                 NormContext(xp, layout, state, yhat, weight, bias, x.dtype, self, saved=mo))
 
     def backward(self, stages: Stages, ctx: NormContext, dy: Array) -> Grads:
-        return PORTABLE.backward(stages, ctx, dy)
+        if not (_PERSIST.get() and is_dask(dy)
+                and _spans_chunks(ctx.xp.reshape(dy, ctx.layout.view_shape), ctx.layout.reduce_axes)):
+            return PORTABLE.backward(stages, ctx, dy)
+        # the portable closed form (operation.standardize), with its two sums persisted:
+        # dx = rstd·(g − mean(g) − ŷ·mean(g·ŷ)) (no mean(g) for RMS)
+        xp, layout, st = ctx.xp, ctx.layout, ctx.state
+        yhat = ctx.yhat
+        g, dw, db = stages.recovery.backward(xp, xp.astype(dy, yhat.dtype, copy=False), yhat,
+                                             ctx.weight, ctx.bias, layout)
+        gv = xp.reshape(g, layout.view_shape)
+        sums = [mean(xp, gv * st.y, st.axes)] + ([] if st.mean is None else [mean(xp, gv, st.axes)])
+        # dγ, dβ are reductions over the same chunks: persisted with the sums, one pass
+        params = [a for a in (dw, db) if a is not None]
+        done = list(_persist(*sums, *params))
+        sums, rest = done[:len(sums)], iter(done[len(sums):])
+        dw = None if dw is None else next(rest)
+        db = None if db is None else next(rest)
+        dxv = gv - st.y * sums[0]
+        if st.mean is not None:
+            dxv = dxv - sums[1]
+        dx = xp.reshape(st.rstd * dxv, layout.shape)
+        return xp.astype(dx, ctx.x_dtype, copy=False), dw, db
 
     def jvp(self, stages: Stages, ctx: NormContext, dx: Array | None, dweight: Array | None,
             dbias: Array | None) -> Array:
