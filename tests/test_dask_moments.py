@@ -212,3 +212,40 @@ def test_chunk_type_is_kept_in_meta():
         assert y.dtype == xd.dtype
         dx, _, _ = an.Normalizer(Batch(), Standardize()).backward(ctx, xd)
         assert type(dx._meta) is kind
+
+
+def test_persist_statistics_holds_one_chunk_and_changes_no_number():
+    """Inside ``persist_statistics`` the forward computes (persists) the BN statistics and the
+    backward its sums with dγ, dβ — one compute each with the local scheduler — so computing
+    the output and the input cotangent afterwards holds a chunk or two, where the plain graph
+    holds every chunk until the statistics are known; the numbers are the same. Chunk-local
+    statistics (LN) are not persisted (no compute while building)."""
+    x = da.random.default_rng(3).standard_normal((400, 8), chunks=(20, 8)) + 5.0
+    dy = da.random.default_rng(4).standard_normal((400, 8), chunks=(20, 8))
+    w, b = da.from_array(RNG.standard_normal(8)), da.from_array(RNG.standard_normal(8))
+    bn = an.Normalizer(Batch(), Standardize())
+
+    def run(persist):
+        with dask.config.set(scheduler="sync"), an.persist_statistics(persist), _Computes() as c:
+            y, ctx = bn.forward(x, w, b)
+            dx, dw, db = bn.backward(ctx, dy)
+        outs = ((y * y).sum(axis=0), (dx * dx).sum(axis=0))
+        peaks = []
+        for out in outs:
+            with dask.config.set(scheduler="sync"), _PeakChunks(20 * 8) as p:
+                out.compute()
+            peaks.append(p.peak)
+        return c.n, peaks, dask.compute(y, dx, dw, db)
+
+    n_plain, peaks_plain, plain = run(False)
+    n_persist, peaks_persist, persisted = run(True)
+    assert n_plain == 0 and n_persist == 2
+    assert max(peaks_persist) <= 3
+    assert min(peaks_plain) >= x.numblocks[0]
+    for got, want in zip(persisted, plain):
+        np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-13)
+    with an.persist_statistics(), _Computes() as c:
+        ln = an.Normalizer(Layer((1,)), Standardize())
+        _, ctx = ln.forward(x, w, b)
+        ln.backward(ctx, dy)
+    assert c.n == 0

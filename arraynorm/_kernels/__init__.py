@@ -54,10 +54,11 @@ from .._typing import Array, Namespace
 from ..partition import Layout
 from . import dask_moments, numpy_fused
 from ._switches import fast_path_threads, fast_paths_enabled, set_fast_paths, use_fast_paths
+from .dask_moments import persist_statistics
 from .portable import PORTABLE
 
 __all__ = ["set_fast_paths", "fast_paths_enabled", "use_fast_paths", "fast_path_threads",
-           "select", "implementation", "IMPLEMENTATIONS", "PORTABLE"]
+           "select", "implementation", "IMPLEMENTATIONS", "PORTABLE", "persist_statistics"]
 
 #: the backend implementations, asked in this order; the first that supports an input runs it
 IMPLEMENTATIONS: tuple[Implementation, ...] = (
