@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from . import machine, report, sweep, timing
+from . import dask_norm, machine, report, sweep, timing
 from .cases import BACKENDS, CASES, MODEL_FAMILIES, Absent, Backend, Case, make_inputs
 
 __all__ = ["run", "select"]
@@ -164,7 +164,8 @@ def run(*, cases: Sequence[str] | None = None, backends: Sequence[str] | None = 
     # the Dask sweep is its own section (a study's sweep, not an array op): run with the
     # rest, or alone with --cases dask-sweep
     run_sweep = not cases or sweep.ID in cases
-    op_cases = [c for c in cases or () if c != sweep.ID]
+    run_dask_norm = not cases or dask_norm.ID in cases  # likewise: clusters, not a backend
+    op_cases = [c for c in cases or () if c not in (sweep.ID, dask_norm.ID)]
     sel_cases = [] if cases and not op_cases else select(CASES, op_cases, "case")
     sel_backends = select(BACKENDS, backends, "backend")
     torch_info = _setup_torch() if any(b.id.startswith("torch") for b in sel_backends) else None
@@ -204,6 +205,9 @@ def run(*, cases: Sequence[str] | None = None, backends: Sequence[str] | None = 
         res["cases"][case.id] = c
     if run_sweep:
         res["sweeps"] = {sweep.ID: sweep.run(quick, min(cfg["repeats"], sweep.MAX_REPEATS), log)}
+    if run_dask_norm:
+        res["dask"] = {dask_norm.ID: dask_norm.run(quick, min(cfg["repeats"], dask_norm.MAX_REPEATS),
+                                                   log)}
     res["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
     # the targets are stated for the full sizes (memory-bound arrays, the cases): a
     # quick run's small arrays sit in cache and say nothing about them, so it judges none

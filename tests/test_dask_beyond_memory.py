@@ -61,7 +61,7 @@ class _MemorySampler(threading.Thread):
 
 @pytest.fixture(scope="module")
 def client():
-    with LocalClusterWithLimit() as cluster, distributed.Client(cluster) as c:
+    with LocalClusterWithLimit() as cluster, distributed.Client(cluster) as c, c.as_current():
         c.wait_for_workers(2, timeout=60)
         yield c
 
@@ -160,3 +160,18 @@ def test_batch_and_layer_norm_beyond_memory(client):
           f"peak worker RSS {peak / 2**20:.0f} MiB ({', '.join(f'{v / 2**20:.0f}' for v in sampler.peak.values())}); "
           f"spilled to disk {sum(spilled.values()) / 2**20:.0f} MiB; BN {t_bn:.1f} s, total {elapsed:.1f} s")
     assert peak < limit
+
+
+def test_benchmark_case_times_the_cluster_and_reports_the_ratio(client):
+    """The ``dask-norm`` benchmark case on a small array: one sample per executor, the sums
+    of the normalized output agree, the report names the ratio."""
+    from benchmarks import dask_norm
+
+    res = dask_norm.measure({"2 workers": client, "again": client}, (4096, 32, 1024), repeats=1)
+    assert res["sums_agree"] is True and res["bytes"] == 4096 * 32 * 4
+    for r in res["runs"].values():
+        assert len(r["samples_s"]) == 1
+        assert r["gb_per_s"] == pytest.approx(res["bytes"] / 1e9 / r["median_s"])
+    res.update(status="ok", ratio_2_over_1=1.0, cpus=2, loadavg=[0.0, 0.0, 0.0])
+    md = "\n".join(dask_norm.markdown(res))
+    assert "| 2 workers |" in md and "sums agree" in md and "**1.00**" in md
