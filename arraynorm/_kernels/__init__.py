@@ -22,6 +22,8 @@ Switches
   current context only (a ``contextvars`` variable: the calling thread, or asyncio task), so
   concurrent threads never switch each other. The decision is taken in the calling thread;
   the fast path's worker threads only compute blocks.
+* :func:`persist_statistics` (Dask): within it, normalizers whose statistics span chunks
+  persist them (and the backward its sums), so no pass holds the input (:mod:`.dask_moments`).
 * ``ARRAYNORM_THREADS=n`` (or ``set_fast_paths(True, threads=n)``) caps the worker threads of
   the NumPy fast path; default: the CPUs this process may run on.
 
@@ -42,6 +44,8 @@ Dask               :mod:`.dask_moments` for the standardize and RMS operations o
                    (per-chunk count, shifted mean and scaled M2 merged by Chan's formula in
                    ``dask.array.reduction``), then ŷ elementwise with the global statistics
                    (synchronized BN); backward and JVP the portable closed forms; lazy
+                   (:func:`persist_statistics`: statistics persisted, for inputs beyond
+                   the cluster's memory)
 CuPy               none yet: :data:`PORTABLE` (fused kernels need a GPU to be proven equal)
 others             :data:`PORTABLE` (:mod:`.portable`)
 =================  ===========================================================================
