@@ -23,7 +23,7 @@ rounding, whatever the chunking.
 
 :class:`DaskMoments` (``"dask_moments"`` in :data:`arraynorm._kernels.IMPLEMENTATIONS`) runs
 training-mode BN, LN, IN, GN, PN, RMS norm… on Dask input: the statistics by that one-pass
-reduction, then ŷ = ((x − c) − μ)·rstd elementwise, chunk by chunk, with the *global*
+reduction, then ŷ = ((x − c) − μ)·rstd elementwise in the compute dtype, chunk by chunk, with the *global*
 statistics — synchronized batch normalization across every worker holding a chunk. Backward
 and JVP are the portable closed forms on its state (their sums Σg, Σg·ŷ are single-pass Dask
 reductions already). Everything is lazy: building the graph computes nothing.
@@ -322,13 +322,17 @@ class DaskMoments:
         if _PERSIST.get() and _spans_chunks(xv, axes):  # one persist call for the statistics
             done = _persist(mo.mean_rel, mo.scale, mo.ms, *(() if rms else (mo.shift,)))
             mo = Moments(None if rms else done[3], done[0], done[1], done[2])
-        rstd64 = mo.rstd(xp, stages.eps, xp.float64)
-        a = xp.astype(xv, xp.float64)
-        if not rms:  # the shifted centring: (x − c) − μ_rel, exact for any offset
-            a = (a - mo.shift) - mo.mean_rel
-        yv = xp.astype(a * rstd64, ct)
-        state = StandardizeState(yv, None if rms else mo.mean(xp, ct), mo.var(xp, ct),
-                                 xp.astype(rstd64, ct), axes)
+        rstd = mo.rstd(xp, stages.eps, ct)
+        # ŷ in the compute dtype (the elementwise pass is memory-bound: float64 temporaries
+        # would double it): the shifted centring (x − c) − μ_rel of the portable path. c is
+        # one of x's values (exact in ct), x − c is exact where x is within a factor 2 of c
+        # (an offset dominates) and O(spread) otherwise, μ_rel = O(spread): every rounding is
+        # relative to the spread, whatever the offset
+        a = xp.astype(xv, ct, copy=False)
+        if not rms:
+            a = (a - xp.astype(mo.shift, ct)) - xp.astype(mo.mean_rel, ct)
+        yv = a * rstd
+        state = StandardizeState(yv, None if rms else mo.mean(xp, ct), mo.var(xp, ct), rstd, axes)
         yhat = xp.reshape(yv, layout.shape)
         y = stages.recovery.forward(xp, yhat, weight, bias, layout)
         return (xp.astype(y, x.dtype, copy=False),
