@@ -23,8 +23,8 @@ rounding, whatever the chunking.
 
 :class:`DaskMoments` (``"dask_moments"`` in :data:`arraynorm._kernels.IMPLEMENTATIONS`) runs
 training-mode BN, LN, IN, GN, PN, RMS norm… on Dask input: the statistics by that one-pass
-reduction, then ŷ = ((x − c) − μ)·rstd elementwise in the compute dtype, chunk by chunk, with the *global*
-statistics — synchronized batch normalization across every worker holding a chunk. Backward
+reduction, then ŷ = ((x − c) − μ)·rstd elementwise in the compute dtype, chunk by chunk, with
+the *global* statistics — synchronized batch normalization across every worker holding a chunk. Backward
 and JVP are the portable closed forms on its state (their sums Σg, Σg·ŷ are single-pass Dask
 reductions already). Everything is lazy: building the graph computes nothing.
 
