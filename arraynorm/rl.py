@@ -77,7 +77,8 @@ class RunningMeanStd:
         self.count = 0
 
     def update(self, batch: Array) -> RunningMeanStd:
-        """Merge the moments of ``batch`` (B, *shape) into the running statistics."""
+        """Merge the moments of ``batch`` (B, *shape) into the running statistics (a
+        ``dask.array`` batch: its moments in one pass over the chunks, lazily)."""
         fname = "RunningMeanStd.update"
         xp = xp_namespace(fname, batch=batch, mean=self.mean)
         xp_check_floating(fname, "batch", batch, xp)

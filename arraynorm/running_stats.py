@@ -46,7 +46,9 @@ def batch_moments(x: Array, *, axis: int = 1) -> tuple[Array, Array]:
     float32 lose nothing). The variance is two-pass (see :func:`arraynorm.operation.moments`).
     A channel whose values include +inf (and no −inf or NaN) has mean inf and variance NaN;
     an empty batch gives NaN statistics (the mean of no values), like ``torch.var_mean``; a
-    variance beyond the dtype's range is inf.
+    variance beyond the dtype's range is inf. On a ``dask.array`` the statistics take one pass
+    over the chunks (per-chunk moments merged by Chan's formula,
+    :mod:`arraynorm._kernels.dask_moments`), lazily, the same numbers whatever the chunking.
     """
     fname = "batch_moments"
     xp = xp_namespace(fname, x=x)

@@ -165,6 +165,11 @@ def whitening_moments(x: Array, *, num_groups: int = 1, method: str = "zca", T: 
     from ``Normalizer(BatchGroups(G), op).forward(x)``: ``ctx.state.mean`` and
     ``ctx.state.whitening_matrix``.
 
+    On a ``dask.array`` the mean and covariance take one pass over the chunks (per-chunk
+    co-moments merged by Chan's formula), lazily, and W is formed from the small covariance;
+    only ``method="iternorm"`` runs there (the others need ``eigh``/``cholesky``, which Dask
+    lacks: ``NotImplementedError`` before anything is built).
+
     Examples
     --------
     >>> import numpy as np, arraynorm as an
