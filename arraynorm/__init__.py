@@ -11,7 +11,8 @@ its forward-mode product, reached through :func:`jvp` / :func:`linearize`.
 
 from . import nn, operation, optim, partition, recovery, rl
 from ._jvp import defjvp, jvp, linearize
-from ._kernels import fast_paths_enabled, persist_statistics, set_fast_paths, use_fast_paths
+from ._kernels import (fast_paths_enabled, get_num_threads, persist_statistics,
+                       set_fast_paths, set_num_threads, use_fast_paths)
 from ._vjp import defvjp, vjp
 from .adain import adain
 from .compose import NormContext, Normalizer, normalize
@@ -42,5 +43,6 @@ __all__ = [
     "normalized_gradient", "block_normalized_gradient", "clip_by_global_norm", "clip_by_value",
     "adaptive_gradient_clipping", "lars_trust_ratio", "lamb_trust_ratio", "gradient_centralization",
     "nn", "optim", "rl",
-    "set_fast_paths", "fast_paths_enabled", "use_fast_paths", "persist_statistics",
+    "set_fast_paths", "fast_paths_enabled", "use_fast_paths", "set_num_threads", "get_num_threads",
+    "persist_statistics",
 ]

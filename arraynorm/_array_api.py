@@ -257,8 +257,20 @@ def xp_normalize_axes(fname: str, axes: Any, ndim: int, name: str = "axis") -> t
     return out
 
 
-def xp_check_channel_axis(fname: str, axis: Any, ndim: int) -> int:
-    """The channel axis in [1, ndim): any valid axis but the batch axis 0."""
+def xp_check_channel_axis(fname: str, axis: Any, ndim: int | None) -> int:
+    """The channel axis in [1, ndim): any valid axis but the batch axis 0, negative ones
+    counting from the end. One axis only: a tuple or list is a ``ValueError`` (the ops'
+    parameters, running statistics and whitening matrices are per channel, so several
+    channel axes would be one channel axis reshaped). ``ndim=None`` checks only the type (a layer's constructor) and returns ``axis``."""
+    if isinstance(axis, (tuple, list)):
+        raise ValueError(f"{fname}: axis is the channel axis, one int, got {tuple(axis)!r}: "
+                         f"the parameters and statistics are per channel, so several channel "
+                         f"axes are one channel axis reshaped (x.reshape(N, C1 * C2, ...)); "
+                         f"layer_norm, rms_norm and l2_normalize take a tuple of axes to reduce")
+    if ndim is None:
+        if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+            raise TypeError(f"{fname}: axis must be an int, got {type(axis).__name__}")
+        return int(axis)
     ax = xp_normalize_axis(fname, axis, ndim)
     if ax == 0:
         raise ValueError(f"{fname}: axis (the channel axis) cannot be 0, the batch axis")

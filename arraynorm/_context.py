@@ -75,6 +75,9 @@ class NormContext:
 
     @property
     def yhat(self) -> Array:
+        """ŷ, the operation's output before the recovery (formed on first use where the
+        implementation kept less).
+        """
         if self._yhat is None and self._compute_yhat is not None:
             self._yhat = self._compute_yhat()
         return self._yhat

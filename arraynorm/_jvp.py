@@ -26,6 +26,18 @@ def defjvp(f: Callable[..., Any]) -> Callable[[Callable[..., Any]], Callable[...
     ``rule(*args, **kwargs)`` takes exactly ``f``'s arguments and returns ``(y, pushforward)``
     where ``pushforward(*tangents)`` takes one tangent per positional argument of the call
     (``None`` for a zero tangent or a non-array argument) and returns the output's tangent.
+
+    Examples
+    --------
+    >>> import numpy as np, arraynorm as an
+    >>> def cube(x):
+    ...     return x ** 3
+    >>> @an.defjvp(cube)
+    ... def _cube_jvp(x):
+    ...     return x ** 3, lambda t: 3 * x ** 2 * t
+    >>> y, pushforward = an.linearize(cube, np.array([1.0, 2.0]))
+    >>> pushforward(np.ones(2))
+    array([ 3., 12.])
     """
 
     def register(rule: Callable[..., Any]) -> Callable[..., Any]:

@@ -23,6 +23,18 @@ def defvjp(f: Callable[..., Any]) -> Callable[[Callable[..., Any]], Callable[...
     ``rule(*args, **kwargs)`` takes exactly ``f``'s arguments and returns
     ``(y, pullback)`` where ``pullback(dy)`` returns one cotangent per positional parameter of
     ``f`` (see :func:`vjp`).
+
+    Examples
+    --------
+    >>> import numpy as np, arraynorm as an
+    >>> def square(x):
+    ...     return x * x
+    >>> @an.defvjp(square)
+    ... def _square_vjp(x):
+    ...     return x * x, lambda dy: (2 * x * dy,)
+    >>> y, pullback = an.vjp(square, np.array([1.0, 3.0]))
+    >>> pullback(np.ones(2))
+    (array([2., 6.]),)
     """
 
     def register(rule: Callable[..., Any]) -> Callable[..., Any]:

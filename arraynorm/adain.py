@@ -78,13 +78,26 @@ def adain_linearized(content: Array, style: Array, eps: float, axis: int
 def adain(content: Array, style: Array, *, eps: float = 1e-5, axis: int = 1) -> Array:
     """Adaptive instance normalization (Huang & Belongie 2017).
 
-    y = σ(s) · (c − μ(c)) / σ(c) + μ(s), where μ, σ are per sample and channel over the
-    spatial axes, σ = sqrt(biased variance + eps) for both content and style.
+    ``axis`` is the *channel* axis, kept: statistics per sample and channel (default 1; one int).
+
+        y = σ(s) · (c − μ(c)) / σ(c) + μ(s)
+
+    where μ, σ are per sample and channel over the spatial axes, σ = sqrt(biased variance +
+    eps) for both content and style.
 
     Shapes: ``content`` (N, C, *S) and ``style`` (N, C, *S') — spatial sizes may differ.
     The reference implementation of the paper uses the unbiased variance for σ; this one
     uses the biased variance (as instance norm does), so content and style are measured the
     same way. ``vjp(adain, c, s)`` gives cotangents for both content and style.
+
+    Examples
+    --------
+    >>> import numpy as np, arraynorm as an
+    >>> rng = np.random.default_rng(0)
+    >>> c, s = rng.standard_normal((2, 3, 4, 4)), 5 + 2 * rng.standard_normal((2, 3, 6, 6))
+    >>> y = an.adain(c, s)
+    >>> bool(np.allclose(y.mean(axis=(2, 3)), s.mean(axis=(2, 3))))
+    True
     """
     return adain_linearized(content, style, eps, axis)[0]
 

@@ -165,6 +165,15 @@ def normalized_gradient(grads: Tree, *, eps: float = 1e-8) -> Tree:
     ``eps`` (default 1e-8, >= 0) is added to the norm, so a zero gradient stays zero
     (eps = 0 gives NaN there). Returns the container type of ``grads``, each array in its
     own dtype.
+
+    g_i ← g_i / (‖g‖₂ + eps),   ‖g‖₂² = Σ_i ‖g_i‖₂²
+
+    Examples
+    --------
+    >>> import numpy as np, arraynorm as an
+    >>> g = an.normalized_gradient([np.array([3.0, 0.0]), np.array([4.0])], eps=0.0)
+    >>> g
+    [array([0.6, 0. ]), array([0.8])]
     """
     fname = "normalized_gradient"
     eps = xp_check_eps(fname, eps)
@@ -180,6 +189,14 @@ def block_normalized_gradient(grads: Tree, *, eps: float = 1e-8) -> Tree:
     Empirical Study for Training Deep Neural Network* (arXiv 1707.04822): every block — here
     every array of the container, one layer's weight or bias — gets a unit-norm gradient.
     ``eps`` as in :func:`normalized_gradient`. Returns the container type of ``grads``.
+
+    g_i ← g_i / (‖g_i‖₂ + eps)   for each array i
+
+    Examples
+    --------
+    >>> import numpy as np, arraynorm as an
+    >>> an.block_normalized_gradient({"w": np.array([3.0, 4.0]), "b": np.array([-2.0])}, eps=0.0)
+    {'w': array([0.6, 0.8]), 'b': array([-1.])}
     """
     fname = "block_normalized_gradient"
     eps = xp_check_eps(fname, eps)
@@ -297,6 +314,14 @@ def clip_by_value(grads: Tree, clip_value: float) -> Tree:
     ``clip_value`` is a finite Python number >= 0 (PyTorch does not check its sign; a
     negative value there sets everything to it). NaN entries stay NaN, as with
     ``torch.clamp``. Returns new arrays in the container type of ``grads``.
+
+    g ← clip(g, −clip_value, clip_value)   entrywise
+
+    Examples
+    --------
+    >>> import numpy as np, arraynorm as an
+    >>> an.clip_by_value(np.array([-3.0, 0.5, 2.0]), 1.0)
+    array([-1. ,  0.5,  1. ])
     """
     fname = "clip_by_value"
     c = xp_check_finite_scalar(fname, "clip_value", clip_value, minimum=0.0)
@@ -404,6 +429,15 @@ def lars_trust_ratio(param: Array, grad: Array, *, trust_coefficient: float = 0.
     the two agree (then this is Optax's ratio with its default eps=0).
 
     Shapes: ``param`` and ``grad`` alike (one layer); returns a 0-d array in float32 at least.
+
+    ratio = η·‖w‖ / (‖g‖ + β·‖w‖ + eps)
+
+    Examples
+    --------
+    >>> import numpy as np, arraynorm as an
+    >>> w, g = np.array([3.0, 4.0]), np.array([0.0, 0.5])      # ‖w‖ = 5, ‖g‖ = 0.5
+    >>> float(an.lars_trust_ratio(w, g, trust_coefficient=0.001))   # 0.001·5/0.5
+    0.01
     """
     fname = "lars_trust_ratio"
     eta = xp_check_finite_scalar(fname, "trust_coefficient", trust_coefficient, minimum=0.0)
@@ -426,6 +460,14 @@ def lamb_trust_ratio(param: Array, update: Array, *, eps: float = 0.0) -> Array:
     default) does.
 
     Shapes: ``param`` and ``update`` alike; returns a 0-d array in float32 at least.
+
+    ratio = ‖w‖ / (‖u‖ + eps)
+
+    Examples
+    --------
+    >>> import numpy as np, arraynorm as an
+    >>> float(an.lamb_trust_ratio(np.array([3.0, 4.0]), np.array([0.0, 2.0])))   # 5 / 2
+    2.5
     """
     fname = "lamb_trust_ratio"
     eps = xp_check_eps(fname, eps)
@@ -446,6 +488,15 @@ def gradient_centralization(grad: Tree) -> Tree:
     is made zero-mean, a projection that constrains the weight update to a hyperplane.
     Arrays of rank <= 1 (biases, gains) are returned unchanged, as in the paper's code.
     Takes one array or a container of them (same container type back).
+
+    g_i ← g_i − mean(g_i),   g_i the row of output unit i (all axes but 0)
+
+    Examples
+    --------
+    >>> import numpy as np, arraynorm as an
+    >>> an.gradient_centralization(np.array([[1.0, 2.0, 3.0], [0.0, 0.0, 6.0]]))
+    array([[-1., 0., 1.],
+           [-2., -2., 4.]])
     """
     fname = "gradient_centralization"
     xp, _, leaves, rebuild = _gather(fname, "grad", grad)

@@ -102,12 +102,14 @@ def local_response_norm(x: Array, size: int, alpha: float = 1e-4, beta: float = 
                         k: float = 1.0, *, axis: int = 1) -> Array:
     """Local response normalization across channels.
 
-    y_c = x_c / (k + α/size · Σ_{c'=c−⌊size/2⌋}^{c+⌊(size−1)/2⌋} x_{c'}²)^β
+    ``axis`` is the *channel* axis the window runs along (default 1; one int; PyTorch fixes it
+    at 1; it cannot be 0, the batch axis).
+
+        y_c = x_c / (k + α/size · Σ_{c'=c−⌊size/2⌋}^{c+⌊(size−1)/2⌋} x_{c'}²)^β
 
     with zeros beyond the first and last channel. Same parameters, defaults and window as
     ``torch.nn.functional.local_response_norm`` (which divides α by ``size``, unlike the
-    original AlexNet formula). ``x`` is (N, C, *S) with at least one spatial axis;
-    ``axis`` is the channel axis (PyTorch fixes it at 1; it cannot be 0, the batch axis).
+    original AlexNet formula). ``x`` is (N, C, *S) with at least one spatial axis.
 
     Range: float32 and half inputs are computed in float64 where the backend has it (all but
     JAX without x64 and Apple's MPS), so every finite input gives its correctly rounded
@@ -115,6 +117,13 @@ def local_response_norm(x: Array, size: int, alpha: float = 1e-4, beta: float = 
     squares overflow (|x| ≳ 1e154 in a window) give NaN, never a wrong finite value (so does
     a finite value next to an inf one in float64). Empty
     inputs give empty results, as in PyTorch.
+
+    Examples
+    --------
+    >>> import numpy as np, arraynorm as an
+    >>> x = np.ones((1, 3, 1, 1))
+    >>> an.local_response_norm(x, size=3, alpha=3.0, beta=1.0, k=1.0)[0, :, 0, 0]   # 1/(1 + Σx²)
+    array([0.33333333, 0.25      , 0.33333333])
     """
     return lrn_linearized(x, size, alpha, beta, k, axis)[0]
 

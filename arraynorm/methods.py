@@ -93,19 +93,33 @@ def batch_norm(x: Array, weight: Array | None = None, bias: Array | None = None,
                axis: int = 1) -> Composed:
     """Batch normalization (Ioffe & Szegedy 2015): batch partition ∘ standardize ∘ affine.
 
-    y = γ · (x − μ_c) / sqrt(σ²_c + eps) + β_c
+    ``axis`` is the *channel* axis, kept: one statistic per channel (default 1, NCHW; ``axis=-1``
+    for NHWC; one int — a tuple is a ``ValueError``).
+
+        y = γ_c · (x − μ_c) / sqrt(σ²_c + eps) + β_c
 
     With ``mean`` and ``var`` both ``None`` (training) μ_c and σ²_c (biased) are taken over
     every axis but the channel ``axis``; given (inference), they are used as they are.
 
-    Shapes: ``x`` (N, C, *S) with the channel at ``axis`` (default 1, NCHW; ``axis=-1`` for
-    NHWC); ``weight``, ``bias``, ``mean``, ``var`` of shape (C,). Raises ``ValueError`` in
-    training when a channel has a single value (PyTorch's rule); an empty batch or spatial
-    size 0 gives an empty result, as in PyTorch. Finite inputs of any magnitude are
-    normalized correctly (float32 values of 1e20, whose squares overflow: PyTorch returns 0).
+    Shapes: ``x`` (N, C, *S) with the channel at ``axis``; ``weight``, ``bias``, ``mean``,
+    ``var`` of shape (C,). Raises ``ValueError`` in training when a channel has a single value
+    (PyTorch's rule); an empty batch or spatial size 0 gives an empty result, as in PyTorch.
+    Finite inputs of any magnitude are normalized correctly (float32 values of 1e20, whose
+    squares overflow: PyTorch returns 0).
 
     Differs from ``torch.nn.functional.batch_norm``: running statistics are not updated in
     place; use :func:`batch_moments` and :func:`update_running_stats`, which return new arrays.
+
+    Examples
+    --------
+    >>> import numpy as np, arraynorm as an
+    >>> x = np.random.default_rng(0).standard_normal((8, 3, 4, 4)) * 5 + 2
+    >>> y = an.batch_norm(x)
+    >>> bool(np.allclose(y.mean(axis=(0, 2, 3)), 0) and np.allclose(y.var(axis=(0, 2, 3)), 1, atol=1e-4))
+    True
+    >>> y_nhwc = an.batch_norm(np.moveaxis(x, 1, -1), axis=-1)    # channels last
+    >>> bool(np.allclose(np.moveaxis(y_nhwc, -1, 1), y))
+    True
     """
     fname = "batch_norm"
     if (mean is None) != (var is None):
@@ -120,12 +134,22 @@ def layer_norm(x: Array, weight: Array | None = None, bias: Array | None = None,
                axis: int | tuple[int, ...] = -1, eps: float = 1e-5) -> Composed:
     """Layer normalization (Ba et al. 2016): layer partition ∘ standardize ∘ affine.
 
-    y = γ · (x − μ) / sqrt(σ² + eps) + β, μ and σ² (biased) over ``axis``.
+    ``axis`` is the *reduced* axes: an int or a tuple of ints, negative ones counting from the
+    end (default the last axis).
 
-    Shapes: ``axis`` an int or a tuple of axes (default the last); ``weight``/``bias`` have
-    the shape of ``x`` along those axes. ``torch.nn.functional.layer_norm(x, x.shape[-k:])``
-    is ``layer_norm(x, axis=tuple(range(-k, 0)))``. Unlike PyTorch, the axes need not be
-    trailing.
+        y = γ · (x − μ) / sqrt(σ² + eps) + β, μ and σ² (biased) over ``axis``.
+
+    Shapes: ``weight``/``bias`` have the shape of ``x`` along those axes.
+    ``torch.nn.functional.layer_norm(x, x.shape[-k:])`` is ``layer_norm(x, axis=tuple(range(-k,
+    0)))``. Unlike PyTorch, the axes need not be trailing.
+
+    Examples
+    --------
+    >>> import numpy as np, arraynorm as an
+    >>> x = np.random.default_rng(0).standard_normal((4, 3, 5)) * 3 + 1
+    >>> y = an.layer_norm(x, axis=(-2, -1))          # F.layer_norm(x, (3, 5))
+    >>> bool(np.allclose(y.mean(axis=(1, 2)), 0) and np.allclose(y.var(axis=(1, 2)), 1, atol=1e-4))
+    True
     """
     return Composed(Normalizer(Layer(axis), Standardize(), eps, "layer_norm"), x, weight, bias)
 
@@ -135,12 +159,23 @@ def instance_norm(x: Array, weight: Array | None = None, bias: Array | None = No
                   eps: float = 1e-5, axis: int = 1) -> Composed:
     """Instance normalization (Ulyanov et al. 2016): instance partition ∘ standardize ∘ affine.
 
-    y = γ_c · (x − μ_nc) / sqrt(σ²_nc + eps) + β_c, statistics per sample and channel over
-    the spatial axes. ``x`` is (N, C, *S) with at least one spatial axis; γ, β are (C,).
-    Spatial size 1 in training is refused (one value per statistic), spatial size 0 gives an
-    empty result (PyTorch's rules).
+    ``axis`` is the *channel* axis, kept (default 1; ``-1`` for channels last; one int).
+
+        y = γ_c · (x − μ_nc) / sqrt(σ²_nc + eps) + β_c
+
+    statistics per sample and channel over the spatial axes. ``x`` is (N, C, *S) with at least
+    one spatial axis; γ, β are (C,). Spatial size 1 in training is refused (one value per
+    statistic), spatial size 0 gives an empty result (PyTorch's rules).
     Differs from ``torch.nn.functional.instance_norm``: no running statistics (PyTorch's
     default ``use_input_stats=True`` is the behaviour here).
+
+    Examples
+    --------
+    >>> import numpy as np, arraynorm as an
+    >>> x = np.random.default_rng(0).standard_normal((2, 3, 4, 4)) + 3
+    >>> y = an.instance_norm(x)
+    >>> bool(np.allclose(y.mean(axis=(2, 3)), 0) and np.allclose(y.var(axis=(2, 3)), 1, atol=1e-3))
+    True
     """
     return Composed(Normalizer(Instance(axis), Standardize(), eps, "instance_norm"), x, weight, bias)
 
@@ -149,6 +184,10 @@ def instance_norm(x: Array, weight: Array | None = None, bias: Array | None = No
 def group_norm(x: Array, num_groups: int, weight: Array | None = None, bias: Array | None = None,
                *, eps: float = 1e-5, axis: int = 1) -> Composed:
     """Group normalization (Wu & He 2018): group partition ∘ standardize ∘ affine.
+
+    ``axis`` is the *channel* axis, whose C channels are split into groups (default 1; one int).
+
+        y = γ_c · (x − μ_ng) / sqrt(σ²_ng + eps) + β_c,   g the group of channel c
 
     The C channels are split into ``num_groups`` consecutive groups; statistics per sample and
     group over the group's channels and all spatial axes; γ, β are per channel, shape (C,).
@@ -171,8 +210,20 @@ def rms_norm(x: Array, weight: Array | None = None, *, axis: int | tuple[int, ..
              eps: float | None = None) -> Composed:
     """RMS normalization (Zhang & Sennrich 2019): layer partition ∘ RMS scale ∘ γ.
 
-    y = γ · x / sqrt(mean(x²) + eps), the mean over ``axis`` (default the last).
+    ``axis`` is the *reduced* axes: an int or a tuple (default the last).
+
+        y = γ · x / sqrt(mean(x²) + eps), the mean over ``axis``.
+
     ``eps=None`` means the machine epsilon of ``x``'s dtype, as ``torch.nn.functional.rms_norm``.
+    γ has the shape of ``x`` along ``axis``; there is no β and no centring.
+
+    Examples
+    --------
+    >>> import numpy as np, arraynorm as an
+    >>> x = np.random.default_rng(0).standard_normal((4, 8)) * 3
+    >>> y = an.rms_norm(x)
+    >>> bool(np.allclose((y ** 2).mean(axis=-1), 1))
+    True
     """
     if eps is None:
         xp = xp_namespace("rms_norm", x=x)
@@ -186,8 +237,21 @@ def position_norm(x: Array, weight: Array | None = None, bias: Array | None = No
                   eps: float = 1e-5, axis: int = 1) -> Composed:
     """Positional normalization (PONO, Li et al. 2019): position partition ∘ standardize ∘ affine.
 
-    Statistics per sample and spatial position, over the channels; γ, β per channel (C,).
-    (PONO's paper has no affine; pass none to get it.) PyTorch has no equivalent.
+    ``axis`` is the *channel* axis, which PN *reduces*: one statistic per sample and spatial
+    position, over the channels (default 1; one int).
+
+        y = γ_c · (x − μ_n,s) / sqrt(σ²_n,s + eps) + β_c,   s a spatial position
+
+    γ, β per channel (C,). (PONO's paper has no affine; pass none to get it.) PyTorch has no
+    equivalent.
+
+    Examples
+    --------
+    >>> import numpy as np, arraynorm as an
+    >>> x = np.random.default_rng(0).standard_normal((2, 8, 3, 3)) + 1
+    >>> y = an.position_norm(x)
+    >>> bool(np.allclose(y.mean(axis=1), 0) and np.allclose(y.var(axis=1), 1, atol=1e-3))
+    True
     """
     return Composed(Normalizer(Position(axis), Standardize(), eps, "position_norm"), x, weight, bias)
 
@@ -197,9 +261,21 @@ def ghost_batch_norm(x: Array, virtual_batch_size: int, weight: Array | None = N
                      bias: Array | None = None, *, eps: float = 1e-5, axis: int = 1) -> Composed:
     """Ghost batch normalization (Hoffer et al. 2017): BN over virtual batches.
 
-    The batch (axis 0) is cut into consecutive chunks of ``virtual_batch_size`` samples and
-    each is batch-normalized with its own statistics. The batch size must be a multiple of
+    ``axis`` is the *channel* axis, kept (default 1; one int); the batch axis is 0.
+
+        y = γ_c · (x − μ_vc) / sqrt(σ²_vc + eps) + β_c,   v the virtual batch of the sample
+
+    The batch is cut into consecutive chunks of ``virtual_batch_size`` samples and each is
+    batch-normalized with its own statistics. The batch size must be a multiple of
     ``virtual_batch_size``. γ, β are (C,).
+
+    Examples
+    --------
+    >>> import numpy as np, arraynorm as an
+    >>> x = np.random.default_rng(0).standard_normal((8, 3))
+    >>> y = an.ghost_batch_norm(x, 4)
+    >>> bool(np.allclose(y[:4], an.batch_norm(x[:4])) and np.allclose(y[4:], an.batch_norm(x[4:])))
+    True
     """
     return Composed(Normalizer(GhostBatch(virtual_batch_size, axis), Standardize(), eps,
                                "ghost_batch_norm"), x, weight, bias)
@@ -211,13 +287,26 @@ def batch_renorm(x: Array, weight: Array | None = None, bias: Array | None = Non
                  eps: float = 1e-5, axis: int = 1) -> Composed:
     """Batch renormalization (Ioffe 2017), training mode.
 
-    y = γ · (r · (x − μ_B)/σ_B + d) + β, with r, d from :class:`Renormalize`. As in the
+    ``axis`` is the *channel* axis, kept (default 1; one int).
+
+        y = γ · (r · (x − μ_B)/σ_B + d) + β,
+        r = clip(σ_B/σ, 1/rmax, rmax),  d = clip((μ_B − μ)/σ, −dmax, dmax)
+
+    with μ, σ² the running statistics (:class:`~arraynorm.operation.Renormalize`). As in the
     paper, r and d are constants in the backward pass (stop-gradient), so the VJP is not the
     derivative of the forward where r, d do not clip.
     ``running_mean``/``running_var`` (C,) are the current running statistics (update them
     afterwards with :func:`update_running_stats`); ``rmax >= 1``, ``dmax >= 0`` (the paper
     anneals them from 1 and 0, where batch renorm equals BN). In inference use
     :func:`batch_norm` with the running statistics. PyTorch has no equivalent.
+
+    Examples
+    --------
+    >>> import numpy as np, arraynorm as an
+    >>> x = np.random.default_rng(0).standard_normal((16, 3)) * 2 + 1
+    >>> y = an.batch_renorm(x, running_mean=np.zeros(3), running_var=np.ones(3), rmax=1.0, dmax=0.0)
+    >>> bool(np.allclose(y, an.batch_norm(x)))     # r = 1, d = 0: plain BN
+    True
     """
     fname = "batch_renorm"
     rmax = xp_check_finite_scalar(fname, "rmax", rmax, minimum=1.0)
@@ -229,7 +318,9 @@ def batch_renorm(x: Array, weight: Array | None = None, bias: Array | None = Non
 @composition
 def l2_normalize(x: Array, *, p: float = 2.0, axis: int | tuple[int, ...] = 1,
                  eps: float = 1e-12) -> Composed:
-    """Divide by the L_p norm along ``axis``: y = x / max(‖x‖_p, eps).
+    """Divide by the L_p norm along ``axis``, the *reduced* axes (an int or a tuple; default 1):
+
+        y = x / max(‖x‖_p, eps)
 
     Same semantics and defaults as ``torch.nn.functional.normalize(x, p, dim, eps)``
     (``axis`` is PyTorch's ``dim``; a tuple of axes is allowed). ``p`` is a number >= 1 or
@@ -237,6 +328,14 @@ def l2_normalize(x: Array, *, p: float = 2.0, axis: int | tuple[int, ...] = 1,
     ~1e19 (where PyTorch's norm is inf and the output 0) or below ~1e-19 are normalized
     correctly; over an empty axis the norm is 0 and the output empty for every p (PyTorch
     raises for p = inf).
+
+    Examples
+    --------
+    >>> import numpy as np, arraynorm as an
+    >>> y = an.l2_normalize(np.array([[3.0, 4.0], [0.0, 2.0]]))
+    >>> y
+    array([[0.6, 0.8],
+           [0. , 1. ]])
     """
     fname = "l2_normalize"
     if isinstance(p, bool) or not isinstance(p, (int, float)):

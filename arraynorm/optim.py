@@ -2,7 +2,10 @@
 and Adam/AdamW, each with optional global-norm gradient clipping.
 
 An optimizer reads the gradients the model's ``backward`` set and updates every parameter
-that has one (parameters without a gradient are skipped, as in PyTorch). The gradient
+that has one (parameters without a gradient are skipped, as in PyTorch). Updates happen in
+each parameter's own dtype (a float64 parameter trained on float32 data keeps float64
+"master" values: :mod:`arraynorm.nn`, *Dtypes*); a gradient set by hand in another floating
+dtype is cast to the parameter's. The gradient
 transforms of the survey's third family come from :mod:`arraynorm.gradient`
 (:func:`~arraynorm.gradient.clip_by_global_norm`, :func:`~arraynorm.gradient.normalized_gradient`,
 :func:`~arraynorm.gradient.block_normalized_gradient`, the LARS and LAMB trust ratios).
@@ -137,6 +140,7 @@ class Optimizer:
         self.last_grad_norm: Array | None = None
 
     def zero_grad(self) -> None:
+        """Forget every gradient of the model (its ``backward`` overwrites them anyway)."""
         self.model.zero_grad()
 
     def _collect(self) -> tuple[list[str], list[tuple[Module, str]], list[Array], list[Array]]:
@@ -152,6 +156,15 @@ class Optimizer:
             if tuple(g.shape) != tuple(p.shape):
                 raise ValueError(f"{self._name}.step: gradient of {name} has shape "
                                  f"{tuple(g.shape)}, the parameter {tuple(p.shape)}")
+            if g.dtype != p.dtype:
+                # layers return gradients in their parameter's dtype (arraynorm.nn: "Dtypes");
+                # one set by hand in another floating dtype is cast, as the update would be
+                gxp = array_namespace(g)
+                if not gxp.isdtype(g.dtype, "real floating"):
+                    raise TypeError(f"{self._name}.step: gradient of {name} must have a real "
+                                    f"floating dtype, got {g.dtype}; set it as "
+                                    f"xp.astype(grad, param.dtype)")
+                g = gxp.astype(g, p.dtype)
             names.append(name)
             slots.append((m, k))
             params.append(p)

@@ -76,6 +76,7 @@ class Layout:
 
     @property
     def param_shape(self) -> tuple[int, ...]:
+        """Shape of per-feature γ/β: the input's sizes along :attr:`param_axes`."""
         return tuple(self.shape[a] for a in self.param_axes)
 
     @property
@@ -88,6 +89,9 @@ class Partition:
     """Base class: subclasses implement :meth:`layout`."""
 
     def layout(self, fname: str, shape: tuple[int, ...]) -> Layout:  # pragma: no cover
+        """The :class:`Layout` of an input of ``shape``: view, reduced axes, feature axis and
+        parameter axes; ``ValueError`` naming ``fname`` when the shape does not fit the partition.
+        """
         raise NotImplementedError
 
     @staticmethod

@@ -109,6 +109,7 @@ class Recovery:
         return layout.param_axes
 
     def param_shape(self, layout: Layout) -> Shape:
+        """Shape of γ and β: the input's sizes along :meth:`param_axes`."""
         return tuple(layout.shape[a] for a in self.param_axes(layout))
 
     def check(self, fname: str, layout: Layout, weight: Array | None, bias: Array | None) -> None:
@@ -119,6 +120,7 @@ class Recovery:
 
     def forward(self, xp: Namespace, yhat: Array, weight: Array | None, bias: Array | None,
                 layout: Layout) -> Array:
+        """y = γ·ŷ + β (``None`` parameters are 1 and 0)."""
         return affine(xp, yhat, weight, bias, self.param_axes(layout))
 
     def backward(self, xp: Namespace, dy: Array, yhat: Array, weight: Array | None,
@@ -170,10 +172,12 @@ class NoRecovery(Recovery):
 
     def forward(self, xp: Namespace, yhat: Array, weight: Array | None, bias: Array | None,
                 layout: Layout) -> Array:
+        """y = ŷ."""
         return yhat
 
     def backward(self, xp: Namespace, dy: Array, yhat: Array, weight: Array | None,
                  bias: Array | None, layout: Layout) -> tuple[Array, Array | None, Array | None]:
+        """(dy, None, None): ∂L/∂ŷ = dy and no parameters."""
         return dy, None, None
 
 

@@ -105,6 +105,7 @@ class RunningMeanStd:
 
     @property
     def std(self) -> Array:
+        """sqrt(var), the running standard deviation (biased, no eps)."""
         xp = xp_namespace("RunningMeanStd.std", mean=self.var)
         return xp.sqrt(self.var)
 
@@ -128,13 +129,16 @@ class RunningMeanStd:
         return xp.astype(y, x.dtype, copy=False)
 
     def state_dict(self) -> dict[str, Any]:
+        """``{"mean", "var", "count"}``: the running statistics, for saving."""
         return {"mean": self.mean, "var": self.var, "count": self.count}
 
     def load_state_dict(self, state: dict[str, Any]) -> RunningMeanStd:
+        """Restore what :meth:`state_dict` returned; returns ``self``."""
         self.mean, self.var, self.count = state["mean"], state["var"], int(state["count"])
         return self
 
     def to(self, xp: Namespace, device: Any = None, dtype: Any = None) -> RunningMeanStd:
+        """Move the statistics to namespace ``xp`` (and ``device``, ``dtype``); returns ``self``."""
         ns = xp_resolve_namespace(xp)
         self.mean = xp_move(self.mean, ns, device, dtype)
         self.var = xp_move(self.var, ns, device, dtype)

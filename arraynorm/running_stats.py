@@ -41,6 +41,10 @@ __all__ = ["batch_moments", "update_running_stats", "momentum_weight", "blend",
 def batch_moments(x: Array, *, axis: int = 1) -> tuple[Array, Array]:
     """Per-channel batch mean and biased variance, the statistics training-mode BN uses.
 
+    ``axis`` is the *channel* axis, kept (default 1; one int).
+
+        μ_c = mean(x_c),   σ²_c = mean((x_c − μ_c)²)   over every axis but ``axis``
+
     Shapes: ``x`` (N, C, *S) with the channel at ``axis``; returns two arrays of shape (C,) in
     the compute dtype (float32 for float16/bfloat16 inputs, so running statistics kept in
     float32 lose nothing). The variance is two-pass (see :func:`arraynorm.operation.moments`).
@@ -49,6 +53,14 @@ def batch_moments(x: Array, *, axis: int = 1) -> tuple[Array, Array]:
     variance beyond the dtype's range is inf. On a ``dask.array`` the statistics take one pass
     over the chunks (per-chunk moments merged by Chan's formula,
     :mod:`arraynorm._kernels.dask_moments`), lazily, the same numbers whatever the chunking.
+
+    Examples
+    --------
+    >>> import numpy as np, arraynorm as an
+    >>> x = np.arange(12.0).reshape(3, 4)
+    >>> mean, var = an.batch_moments(x)
+    >>> mean, var
+    (array([4., 5., 6., 7.]), array([10.66666667, 10.66666667, 10.66666667, 10.66666667]))
     """
     fname = "batch_moments"
     xp = xp_namespace(fname, x=x)
@@ -121,7 +133,9 @@ def update_running_stats(running_mean: Array, running_var: Array, batch_mean: Ar
                          num_batches_tracked: int | None = None) -> tuple[Array, Array]:
     """Fold one batch's moments into running statistics, as ``torch.nn.BatchNorm`` does.
 
-    running ← (1 − m)·running + m·batch, where the variance stored is the *unbiased* batch
+        running ← (1 − m)·running + m·batch
+
+    where the variance stored is the *unbiased* batch
     variance ``batch_var · count/(count − 1)`` (``batch_var`` is the biased one that
     :func:`batch_moments` returns, ``count`` the number of values per channel, N·∏S).
     ``momentum`` is the weight of the new batch (PyTorch's convention, the opposite of Keras
@@ -131,6 +145,15 @@ def update_running_stats(running_mean: Array, running_var: Array, batch_mean: Ar
     Returns new arrays in the running statistics' dtype; the inputs are not modified (layers
     that own buffers assign the result). float16/bfloat16 running statistics are blended in
     float32 and rounded once, as PyTorch does (blending in float16 errs by up to ~100 ulps).
+
+    Examples
+    --------
+    >>> import numpy as np, arraynorm as an
+    >>> x = np.arange(12.0).reshape(3, 4)
+    >>> mean, var = an.batch_moments(x)
+    >>> rm, rv = an.update_running_stats(np.zeros(4), np.ones(4), mean, var, count=3, momentum=0.5)
+    >>> rm, rv                                   # 0.5·0 + 0.5·μ,  0.5·1 + 0.5·(var·3/2)
+    (array([2. , 2.5, 3. , 3.5]), array([8.5, 8.5, 8.5, 8.5]))
     """
     fname = "update_running_stats"
     xp = xp_namespace(fname, running_mean=running_mean, running_var=running_var,

@@ -62,6 +62,9 @@ def decorrelated_batch_norm(x: Array, weight: Array | None = None, bias: Array |
     """Decorrelated batch normalization (Huang et al. 2018): BatchGroups partition ∘
     whitening ∘ per-channel affine.
 
+    ``axis`` is the *channel* axis, kept: its channels are whitened, in groups of C/G (default
+    1, NCHW; ``axis=-1`` for channels last; one int — a tuple is a ``ValueError``).
+
     y = γ ⊙ W_g (x_g − μ_g) + β per channel group g, with μ_g the batch mean of the group's
     C/G channels over every axis but the channel ``axis`` and W_g the whitening matrix of
     Σ_g = X_c X_cᵀ/m + eps·I (m = N·∏S values): ``method`` "zca" (default, the paper's),
@@ -99,6 +102,9 @@ def iter_norm(x: Array, weight: Array | None = None, bias: Array | None = None, 
     """Iterative normalization (IterNorm, Huang et al. 2019): BatchGroups partition ∘
     Newton-iteration whitening ∘ per-channel affine.
 
+    ``axis`` is the *channel* axis, kept: its channels are whitened, in groups of C/G (default
+    1, NCHW; ``axis=-1`` for channels last; one int — a tuple is a ``ValueError``).
+
     As :func:`decorrelated_batch_norm` with W = p_T(Σ/trΣ)/sqrt(trΣ), T Newton steps
     P_{k+1} = 1.5 P_k − 0.5 P_k³ Σ_N from P_0 = I (default T = 5, ``num_groups`` 1; the
     paper uses groups of 64 channels). Only matmuls: runs on every backend, Dask included
@@ -124,6 +130,9 @@ def group_whitening(x: Array, num_groups: int, weight: Array | None = None,
                     bias: Array | None = None, *, method: str = "zca", eps: float = 1e-5,
                     axis: int = 1) -> Composed:
     """Group whitening (Huang et al. 2021): Group partition ∘ whitening ∘ per-channel affine.
+
+    ``axis`` is the *channel* axis, kept: its channels are split into groups (default 1, NCHW;
+    ``axis=-1`` for channels last; one int — a tuple is a ``ValueError``).
 
     Per sample, the C channels are split into ``num_groups`` groups; the groups are the G
     features to decorrelate and each group's C/G·∏S values are their samples:
@@ -153,6 +162,9 @@ def group_whitening(x: Array, num_groups: int, weight: Array | None = None,
 def whitening_moments(x: Array, *, num_groups: int = 1, method: str = "zca", T: int = 5,
                       eps: float = 1e-5, axis: int = 1) -> tuple[Array, Array]:
     """Batch mean and whitening matrix that training-mode DBN / IterNorm use.
+
+    ``axis`` is the *channel* axis, kept: statistics per channel group (default 1, NCHW;
+    ``axis=-1`` for channels last; one int — a tuple is a ``ValueError``).
 
     Returns ``(mean, W)``: ``mean`` of shape (C,), ``W`` of shape (G, C/G, C/G) with
     G = ``num_groups``, in the compute dtype (float32 for float16/bfloat16 inputs), for

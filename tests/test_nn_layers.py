@@ -306,9 +306,7 @@ def test_mixed_namespaces_raise_type_error_naming_arguments():
 def test_bad_inputs_get_clear_errors():
     with pytest.raises(ValueError, match=r"Linear.forward: x must have shape \(\.\.\., 3\)"):
         nn.Linear(3, 2, rng=0)(np.ones((2, 4)))
-    with pytest.raises(TypeError, match="Linear.forward: x has dtype float32 but the weight has dtype float64"):
-        nn.Linear(3, 2, rng=0)(np.ones((2, 3), np.float32))
-    with pytest.raises(TypeError, match="x must have a real floating dtype"):
+    with pytest.raises(TypeError, match="x must have a real floating dtype.*cast the input"):
         nn.Linear(3, 2, rng=0)(np.ones((2, 3), np.int64))
     with pytest.raises(ValueError, match="BatchNorm.forward: x must have \\(4,\\) features"):
         nn.BatchNorm(4)(np.ones((5, 3)))

@@ -24,8 +24,11 @@ Switches
   the fast path's worker threads only compute blocks.
 * :func:`persist_statistics` (Dask): within it, normalizers whose statistics span chunks
   persist them (and the backward its sums), so no pass holds the input (:mod:`.dask_moments`).
-* ``ARRAYNORM_THREADS=n`` (or ``set_fast_paths(True, threads=n)``) caps the worker threads of
-  the NumPy fast path; default: the CPUs this process may run on.
+* :func:`set_num_threads` (``arraynorm.set_num_threads``; ``set_fast_paths(True, threads=n)``
+  is the same setting), else ``ARRAYNORM_THREADS=n``, sets the worker threads of the NumPy
+  fast path; default: the CPUs this process may run on, lowered to ``OMP_NUM_THREADS`` and to
+  the limits in force under ``threadpoolctl.threadpool_limits`` (:mod:`._threads`).
+  :func:`fast_path_threads` is the count every implementation with a thread pool asks.
 
 Implementations today
 ---------------------
@@ -57,12 +60,14 @@ from .._context import Implementation, Stages
 from .._typing import Array, Namespace
 from ..partition import Layout
 from . import dask_moments, numpy_fused
-from ._switches import fast_path_threads, fast_paths_enabled, set_fast_paths, use_fast_paths
+from ._switches import fast_paths_enabled, set_fast_paths, use_fast_paths
+from ._threads import fast_path_threads, get_num_threads, set_num_threads
 from .dask_moments import persist_statistics
 from .portable import PORTABLE
 
 __all__ = ["set_fast_paths", "fast_paths_enabled", "use_fast_paths", "fast_path_threads",
-           "select", "implementation", "IMPLEMENTATIONS", "PORTABLE", "persist_statistics"]
+           "set_num_threads", "get_num_threads", "persist_statistics",
+           "select", "implementation", "IMPLEMENTATIONS", "PORTABLE"]
 
 #: the backend implementations, asked in this order; the first that supports an input runs it
 IMPLEMENTATIONS: tuple[Implementation, ...] = (

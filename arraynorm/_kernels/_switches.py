@@ -6,27 +6,15 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
-import warnings
 from collections.abc import Iterator
 
 from .._array_api import xp_check_bool, xp_check_int
-from ._blocks import default_threads
+from ._threads import fast_path_threads, set_num_threads
 
 __all__ = ["set_fast_paths", "fast_paths_enabled", "use_fast_paths", "fast_path_threads"]
 
 
-def _threads_from_env() -> int:
-    value = os.environ.get("ARRAYNORM_THREADS", "").strip()
-    if value.isdigit() and int(value) > 0:
-        return int(value)
-    if value:
-        warnings.warn(f"arraynorm: ARRAYNORM_THREADS must be a positive int, got {value!r}; "
-                      f"using {default_threads()}", RuntimeWarning, stacklevel=2)
-    return default_threads()
-
-
 _default = os.environ.get("ARRAYNORM_FAST_PATHS", "1").strip().lower() not in ("0", "false", "no", "off")
-_threads = _threads_from_env()
 # a use_fast_paths block's setting, per context (thread / asyncio task); None: the default
 _override: contextvars.ContextVar[bool | None] = contextvars.ContextVar("arraynorm_fast_paths",
                                                                        default=None)
@@ -39,8 +27,9 @@ def set_fast_paths(enabled: bool, *, threads: int | None = None) -> bool:
 
     Every thread without a :func:`use_fast_paths` block of its own follows the default,
     threads started later included; inside such a block the block's setting wins.
-    ``threads`` (a positive int) caps the worker threads of the NumPy fast path. With fast
-    paths off every op runs the portable array-API code.
+    ``threads`` (a positive int) sets the worker threads of the NumPy fast path: the same
+    setting as :func:`arraynorm.set_num_threads`, which is the one to use. With fast paths off
+    every op runs the portable array-API code.
 
     Examples
     --------
@@ -48,24 +37,27 @@ def set_fast_paths(enabled: bool, *, threads: int | None = None) -> bool:
     >>> previous = an.set_fast_paths(False)   # portable path only
     >>> _ = an.set_fast_paths(previous)
     """
-    global _default, _threads
+    global _default
     xp_check_bool("set_fast_paths", "enabled", enabled)
     if threads is not None:
-        _threads = xp_check_int("set_fast_paths", "threads", threads)
+        set_num_threads(xp_check_int("set_fast_paths", "threads", threads))
     previous, _default = _default, enabled
     return previous
 
 
 def fast_paths_enabled() -> bool:
     """Whether backend fast paths are used here: the innermost :func:`use_fast_paths` block
-    of the current context, else the process default (:func:`set_fast_paths`)."""
+    of the current context, else the process default (:func:`set_fast_paths`).
+
+    Examples
+    --------
+    >>> import arraynorm as an
+    >>> with an.use_fast_paths(False):
+    ...     an.fast_paths_enabled()
+    False
+    """
     local = _override.get()
     return _default if local is None else local
-
-
-def fast_path_threads() -> int:
-    """Worker threads of the NumPy fast path."""
-    return _threads
 
 
 @contextlib.contextmanager

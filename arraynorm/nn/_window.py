@@ -36,8 +36,9 @@ import numbers
 from dataclasses import dataclass
 from typing import Any
 
-from .._array_api import xp_check_floating, xp_device, xp_supports_inplace, xp_whole_axes
+from .._array_api import xp_device, xp_supports_inplace, xp_whole_axes
 from .._typing import Array, Namespace
+from .module import check_float_input
 
 __all__ = ["pair", "check_nchw", "check_cotangent", "Window2d", "pad2d",
            "window_slices", "scatter_windows"]
@@ -45,7 +46,7 @@ __all__ = ["pair", "check_nchw", "check_cotangent", "Window2d", "pad2d",
 
 def check_nchw(fname: str, xp: Namespace, x: Array) -> None:
     """x must be a floating (N, C, H, W) array (batched; PyTorch also takes (C, H, W))."""
-    xp_check_floating(fname, "x", x, xp)
+    check_float_input(fname, xp, x)
     if x.ndim != 4:
         raise ValueError(f"{fname}: x must have shape (N, C, H, W) (rank 4), got shape "
                          f"{tuple(x.shape)} (rank {x.ndim})")

@@ -32,9 +32,11 @@ class _Pointwise(Module):
         raise NotImplementedError
 
     def backward(self, dy: Array) -> Array:
+        """dx = φ'(x)·dy (the Jacobian is diagonal)."""
         return self._scale(self._saved(), dy)
 
     def jvp(self, dx: Array) -> Array:
+        """dy = φ'(x)·dx, the same diagonal as :meth:`backward`."""
         c = self._saved("jvp")
         self._check_tangent(dx, c["xp"], c["shape"])
         return self._scale(c, dx)
@@ -44,12 +46,15 @@ class Identity(Module):
     """y = x (a placeholder where a stack has no activation or no normalization)."""
 
     def forward(self, x: Array) -> Array:
+        """y = x (the input itself, no copy)."""
         return x
 
     def backward(self, dy: Array) -> Array:
+        """dx = dy."""
         return dy
 
     def jvp(self, dx: Array) -> Array:
+        """dy = dx."""
         return dx
 
 
@@ -57,6 +62,7 @@ class ReLU(_Pointwise):
     """y = max(x, 0); dy/dx = 1 where x > 0, else 0 (PyTorch's choice at 0)."""
 
     def forward(self, x: Array) -> Array:
+        """y = max(x, 0)."""
         xp = self._xp(x)
         self._save(xp=xp, x=x, shape=tuple(x.shape))
         return xp.where(x > 0, x, xp.zeros_like(x))
@@ -70,6 +76,7 @@ class Tanh(_Pointwise):
     """y = tanh(x); dy/dx = 1 − y²."""
 
     def forward(self, x: Array) -> Array:
+        """y = tanh(x)."""
         xp = self._xp(x)
         y = xp.tanh(x)
         self._save(xp=xp, y=y, shape=tuple(x.shape))
@@ -94,6 +101,7 @@ class GELU(_Pointwise):
     _A = 0.044715
 
     def forward(self, x: Array) -> Array:
+        """y = x/2 · (1 + tanh(√(2/π) (x + 0.044715 x³)))."""
         xp = self._xp(x)
         t = xp.tanh(self._C * (x + self._A * x * x * x))
         self._save(xp=xp, x=x, t=t, shape=tuple(x.shape))
@@ -118,6 +126,7 @@ class HardTanh(_Pointwise):
         self.min_val, self.max_val = lo, hi
 
     def forward(self, x: Array) -> Array:
+        """y = clip(x, min_val, max_val)."""
         xp = self._xp(x)
         self._save(xp=xp, x=x, shape=tuple(x.shape))
         return xp.clip(x, self.min_val, self.max_val)

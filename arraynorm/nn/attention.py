@@ -95,6 +95,9 @@ class MultiHeadSelfAttention(Module):
         return xp.reshape(xp.permute_dims(t, (0, 2, 1, 3)), (n, steps, self.embed_dim))
 
     def forward(self, x: Array) -> Array:
+        """y = W_O · concat_h softmax(Q_h K_hᵀ/√d_k [+ causal mask]) V_h for x (N, T, D), Q, K, V the
+        input projections; caches what backward needs.
+        """
         fname = "MultiHeadSelfAttention.forward"
         xp = xp_namespace(fname, x=x, weight=self.in_proj.params["weight"])
         xp_check_floating(fname, "x", x, xp)
@@ -117,6 +120,9 @@ class MultiHeadSelfAttention(Module):
         return self.out_proj.forward(self._merge(xp, o, n, steps))
 
     def backward(self, dy: Array) -> Array:
+        """dx through the output projection, the softmax and the three input projections; sets the
+        projections' gradients.
+        """
         c = self._saved()
         xp, q, k, v, p, n, steps = c["xp"], c["q"], c["k"], c["v"], c["p"], c["n"], c["steps"]
         do = self._heads(xp, self.out_proj.backward(dy), n, steps)

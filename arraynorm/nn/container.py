@@ -54,11 +54,13 @@ class Sequential(Module):
         return iter(self._children.values())
 
     def forward(self, x: Array) -> Array:
+        """y = f_L(… f_1(x)): each layer's ``forward`` in order."""
         for layer in self._children.values():
             x = layer.forward(x)
         return x
 
     def backward(self, dy: Array) -> Array:
+        """dx = J_1ᵀ ⋯ J_Lᵀ dy: each layer's ``backward`` in reverse order (setting their gradients)."""
         for layer in reversed(list(self._children.values())):
             dy = layer.backward(dy)
         return dy
@@ -88,6 +90,7 @@ class Residual(Module):
         self.scale = xp_check_finite_scalar("Residual", "scale", scale)
 
     def forward(self, x: Array) -> Array:
+        """y = shortcut(x) + scale · block(x)."""
         h = self.block.forward(x)
         s = self._children["shortcut"].forward(x) if "shortcut" in self._children else x
         if tuple(h.shape) != tuple(s.shape):
@@ -97,6 +100,7 @@ class Residual(Module):
         return s + h if self.scale == 1.0 else s + self.scale * h
 
     def backward(self, dy: Array) -> Array:
+        """dx = shortcutᵀ(dy) + scale · blockᵀ(dy), setting both branches' gradients."""
         dblock = self.block.backward(dy if self.scale == 1.0 else self.scale * dy)
         dskip = self._children["shortcut"].backward(dy) if "shortcut" in self._children else dy
         return dskip + dblock

@@ -34,7 +34,7 @@ from .._typing import Array, Namespace
 from ._window import (Window2d, check_cotangent, check_nchw, pad2d, pair, scatter_windows,
                       window_slices)
 from .init import init_bias, init_weight, make_rng
-from .module import Module
+from .module import Module, check_float_input
 
 __all__ = ["Conv2d"]
 
@@ -170,14 +170,17 @@ class Conv2d(Module):
 
     @property
     def kernel_size(self) -> tuple[int, int]:
+        """(k_h, k_w), the kernel's spatial size."""
         return self.win.kernel
 
     @property
     def stride(self) -> tuple[int, int]:
+        """(s_h, s_w), the step between windows."""
         return self.win.stride
 
     @property
     def dilation(self) -> tuple[int, int]:
+        """(d_h, d_w), the spacing between kernel taps."""
         return self.win.dilation
 
     def _check(self, fname: str, x: Array) -> Any:
@@ -187,25 +190,30 @@ class Conv2d(Module):
         if x.shape[1] != self.in_channels:
             raise ValueError(f"{fname}: x must have in_channels={self.in_channels} channels "
                              f"(axis 1), got shape {tuple(x.shape)}")
-        if x.dtype != w.dtype:
-            raise TypeError(f"{fname}: x has dtype {x.dtype} but the weight has dtype {w.dtype}; "
-                            f"cast one (or move the model with .to(xp, dtype=...))")
+        check_float_input(fname, xp, x)
         return xp
 
     def _conv(self, xp: Namespace, x: Array) -> tuple[Array, Array]:
-        return _conv(xp, xp_in_compute_dtype(xp, x), xp_in_compute_dtype(xp, self.params["weight"]), self.win,
+        # the input's dtype rules (arraynorm.nn: parameters are cast per call)
+        xc = xp_in_compute_dtype(xp, x)
+        return _conv(xp, xc, xp.astype(self.params["weight"], xc.dtype, copy=False), self.win,
                      self.groups)
 
     def forward(self, x: Array) -> Array:
+        """y = W ⋆ x + b (cross-correlation, PyTorch's ``conv2d``) for x (N, C_in, H, W), computed
+        in the input's dtype (float16/bfloat16 in float32, rounded once).
+        """
         xp = self._check("Conv2d.forward", x)
         y, cols = self._conv(xp, x)
         b = self.params.get("bias")
         if b is not None:
-            y = y + xp.reshape(xp_in_compute_dtype(xp, b), (1, -1, 1, 1))
-        self._save(xp=xp, cols=cols, in_shape=tuple(x.shape), out_shape=tuple(y.shape))
+            y = y + xp.reshape(xp.astype(b, y.dtype, copy=False), (1, -1, 1, 1))
+        self._save(xp=xp, cols=cols, in_shape=tuple(x.shape), out_shape=tuple(y.shape),
+                   in_dtype=x.dtype)
         return xp.astype(y, x.dtype, copy=False)
 
     def backward(self, dy: Array) -> Array:
+        """dx = W ⋆ᵀ dy (in the input's dtype); sets ∂L/∂W and ∂L/∂b in the parameters' dtype."""
         c = self._saved()
         xp, cols = c["xp"], c["cols"]
         check_cotangent("Conv2d.backward", dy, c["out_shape"])
@@ -213,18 +221,18 @@ class Conv2d(Module):
         wt = self.params["weight"]
         g, o, k = self.groups, self.out_channels, self.win.offsets
         ho, wo = dy.shape[2], dy.shape[3]
-        dy = xp_whole_axes(xp_in_compute_dtype(xp, dy), (1, 2, 3))
+        dy = xp_whole_axes(xp.astype(dy, cols.dtype, copy=False), (1, 2, 3))
         dyg = _reshape(xp, dy, (n, o, ho * wo), (n, g, o // g, ho * wo))
         dw = _reshape(xp, _weight_grad(xp, dyg, cols), (g, o // g, ch // g, k), tuple(wt.shape))
         self.grads["weight"] = xp.astype(dw, wt.dtype, copy=False)
         if "bias" in self.params:
             db = xp.sum(dy, axis=(0, 2, 3))
-            self.grads["bias"] = xp.astype(db, wt.dtype, copy=False)
-        wmat = _kernel_matrix(xp, xp_in_compute_dtype(xp, wt), g)
+            self.grads["bias"] = xp.astype(db, self.params["bias"].dtype, copy=False)
+        wmat = _kernel_matrix(xp, xp.astype(wt, cols.dtype, copy=False), g)
         dcols = xp.matmul(xp.matrix_transpose(wmat), dyg)  # (N, G, C/G·k_h k_w, H_out W_out)
         dcols = _reshape(xp, dcols, (n, g, ch // g, k, ho, wo), (n, ch, k, ho, wo))
         dx = scatter_windows(xp, dcols, self.win, (h, w))
-        return xp.astype(dx, wt.dtype, copy=False)
+        return xp.astype(dx, c["in_dtype"], copy=False)
 
     def jvp(self, dx: Array) -> Array:
         """∂y/∂x · dx = conv(dx, W) (no bias: the parameters are held fixed). Linear in x, so

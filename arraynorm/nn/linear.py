@@ -18,27 +18,25 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .._array_api import xp_check_eps, xp_check_floating, xp_check_int, xp_from_host, xp_namespace
+from .._array_api import (xp_check_eps, xp_check_int, xp_from_host, xp_in_compute_dtype,
+                          xp_namespace)
 from .._typing import Array, Namespace
 from .._vjp import vjp
 from ..orthogonal import oni, orthogonal_weight_norm
 from ..weight import (centered_weight_norm, spectral_norm, spectral_norm_init_u, weight_norm,
                       weight_standardization)
 from .init import init_bias, init_weight, make_rng
-from .module import Module
+from .module import Module, check_float_input
 
 __all__ = ["Linear", "WeightNormLinear", "SpectralNormLinear", "ReparamLinear", "linear",
            "linear_backward"]
 
 
 def _check_input(fname: str, xp: Namespace, x: Array, w: Array) -> None:
-    xp_check_floating(fname, "x", x, xp)
+    check_float_input(fname, xp, x)
     if x.ndim < 1 or x.shape[-1] != w.shape[1]:
         raise ValueError(f"{fname}: x must have shape (..., {w.shape[1]}) (in_features), "
                          f"got {tuple(x.shape)}")
-    if x.dtype != w.dtype:
-        raise TypeError(f"{fname}: x has dtype {x.dtype} but the weight has dtype {w.dtype}; "
-                        f"cast one (or move the model with .to(xp, dtype=...))")
 
 
 def linear(xp: Namespace, x: Array, w: Array, b: Array | None) -> Array:
@@ -100,26 +98,41 @@ class _LinearLayer(Module):
         return saved["w"]
 
     def forward(self, x: Array) -> Array:
+        """y = x Wᵀ + b in the input's dtype (W, b cast per call; float16/bfloat16 inputs are
+        multiplied in float32 and rounded once), caching what :meth:`backward` needs."""
         fname = f"{type(self).__name__}.forward"
         checked = {name: getattr(self, name) for name in self._checked}
         xp = xp_namespace(fname, x=x, **checked)
         _check_input(fname, xp, x, checked[self._checked[0]])
         w, pullback = self._weight()
-        self._save(x=x, xp=xp, w=w, pullback=pullback)
-        return linear(xp, x, w, self.params.get("bias"))
+        xc = xp_in_compute_dtype(xp, x)
+        b = self.params.get("bias")
+        self._save(x=xc, xp=xp, w=w, pullback=pullback, dtype=x.dtype)
+        y = linear(xp, xc, xp.astype(w, xc.dtype, copy=False),
+                   None if b is None else xp.astype(b, xc.dtype, copy=False))
+        return xp.astype(y, x.dtype, copy=False)
 
     def backward(self, dy: Array) -> Array:
+        """∂L/∂x = dy W (in the input's dtype); sets ∂L/∂W = dyᵀ x pulled back to the layer's
+        parameters and ∂L/∂b = Σ dy, each in its parameter's dtype."""
         c = self._saved()
-        dx, dw, db = linear_backward(c["xp"], dy, c["x"], self._multiplier(c), "bias" in self.params)
-        self.grads.update(c["pullback"](dw))
+        xp, x, w = c["xp"], c["x"], self._multiplier(c)
+        dyc = xp.astype(dy, x.dtype, copy=False)
+        dx, dw, db = linear_backward(xp, dyc, x, xp.astype(w, x.dtype, copy=False),
+                                     "bias" in self.params)
+        self.grads.update(c["pullback"](xp.astype(dw, w.dtype, copy=False)))
         if db is not None:
-            self.grads["bias"] = db
-        return dx
+            self.grads["bias"] = xp.astype(db, self.params["bias"].dtype, copy=False)
+        return xp.astype(dx, c["dtype"], copy=False)
 
     def jvp(self, dx: Array) -> Array:
+        """Forward-mode product with the parameters fixed: dx Wᵀ, in ``dx``'s dtype."""
         c = self._saved("jvp")
-        self._check_tangent(dx, c["xp"], tuple(c["x"].shape))
-        return linear(c["xp"], dx, self._multiplier(c), None)
+        xp = c["xp"]
+        self._check_tangent(dx, xp, tuple(c["x"].shape))
+        dxc = xp_in_compute_dtype(xp, dx)
+        dy = linear(xp, dxc, xp.astype(self._multiplier(c), dxc.dtype, copy=False), None)
+        return xp.astype(dy, dx.dtype, copy=False)
 
 
 class Linear(_LinearLayer):
@@ -135,7 +148,9 @@ class Linear(_LinearLayer):
     sigma_w, sigma_b : gain of the weight and standard deviation of the bias.
     rng : seed or ``numpy.random.Generator`` (weights are drawn on the host in float64).
     xp, device, dtype : where the parameters live (default NumPy, the namespace's default
-        floating dtype).
+        floating dtype: float64 for NumPy). The layer computes in its input's floating dtype
+        whatever the parameters' (cast per call; gradients in the parameters' dtype; see
+        :mod:`arraynorm.nn`, *Dtypes*).
 
     Differs from ``torch.nn.Linear``: the default initialization is He (the theory's), not
     PyTorch's uniform one (``init="uniform"``).

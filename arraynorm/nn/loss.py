@@ -23,6 +23,7 @@ class MSELoss(Module):
     """L = mean((y − t)²) over every element (``torch.nn.MSELoss()``); ∂L/∂y = 2 (y − t)/n."""
 
     def forward(self, y: Array, target: Array) -> Array:
+        """L = mean((y − target)²), a 0-d array; caches y − target."""
         fname = "MSELoss.forward"
         xp = xp_namespace(fname, y=y, target=target)
         xp_check_floating(fname, "y", y, xp)
@@ -33,6 +34,7 @@ class MSELoss(Module):
         return xp.mean(diff * diff)
 
     def backward(self, dl: Any = 1.0) -> Array:
+        """∂L/∂y = dl · 2 (y − target)/n (``dl`` the loss's cotangent, default 1)."""
         c = self._saved()
         return c["diff"] * (2.0 / c["n"]) * dl
 
@@ -57,6 +59,9 @@ class CrossEntropyLoss(Module):
     """
 
     def forward(self, logits: Array, target: Array) -> Array:
+        """L = mean over rows of −Σ_k t_k log softmax(z)_k, a 0-d array (targets: class
+        indices or probabilities).
+        """
         fname = "CrossEntropyLoss.forward"
         xp = xp_namespace(fname, logits=logits, target=target)
         xp_check_floating(fname, "logits", logits, xp)
@@ -90,6 +95,7 @@ class CrossEntropyLoss(Module):
         return xp.exp(c["logp"]) * s - t
 
     def backward(self, dl: Any = 1.0) -> Array:
+        """∂L/∂z = dl · (softmax(z) − t)/M, M the number of rows (``dl`` default 1)."""
         c = self._saved()
         return self._grad(c) * (dl / c["n"])
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from array_api_compat import array_namespace
 
-from .._array_api import xp_capabilities, xp_check_tangent, xp_device
+from .._array_api import xp_capabilities, xp_check_floating, xp_check_tangent, xp_device
 from .._array_api import xp_move, xp_resolve_namespace
 from .._typing import Array, Namespace
 
@@ -94,9 +94,11 @@ class Module:
         self.buffers[name] = value
 
     def named_children(self) -> Iterator[tuple[str, Module]]:
+        """``(name, child)`` for each direct sub-module, in registration order."""
         yield from self._children.items()
 
     def children(self) -> list[Module]:
+        """The direct sub-modules, in registration order."""
         return list(self._children.values())
 
     def named_modules(self, prefix: str = "") -> Iterator[tuple[str, Module]]:
@@ -115,10 +117,12 @@ class Module:
                 for p, m in self.named_modules() for k in m.params]
 
     def named_parameters(self) -> Iterator[tuple[str, Array]]:
+        """``(qualified name, array)`` of every parameter of this module and its descendants."""
         for name, m, k in self.parameter_slots():
             yield name, m.params[k]
 
     def parameters(self) -> list[Array]:
+        """Every parameter array of this module and its descendants, in registration order."""
         return [a for _, a in self.named_parameters()]
 
     def gradients(self) -> dict[str, Array | None]:
@@ -153,9 +157,20 @@ class Module:
     # the layer's inputs: one array for layers, (output, target) for losses, (content, style)
     # for AdaIN; subclasses narrow the signature
     def forward(self, *args: Any, **kwargs: Any) -> Any:  # pragma: no cover - abstract
+        """y = f(x): the layer's output for its input(s), in the input's dtype; caches what
+        :meth:`backward` and :meth:`jvp` need while gradients are enabled (``requires_grad``).
+
+        Calling the module is the same (``layer(x)``). Inputs: one array for layers,
+        ``(output, target)`` for losses, ``(content, style)`` for AdaIN.
+        """
         raise NotImplementedError
 
     def backward(self, *args: Any, **kwargs: Any) -> Any:  # pragma: no cover - abstract
+        """dx = (∂y/∂x)ᵀ·dy at the input of the last :meth:`forward`; *sets* (does not
+        accumulate) the gradients of this module's parameters in ``grads``, each in its
+        parameter's dtype. ``dy`` has the output's shape; a loss takes the scalar cotangent
+        ``dl`` (default 1).
+        """
         raise NotImplementedError
 
     def jvp(self, dx: Array) -> Array:
@@ -275,6 +290,7 @@ class Module:
         return None
 
     def extra_repr(self) -> str:
+        """The arguments shown inside the module's ``repr`` (PyTorch's ``extra_repr``)."""
         return ""
 
     def __repr__(self) -> str:
@@ -324,6 +340,19 @@ def _loaded(fname: str, name: str, value: Any, slot: tuple[Module, dict[str, Any
         raise ValueError(f"{fname}: {name} must be >= 0 everywhere (a variance), got negative "
                          f"or NaN values")
     return new
+
+
+def check_float_input(fname: str, xp: Namespace, x: Any) -> None:
+    """A layer's input must be a real floating array: layers compute in the input's floating
+    dtype (parameters are cast per call), so an integer or bool input is a ``TypeError`` that
+    says to cast it."""
+    if not hasattr(x, "dtype") or not hasattr(x, "shape"):
+        xp_check_floating(fname, "x", x, xp)  # the "must be an array" error
+    if not xp.isdtype(x.dtype, "real floating"):
+        raise TypeError(
+            f"{fname}: x must have a real floating dtype (float16, bfloat16, float32 or float64), "
+            f"got {x.dtype}; layers compute in the input's floating dtype, so cast the input "
+            f"first (e.g. x.astype(numpy.float32) or xp.astype(x, xp.float32))")
 
 
 def _copy(a: Any) -> Any:

@@ -30,8 +30,8 @@ from array_api_compat import array_namespace
 
 import numpy as np
 
-from .._array_api import (xp_check_eps, xp_check_finite_scalar, xp_check_momentum, xp_check_shape,
-                          xp_from_host, xp_namespace)
+from .._array_api import (xp_check_channel_axis, xp_check_eps, xp_check_finite_scalar,
+                          xp_check_momentum, xp_check_shape, xp_from_host, xp_namespace)
 from .._typing import Array, Namespace, Shape
 from ..compose import NormContext, Normalizer
 from ..local_response import local_response_norm, lrn_linearized
@@ -75,6 +75,8 @@ class Normalization(Module):
         if not isinstance(partition, Partition):
             raise TypeError(f"{fname}: partition must be an arraynorm.partition object, "
                             f"got {type(partition).__name__}")
+        if hasattr(partition, "axis"):  # a channel partition: one int axis, checked now
+            xp_check_channel_axis(fname, getattr(partition, "axis"), None)
         self.partition = partition
         self.operation = operation if operation is not None else Standardize()
         self.eps = None if eps is None else xp_check_eps(fname, eps)
@@ -125,6 +127,9 @@ class Normalization(Module):
             )
 
     def forward(self, x: Array) -> Array:
+        """y = γ · op(x | partition) + β with batch statistics in training mode (the running ones in
+        eval mode for the layers that keep them); updates the running statistics in training.
+        """
         self._check_features_if_array(x)
         norm = self._normalizer(x)
         y, ctx = norm.forward(x, self.params.get("weight"), self.params.get("bias"))
@@ -140,6 +145,7 @@ class Normalization(Module):
         """Hook: running statistics updates (batch methods)."""
 
     def backward(self, dy: Array) -> Array:
+        """dx by the normalizer's closed-form VJP; sets ∂L/∂γ and ∂L/∂β (in the parameters' dtype)."""
         c = self._saved()
         dx, dw, db = c["norm"].backward(c["ctx"], dy)
         if "weight" in self.params:
@@ -160,39 +166,68 @@ class Normalization(Module):
 
 
 class _TrailingAxes(Normalization):
-    """A normalization over the trailing ``normalized_shape`` axes, γ and β of that shape
-    (what LayerNorm and RMSNorm share)."""
+    """A normalization over the ``normalized_shape`` axes — the trailing ones, or ``axis`` —
+    γ and β of that shape (what LayerNorm and RMSNorm share)."""
 
     def __init__(self, normalized_shape: int | tuple[int, ...], operation: Operation,
                  eps: float | None, affine: bool, bias: bool, xp: Namespace, dtype: Any,
-                 device: Any) -> None:
-        shape = xp_check_shape(self._name, "normalized_shape", normalized_shape)
-        super().__init__(Layer(tuple(range(-len(shape), 0))), operation, shape, eps=eps,
+                 device: Any, axis: int | tuple[int, ...] | None = None) -> None:
+        fname = self._name
+        shape = xp_check_shape(fname, "normalized_shape", normalized_shape)
+        if axis is None:
+            axes: int | tuple[int, ...] = tuple(range(-len(shape), 0))
+        else:
+            axes = (axis,) if isinstance(axis, int) and not isinstance(axis, bool) else axis
+            if (not isinstance(axes, (tuple, list)) or not axes
+                    or not all(isinstance(a, int) and not isinstance(a, bool) for a in axes)):
+                raise TypeError(f"{fname}: axis must be an int or a non-empty tuple of ints "
+                                f"(the reduced axes), got {axis!r}")
+            if len(set(axes)) != len(axes):
+                raise ValueError(f"{fname}: axis={tuple(axes)} repeats an axis")
+            if len(axes) != len(shape):
+                raise ValueError(f"{fname}: axis={tuple(axes)} must name one axis per entry of "
+                                 f"normalized_shape={shape} (the reduced axes, in order)")
+            if any(a < 0 for a in axes) and any(a >= 0 for a in axes):
+                raise ValueError(f"{fname}: axis={tuple(axes)} mixes negative and non-negative "
+                                 f"axes, whose order depends on the input's rank; use one sign")
+            if list(axes) != sorted(axes):
+                raise ValueError(f"{fname}: axis={tuple(axes)} must be increasing (γ and β "
+                                 f"have the normalized axes' shape in the input's order)")
+            axes = tuple(axes)
+        super().__init__(Layer(axes), operation, shape, eps=eps,
                          affine=affine, bias=bias, xp=xp, dtype=dtype, device=device)
         self.param_shape = shape
+        self.axis = axes
+        self._axis_given = axis is not None
 
     def extra_repr(self) -> str:
-        return f"{self.param_shape}, eps={self.eps}"
+        return f"{self.param_shape}, eps={self.eps}" + (f", axis={self.axis}" if self._axis_given else "")
 
 
 class LayerNorm(_TrailingAxes):
-    """Layer normalization over the trailing ``normalized_shape`` axes (Ba et al. 2016):
+    """Layer normalization (Ba et al. 2016) over the *reduced* axes: the trailing
+    ``normalized_shape`` axes, or ``axis`` (an int or an increasing tuple of ints, one per
+    entry of ``normalized_shape``; negative ones count from the end).
     y = γ · (x − μ)/sqrt(σ² + eps) + β, μ, σ² (biased) per sample over those axes.
 
-    Same arguments and defaults as ``torch.nn.LayerNorm`` (eps=1e-5, γ = 1, β = 0).
+    Same arguments and defaults as ``torch.nn.LayerNorm`` (eps=1e-5, γ = 1, β = 0); ``axis``
+    is ours (Keras' ``LayerNormalization(axis=...)``): ``LayerNorm(C, axis=1)`` normalizes
+    the channels of an NCHW input at each position.
     """
 
     _name = "LayerNorm"
 
     def __init__(self, normalized_shape: int | tuple[int, ...], eps: float = 1e-5,
                  elementwise_affine: bool = True, bias: bool = True, *, xp: Namespace = None,
-                 dtype: Any = None, device: Any = None) -> None:
+                 dtype: Any = None, device: Any = None,
+                 axis: int | tuple[int, ...] | None = None) -> None:
         super().__init__(normalized_shape, Standardize(), eps, elementwise_affine, bias, xp,
-                         dtype, device)
+                         dtype, device, axis)
 
 
 class RMSNorm(_TrailingAxes):
-    """RMS normalization over the trailing ``normalized_shape`` axes (Zhang & Sennrich 2019):
+    """RMS normalization (Zhang & Sennrich 2019) over the *reduced* axes: the trailing
+    ``normalized_shape`` axes, or ``axis`` (as :class:`LayerNorm`).
     y = γ · x / sqrt(mean(x²) + eps). ``eps=None`` (default) is the machine epsilon of the
     input's dtype, as ``torch.nn.RMSNorm``."""
 
@@ -200,15 +235,19 @@ class RMSNorm(_TrailingAxes):
 
     def __init__(self, normalized_shape: int | tuple[int, ...], eps: float | None = None,
                  elementwise_affine: bool = True, *, xp: Namespace = None, dtype: Any = None,
-                 device: Any = None) -> None:
+                 device: Any = None, axis: int | tuple[int, ...] | None = None) -> None:
         super().__init__(normalized_shape, RMSScale(), eps, elementwise_affine, False, xp,
-                         dtype, device)
+                         dtype, device, axis)
 
 
 class GroupNorm(Normalization):
     """Group normalization (Wu & He 2018): channels in ``num_groups`` groups, statistics per
-    sample and group; γ, β per channel. Same as ``torch.nn.GroupNorm``; ``axis`` is the channel
-    axis (default 1)."""
+    sample and group; γ, β per channel. Same as ``torch.nn.GroupNorm``.
+
+    ``axis`` is the *channel* axis, kept: its channels are split into groups, γ and β are per
+    channel (default 1, NCHW; ``axis=-1`` for channels last; one int — a tuple is a
+    ``ValueError``).
+    """
 
     _name = "GroupNorm"
 
@@ -231,7 +270,11 @@ class GroupNorm(Normalization):
 class InstanceNorm(Normalization):
     """Instance normalization (Ulyanov et al. 2016): statistics per sample and channel over
     the spatial axes of (N, C, *S). Defaults as ``torch.nn.InstanceNorm2d`` (affine=False);
-    unlike it, no running statistics are kept (PyTorch's default too)."""
+    unlike it, no running statistics are kept (PyTorch's default too).
+
+    ``axis`` is the *channel* axis, kept: one statistic per sample and channel (default 1, NCHW;
+    ``axis=-1`` for channels last; one int — a tuple is a ``ValueError``).
+    """
 
     _name = "InstanceNorm"
 
@@ -243,7 +286,11 @@ class InstanceNorm(Normalization):
 
 class PositionNorm(Normalization):
     """Positional normalization (Li et al. 2019): statistics per sample and position over
-    the channels; optional γ, β per channel (default none, as in the paper)."""
+    the channels; optional γ, β per channel (default none, as in the paper).
+
+    ``axis`` is the *channel* axis, which PN *reduces* (one statistic per sample and position;
+    default 1; one int).
+    """
 
     _name = "PositionNorm"
 
@@ -255,6 +302,9 @@ class PositionNorm(Normalization):
 
 class BatchNorm(Normalization):
     """Batch normalization (Ioffe & Szegedy 2015) with running statistics.
+
+    ``axis`` is the *channel* axis, kept: one statistic per channel (default 1, NCHW;
+    ``axis=-1`` for channels last; one int — a tuple is a ``ValueError``).
 
     Training: y = γ (x − μ_B)/sqrt(σ²_B + eps) + β with the batch's per-channel statistics
     (biased variance), and the running statistics updated
@@ -316,6 +366,9 @@ class BatchRenorm(BatchNorm):
     running statistics as in BN. ``rmax=1, dmax=0`` is BN. Running statistics follow
     :class:`BatchNorm` (PyTorch momentum convention; the paper's α is ``momentum``).
     PyTorch has no counterpart.
+
+    ``axis`` is the *channel* axis, kept: one statistic per channel, as :class:`BatchNorm`
+    (default 1, NCHW; ``axis=-1`` for channels last; one int — a tuple is a ``ValueError``).
     """
 
     _name = "BatchRenorm"
@@ -340,6 +393,9 @@ class BatchRenorm(BatchNorm):
 
 class UncenteredBatchNorm(Normalization):
     """Batch normalization without centring (scale-only BN): batch partition ∘ RMS scale,
+
+    ``axis`` is the *channel* axis, kept: one second moment per channel (default 1, NCHW;
+    ``axis=-1`` for channels last; one int — a tuple is a ``ValueError``).
 
         y = γ · x / sqrt(mean_B(x²) + eps)  (+ β with ``bias=True``),
 
@@ -394,14 +450,19 @@ class LocalResponseNorm(Module):
     """Local response normalization across channels (Krizhevsky et al. 2012):
     y_c = x_c / (k + α/size · Σ_{|c'−c| in window} x_{c'}²)^β, as ``torch.nn.LocalResponseNorm``
     (same defaults α=1e-4, β=0.75, k=1). Forward and backward are
-    :func:`arraynorm.local_response_norm` and its VJP; x is (N, C, *S). No parameters."""
+    :func:`arraynorm.local_response_norm` and its VJP; x is (N, C, *S). No parameters.
+
+    ``axis`` is the *channel* axis the window runs along (default 1; one int).
+    """
 
     def __init__(self, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0, *,
                  axis: int = 1) -> None:
         super().__init__()
+        xp_check_channel_axis("LocalResponseNorm", axis, None)
         self.size, self.alpha, self.beta, self.k, self.axis = size, alpha, beta, k, axis
 
     def forward(self, x: Array) -> Array:
+        """y_c = x_c / (k + α/size · Σ_window x²)^β along the channel ``axis``."""
         args = (x, self.size, self.alpha, self.beta, self.k)
         if not self.requires_grad:
             self._save()
@@ -412,9 +473,11 @@ class LocalResponseNorm(Module):
         return y
 
     def backward(self, dy: Array) -> Array:
+        """dx by :func:`arraynorm.local_response_norm`'s closed-form VJP (no parameters)."""
         return self._saved()["pullback"](dy)[0]
 
     def jvp(self, dx: Array) -> Array:
+        """J·dx by the closed-form pushforward of :func:`arraynorm.local_response_norm`."""
         c = self._saved("jvp")
         self._check_tangent(dx, c["xp"], c["shape"])
         return c["pushforward"](dx)

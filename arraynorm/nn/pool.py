@@ -98,6 +98,7 @@ class MaxPool2d(_Pool2d):
         return xp.reshape(xp.arange(k, device=xp_device(like)), (1, 1, k, 1, 1))
 
     def forward(self, x: Array) -> Array:
+        """y = max over each window of x (N, C, H, W); caches the arg-max positions."""
         xp, out_hw = self._check("MaxPool2d.forward", x)
         windows = xp.stack(window_slices(xp, pad2d(xp, x, self.win.padding, -math.inf),
                                          self.win, out_hw), axis=2)
@@ -111,6 +112,7 @@ class MaxPool2d(_Pool2d):
         return xp.expand_dims(c["argmax"], axis=2) == self._offsets(xp, c["argmax"])
 
     def backward(self, dy: Array) -> Array:
+        """dx: each window's dy routed to the position of its maximum (summed where windows overlap)."""
         c = self._saved()
         xp = c["xp"]
         check_cotangent("MaxPool2d.backward", dy, tuple(c["argmax"].shape))
@@ -177,11 +179,13 @@ class AvgPool2d(_Pool2d):
         return xp.astype(y, x.dtype, copy=False)
 
     def forward(self, x: Array) -> Array:
+        """y = mean over each window of x (N, C, H, W), the divisor per ``count_include_pad``."""
         xp, out_hw = self._check("AvgPool2d.forward", x)
         self._save(xp=xp, in_hw=tuple(x.shape[2:]), out_shape=tuple(x.shape[:2]) + out_hw)
         return self._pool(xp, x, out_hw)
 
     def backward(self, dy: Array) -> Array:
+        """dx: each window's dy spread evenly over the window's positions."""
         c = self._saved()
         xp = c["xp"]
         check_cotangent("AvgPool2d.backward", dy, c["out_shape"])
@@ -220,6 +224,7 @@ class GlobalAvgPool2d(Module):
     """
 
     def forward(self, x: Array) -> Array:
+        """y = mean of x (N, C, H, W) over H and W, shape (N, C)."""
         fname = "GlobalAvgPool2d.forward"
         xp = xp_namespace(fname, x=x)
         check_nchw(fname, xp, x)
@@ -227,6 +232,7 @@ class GlobalAvgPool2d(Module):
         return xp.astype(xp.mean(xp_in_compute_dtype(xp, x), axis=(2, 3)), x.dtype, copy=False)
 
     def backward(self, dy: Array) -> Array:
+        """dx = dy / (H·W) broadcast over the spatial axes."""
         c = self._saved()
         xp, shape = c["xp"], c["shape"]
         check_cotangent("GlobalAvgPool2d.backward", dy, shape[:2])
@@ -273,6 +279,8 @@ class Flatten(Module):
         return shape[:s] + (math.prod(shape[s:e + 1]),) + shape[e + 1:]
 
     def forward(self, x: Array) -> Array:
+        """y = x with axes ``start_dim`` … ``end_dim`` merged into one ((N, C, H, W) → (N, C·H·W)
+        by default)."""
         fname = "Flatten.forward"
         xp = xp_namespace(fname, x=x)
         shape = tuple(x.shape)
@@ -280,10 +288,12 @@ class Flatten(Module):
         return xp.reshape(x, self._flat_shape(fname, shape))
 
     def backward(self, dy: Array) -> Array:
+        """dx = dy reshaped back to the input's shape."""
         c = self._saved()
         return c["xp"].reshape(dy, c["shape"])
 
     def jvp(self, dx: Array) -> Array:
+        """dy = dx reshaped as the output (the map is linear)."""
         fname = "Flatten.jvp"
         xp = xp_namespace(fname, x=dx)
         return xp.reshape(dx, self._flat_shape(fname, tuple(dx.shape)))

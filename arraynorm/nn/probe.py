@@ -112,6 +112,7 @@ class Probe:
 
     @property
     def active(self) -> bool:
+        """Whether the probe is attached (its layers' methods are wrapped and recording)."""
         return bool(self._patched)
 
     def clear(self) -> None:

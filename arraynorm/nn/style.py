@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from array_api_compat import array_namespace
 
-from .._array_api import xp_check_eps, xp_check_tangent
+from .._array_api import xp_check_channel_axis, xp_check_eps, xp_check_tangent
 from .._typing import Array
 from ..adain import adain, adain_linearized
 from .module import Module
@@ -17,6 +17,9 @@ __all__ = ["AdaIN"]
 class AdaIN(Module):
     """AdaIN as a layer (Huang & Belongie 2017): y = σ(s) · (c − μ(c))/σ(c) + μ(s), μ and σ
     per sample and channel over the spatial axes (biased variance, eps inside the root).
+
+    ``axis`` is the *channel* axis, kept: statistics per sample and channel (default 1; one
+    int).
 
     ``forward(content, style)`` takes two inputs — content (N, C, *S) and style (N, C, *S'),
     spatial sizes may differ — and ``backward(dy)`` returns ``(dcontent, dstyle)``: in a
@@ -40,9 +43,10 @@ class AdaIN(Module):
 
     def __init__(self, eps: float = 1e-5, *, axis: int = 1) -> None:
         super().__init__()
-        self.eps, self.axis = xp_check_eps("AdaIN", eps), axis
+        self.eps, self.axis = xp_check_eps("AdaIN", eps), xp_check_channel_axis("AdaIN", axis, None)
 
     def forward(self, content: Array, style: Array) -> Array:
+        """y = σ(style) · (content − μ(content))/σ(content) + μ(style), per sample and channel."""
         if self.requires_grad:
             y, pullback, pushforward = adain_linearized(content, style, self.eps, self.axis)
             self._save(pullback=pullback, pushforward=pushforward, xp=array_namespace(y),
@@ -52,6 +56,7 @@ class AdaIN(Module):
         return adain(content, style, eps=self.eps, axis=self.axis)
 
     def backward(self, dy: Array) -> tuple[Array, Array]:
+        """``(dcontent, dstyle)``: the cotangents of both inputs (closed-form VJP of :func:`arraynorm.adain`)."""
         dcontent, dstyle = self._saved()["pullback"](dy)
         return dcontent, dstyle
 

@@ -130,6 +130,9 @@ class TransformerEncoderBlock(Module):
         return self.linear1.backward(self.activation.backward(self.linear2.backward(dy)))
 
     def forward(self, x: Array) -> Array:
+        """Post-LN: h = N₁(x + Attn(x)), y = N₂(h + FFN(h)); Pre-LN: h = x + Attn(N₁(x)),
+        y = h + FFN(N₂(h)); x of shape (N, T, D).
+        """
         if self.norm_first:
             h = x + self.self_attn.forward(self.norm1.forward(x))
             return h + self._ffn(self.norm2.forward(h))
@@ -140,6 +143,7 @@ class TransformerEncoderBlock(Module):
         return self.linear2.jvp(self.activation.jvp(self.linear1.jvp(dh)))
 
     def backward(self, dy: Array) -> Array:
+        """dx through both residual branches in reverse; sets the gradients of every sub-layer."""
         if self.norm_first:
             dh = dy + self.norm2.backward(self._ffn_backward(dy))
             return dh + self.norm1.backward(self.self_attn.backward(dh))

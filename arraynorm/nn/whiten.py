@@ -80,6 +80,9 @@ class DecorrelatedBatchNorm(_Whitening):
     paper's), or PCA / Cholesky / Newton-iteration whitening (``"pca"``, ``"cholesky"``,
     ``"iternorm"``: the method table of :mod:`arraynorm.operation`), then γ x̂ + β.
 
+    ``axis`` is the *channel* axis, kept: its channels are whitened, in groups of C/G (default
+    1, NCHW; ``axis=-1`` for channels last; one int — a tuple is a ``ValueError``).
+
     Shapes: x (N, C, *S), channel at ``axis`` (default 1); γ, β (C,); running mean (C,) and
     running whitening matrix (G, C/G, C/G), G = ``num_groups`` (default 1). Same operation
     as :func:`arraynorm.decorrelated_batch_norm`. ZCA/PCA/Cholesky need ``xp.linalg.eigh`` /
@@ -103,6 +106,9 @@ class IterNorm(_Whitening):
     towards Σ^{−1/2} (only matmuls: runs on every backend, Dask included), per group of C/G
     channels. Shapes and running statistics as :class:`DecorrelatedBatchNorm`; same operation
     as :func:`arraynorm.iter_norm`. PyTorch has no counterpart.
+
+    ``axis`` is the *channel* axis, kept: its channels are whitened, in groups of C/G (default
+    1, NCHW; ``axis=-1`` for channels last; one int — a tuple is a ``ValueError``).
     """
 
     _name = "IterNorm"

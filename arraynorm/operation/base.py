@@ -32,9 +32,13 @@ class Operation:
 
     def forward(self, xp: Namespace, xv: Array, layout: Layout,
                 eps: float) -> tuple[Array, Any]:  # pragma: no cover - abstract
+        """``(yv, state)``: the operation on the partition's view ``xv`` (compute dtype), with the
+        statistics it took in ``state`` for the backward and forward-mode products.
+        """
         raise NotImplementedError
 
     def backward(self, xp: Namespace, gv: Array, state: Any) -> Array:  # pragma: no cover
+        """∂L/∂xv from ∂L/∂yv = ``gv``: the exact closed-form VJP at the point of ``state``."""
         raise NotImplementedError
 
     def jvp(self, xp: Namespace, tv: Array, state: Any) -> Array:

@@ -46,6 +46,7 @@ class LpScale(Operation):
     p: float = 2.0
 
     def forward(self, xp: Namespace, xv: Array, layout: Layout, eps: float) -> tuple[Array, LpState]:
+        """ŷ = x / max(‖x‖_p, eps) over the layout's reduced axes (the norm computed scaled)."""
         norm = lp_norm(xp, xv, self.p, layout.reduce_axes)
         denom = xp.maximum(norm, xp.asarray(eps, dtype=xv.dtype, device=xp_device(xv)))
         return xv / denom, LpState(xv, norm, denom, layout.reduce_axes)
@@ -61,6 +62,8 @@ class LpScale(Operation):
         return active, safe, u, lp_norm_gradient(xp, self.p, st.x, u, st.norm, st.axes)
 
     def backward(self, xp: Namespace, gv: Array, st: LpState) -> Array:
+        """dx = g/‖x‖_p − ⟨g, ŷ⟩·∇‖x‖_p/‖x‖_p where ‖x‖_p > eps; dx = g/eps where the clamp is
+        active (sums over the reduced axes)."""
         active, safe, u, dnorm = self._linear_parts(xp, st)
         s = xp.where(active, xp.sum(gv * u, axis=st.axes, keepdims=True), xp.zeros_like(safe))
         return gv / st.denom - (s / safe) * dnorm

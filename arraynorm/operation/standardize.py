@@ -46,6 +46,7 @@ class StandardizeState:
 
     @property
     def y(self) -> Array:
+        """ŷ = (x − μ)·rstd, the standardized view (formed on first use where it was not kept)."""
         if self._y is None and self._compute_y is not None:
             self._y = self._compute_y()
         return self._y
@@ -73,12 +74,14 @@ class Standardize(Operation):
     """
 
     def forward(self, xp: Namespace, xv: Array, layout: Layout, eps: float) -> tuple[Array, StandardizeState]:
+        """ŷ = (x − μ)/sqrt(σ² + eps), μ and the biased σ² over the layout's reduced axes."""
         axes = layout.reduce_axes
         mean, var, rstd, xc = statistics(xp, xv, axes, eps)
         y = xc * rstd
         return y, StandardizeState(y, mean, var, rstd, axes)
 
     def backward(self, xp: Namespace, gv: Array, state: StandardizeState) -> Array:
+        """dx = rstd·(g − mean(g) − ŷ·mean(g·ŷ)), the means over the reduced axes."""
         axes, y = state.axes, state.y
         g_mean = mean(xp, gv, axes)
         gy_mean = mean(xp, gv * y, axes)
@@ -103,6 +106,7 @@ class RMSScale(Operation):
     """
 
     def forward(self, xp: Namespace, xv: Array, layout: Layout, eps: float) -> tuple[Array, StandardizeState]:
+        """ŷ = x / sqrt(mean(x²) + eps) over the layout's reduced axes (no centring)."""
         axes = layout.reduce_axes
         s, ms = scaled_mean_square(xp, xv, axes)  # mean(x²) without overflow or underflow
         rstd = inv_root(xp, s, ms, eps, xv.dtype)
@@ -110,6 +114,7 @@ class RMSScale(Operation):
         return y, StandardizeState(y, None, unscale(xp, s, ms, xv.dtype), rstd, axes)
 
     def backward(self, xp: Namespace, gv: Array, state: StandardizeState) -> Array:
+        """dx = rstd·(g − ŷ·mean(g·ŷ)), the mean over the reduced axes."""
         gy_mean = mean(xp, gv * state.y, state.axes)
         return state.rstd * (gv - state.y * gy_mean)
 
@@ -138,6 +143,7 @@ class GivenStatistics(Operation):
         return {"mean": self.mean, "var": self.var}
 
     def forward(self, xp: Namespace, xv: Array, layout: Layout, eps: float) -> tuple[Array, StandardizeState]:
+        """ŷ = (x − μ)/sqrt(σ² + eps) with the given μ, σ² (inference: nothing taken from x)."""
         shape = layout.stats_shape
         mean = xp.reshape(xp.astype(self.mean, xv.dtype), shape)
         var = xp.reshape(xp.astype(self.var, xv.dtype), shape)
@@ -147,6 +153,7 @@ class GivenStatistics(Operation):
         return y, StandardizeState(y, mean, var, rstd, layout.reduce_axes)
 
     def backward(self, xp: Namespace, gv: Array, state: StandardizeState) -> Array:
+        """dx = g/sqrt(σ² + eps): the statistics are constants."""
         return gv * state.rstd
 
     def jvp(self, xp: Namespace, tv: Array, state: StandardizeState) -> Array:
@@ -174,6 +181,7 @@ class Renormalize(Operation):
         return {"running_mean": self.running_mean, "running_var": self.running_var}
 
     def forward(self, xp: Namespace, xv: Array, layout: Layout, eps: float) -> tuple[Array, RenormalizeState]:
+        """ŷ = r·(x − μ_B)/σ_B + d with r, d from the batch and the running statistics (clipped)."""
         y, st = _STANDARDIZE.forward(xp, xv, layout, eps)
         shape = layout.stats_shape
         mu = xp.reshape(xp.astype(self.running_mean, xv.dtype), shape)
@@ -183,6 +191,7 @@ class Renormalize(Operation):
         return y * r + d, RenormalizeState(st, r)
 
     def backward(self, xp: Namespace, gv: Array, state: RenormalizeState) -> Array:
+        """The standardization's VJP scaled by r, with r and d held constant (the paper's stop-gradient)."""
         return _STANDARDIZE.backward(xp, gv * state.r, state)
 
     def jvp(self, xp: Namespace, tv: Array, state: RenormalizeState) -> Array:

@@ -197,12 +197,18 @@ class Whiten(Operation):
         return blocks.stats_from_blocks(xp, mean), wz * (1.0 / c)
 
     def forward(self, xp: Namespace, xv: Array, layout: Layout, eps: float) -> tuple[Array, WhiteningState]:
+        """ŷ = W (x − μ) per group, W the whitening matrix of Σ = X_c X_cᵀ/m + eps·I by this
+        class's method (ZCA, PCA, Cholesky or Newton iterations).
+        """
         blocks, rw = self._whiten(xp, xv, layout, eps)
         state = WhiteningState(blocks.stats_from_blocks(xp, rw.mean), rw.w, blocks, rw.pullback,
                                rw.jvp)
         return blocks.from_blocks(xp, rw.output()), state
 
     def backward(self, xp: Namespace, gv: Array, state: WhiteningState) -> Array:
+        """dx through the centring and the matrix function W(Σ) (the decomposition's closed-form
+        derivative).
+        """
         blocks = state.blocks
         return blocks.from_blocks(xp, state.pullback(blocks.to_blocks(xp, gv)))
 
@@ -289,6 +295,8 @@ class IterNormWhiten(Whiten):
 
 @dataclass
 class GivenWhiteningState:
+    """What :class:`GivenWhitening`'s backward needs: the given W and the view's group blocks."""
+
     whitening_matrix: Array
     blocks: _Blocks
 
@@ -316,6 +324,7 @@ class GivenWhitening(Operation):
 
     def forward(self, xp: Namespace, xv: Array, layout: Layout,
                 eps: float) -> tuple[Array, GivenWhiteningState]:
+        """ŷ = W (x − μ) with the given μ and W (inference)."""
         fname, w = self.name, self.whitening_matrix
         blocks = _Blocks.of(layout)
         # shared by all samples: the batch axis is reduced (Group/Instance keep it, and a
@@ -339,6 +348,7 @@ class GivenWhitening(Operation):
         return blocks.from_blocks(xp, y), GivenWhiteningState(w, blocks)
 
     def backward(self, xp: Namespace, gv: Array, state: GivenWhiteningState) -> Array:
+        """dx = Wᵀ g: μ and W are constants."""
         blocks = state.blocks
         g = xp.matmul(xp.matrix_transpose(state.whitening_matrix), blocks.to_blocks(xp, gv))
         return blocks.from_blocks(xp, g)

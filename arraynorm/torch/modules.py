@@ -50,8 +50,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._array_api import (xp_check_eps, xp_check_finite_scalar, xp_check_int, xp_check_momentum,
-                          xp_normalize_axis)
+from .._array_api import (xp_check_channel_axis, xp_check_eps, xp_check_finite_scalar,
+                          xp_check_int, xp_check_momentum)
 from ..compose import Normalizer
 from ..operation import IterNormWhiten, whitening_operation
 from ..partition import BatchGroups
@@ -73,9 +73,8 @@ class _ChannelNorm(torch.nn.Module):
         fname = type(self).__name__
         self.num_features = xp_check_int(fname, "num_features", num_features)
         self.eps = xp_check_eps(fname, eps)
-        if not isinstance(axis, int) or isinstance(axis, bool):
-            raise TypeError(f"{fname}: axis must be an int, got {type(axis).__name__}")
-        self.axis, self.affine = axis, bool(affine)
+        self.axis = xp_check_channel_axis(fname, axis, None)  # one int: a tuple is a ValueError
+        self.affine = bool(affine)
         factory = {"device": device, "dtype": dtype}
         if self.affine:
             self.weight = torch.nn.Parameter(torch.ones(self.num_features, **factory))
@@ -91,7 +90,7 @@ class _ChannelNorm(torch.nn.Module):
         if x.ndim < 2:
             raise ValueError(f"{fname}: input must have a batch and a channel axis, got shape "
                              f"{tuple(x.shape)}")
-        ax = xp_normalize_axis(fname, self.axis, x.ndim)
+        ax = xp_check_channel_axis(fname, self.axis, x.ndim)
         if x.shape[ax] != self.num_features:
             raise ValueError(f"{fname}: expected {self.num_features} channels along axis "
                              f"{self.axis}, got input of shape {tuple(x.shape)}")
@@ -396,7 +395,7 @@ class AdaIN(torch.nn.Module):
 
     def __init__(self, eps: float = 1e-5, *, axis: int = 1) -> None:
         super().__init__()
-        self.eps, self.axis = xp_check_eps("AdaIN", eps), axis
+        self.eps, self.axis = xp_check_eps("AdaIN", eps), xp_check_channel_axis("AdaIN", axis, None)
 
     def forward(self, content: Tensor, style: Tensor) -> Tensor:
         """Content normalized per channel, rescaled and shifted to the style's statistics."""

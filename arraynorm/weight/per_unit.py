@@ -203,6 +203,14 @@ def centered_weight_norm(v: Array, g: Array | None = None, dim: int | None = 0, 
 
     ``vjp(centered_weight_norm, v, g, dim)`` pulls back to ``(dv, dg, None)`` (``dg`` is
     ``None`` when ``g`` is). There is no PyTorch counterpart.
+
+    Examples
+    --------
+    >>> import numpy as np, arraynorm as an
+    >>> v = np.random.default_rng(0).standard_normal((3, 5))
+    >>> w = an.centered_weight_norm(v)
+    >>> bool(np.allclose(w.sum(axis=1), 0) and np.allclose(np.linalg.norm(w, axis=1), 1))
+    True
     """
     return _centered_weight_norm(v, g, dim, eps)[0]
 
@@ -248,6 +256,14 @@ def weight_standardization(w: Array, *, eps: float = 1e-5) -> Array:
 
     ``vjp(weight_standardization, w)`` pulls back to ``(dw,)``, the standardization's
     closed-form backward rstd·(g − mean(g) − ŵ·mean(g·ŵ)).
+
+    Examples
+    --------
+    >>> import numpy as np, arraynorm as an
+    >>> w = np.random.default_rng(0).standard_normal((4, 3, 3, 3)) * 0.1 + 0.05
+    >>> ws = an.weight_standardization(w)
+    >>> bool(np.allclose(ws.mean(axis=(1, 2, 3)), 0) and np.allclose(ws.var(axis=(1, 2, 3)), 1, atol=1e-2))
+    True
     """
     return _weight_standardization(w, eps)[0]
 

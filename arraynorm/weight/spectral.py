@@ -277,6 +277,16 @@ def spectral_norm_init_u(weight: Array, seed: int | np.random.Generator, *, dim:
 
     ``n_power_iterations`` warm-up iterations are then run on ``weight`` (PyTorch's
     parametrization runs 15 at construction; pass 15 to match it). Shape: (weight.shape[dim],).
+
+    u = z / max(‖z‖₂, eps),   z ~ Normal(0, 1)^(weight.shape[dim])
+
+    Examples
+    --------
+    >>> import numpy as np, arraynorm as an
+    >>> w = np.random.default_rng(0).standard_normal((4, 6))
+    >>> u = an.spectral_norm_init_u(w, 0)
+    >>> u.shape, bool(np.isclose(np.linalg.norm(u), 1.0))
+    ((4,), True)
     """
     fname = "spectral_norm_init_u"
     xp, n_it, eps, d = _power_iteration_args(fname, weight, None, n_power_iterations, eps, dim)
