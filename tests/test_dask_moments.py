@@ -16,7 +16,6 @@ import pytest
 
 da = pytest.importorskip("dask.array")
 import dask  # noqa: E402
-import torch  # noqa: E402
 from array_api_compat import array_namespace  # noqa: E402
 
 import arraynorm as an  # noqa: E402
@@ -58,6 +57,7 @@ def _dask(a, rows):
 
 def _torch_reference(kind, x, w, b, dy, eps=1e-5):
     """y and (dx, dw, db) from PyTorch autograd in float64 on the whole array."""
+    torch = pytest.importorskip("torch")  # the torch extra (the other tests need no torch)
     tx = torch.tensor(x, dtype=torch.float64, requires_grad=True)
     tw = torch.tensor(w, dtype=torch.float64, requires_grad=True)
     tb = None if b is None else torch.tensor(b, dtype=torch.float64, requires_grad=True)
