@@ -16,6 +16,14 @@ allocated) and *functionally* where it does not (JAX's immutable arrays, Dask's 
 the new array is written back into the model. :func:`supports_inplace`
 (``_array_api.xp_supports_inplace``) decides, in one place.
 
+On Dask a functional update is a graph node that depends on every earlier step: after 100
+steps the parameters would carry the whole training history (its graph, and every input it
+read). So ``step()`` ends by :func:`persist`-ing the model's parameters and buffers (running
+statistics) and the optimizer's state in one ``dask.persist`` call: the step's graph is
+computed once (on the cluster when a ``distributed.Client`` is active) and the next step
+starts from arrays in memory, one task per chunk. ``opt.persist = False`` leaves that to the
+caller.
+
 Example
 -------
 >>> import numpy as np
@@ -39,12 +47,13 @@ from array_api_compat import array_namespace
 from ._array_api import (xp_check_eps, xp_check_finite_scalar, xp_check_unit_interval, xp_move,
                          xp_resolve_namespace)
 from ._array_api import xp_supports_inplace as supports_inplace
+from ._kernels.dask_moments import is_dask
 from ._typing import Array, Namespace
 from .gradient import (block_normalized_gradient, clip_by_global_norm, lamb_trust_ratio,
                        lars_trust_ratio, normalized_gradient)
 from .nn.module import Module
 
-__all__ = ["supports_inplace", "Optimizer", "SGD", "NormalizedSGD", "LARS", "LAMB", "Adam", "AdamW"]
+__all__ = ["supports_inplace", "persist", "Optimizer", "SGD", "NormalizedSGD", "LARS", "LAMB", "Adam", "AdamW"]
 
 
 def _axpy(y: Array, a: Any, x: Array) -> Array:
@@ -61,6 +70,37 @@ def _scale(y: Array, a: Any) -> Array:
         y *= a
         return y
     return a * y
+
+
+def persist(model: Module, *optimizers: Optimizer) -> int:
+    """Persist every Dask array of a training state in one ``dask.persist`` call: the
+    parameters and buffers of ``model`` and its submodules (running statistics,
+    ``num_batches_tracked`` is an int) and the state of each optimizer (momentum buffers,
+    moments, ``last_grad_norm``). Each persisted array's graph is then its chunks only, so a
+    training loop's graphs (and memory) stay flat however many steps it runs. The arrays are
+    computed by the active scheduler (the cluster's, under a ``distributed.Client``); other
+    backends' arrays are left alone. Gradients and the forward caches are not persisted
+    (``zero_grad`` and the next forward drop them). Returns the number of arrays persisted.
+
+    :meth:`Optimizer.step` calls it on Dask (its ``persist=True``); call it yourself after
+    updates an optimizer does not make (running statistics in eval loops, EMA weights)."""
+    slots: list[tuple[dict[str, Any], str]] = []
+    for _, m in model.named_modules():
+        for store in (m.params, m.buffers):
+            slots += [(store, k) for k, a in store.items() if is_dask(a)]
+    for opt in optimizers:
+        for st in opt.state.values():
+            slots += [(st, k) for k, a in st.items() if is_dask(a)]
+        if is_dask(opt.last_grad_norm):
+            slots.append((opt.__dict__, "last_grad_norm"))
+    if not slots:
+        return 0
+    import dask  # optional dependency: only Dask arrays reach this line
+
+    done = dask.persist(*(store[k] for store, k in slots))
+    for (store, k), a in zip(slots, done):
+        store[k] = a
+    return len(slots)
 
 
 def _check_lr(fname: str, lr: Any) -> float:
@@ -83,6 +123,9 @@ class Optimizer:
     """
 
     _name = "Optimizer"
+
+    #: on Dask, persist the model and the optimizer's state after every step (:func:`persist`)
+    persist: bool = True
 
     def __init__(self, model: Module, lr: float, *, max_grad_norm: float | None = None) -> None:
         fname = self._name
@@ -139,6 +182,8 @@ class Optimizer:
         new = self._update(names, params, grads)
         for (m, k), p in zip(slots, new):
             m.params[k] = p
+        if self.persist and any(is_dask(p) for p in new):
+            persist(self.model, self)
 
     def _update(self, names: list[str], params: list[Array], grads: list[Array]) -> list[Array]:  # pragma: no cover
         raise NotImplementedError

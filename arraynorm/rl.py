@@ -26,6 +26,7 @@ import numpy as np
 from ._array_api import (xp_check_eps, xp_check_finite_scalar, xp_check_floating, xp_check_int,
                          xp_check_unit_interval, xp_compute_dtype, xp_from_host, xp_move,
                          xp_namespace, xp_resolve_namespace)
+from ._kernels.dask_moments import is_dask, one_pass_moments
 from ._typing import Array, Namespace
 
 __all__ = ["merge_moments", "RunningMeanStd", "ObservationNormalizer", "RewardNormalizer",
@@ -76,7 +77,8 @@ class RunningMeanStd:
         self.count = 0
 
     def update(self, batch: Array) -> RunningMeanStd:
-        """Merge the moments of ``batch`` (B, *shape) into the running statistics."""
+        """Merge the moments of ``batch`` (B, *shape) into the running statistics (a
+        ``dask.array`` batch: its moments in one pass over the chunks, lazily)."""
         fname = "RunningMeanStd.update"
         xp = xp_namespace(fname, batch=batch, mean=self.mean)
         xp_check_floating(fname, "batch", batch, xp)
@@ -88,9 +90,14 @@ class RunningMeanStd:
                              f"got {tuple(batch.shape)}")
         ct = xp_compute_dtype(xp, self.mean.dtype)
         b = xp.astype(batch, ct, copy=False)
-        b_mean = xp.mean(b, axis=0)
-        c = b - b_mean
-        b_var = xp.mean(c * c, axis=0)  # two-pass: no cancellation for |mean| ≫ std
+        if is_dask(b) and math.prod(shape) > 0:
+            # a chunked batch: one pass over the chunks, merged exactly (Chan et al.)
+            mo = one_pass_moments(xp, b, (0,))
+            b_mean, b_var = xp.reshape(mo.mean(xp, ct), self.shape), xp.reshape(mo.var(xp, ct), self.shape)
+        else:
+            b_mean = xp.mean(b, axis=0)
+            c = b - b_mean
+            b_var = xp.mean(c * c, axis=0)  # two-pass: no cancellation for |mean| ≫ std
         mean, var, self.count = merge_moments(xp.astype(self.mean, ct), xp.astype(self.var, ct),
                                               self.count, b_mean, b_var, shape[0])
         self.mean, self.var = xp.astype(mean, self.mean.dtype), xp.astype(var, self.var.dtype)

@@ -23,11 +23,13 @@ and whitening matrix, averaged as the DBN and IterNorm reference code do) and th
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 from ._array_api import (xp_check_floating, xp_check_int, xp_check_momentum, xp_check_param_shape,
                          xp_compute_dtype, xp_in_compute_dtype, xp_namespace)
+from ._kernels.dask_moments import is_dask, one_pass_moments
 from ._statistics import moments
 from ._typing import Array
 from .partition import Batch
@@ -48,7 +50,9 @@ def batch_moments(x: Array, *, axis: int = 1) -> tuple[Array, Array]:
     float32 lose nothing). The variance is two-pass (see :func:`arraynorm.operation.moments`).
     A channel whose values include +inf (and no −inf or NaN) has mean inf and variance NaN;
     an empty batch gives NaN statistics (the mean of no values), like ``torch.var_mean``; a
-    variance beyond the dtype's range is inf.
+    variance beyond the dtype's range is inf. On a ``dask.array`` the statistics take one pass
+    over the chunks (per-chunk moments merged by Chan's formula,
+    :mod:`arraynorm._kernels.dask_moments`), lazily, the same numbers whatever the chunking.
 
     Examples
     --------
@@ -63,7 +67,14 @@ def batch_moments(x: Array, *, axis: int = 1) -> tuple[Array, Array]:
     xp_check_floating(fname, "x", x, xp)
     layout = Batch(axis).layout(fname, tuple(x.shape))
     layout.check_many(fname)
-    mean, var, _ = moments(xp, xp_in_compute_dtype(xp, x), layout.reduce_axes)
+    xc = xp_in_compute_dtype(xp, x)
+    if is_dask(x) and math.prod(x.shape) > 0:
+        # one pass over the chunks, merged exactly (Chan et al.): no second read for the
+        # deviations, the same numbers whatever the chunking
+        mo = one_pass_moments(xp, xc, layout.reduce_axes)
+        mean, var = mo.mean(xp, xc.dtype), mo.var(xp, xc.dtype)
+    else:
+        mean, var, _ = moments(xp, xc, layout.reduce_axes)
     return xp.reshape(mean, layout.param_shape), xp.reshape(var, layout.param_shape)
 
 

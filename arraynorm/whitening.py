@@ -20,11 +20,12 @@ statistics are per sample, returns the empty result; the batch methods raise
 from __future__ import annotations
 
 from ._array_api import xp_check_eps, xp_check_floating, xp_in_compute_dtype, xp_namespace
+from ._kernels.dask_moments import is_dask, one_pass_covariance
 from ._typing import Array
 from .compose import Normalizer
 from .methods import Composed, composition
 from .operation import (CholeskyWhiten, GivenWhitening, IterNormWhiten, Operation, PCAWhiten,
-                        WhiteningState, ZCAWhiten, whitening_operation)
+                        Whiten, WhiteningState, ZCAWhiten, whitening_operation)
 from .partition import BatchGroups, Group
 
 __all__ = [
@@ -176,6 +177,11 @@ def whitening_moments(x: Array, *, num_groups: int = 1, method: str = "zca", T: 
     from ``Normalizer(BatchGroups(G), op).forward(x)``: ``ctx.state.mean`` and
     ``ctx.state.whitening_matrix``.
 
+    On a ``dask.array`` the mean and covariance take one pass over the chunks (per-chunk
+    co-moments merged by Chan's formula), lazily, and W is formed from the small covariance;
+    only ``method="iternorm"`` runs there (the others need ``eigh``/``cholesky``, which Dask
+    lacks: ``NotImplementedError`` before anything is built).
+
     Examples
     --------
     >>> import numpy as np, arraynorm as an
@@ -197,5 +203,14 @@ def whitening_moments(x: Array, *, num_groups: int = 1, method: str = "zca", T: 
     layout = BatchGroups(num_groups, axis).layout(fname, tuple(x.shape))
     layout.check_many(fname)
     xv = xp.reshape(xp_in_compute_dtype(xp, x), layout.view_shape)
-    mean, w = op.statistics(xp, xv, layout, eps)
+    if is_dask(xv) and isinstance(op, Whiten):
+        # a chunked array: mean and covariance in one pass over the chunks (Chan's co-moment
+        # merge), then W from the small covariance; eigh/cholesky raise NotImplementedError
+        # on Dask before anything is built (row_blocks), IterNorm's matmuls stay lazy
+        xb = op.row_blocks(xp, xv, layout)
+        mu, cov = one_pass_covariance(xp, xb)
+        ct = xv.dtype
+        mean, w = op.statistics_of_covariance(xp, xp.astype(mu, ct), xp.astype(cov, ct), layout, eps)
+    else:
+        mean, w = op.statistics(xp, xv, layout, eps)
     return xp.reshape(mean, layout.param_shape), w

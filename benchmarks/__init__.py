@@ -15,7 +15,8 @@ Modules: :mod:`.cases` (what is timed, per backend), :mod:`.naive` (the textbook
 :mod:`.timing` (timers, copy bandwidth, peak memory), :mod:`.machine` (machine description),
 :mod:`.report` (table, targets, Markdown, chart), :mod:`.harness` (the run), :mod:`.sweep` (an
 analysis study's sweep in process and on 1 and 2 Dask worker processes: the ``dask-sweep``
-case, its own section of the results).
+case, its own section of the results), :mod:`.dask_norm` (synchronized batch norm of a large
+array generated on 1 and 2 Dask worker processes: the ``dask-norm`` case, its own section).
 """
 
 from __future__ import annotations

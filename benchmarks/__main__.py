@@ -6,7 +6,7 @@ import argparse
 import os
 
 from . import run
-from . import sweep
+from . import dask_norm, sweep
 from .cases import BACKENDS, CASES
 
 
@@ -24,7 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="small sizes and fewer repeats (under a minute)")
     p.add_argument("--cases", nargs="+", metavar="ID",
                    help="cases to run (comma or space separated): " + ", ".join(c.id for c in CASES)
-                   + f", {sweep.ID} (an analysis sweep in process and on 1 and 2 Dask workers)")
+                   + f", {sweep.ID} (an analysis sweep in process and on 1 and 2 Dask workers)"
+                   + f", {dask_norm.ID} (synchronized BN of a large Dask array on 1 and 2 workers)")
     p.add_argument("--backends", nargs="+", metavar="ID",
                    help="backends to run: " + ", ".join(b.id for b in BACKENDS))
     p.add_argument("--repeats", type=int, help="timed repeats per backend (default 9, quick 3)")

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from . import machine, report, sweep, timing
+from . import dask_norm, machine, report, sweep, timing
 from .cases import BACKENDS, CASES, MODEL_FAMILIES, Absent, Backend, Case, make_inputs, size_sweep
 
 __all__ = ["run", "select"]
@@ -196,7 +196,8 @@ def run(*, cases: Sequence[str] | None = None, backends: Sequence[str] | None = 
     # the Dask sweep is its own section (a study's sweep, not an array op): run with the
     # rest, or alone with --cases dask-sweep
     run_sweep = not cases or sweep.ID in cases
-    op_cases = [c for c in cases or () if c != sweep.ID]
+    run_dask_norm = not cases or dask_norm.ID in cases  # likewise: clusters, not a backend
+    op_cases = [c for c in cases or () if c not in (sweep.ID, dask_norm.ID)]
     sel_cases = [] if cases and not op_cases else select(CASES, op_cases, "case")
     if sizes:
         sel_cases = size_sweep(sel_cases, quick)
@@ -239,6 +240,9 @@ def run(*, cases: Sequence[str] | None = None, backends: Sequence[str] | None = 
         res["cases"][case.id] = c
     if run_sweep:
         res["sweeps"] = {sweep.ID: sweep.run(quick, min(cfg["repeats"], sweep.MAX_REPEATS), log)}
+    if run_dask_norm:
+        res["dask"] = {dask_norm.ID: dask_norm.run(quick, min(cfg["repeats"], dask_norm.MAX_REPEATS),
+                                                   log)}
     res["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
     # first call of each compiled loop and dtype: numba's compile (cold cache) or cache load
     res["jit_first_call_s"] = dict(numba_jit.COMPILE_SECONDS)

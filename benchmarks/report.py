@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import dask_norm
+
 __all__ = ["format_row", "header", "targets", "markdown", "sweep_markdown", "plot"]
 
 MODES = ("fwd", "fwdbwd")
@@ -114,6 +116,8 @@ def markdown(res: dict[str, Any]) -> str:
             lines.append(f"| {t['title']} | {t['target']} | {t['ratio']:.2f} | {t['limit']:.2f} | {'yes' if t['met'] else '**no**'} |")
         lines.append("")
     lines += sweep_markdown(res)
+    for r in res.get("dask", {}).values():
+        lines += dask_norm.markdown(r)
     absent = sorted({f"{b}: {r['status']}" for c in res["cases"].values()
                      for b, r in c["backends"].items() if str(r.get("status", "")).startswith("absent")})
     if absent:

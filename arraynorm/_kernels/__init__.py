@@ -22,6 +22,8 @@ Switches
   current context only (a ``contextvars`` variable: the calling thread, or asyncio task), so
   concurrent threads never switch each other. The decision is taken in the calling thread;
   the fast path's worker threads only compute blocks.
+* :func:`persist_statistics` (Dask): within it, normalizers whose statistics span chunks
+  persist them (and the backward its sums), so no pass holds the input (:mod:`.dask_moments`).
 * :func:`set_num_threads` (``arraynorm.set_num_threads``; ``set_fast_paths(True, threads=n)``
   is the same setting), else ``ARRAYNORM_THREADS=n``, sets the worker threads of the NumPy
   fast path and of the numba loops; default: the CPUs this process may run on, lowered to
@@ -55,6 +57,13 @@ NumPy              :mod:`.numpy_fused` for the standardize and RMS operations on
                    cache-sized blocks, one read and one write of memory per element in the
                    common layouts, worker threads; its JVP is the portable formula on its
                    statistics
+Dask               :mod:`.dask_moments` for the standardize and RMS operations on every
+                   partition and recovery: the statistics in one pass over the chunks
+                   (per-chunk count, shifted mean and scaled M2 merged by Chan's formula in
+                   ``dask.array.reduction``), then ŷ elementwise with the global statistics
+                   (synchronized BN); backward and JVP the portable closed forms; lazy
+                   (:func:`persist_statistics`: statistics persisted, for inputs beyond
+                   the cluster's memory)
 CuPy               none yet: :data:`PORTABLE` (fused kernels need a GPU to be proven equal)
 others             :data:`PORTABLE` (:mod:`.portable`)
 =================  ===========================================================================
@@ -65,19 +74,21 @@ from __future__ import annotations
 from .._context import Implementation, Stages
 from .._typing import Array, Namespace
 from ..partition import Layout
-from . import numba_jit, numpy_fused
+from . import dask_moments, numba_jit, numpy_fused
 from ._switches import fast_paths_enabled, set_fast_paths, use_fast_paths
 from ._threads import fast_path_threads, get_num_threads, set_num_threads
+from .dask_moments import persist_statistics
 from .portable import PORTABLE
 
 __all__ = ["set_fast_paths", "fast_paths_enabled", "use_fast_paths", "fast_path_threads",
-           "set_num_threads", "get_num_threads",
+           "set_num_threads", "get_num_threads", "persist_statistics",
            "select", "implementation", "IMPLEMENTATIONS", "PORTABLE"]
 
 #: the backend implementations, asked in this order; the first that supports an input runs it
 IMPLEMENTATIONS: tuple[Implementation, ...] = (
     numba_jit.NUMBA_JIT,      # NumPy with numba installed: compiled fused loops, where measured faster
     numpy_fused.NUMPY_FUSED,  # NumPy: cache-sized blocks, one memory pass, worker threads
+    dask_moments.DASK_MOMENTS,  # Dask: one-pass mergeable statistics, synchronized across chunks
 )
 
 

@@ -52,6 +52,7 @@ from typing import Any
 from .. import _linalg
 from .._array_api import xp_check_floating, xp_check_int, xp_namespace
 from .._linalg import Linearization, Pullback
+from .._statistics import pow2_scale
 from .._typing import Array, Namespace
 from ..partition import Layout
 from .base import Operation
@@ -165,6 +166,35 @@ class Whiten(Operation):
         """(mean in ``layout.stats_shape``, W of shape (B, d, d)) without forming the output."""
         blocks, rw = self._whiten(xp, xv, layout, eps)
         return blocks.stats_from_blocks(xp, rw.mean), rw.w
+
+    def row_blocks(self, xp: Namespace, xv: Array, layout: Layout) -> Array:
+        """The view as (B, d, m) blocks whose rows get decorrelated (:meth:`statistics`'s
+        input), after checking the backend and the sizes as :meth:`forward` does."""
+        if self.routines:
+            _linalg.require_linalg(self.name, xp, self.what, self.routines)
+        blocks = _Blocks.of(layout)
+        if blocks.m == 0 or blocks.d == 0:
+            raise ValueError(
+                f"{self.name}: {self.what} needs at least one feature and one value per "
+                f"feature, got input of shape {layout.shape} ({blocks.d} features, {blocks.m} "
+                f"values each)"
+            )
+        return blocks.to_blocks(xp, xv)
+
+    def statistics_of_covariance(self, xp: Namespace, mean: Array, cov: Array, layout: Layout,
+                                 eps: float) -> tuple[Array, Array]:
+        """(mean in ``layout.stats_shape``, W (B, d, d)) from the rows' mean (B, d, 1) and
+        covariance Σ (B, d, d), eps not added (the one-pass statistics of a chunked array).
+        Scaled as :func:`arraynorm._linalg.whiten_rows`: W = W_Z/c with
+        W_Z = matrix(Σ/c² + (eps/c²)·I) and c a power of two near sqrt(max|Σ|) (any c gives
+        the same W; this one keeps Σ/c² near 1)."""
+        blocks = _Blocks.of(layout)
+        top = xp.max(xp.abs(cov), axis=(1, 2), keepdims=True)
+        c = pow2_scale(xp, xp.sqrt(top), floor=_linalg._scale_floor(eps))
+        eps_z = (eps / c) / c
+        eye = xp.eye(blocks.d, dtype=cov.dtype)
+        wz, _ = self.matrix(xp, (cov / c) / c + eps_z * eye, eps_z[..., 0])
+        return blocks.stats_from_blocks(xp, mean), wz * (1.0 / c)
 
     def forward(self, xp: Namespace, xv: Array, layout: Layout, eps: float) -> tuple[Array, WhiteningState]:
         """ŷ = W (x − μ) per group, W the whitening matrix of Σ = X_c X_cᵀ/m + eps·I by this
