@@ -319,12 +319,13 @@ def test_environment_variable_switches_the_fast_path(value, expected):
 
 
 def test_other_backends_run_the_portable_path_with_fast_paths_on(xp):
-    """The selection only ever picks NumPy input; every backend gives the same result with
+    """The selection picks NumPy input (numba JIT or NumPy blocks) and Dask input (one-pass
+    merged statistics), the portable path elsewhere; every backend gives the same result with
     fast paths on and off."""
     x = from_numpy(xp, RNG.standard_normal((4, 6, 5)), "float64")
     n = an.Normalizer(Group(2), Standardize())
     y_on, ctx = n.forward(x)
-    assert fused(ctx) == (backend_name(xp) == "numpy")
+    assert fused(ctx) == (backend_name(xp) in ("numpy", "dask"))
     with an.use_fast_paths(False):
         y_off = n(x)
     np.testing.assert_allclose(to_numpy(y_on), to_numpy(y_off), rtol=1e-12, atol=1e-12)
@@ -651,3 +652,32 @@ def test_jit_calls_from_several_threads_survive_numbas_workqueue_layer():
             "[t.start() for t in ts]; [t.join() for t in ts];"
             "print(numba.threading_layer(), ok == [True] * 4)")
     assert _python(code, NUMBA_THREADING_LAYER="workqueue") == ["workqueue", "True"]
+
+
+def test_a_process_that_ran_the_jit_can_fork_workers_that_run_it(monkeypatch):
+    """numba's default threading layer is GNU OpenMP where libgomp exists, and it aborts the
+    forked children of a process that used it; process pools (the analysis studies' executor)
+    then die. The JIT asks numba for a fork-safe layer: parent and forked children both run it."""
+    import multiprocessing
+    if not numba_jit.available():
+        pytest.skip("numba (the optional [jit] extra) is not installed")
+    if "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no fork on this platform")
+    code = ("import concurrent.futures as cf, multiprocessing as mp, numpy as np, arraynorm as an\n"
+            "from arraynorm._kernels import numba_jit as j\n"
+            "j.MIN_BYTES = j.PARALLEL_MIN_BYTES = 0\n"
+            "def run(seed):\n"
+            "    x = np.random.default_rng(seed).standard_normal((64, 256))\n"
+            "    y, ctx = an.Normalizer(an.partition.Layer(-1), an.operation.Standardize()).forward(x)\n"
+            "    return ctx.implementation is j.NUMBA_JIT, float(abs(y.mean(-1)).max())\n"
+            "if __name__ == '__main__':\n"
+            "    assert run(0)[0]\n"
+            "    with cf.ProcessPoolExecutor(2, mp_context=mp.get_context('fork')) as pool:\n"
+            "        out = list(pool.map(run, range(4)))\n"
+            "    assert all(used and m < 1e-12 for used, m in out), out\n"
+            "    print('ok')\n")
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}
+    env["PYTHONPATH"] = str(ROOT)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]

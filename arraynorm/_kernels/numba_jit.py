@@ -132,6 +132,14 @@ def _loops() -> ModuleType | None:
         except ImportError:
             _loops_failed = True
             return None
+        if "NUMBA_THREADING_LAYER" not in os.environ:
+            # numba's default picks GNU OpenMP where libgomp is present, and a process that has
+            # used it aborts its forked children ("fork() called from a process already using
+            # GNU OpenMP"): concurrent.futures / multiprocessing pools, which the analysis
+            # studies use, would die. "forksafe" takes TBB, a fork-safe OpenMP or workqueue
+            # (whose calls _launch serializes); a user's NUMBA_THREADING_LAYER wins.
+            import numba  # function-level: optional dependency, just imported by _numba_loops
+            numba.config.THREADING_LAYER = "forksafe"
         _loops_module = _numba_loops
     return _loops_module
 
