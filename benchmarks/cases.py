@@ -96,9 +96,11 @@ def size_sweep(cases: list[Case], quick: bool) -> list[Case]:
         if c.family in SIZE_FAMILIES:
             shape = c.shape(quick)
             nbytes = 4 * math.prod(shape)
+            seen: set[int] = set()  # a batch of one can stand for several sizes: run it once
             for mib in ((0.25,) if quick else (1, 4, 16, 64, 256)):
                 n0 = max(1, round(shape[0] * mib * 2**20 / nbytes))
-                if n0 < shape[0] and 4 * n0 * math.prod(shape[1:]) < 0.75 * nbytes:
+                if n0 not in seen and n0 < shape[0] and 4 * n0 * math.prod(shape[1:]) < 0.75 * nbytes:
+                    seen.add(n0)
                     s = (n0,) + shape[1:]
                     label = f"{mib:g}MiB"
                     out.append(Case(f"{c.id}@{label}", c.family, c.label, s, s, groups=c.groups))

@@ -132,16 +132,24 @@ def _loops() -> ModuleType | None:
         except ImportError:
             _loops_failed = True
             return None
-        if "NUMBA_THREADING_LAYER" not in os.environ:
-            # numba's default picks GNU OpenMP where libgomp is present, and a process that has
-            # used it aborts its forked children ("fork() called from a process already using
-            # GNU OpenMP"): concurrent.futures / multiprocessing pools, which the analysis
-            # studies use, would die. "forksafe" takes TBB, a fork-safe OpenMP or workqueue
-            # (whose calls _launch serializes); a user's NUMBA_THREADING_LAYER wins.
-            import numba  # function-level: optional dependency, just imported by _numba_loops
-            numba.config.THREADING_LAYER = "forksafe"
+        # numba's default threading layer is GNU OpenMP where libgomp exists (3x lower launch
+        # cost than its workqueue layer: 93 vs 325 us per LN forward+backward at 8x16), and a
+        # process that has launched it terminates its forked children when they launch it
+        # too ("fork() called from a process already using GNU OpenMP"): process pools, which
+        # the analysis studies use, would die. So a child forked after a launch under a
+        # fork-unsafe layer leaves the JIT to the NumPy implementation (_after_fork_in_child).
+        os.register_at_fork(after_in_child=_after_fork_in_child)
         _loops_module = _numba_loops
-    return _loops_module
+    return None if _loops_failed else _loops_module
+
+
+def _after_fork_in_child() -> None:
+    global _loops_failed
+    if _serialize is None:
+        return  # no loop has run in the parent: the child may start any layer itself
+    import numba  # function-level: optional dependency, imported by _loops() before any launch
+    if numba.threading_layer() not in ("tbb", "workqueue"):
+        _loops_failed = True  # available() is False from now on in this child
 
 
 def available() -> bool:
