@@ -21,6 +21,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .sweep import local_clusters, worker_label
+
 __all__ = ["ID", "SIZES", "WORKERS", "MAX_REPEATS", "measure", "run"]
 
 ID = "dask-norm"
@@ -85,24 +87,13 @@ def run(quick: bool, repeats: int, log: Callable[[str], None] = print) -> dict[s
     """Start a LocalCluster of each size in :data:`WORKERS`, time the case on each, close them;
     the result has ``ratio_2_over_1`` (throughput, higher is better)."""
     try:
-        import distributed
+        import distributed  # noqa: F401  (the Dask cases need the dask extra)
     except ImportError as e:
         return {"status": f"absent: {e}"}
     size = SIZES["quick" if quick else "full"]
-    clusters, clients = [], {}
-    try:
-        for n in WORKERS:
-            c = distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                                         host="127.0.0.1", dashboard_address=None)
-            clusters.append(c)
-            clients[f"{n} worker{'s' if n > 1 else ''}"] = distributed.Client(c)
+    with local_clusters(WORKERS) as clients:
         res = measure(clients, size, repeats)
-    finally:
-        for cl in clients.values():
-            cl.close()
-        for c in clusters:
-            c.close()
-    one, two = (res["runs"][f"{n} worker{'s' if n > 1 else ''}"]["gb_per_s"] for n in WORKERS)
+    one, two = (res["runs"][worker_label(n)]["gb_per_s"] for n in WORKERS)
     res.update(status="ok", ratio_2_over_1=two / one, cpus=os.cpu_count(),
                loadavg=[round(v, 2) for v in os.getloadavg()])
     for label, r in res["runs"].items():

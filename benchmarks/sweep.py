@@ -13,11 +13,12 @@ shared with other work, 2 workers cannot reach twice the throughput; the JSON re
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 __all__ = ["ID", "STUDY", "SIZES", "WORKERS", "MAX_REPEATS", "measure", "run"]
@@ -79,28 +80,42 @@ class _Counting:
         return self.inner.map(fn, points, **kw)
 
 
-def run(quick: bool, repeats: int, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Start a LocalCluster of each size in :data:`WORKERS`, time the sweep on each and in
-    process, close them; the result has ``ratio_2_over_1`` (throughput, higher is better)."""
-    try:
-        import distributed
-    except ImportError as e:
-        return {"status": f"absent: {e}"}
-    options = SIZES["quick" if quick else "full"]
+def worker_label(n: int) -> str:
+    """The run label of a cluster of ``n`` workers ("1 worker", "2 workers")."""
+    return f"{n} worker{'s' if n > 1 else ''}"
+
+
+@contextlib.contextmanager
+def local_clusters(workers: Sequence[int]) -> Iterator[dict[str, Any]]:
+    """A ``distributed.LocalCluster`` of one-thread worker processes and its client for each
+    count in ``workers``, by :func:`worker_label`; all closed on exit (the Dask cases)."""
+    import distributed  # function-level: the dask extra is optional
     clusters, clients = [], {}
     try:
-        for n in WORKERS:
+        for n in workers:
             c = distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
                                          host="127.0.0.1", dashboard_address=None)
             clusters.append(c)
-            clients[f"{n} worker{'s' if n > 1 else ''}"] = distributed.Client(c)
-        res = measure({"in process": None, **clients}, options, repeats)
+            clients[worker_label(n)] = distributed.Client(c)
+        yield clients
     finally:
         for cl in clients.values():
             cl.close()
         for c in clusters:
             c.close()
-    one, two = (res["runs"][f"{n} worker{'s' if n > 1 else ''}"]["points_per_s"] for n in WORKERS)
+
+
+def run(quick: bool, repeats: int, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Start a LocalCluster of each size in :data:`WORKERS`, time the sweep on each and in
+    process, close them; the result has ``ratio_2_over_1`` (throughput, higher is better)."""
+    try:
+        import distributed  # noqa: F401  (the Dask cases need the dask extra)
+    except ImportError as e:
+        return {"status": f"absent: {e}"}
+    options = SIZES["quick" if quick else "full"]
+    with local_clusters(WORKERS) as clients:
+        res = measure({"in process": None, **clients}, options, repeats)
+    one, two = (res["runs"][worker_label(n)]["points_per_s"] for n in WORKERS)
     res.update(status="ok", ratio_2_over_1=two / one, cpus=os.cpu_count(),
                loadavg=[round(v, 2) for v in os.getloadavg()])
     for label, r in res["runs"].items():

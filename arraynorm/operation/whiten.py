@@ -147,18 +147,8 @@ class Whiten(Operation):
 
     def _whiten(self, xp: Namespace, xv: Array, layout: Layout,
                 eps: float) -> tuple[_Blocks, _linalg.RowWhitening]:
-        if self.routines:
-            _linalg.require_linalg(self.name, xp, self.what, self.routines)
         blocks = _Blocks.of(layout)
-        if blocks.m == 0 or blocks.d == 0:
-            # unlike BN's empty output, a whitening matrix of no values (or of no features)
-            # does not exist, and the running statistics would have nothing to average
-            raise ValueError(
-                f"{self.name}: {self.what} needs at least one feature and one value per "
-                f"feature, got input of shape {layout.shape} ({blocks.d} features, {blocks.m} "
-                f"values each)"
-            )
-        rw = _linalg.whiten_rows(xp, blocks.to_blocks(xp, xv), self.matrix,
+        rw = _linalg.whiten_rows(xp, self.row_blocks(xp, xv, layout), self.matrix,
                                  scale=1.0 / blocks.m, eps=eps)
         return blocks, rw
 
@@ -174,6 +164,8 @@ class Whiten(Operation):
             _linalg.require_linalg(self.name, xp, self.what, self.routines)
         blocks = _Blocks.of(layout)
         if blocks.m == 0 or blocks.d == 0:
+            # unlike BN's empty output, a whitening matrix of no values (or of no features)
+            # does not exist, and the running statistics would have nothing to average
             raise ValueError(
                 f"{self.name}: {self.what} needs at least one feature and one value per "
                 f"feature, got input of shape {layout.shape} ({blocks.d} features, {blocks.m} "
