@@ -308,6 +308,28 @@ def test_float64_values_beyond_the_square_range_are_scale_invariant(xp, f, args,
     assert rel_err(pb(from_numpy(xp, dy))[0], pb1(dy)[0] * 2.0 ** -k) <= 1e-12
 
 
+@pytest.mark.parametrize("f,args", [
+    (an.batch_norm, ()), (an.layer_norm, ()), (an.group_norm, (2,)), (an.instance_norm, ()),
+    (an.rms_norm, ()),
+], ids=["batch_norm", "layer_norm", "group_norm", "instance_norm", "rms_norm"])
+@pytest.mark.parametrize("k", [600, -600])
+def test_fast_implementations_keep_float64_cotangents_beyond_the_square_range(tiny_blocks, f, args, k):
+    """The fast implementations' backward must never form rstd² (it underflows for a spread of
+    2^600 and overflows for 2^-600): with eps = 0, dx(2^k·x) = 2^-k·dx(x) exactly, and
+    dγ, dβ do not change, so the computation at scale 1 is the oracle."""
+    x = 3.0 + RNG.standard_normal((4, 6, 5))
+    dy = RNG.standard_normal(x.shape)
+    c = x.shape[-1] if f in (an.layer_norm, an.rms_norm) else x.shape[1]
+    w = RNG.uniform(0.5, 1.5, c)
+    extra = () if f is an.rms_norm else (RNG.standard_normal(c),)
+    y, pb = an.vjp(f, x * 2.0 ** k, *args, w, *extra, eps=0.0)
+    y1, pb1 = an.vjp(f, x, *args, w, *extra, eps=0.0)
+    got, want = pb(dy), pb1(dy)
+    assert rel_err(y, y1) <= 1e-13
+    assert rel_err(got[0], want[0] * 2.0 ** -k) <= 1e-12
+    assert rel_err(got[-1], want[-1]) <= 1e-12
+
+
 def test_results_that_cannot_be_represented_are_inf_or_nan_never_finite_and_wrong(xp):
     """A float32 variance of values ~1e20 (~1e40) is not representable: batch_moments reports
     inf, not a finite number, while the mean stays right, and inference with it gives NaN; a

@@ -139,6 +139,25 @@ def test_weight_norm_direct_path_equals_the_general_path(xp, shape, dtype, scale
         assert np.max(np.abs(got - want)) <= tol * np.max(np.abs(want))
 
 
+@pytest.mark.parametrize("vdt,gdt", [("float16", "float16"), ("float64", "float32"),
+                                     ("float32", "float64")])
+def test_weight_norm_cotangents_come_back_in_each_argument_dtype(xp, vdt, gdt):
+    """Mixed and half-precision arguments: dv has v's dtype and dg has g's, on the direct path
+    as on the general one, with the same values (the general path is the oracle)."""
+    from arraynorm.weight.per_unit import _weight_norm
+
+    if vdt == "float16" and not hasattr(xp, "float16"):
+        pytest.skip("this namespace has no float16")
+    rng = _rng(5)
+    v, g = from_numpy(xp, rng.standard_normal((6, 4)), vdt), from_numpy(xp, rng.uniform(0.5, 1.5, 6), gdt)
+    dw = from_numpy(xp, rng.standard_normal((6, 4)), vdt)
+    (_, p1), (_, p0) = _weight_norm(v, g, 0), _weight_norm(v, g, 0, direct=False)
+    for got, want, dt in zip(p1(dw)[:2], p0(dw)[:2], (vdt, gdt)):
+        got, want = to_numpy(got), to_numpy(want)
+        assert str(got.dtype) == str(want.dtype) == dt
+        assert np.max(np.abs(got.astype(np.float64) - want)) <= 2e-3 * np.max(np.abs(want))
+
+
 def test_weight_norm_accepts_flat_g_and_returns_dg_in_that_shape(xp):
     rng = _rng(3)
     v = rng.standard_normal((3, 4, 2))

@@ -143,8 +143,19 @@ def _loops() -> ModuleType | None:
     return None if _loops_failed else _loops_module
 
 
+def _extreme(rstd: np.ndarray) -> bool:
+    """Whether rstd² leaves float64's range somewhere (a float64 spread beyond 2^±480): the
+    loops' backward is compiled with reassociation, which may form rstd² (measured: dx off by
+    up to 100% at 2^600, inf at 2^-600), so such inputs take the portable backward, which
+    never does. float32 data cannot get there (|rstd| ≤ 1e45)."""
+    r = np.abs(rstd)
+    return bool(r.size) and not (float(r.max()) < 2.0 ** 480 and float(r.min()) > 2.0 ** -480)
+
+
 def _after_fork_in_child() -> None:
-    global _loops_failed
+    global _loops_failed, _launch_lock
+    # a lock another thread held at the fork (a first call compiling) stays held in the child
+    _launch_lock = threading.Lock()
     if _serialize is None:
         return  # no loop has run in the parent: the child may start any layer itself
     import numba  # function-level: optional dependency, imported by _loops() before any launch
@@ -375,7 +386,7 @@ def _backward(ctx: NormContext, saved: _Saved, dy: np.ndarray, rms: bool,
         r = saved.rstd
         mdy = np.zeros((M, K)) if rms else sdy / g.n
         _call(loops, "channels_grad_apply", xg, dyg, *g.dims, saved.shift, saved.mean_s, r * saved.params,
-              mdy, r * r * sdyd / g.n, dx)
+              mdy, (r * sdyd / g.n) * r, dx)  # never r²: it under/overflows beyond 1e±154
         acc_w, acc_b = r * sdyd, sdy
         if not any(p.lead_par):
             acc_w, acc_b = acc_w.sum(axis=0), acc_b.sum(axis=0)
@@ -431,7 +442,7 @@ class NumbaJit:
     def backward(self, stages: Stages, ctx: NormContext, dy: Array) -> Grads:
         loops = _loops()
         if (loops is not None and type(dy) is np.ndarray and dy.dtype in _FLOATS + (np.dtype(np.float16),)
-                and tuple(dy.shape) == tuple(ctx.layout.shape)):
+                and tuple(dy.shape) == tuple(ctx.layout.shape) and not _extreme(ctx.saved.rstd)):
             return _backward(ctx, ctx.saved, dy, ctx.state.mean is None, loops)
         return PORTABLE.backward(stages, ctx, dy)
 

@@ -159,7 +159,7 @@ def _weight_norm_units(xp: Namespace, v: Array, g: Array, ct: Dtype,
         else:
             dv = r * (dw2 - v2 * c)
         return (xp.astype(xp.reshape(dv, tuple(v.shape)), v.dtype, copy=False),
-                xp.reshape(u, tuple(g.shape)), None)
+                xp.astype(xp.reshape(u, tuple(g.shape)), g.dtype, copy=False), None)
 
     return w, pullback
 
