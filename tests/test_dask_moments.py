@@ -249,3 +249,28 @@ def test_persist_statistics_holds_one_chunk_and_changes_no_number():
         _, ctx = ln.forward(x, w, b)
         ln.backward(ctx, dy)
     assert c.n == 0
+
+
+@pytest.mark.gpu
+def test_cupy_chunks_stay_on_the_gpu_and_match_cupy_on_the_whole_array():
+    """Multi-GPU through Dask: a Dask array of CuPy chunks keeps CuPy chunks through the
+    one-pass statistics, the output and the backward (``_meta`` is CuPy, nothing copied to the
+    host), and synchronized BN equals BN of the whole CuPy array."""
+    from _helpers import cuda_available
+
+    if not cuda_available():
+        pytest.skip("needs a CUDA device and CuPy")
+    import cupy as cp
+
+    x = cp.asarray(RNG.standard_normal((64, 8, 3)))
+    dy = cp.asarray(RNG.standard_normal(x.shape))
+    xd = da.from_array(x, chunks=(16, 8, 3), asarray=False)
+    dyd = da.from_array(dy, chunks=xd.chunks, asarray=False)
+    y, pb = an.vjp(an.batch_norm, xd)
+    (dx,) = pb(dyd)[:1]
+    assert isinstance(y._meta, cp.ndarray) and isinstance(dx._meta, cp.ndarray)
+    got_y, got_dx = dask.compute(y, dx)
+    assert isinstance(got_y, cp.ndarray) and isinstance(got_dx, cp.ndarray)
+    want_y, pbw = an.vjp(an.batch_norm, x)
+    cp.testing.assert_allclose(got_y, want_y, rtol=1e-12, atol=1e-12)
+    cp.testing.assert_allclose(got_dx, pbw(dy)[0], rtol=1e-12, atol=1e-10)
