@@ -79,12 +79,11 @@ import numpy as np
 from .._context import Grads, NormContext, Stages
 from .._statistics import inv_root, pow2_scale, unscale
 from .._typing import Array, Namespace
-from ..operation import RMSScale, Standardize, StandardizeState
+from ..operation import RMSScale, StandardizeState
 from ..partition import Layout
-from ..recovery import Affine, ConditionalAffine, NoRecovery
 from ._plan import Plan, plan
 from ._switches import fast_path_threads
-from .numpy_fused import _finish_param, _param, _split
+from .numpy_fused import _finish_param, _param, _split, fusable_stages
 from .portable import PORTABLE
 
 __all__ = ["NumbaJit", "NUMBA_JIT", "MIN_BYTES", "MAX_ROW_BYTES", "BLOCK_ELEMS",
@@ -417,10 +416,7 @@ class NumbaJit:
 
     def supports(self, stages: Stages, xp: Namespace, layout: Layout, x: Array,
                  weight: Array | None, bias: Array | None) -> bool:
-        # subclasses of the operations (and other recoveries) may change the math
-        if type(stages.operation) not in (Standardize, RMSScale):
-            return False
-        if type(stages.recovery) not in (Affine, ConditionalAffine, NoRecovery):
+        if not fusable_stages(stages):
             return False
         if type(x) is not np.ndarray or x.dtype not in _FLOATS or x.size == 0:
             return False

@@ -470,6 +470,14 @@ def _finish_param(p: Plan, acc: np.ndarray, like: Any, param_shape: tuple[int, .
     return acc.reshape(param_shape).astype(like.dtype)
 
 
+def fusable_stages(stages: Stages) -> bool:
+    """Whether the fused loops compute these stages: the standardize or RMS operation with the
+    affine, conditional-affine or no recovery, exactly those classes (subclasses may change
+    the math). Shared by the NumPy and the numba implementations."""
+    return (type(stages.operation) in (Standardize, RMSScale)
+            and type(stages.recovery) in (Affine, ConditionalAffine, NoRecovery))
+
+
 def _backward(ctx: NormContext, saved: _Saved, dy: np.ndarray) -> Grads:
     p = saved.plan
     run = _Run(p, saved.x, ctx.state.rstd.dtype, ctx.state.mean is None, ctx.weight, ctx.bias,
@@ -528,10 +536,7 @@ class NumpyFused:
 
     def supports(self, stages: Stages, xp: Namespace, layout: Layout, x: Array,
                  weight: Array | None, bias: Array | None) -> bool:
-        # subclasses of the operations (and other recoveries) may change the math
-        if type(stages.operation) not in (Standardize, RMSScale):
-            return False
-        if type(stages.recovery) not in (Affine, ConditionalAffine, NoRecovery):
+        if not fusable_stages(stages):
             return False
         if type(x) is not np.ndarray or x.dtype not in _FLOATS:
             return False
