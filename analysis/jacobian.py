@@ -601,6 +601,11 @@ def _plot(r: Any) -> Any:
                    title="mean of JJᵀ, every configuration")
     summary[3].set(xscale="log", yscale="log", xlabel="depth", ylabel="κ on the range",
                    title="condition number (dense Jacobians)")
+    from matplotlib.ticker import NullFormatter  # function-level: matplotlib is optional
     for a in summary:
         a.legend(fontsize=5, ncol=2)
+        # the measured depths as the ticks: under a decade of depths (--quick) the log axis
+        # would otherwise label its minor ticks on top of each other
+        a.set_xticks(depths, [str(d) for d in depths])
+        a.xaxis.set_minor_formatter(NullFormatter())
     return fig
