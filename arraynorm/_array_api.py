@@ -55,6 +55,11 @@ def xp_namespace(fname: str, **arrays: Array) -> Namespace:
     computation runs) is compatible with any device; the devices of the others are still
     compared with each other.
     """
+    # plain NumPy arrays (the common case, and every layer of a deep stack): one namespace, one
+    # device; array_namespace costs ~8 µs a call, a type test ~50 ns
+    given = [a for a in arrays.values() if a is not None]
+    if given and all(type(a) is np.ndarray for a in given):
+        return _NUMPY_XP
     first_name = first_xp = None
     dev_name, first_dev = None, None
     for name, a in arrays.items():
@@ -86,6 +91,10 @@ def xp_namespace(fname: str, **arrays: Array) -> Namespace:
     return first_xp
 
 
+#: array_api_compat's NumPy namespace (what array_namespace returns for a NumPy array)
+_NUMPY_XP: Namespace = array_namespace(np.empty(0))
+
+
 def _not_an_array(fname: str, name: str, a: Any) -> TypeError:
     return TypeError(
         f"{fname}: {name} must be an array (NumPy, CuPy, PyTorch, JAX, Dask or any array-API "
@@ -96,6 +105,8 @@ def _not_an_array(fname: str, name: str, a: Any) -> TypeError:
 def xp_check_floating(fname: str, name: str, a: Any, xp: Namespace) -> None:
     """Raise ``TypeError`` unless ``a`` is an array with a real floating dtype (``None`` or a
     list where a required array belongs is a ``TypeError`` naming the argument too)."""
+    if type(a) is np.ndarray and a.dtype.kind == "f":
+        return  # float16/32/64 (and longdouble, which the ops refuse where they compute)
     if a is None or not hasattr(a, "dtype") or not hasattr(a, "shape"):
         raise _not_an_array(fname, name, a)
     if not xp.isdtype(a.dtype, "real floating"):

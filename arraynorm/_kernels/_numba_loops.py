@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from numba import njit, prange
 
-__all__ = ["rows_forward", "rows_backward", "channels_stats", "channels_apply",
+__all__ = ["rows_forward", "rows_backward", "channels_stats", "channels_merge", "channels_apply",
            "channels_grad_sums", "channels_grad_apply"]
 
 _FASTMATH = {"reassoc", "contract"}
@@ -225,17 +225,25 @@ def _task(task: int, nkb: int, nrb: int, kspan: int, b: int, K: int,
 
 
 @_jit(parallel=True, fastmath=_FASTMATH)
-def channels_stats(x: Any, M: int, R1: int, K: int, R2: int, shift: Any, kspan: int, b: int,
-                   rms: bool, part: Any) -> None:
+def channels_stats(x: Any, M: int, R1: int, K: int, R2: int, kspan: int, b: int,
+                   rms: bool, shift: Any, part: Any) -> None:
     """Per block (``b`` rows of r1 × ``kspan`` channels) and channel: ``part[m, rb, k]`` =
     (block mean of x − shift, block Σ((x − mean)/scale)², scale), two passes over the block
-    in cache (mean 0 and M2 = Σ x² for RMS)."""
+    in cache (mean 0 and M2 = Σ x² for RMS); ``shift[m, k]`` (output) = the statistic's
+    first value, 0 where not finite (0 for RMS)."""
     nkb = (K + kspan - 1) // kspan
     nrb = (R1 + b - 1) // b
     for task in prange(M * nkb * nrb):
         m, rb, k0, k1, r0, r1 = _task(task, nkb, nrb, kspan, b, K, R1)
         cnt = (r1 - r0) * R2
-        sh = shift[m]
+        sh = np.zeros(K)
+        if not rms:
+            x0 = x[m * R1]
+            for k in range(k0, k1):
+                sh[k] = _shift(np.float64(x0[k * R2]))
+        if rb == 0:  # one task per channel span writes it (every task computes the same)
+            for k in range(k0, k1):
+                shift[m, k] = sh[k]
         mb = np.zeros(K)
         if not rms:
             for r in range(r0, r1):
@@ -297,10 +305,42 @@ def channels_stats(x: Any, M: int, R1: int, K: int, R2: int, shift: Any, kspan: 
             part[m, rb, k, 2] = s
 
 
+@_jit()  # no reassociation: (s·ms)·s must not become s²·ms (it overflows where the product does not)
+def channels_merge(part: Any, R1: int, R2: int, b: int, eps: float, out: Any) -> None:
+    """Merge the blocks of :func:`channels_stats` per statistic (Chan, Golub & LeVeque:
+    M2 = Σ M2_b + Σ n_b (μ_b − μ)², every term divided by a common power-of-two scale S, the
+    largest of the blocks' scales and :func:`_pow2` of the largest |μ_b − μ|): ``out[:, m, k]``
+    = (μ_s, σ² as (S·ms)·S, rstd = 1/sqrt(S²·ms + eps) without forming S²·ms)."""
+    M, nrb, K, _ = part.shape
+    n = R1 * R2
+    for m in range(M):
+        for k in range(K):
+            mean = 0.0
+            for j in range(nrb):
+                mean += ((min(R1, (j + 1) * b) - j * b) * R2) * part[m, j, k, 0]
+            mean /= n
+            S = 0.0
+            dmax = 0.0
+            for j in range(nrb):
+                S = max(S, part[m, j, k, 2])
+                dmax = max(dmax, abs(part[m, j, k, 0] - mean))
+            S = max(S, _pow2(dmax))
+            m2 = 0.0
+            for j in range(nrb):
+                q = part[m, j, k, 2] / S
+                dv = (part[m, j, k, 0] - mean) / S
+                m2 += q * q * part[m, j, k, 1] + ((min(R1, (j + 1) * b) - j * b) * R2) * (dv * dv)
+            ms = m2 / n
+            out[0, m, k] = mean
+            out[1, m, k] = (S * ms) * S
+            out[2, m, k] = _inv_root(S, ms, eps)
+
+
 @_jit(parallel=True, fastmath=_FASTMATH)
 def channels_apply(x: Any, M: int, R1: int, K: int, R2: int, shift: Any, mean_s: Any, a: Any,
                    c: Any, y: Any) -> None:
-    """y = ((x − shift) − μ_s)·a + c per (m, k), a = rstd·γ, c = β; parallel over rows."""
+    """y = ((x − shift) − μ_s)·a + c per (m, k), a = rstd·γ, c = β (one row for every m, or
+    one per m); parallel over rows."""
     for t in prange(M * R1):
         m = t // R1
         xr = x[t]
@@ -308,7 +348,7 @@ def channels_apply(x: Any, M: int, R1: int, K: int, R2: int, shift: Any, mean_s:
         sh = shift[m]
         mu = mean_s[m]
         am = a[m]
-        cm = c[m]
+        cm = c[m % c.shape[0]]
         if R2 == 1:
             for k in range(K):
                 yr[k] = ((np.float64(xr[k]) - sh[k]) - mu[k]) * am[k] + cm[k]

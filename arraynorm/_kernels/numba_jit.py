@@ -77,7 +77,6 @@ from typing import Any
 import numpy as np
 
 from .._context import Grads, NormContext, Stages
-from .._statistics import inv_root, pow2_scale, unscale
 from .._typing import Array, Namespace
 from ..operation import RMSScale, StandardizeState
 from ..partition import Layout
@@ -167,9 +166,13 @@ def available() -> bool:
     return _loops() is not None
 
 
-#: positions of each loop's output arguments
-_OUTPUTS = {"rows_forward": (10, 11), "rows_backward": (10, 11, 12), "channels_stats": (9,),
-            "channels_apply": (9,), "channels_grad_sums": (10,), "channels_grad_apply": (11,)}
+#: how many leading arguments of each loop are the user's arrays (x, dy): passed as
+#: read-only views, so a read-only input does not compile another signature; every other
+#: array argument is one this module allocated (writable)
+_USER_INPUTS = {"rows_forward": 1, "rows_backward": 2, "channels_stats": 1, "channels_apply": 1,
+                "channels_grad_sums": 2, "channels_grad_apply": 2}
+_first_calls: set[tuple[str, str]] = set()
+_thread_counts = threading.local()  # the count this thread last gave numba.set_num_threads
 
 
 def _read_only(a: np.ndarray) -> np.ndarray:
@@ -190,28 +193,28 @@ def _threads(x: np.ndarray) -> int:
 
 def _call(loops: ModuleType, name: str, *args: Any) -> None:
     """Run a compiled loop with :func:`_threads` threads, timing the first call per
-    signature (compile or cache load) into :data:`COMPILE_SECONDS`."""
+    signature (compile or cache load) into :data:`COMPILE_SECONDS`. Kept lean: it runs
+    2–4 times per forward+backward (a dtype's str() alone costs 5 µs)."""
     import numba  # function-level: optional dependency, already imported by _loops()
 
-    numba.set_num_threads(_threads(args[0]))
+    n = _threads(args[0])
+    if getattr(_thread_counts, "n", None) != n:  # numba's setting is per thread, 2 µs a call
+        numba.set_num_threads(n)
+        _thread_counts.n = n
     fn = getattr(loops, name)
-    # inputs as read-only views, outputs writable: numba types an array's writability, so
-    # this keeps one compiled signature per loop and dtype (not one more per read-only input)
-    outs = _OUTPUTS[name]
-    args = tuple(_read_only(a) if isinstance(a, np.ndarray) and i not in outs else a
-                 for i, a in enumerate(args))
-    key = f"{name}[{args[0].dtype}]"
+    k = _USER_INPUTS[name]
+    args = tuple(_read_only(a) for a in args[:k]) + args[k:]
+    first = (name, args[0].dtype.char) not in _first_calls
     # numba's workqueue threading layer (chosen where neither TBB nor OpenMP is available)
     # aborts the process when two threads run parallel loops at once: calls are serialized
     # until the first one shows which layer numba picked, and for good under workqueue
     global _serialize
     with _launch_lock if _serialize is not False else contextlib.nullcontext():
-        if key in COMPILE_SECONDS:
-            fn(*args)
-        else:
-            t0 = time.perf_counter()
-            fn(*args)
-            COMPILE_SECONDS[key] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        fn(*args)
+        if first:
+            COMPILE_SECONDS[f"{name}[{args[0].dtype}]"] = time.perf_counter() - t0
+            _first_calls.add((name, args[0].dtype.char))
         if _serialize is None:
             _serialize = numba.threading_layer() == "workqueue"
 
@@ -271,13 +274,13 @@ def _rows_params(g: _Geometry, weight: Any, bias: Any) -> tuple[np.ndarray, np.n
 
 
 def _channel_params(g: _Geometry, a: Any, fill: float) -> np.ndarray:
-    """γ or β per (m, k) in float64 (``fill`` where absent)."""
-    M, _, K, _ = g.dims
+    """γ or β as (1 or M, K) float64 (``fill`` where absent): one row when it does not vary
+    with m (BN, ghost BN)."""
     if a is None:
-        return np.full((M, K), fill)
+        return np.full((1, g.dims[2]), fill)
     pa = _param(g.plan, a, np.dtype(np.float64))
     assert pa is not None
-    return np.ascontiguousarray(np.broadcast_to(pa.reshape(pa.shape[0], -1), (M, K)))
+    return pa.reshape(pa.shape[0], -1)
 
 
 # forward -------------------------------------------------------------------------------------
@@ -316,22 +319,10 @@ def _forward(stages: Stages, xp: Namespace, layout: Layout, playout: Layout, g: 
     else:
         M, R1, K, R2 = g.dims
         kspan, b, nrb = _channel_blocks(g)
-        shift = np.zeros((M, K))
-        if not rms:
-            shift = xa.reshape(g.dims)[:, 0, :, 0].astype(np.float64)
-            shift[~np.isfinite(shift)] = 0.0
-        part = np.empty((M, nrb, K, 3))
-        _call(loops, "channels_stats", xg, *g.dims, shift, kspan, b, rms, part)
-        starts = np.arange(nrb) * b
-        w = ((np.minimum(R1, starts + b) - starts) * R2).astype(np.float64)[None, :, None]
-        d, m2b, sb = part[..., 0], part[..., 1], part[..., 2]
-        mean_s = (w * d).sum(axis=1) / g.n
-        dev = d - mean_s[:, None]
-        S = np.maximum(sb.max(axis=1), pow2_scale(np, np.abs(dev).max(axis=1)))[:, None]
-        m2 = ((sb / S) ** 2 * m2b).sum(axis=1) + (w * (dev / S) ** 2).sum(axis=1)
-        S, ms = S[:, 0], m2 / g.n
-        f64 = np.dtype(np.float64)
-        var64, rstd64 = unscale(np, S, ms, f64), inv_root(np, S, ms, eps, f64)
+        shift, part, merged = np.empty((M, K)), np.empty((M, nrb, K, 3)), np.empty((3, M, K))
+        _call(loops, "channels_stats", xg, *g.dims, kspan, b, rms, shift, part)
+        loops.channels_merge(part, R1, R2, b, eps, merged)  # serial, O(M·K·blocks)
+        mean_s, var64, rstd64 = merged
         Wk, Bk = _channel_params(g, weight, 1.0), _channel_params(g, bias, 0.0)
         _call(loops, "channels_apply", xg, *g.dims, shift, mean_s, rstd64 * Wk, Bk, y)
         params = Wk
