@@ -57,8 +57,8 @@ def _pow2(m: float) -> float:
     """2**floor(log2 m) within float64's normal range; 1 where m is 0, inf or NaN."""
     if not (m > 0.0 and m < math.inf):
         return 1.0
-    e = math.floor(math.log2(m))
-    return 2.0 ** min(max(e, _EMIN), _EMAX)
+    e = math.frexp(m)[1] - 1  # m = f·2^(e+1), f in [0.5, 1): floor(log2 m) = e, exactly
+    return math.ldexp(1.0, min(max(e, _EMIN), _EMAX))
 
 
 @_jit(inline="always")
@@ -84,7 +84,7 @@ def _shift(v: float) -> float:
 @_jit(parallel=True, fastmath=_FASTMATH)
 def rows_forward(x: Any, A: int, C: int, W: Any, B: Any, sm: int, sa: int, sc: int, eps: float,
                  rms: bool, y: Any, stats: Any) -> None:
-    """y[m] = ((x[m] − shift) − μ_s)·rstd·γ + β per row of ``x: (M, A·C)``; ``stats[m]`` =
+    """y[m] = ((x[m] − shift) − μ_s)·rstd·γ + β per row of ``x: (M, A·C)``; ``stats[:, m]`` =
     (shift, μ_s, var, rstd) in float64 (shift = μ_s = 0 for RMS, var then the mean square)."""
     M, n = x.shape
     for m in prange(M):
@@ -117,10 +117,10 @@ def rows_forward(x: Any, A: int, C: int, W: Any, B: Any, sm: int, sa: int, sc: i
                 ss += d * d
         ms = ss / n
         r = _inv_root(s, ms, eps)
-        stats[m, 0] = shift
-        stats[m, 1] = mean_s
-        stats[m, 2] = (s * ms) * s
-        stats[m, 3] = r
+        stats[0, m] = shift
+        stats[1, m] = mean_s
+        stats[2, m] = (s * ms) * s
+        stats[3, m] = r
         for a in range(A):
             # slices, not offset indices: an index numba cannot prove non-negative gets a
             # wraparound test per element, which stops vectorization (measured 5x)
@@ -140,8 +140,8 @@ def rows_forward(x: Any, A: int, C: int, W: Any, B: Any, sm: int, sa: int, sc: i
 
 
 @_jit(parallel=True, fastmath=_FASTMATH)
-def rows_backward(x: Any, dy: Any, A: int, C: int, W: Any, sm: int, sa: int, sc: int, stats: Any,
-                  rms: bool, dx: Any, dW: Any, dB: Any) -> None:
+def rows_backward(x: Any, dy: Any, A: int, C: int, W: Any, sm: int, sa: int, sc: int,
+                  shifts: Any, means: Any, rstds: Any, rms: bool, dx: Any, dW: Any, dB: Any) -> None:
     """dx = rstd·(g − Σg/n − ŷ·Σgŷ/n), g = dy·γ (no Σg term for RMS), per row; the rows are
     cut into ``dW.shape[0]`` ranges, one per task, each adding Σ dy·ŷ and Σ dy into its own
     row of ``dW`` and ``dB`` (float64, γ's flat index; ``sc`` is 0 or 1)."""
@@ -154,9 +154,9 @@ def rows_backward(x: Any, dy: Any, A: int, C: int, W: Any, sm: int, sa: int, sc:
             xr = x[m]
             dyr = dy[m]
             dxr = dx[m]
-            shift = stats[m, 0]
-            mean_s = stats[m, 1]
-            r = stats[m, 3]
+            shift = shifts[m]
+            mean_s = means[m]
+            r = rstds[m]
             sg = 0.0
             sgy = 0.0
             for a in range(A):
@@ -227,7 +227,7 @@ def _task(task: int, nkb: int, nrb: int, kspan: int, b: int, K: int,
 @_jit(parallel=True, fastmath=_FASTMATH)
 def channels_stats(x: Any, M: int, R1: int, K: int, R2: int, kspan: int, b: int,
                    rms: bool, shift: Any, part: Any) -> None:
-    """Per block (``b`` rows of r1 × ``kspan`` channels) and channel: ``part[m, rb, k]`` =
+    """Per block (``b`` rows of r1 × ``kspan`` channels) and channel: ``part[:, m, rb, k]`` =
     (block mean of x − shift, block Σ((x − mean)/scale)², scale), two passes over the block
     in cache (mean 0 and M2 = Σ x² for RMS); ``shift[m, k]`` (output) = the statistic's
     first value, 0 where not finite (0 for RMS)."""
@@ -300,40 +300,56 @@ def channels_stats(x: Any, M: int, R1: int, K: int, R2: int, kspan: int, b: int,
                     for q in range(R2):
                         d = ((np.float64(xr[k * R2 + q]) - sh[k]) - mu) * inv
                         v += d * d
-            part[m, rb, k, 0] = mu
-            part[m, rb, k, 1] = v
-            part[m, rb, k, 2] = s
+            part[0, m, rb, k] = mu
+            part[1, m, rb, k] = v
+            part[2, m, rb, k] = s
 
 
 @_jit()  # no reassociation: (s·ms)·s must not become s²·ms (it overflows where the product does not)
-def channels_merge(part: Any, R1: int, R2: int, b: int, eps: float, out: Any) -> None:
+def channels_merge(part: Any, R1: int, R2: int, b: int, eps: float, scaled: bool, out: Any) -> None:
     """Merge the blocks of :func:`channels_stats` per statistic (Chan, Golub & LeVeque:
     M2 = Σ M2_b + Σ n_b (μ_b − μ)², every term divided by a common power-of-two scale S, the
     largest of the blocks' scales and :func:`_pow2` of the largest |μ_b − μ|): ``out[:, m, k]``
-    = (μ_s, σ² as (S·ms)·S, rstd = 1/sqrt(S²·ms + eps) without forming S²·ms)."""
-    M, nrb, K, _ = part.shape
+    = (μ_s, σ² as (S·ms)·S, rstd = 1/sqrt(S²·ms + eps) without forming S²·ms). ``scaled``
+    False (float32 data, whose squares and their sums cannot leave float64's range): S = 1,
+    rstd = 1/sqrt(ms + eps)."""
+    _, M, nrb, K = part.shape
     n = R1 * R2
     for m in range(M):
+        pd, pv, ps = part[0, m], part[1, m], part[2, m]
+        mean = np.zeros(K)
+        for j in range(nrb):  # j outer, k inner: unit-stride over the channels
+            w = (min(R1, (j + 1) * b) - j * b) * R2
+            for k in range(K):
+                mean[k] += w * pd[j, k]
+        mean /= n
+        S = np.ones(K)
+        if scaled:
+            S[:] = 0.0
+            dmax = np.zeros(K)
+            for j in range(nrb):
+                for k in range(K):
+                    S[k] = max(S[k], ps[j, k])
+                    dmax[k] = max(dmax[k], abs(pd[j, k] - mean[k]))
+            for k in range(K):
+                S[k] = max(S[k], _pow2(dmax[k]))
+        m2 = np.zeros(K)
+        for j in range(nrb):
+            w = (min(R1, (j + 1) * b) - j * b) * R2
+            if scaled:
+                for k in range(K):
+                    q = ps[j, k] / S[k]
+                    dv = (pd[j, k] - mean[k]) / S[k]
+                    m2[k] += q * q * pv[j, k] + w * (dv * dv)
+            else:
+                for k in range(K):
+                    dv = pd[j, k] - mean[k]
+                    m2[k] += pv[j, k] + w * (dv * dv)
         for k in range(K):
-            mean = 0.0
-            for j in range(nrb):
-                mean += ((min(R1, (j + 1) * b) - j * b) * R2) * part[m, j, k, 0]
-            mean /= n
-            S = 0.0
-            dmax = 0.0
-            for j in range(nrb):
-                S = max(S, part[m, j, k, 2])
-                dmax = max(dmax, abs(part[m, j, k, 0] - mean))
-            S = max(S, _pow2(dmax))
-            m2 = 0.0
-            for j in range(nrb):
-                q = part[m, j, k, 2] / S
-                dv = (part[m, j, k, 0] - mean) / S
-                m2 += q * q * part[m, j, k, 1] + ((min(R1, (j + 1) * b) - j * b) * R2) * (dv * dv)
-            ms = m2 / n
-            out[0, m, k] = mean
-            out[1, m, k] = (S * ms) * S
-            out[2, m, k] = _inv_root(S, ms, eps)
+            ms = m2[k] / n
+            out[0, m, k] = mean[k]
+            out[1, m, k] = (S[k] * ms) * S[k]
+            out[2, m, k] = _inv_root(S[k], ms, eps) if scaled else 1.0 / math.sqrt(ms + eps)
 
 
 @_jit(parallel=True, fastmath=_FASTMATH)
@@ -367,7 +383,7 @@ def channels_apply(x: Any, M: int, R1: int, K: int, R2: int, shift: Any, mean_s:
 @_jit(parallel=True, fastmath=_FASTMATH)
 def channels_grad_sums(x: Any, dy: Any, M: int, R1: int, K: int, R2: int, shift: Any,
                        mean_s: Any, kspan: int, b: int, part: Any) -> None:
-    """Per block and channel: ``part[m, rb, k]`` = (Σ dy, Σ dy·(x − mean)), one pass."""
+    """Per block and channel: ``part[:, m, rb, k]`` = (Σ dy, Σ dy·(x − mean)), one pass."""
     nkb = (K + kspan - 1) // kspan
     nrb = (R1 + b - 1) // b
     for task in prange(M * nkb * nrb):
@@ -401,8 +417,8 @@ def channels_grad_sums(x: Any, dy: Any, M: int, R1: int, K: int, R2: int, shift:
                     s1[k] += u
                     s2[k] += v
         for k in range(k0, k1):
-            part[m, rb, k, 0] = s1[k]
-            part[m, rb, k, 1] = s2[k]
+            part[0, m, rb, k] = s1[k]
+            part[1, m, rb, k] = s2[k]
 
 
 @_jit(parallel=True, fastmath=_FASTMATH)

@@ -108,6 +108,7 @@ BLOCK_ELEMS = 1 << 16
 COMPILE_SECONDS: dict[str, float] = {}
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+_GEOMETRIES: dict[tuple[Any, ...], tuple[Layout, Any]] = {}
 _NO_BLOCKS = 1 << 62  # plan() with blocks larger than any input: only its axis merging is used
 _launch_lock = threading.Lock()
 _serialize: bool | None = None   # None until the first loop ran (then: is the layer workqueue)
@@ -146,8 +147,7 @@ def _extreme(rstd: np.ndarray) -> bool:
     loops' backward is compiled with reassociation, which may form rstd² (measured: dx off by
     up to 100% at 2^600, inf at 2^-600), so such inputs take the portable backward, which
     never does. float32 data cannot get there (|rstd| ≤ 1e45)."""
-    r = np.abs(rstd)
-    return bool(r.size) and not (float(r.max()) < 2.0 ** 480 and float(r.min()) > 2.0 ** -480)
+    return bool(rstd.size) and not (float(rstd.max()) < 2.0 ** 480 and float(rstd.min()) > 2.0 ** -480)
 
 
 def _after_fork_in_child() -> None:
@@ -312,16 +312,16 @@ def _forward(stages: Stages, xp: Namespace, layout: Layout, playout: Layout, g: 
     xg = xa.reshape(_flat(g))
     if g.kind == "rows":
         W, B, (sm, sa, sc) = _rows_params(g, weight, bias)
-        stats = np.empty((g.dims[0], 4))
+        stats = np.empty((4, g.dims[0]))
         _call(loops, "rows_forward", xg, g.dims[1], g.dims[2], W, B, sm, sa, sc, eps, rms, y, stats)
-        shift, mean_s, var64, rstd64 = (np.ascontiguousarray(stats[:, i]) for i in range(4))
+        shift, mean_s, var64, rstd64 = stats
         params: Any = (W, (sm, sa, sc))
     else:
         M, R1, K, R2 = g.dims
         kspan, b, nrb = _channel_blocks(g)
-        shift, part, merged = np.empty((M, K)), np.empty((M, nrb, K, 3)), np.empty((3, M, K))
+        shift, part, merged = np.empty((M, K)), np.empty((3, M, nrb, K)), np.empty((3, M, K))
         _call(loops, "channels_stats", xg, *g.dims, kspan, b, rms, shift, part)
-        loops.channels_merge(part, R1, R2, b, eps, merged)  # serial, O(M·K·blocks)
+        loops.channels_merge(part, R1, R2, b, eps, ct == np.float64, merged)  # serial, O(M·K·blocks)
         mean_s, var64, rstd64 = merged
         Wk, Bk = _channel_params(g, weight, 1.0), _channel_params(g, bias, 0.0)
         _call(loops, "channels_apply", xg, *g.dims, shift, mean_s, rstd64 * Wk, Bk, y)
@@ -362,17 +362,17 @@ def _backward(ctx: NormContext, saved: _Saved, dy: np.ndarray, rms: bool,
     dx = np.empty(_flat(g), ct)
     if g.kind == "rows":
         W, (sm, sa, sc) = saved.params
-        stats = np.stack([saved.shift, saved.mean_s, saved.mean_s, saved.rstd], axis=1)
         T = max(1, min(_threads(xg), g.dims[0]))
         dW, dB = np.zeros((T, W.size)), np.zeros((T, W.size))
-        _call(loops, "rows_backward", xg, dyg, g.dims[1], g.dims[2], W, sm, sa, sc, stats, rms, dx, dW, dB)
+        _call(loops, "rows_backward", xg, dyg, g.dims[1], g.dims[2], W, sm, sa, sc, saved.shift,
+              saved.mean_s, saved.rstd, rms, dx, dW, dB)
         acc_w, acc_b = dW.sum(axis=0), dB.sum(axis=0)
     else:
         M, _, K, _ = g.dims
         kspan, b, nrb = _channel_blocks(g)
-        part = np.empty((M, nrb, K, 2))
+        part = np.empty((2, M, nrb, K))
         _call(loops, "channels_grad_sums", xg, dyg, *g.dims, saved.shift, saved.mean_s, kspan, b, part)
-        sdy, sdyd = part[..., 0].sum(axis=1), part[..., 1].sum(axis=1)
+        sdy, sdyd = part.sum(axis=2)
         r = saved.rstd
         mdy = np.zeros((M, K)) if rms else sdy / g.n
         _call(loops, "channels_grad_apply", xg, dyg, *g.dims, saved.shift, saved.mean_s, r * saved.params,
@@ -401,9 +401,19 @@ class NumbaJit:
 
     def _geometry(self, stages: Stages, layout: Layout, x: np.ndarray, weight: Any,
                   bias: Any) -> tuple[Layout, _Geometry | None]:
-        playout = dataclasses.replace(layout, param_axes=stages.recovery.param_axes(layout))
-        p = plan(playout, weight is not None or bias is not None, _NO_BLOCKS)
-        return playout, None if p is None else _geometry(p, x.dtype.itemsize)
+        # asked twice per forward (supports, forward) and again for every layer of a model
+        # with the same shapes: a memo of the pure function of these four
+        key = (layout, stages.recovery.param_axes(layout), weight is not None or bias is not None,
+               x.dtype.itemsize)
+        got = _GEOMETRIES.get(key)
+        if got is None:
+            playout = dataclasses.replace(layout, param_axes=key[1])
+            p = plan(playout, key[2], _NO_BLOCKS)
+            got = playout, None if p is None else _geometry(p, key[3])
+            if len(_GEOMETRIES) >= 512:
+                _GEOMETRIES.clear()
+            _GEOMETRIES[key] = got
+        return got
 
     def supports(self, stages: Stages, xp: Namespace, layout: Layout, x: Array,
                  weight: Array | None, bias: Array | None) -> bool:
@@ -429,7 +439,8 @@ class NumbaJit:
     def backward(self, stages: Stages, ctx: NormContext, dy: Array) -> Grads:
         loops = _loops()
         if (loops is not None and type(dy) is np.ndarray and dy.dtype in _FLOATS + (np.dtype(np.float16),)
-                and tuple(dy.shape) == tuple(ctx.layout.shape) and not _extreme(ctx.saved.rstd)):
+                and tuple(dy.shape) == tuple(ctx.layout.shape)
+                and (ctx.x_dtype == np.float32 or not _extreme(ctx.saved.rstd))):
             return _backward(ctx, ctx.saved, dy, ctx.state.mean is None, loops)
         return PORTABLE.backward(stages, ctx, dy)
 
