@@ -81,9 +81,13 @@ def test_the_demo_prints_the_numbers_the_readme_quotes():
                   r"to ([\d.]+) on the way\) and at loss ([\d.]+),\s+accuracy ([\d.]+) with BN",
                   text)
     assert m, "the README's demo sentence changed: update this test"
+    alt = re.search(r"on an AVX2 machine\s+\(OpenBLAS's Haswell kernels, measured [\d-]+\) it "
+                    r"ends at loss ([\d.]+), accuracy ([\d.]+)\s+\(spiking to ([\d.]+)\)", text)
+    assert alt, "the README's sentence on the AVX2 machine changed: update this test"
     plain, bn = run_demo(out=io.StringIO())            # the command's defaults (seed 0)
-    assert f"{plain.final_loss:.4f}" == m.group(1)
-    assert f"{plain.final_accuracy:.3f}" == m.group(2)
-    assert f"{max(plain.curve):.2f}" == m.group(3)
+    # the plain run is chaotic: the BLAS kernels' vector width decides which of the two ends
+    got = (f"{plain.final_loss:.4f}", f"{plain.final_accuracy:.3f}", f"{max(plain.curve):.2f}")
+    assert got in (m.group(1, 2, 3), alt.group(1, 2, 3))
     assert f"{bn.final_loss:.4f}" == m.group(4)
     assert f"{bn.final_accuracy:.3f}" == m.group(5)
+    assert plain.final_loss > 10 * bn.final_loss and plain.final_accuracy < bn.final_accuracy

@@ -38,6 +38,7 @@ __all__ = ["rows_forward", "rows_backward", "channels_stats", "channels_merge", 
 _FASTMATH = {"reassoc", "contract"}
 _SS_LO = 2.0 ** -900     # sums of squares below this (or inf) are recomputed scaled
 _EMIN, _EMAX = -1021, 1021
+_ONEPASS_KEEP = 1e-6
 
 
 def _jit(**options: Any) -> Callable[[Callable[..., Any]], Any]:
@@ -83,25 +84,43 @@ def _shift(v: float) -> float:
 
 @_jit(parallel=True, fastmath=_FASTMATH)
 def rows_forward(x: Any, A: int, C: int, W: Any, B: Any, sm: int, sa: int, sc: int, eps: float,
-                 rms: bool, y: Any, stats: Any) -> None:
+                 rms: bool, onepass: bool, y: Any, stats: Any) -> None:
     """y[m] = ((x[m] − shift) − μ_s)·rstd·γ + β per row of ``x: (M, A·C)``; ``stats[:, m]`` =
-    (shift, μ_s, var, rstd) in float64 (shift = μ_s = 0 for RMS, var then the mean square)."""
+    (shift, μ_s, var, rstd) in float64 (shift = μ_s = 0 for RMS, var then the mean square).
+
+    ``onepass`` (float32 data): Σd and Σd² (d = x − shift, exact in float64) in one sweep and
+    Σ(d − μ_s)² = Σd² − μ_s·Σd, kept where that subtraction leaves at least
+    :data:`_ONEPASS_KEEP` of Σd² (rounding then at most 2⁻⁵³/_ONEPASS_KEEP ≈ 1e-10 of the
+    result, far below float32's 6e-8); else, as always for float64 data, the second sweep."""
     M, n = x.shape
     for m in prange(M):
         xr = x[m]
         yr = y[m]
         shift = 0.0
         mean_s = 0.0
+        ss = -1.0
         if not rms:
             shift = _shift(np.float64(xr[0]))
             acc = 0.0
+            if onepass:
+                acc2 = 0.0
+                for i in range(n):
+                    d = np.float64(xr[i]) - shift
+                    acc += d
+                    acc2 += d * d
+                mean_s = acc / n
+                ss = acc2 - acc * mean_s
+                if not (ss > _ONEPASS_KEEP * acc2):  # the subtraction cancelled: two passes
+                    ss = -1.0
+            else:
+                for i in range(n):
+                    acc += np.float64(xr[i]) - shift
+                mean_s = acc / n
+        if ss < 0.0:
+            ss = 0.0
             for i in range(n):
-                acc += np.float64(xr[i]) - shift
-            mean_s = acc / n
-        ss = 0.0
-        for i in range(n):
-            d = (np.float64(xr[i]) - shift) - mean_s
-            ss += d * d
+                d = (np.float64(xr[i]) - shift) - mean_s
+                ss += d * d
         s = 1.0
         if not (ss >= _SS_LO and ss < math.inf):
             mx = 0.0
@@ -354,9 +373,11 @@ def channels_merge(part: Any, R1: int, R2: int, b: int, eps: float, scaled: bool
 
 @_jit(parallel=True, fastmath=_FASTMATH)
 def channels_apply(x: Any, M: int, R1: int, K: int, R2: int, shift: Any, mean_s: Any, a: Any,
-                   c: Any, y: Any) -> None:
+                   c: Any, combined: bool, y: Any) -> None:
     """y = ((x − shift) − μ_s)·a + c per (m, k), a = rstd·γ, c = β (one row for every m, or
-    one per m); parallel over rows."""
+    one per m); parallel over rows. ``combined`` (float32 data, channels last): ``shift``
+    holds shift + μ_s rounded to float64 — its rounding, 1e-16 of the offset, is far below
+    the data's own (6e-8 of it) — and ``mean_s`` is not read: one array less per element."""
     for t in prange(M * R1):
         m = t // R1
         xr = x[t]
@@ -365,7 +386,10 @@ def channels_apply(x: Any, M: int, R1: int, K: int, R2: int, shift: Any, mean_s:
         mu = mean_s[m]
         am = a[m]
         cm = c[m % c.shape[0]]
-        if R2 == 1:
+        if R2 == 1 and combined:
+            for k in range(K):
+                yr[k] = (np.float64(xr[k]) - sh[k]) * am[k] + cm[k]
+        elif R2 == 1:
             for k in range(K):
                 yr[k] = ((np.float64(xr[k]) - sh[k]) - mu[k]) * am[k] + cm[k]
         else:
@@ -423,9 +447,9 @@ def channels_grad_sums(x: Any, dy: Any, M: int, R1: int, K: int, R2: int, shift:
 
 @_jit(parallel=True, fastmath=_FASTMATH)
 def channels_grad_apply(x: Any, dy: Any, M: int, R1: int, K: int, R2: int, shift: Any,
-                        mean_s: Any, a: Any, mdy: Any, kd: Any, dx: Any) -> None:
+                        mean_s: Any, a: Any, mdy: Any, kd: Any, combined: bool, dx: Any) -> None:
     """dx = a·((dy − mdy) − (x − mean)·kd) per (m, k): a = rstd·γ, mdy = Σdy/n (0 for RMS),
-    kd = rstd²·Σ dy·(x − mean)/n."""
+    kd = rstd²·Σ dy·(x − mean)/n; ``combined`` as in :func:`channels_apply`."""
     for t in prange(M * R1):
         m = t // R1
         xr = x[t]
@@ -436,7 +460,11 @@ def channels_grad_apply(x: Any, dy: Any, M: int, R1: int, K: int, R2: int, shift
         am = a[m]
         mm = mdy[m]
         km = kd[m]
-        if R2 == 1:
+        if R2 == 1 and combined:
+            for k in range(K):
+                d = np.float64(xr[k]) - sh[k]
+                dxr[k] = am[k] * ((np.float64(dyr[k]) - mm[k]) - d * km[k])
+        elif R2 == 1:
             for k in range(K):
                 d = (np.float64(xr[k]) - sh[k]) - mu[k]
                 dxr[k] = am[k] * ((np.float64(dyr[k]) - mm[k]) - d * km[k])

@@ -88,8 +88,15 @@ from .portable import PORTABLE
 __all__ = ["NumbaJit", "NUMBA_JIT", "MIN_BYTES", "MAX_ROW_BYTES", "BLOCK_ELEMS",
            "COMPILE_SECONDS", "PARALLEL_MIN_BYTES", "available"]
 
-#: smaller inputs (bytes) are left to the other implementations (measured crossover, see
-#: the module docstring)
+#: smaller inputs (bytes) are left to the other implementations. Not for speed: with the
+#: per-call cost cut (2026-12-02) the loops beat the portable path at every size measured,
+#: 512 B to 128 KiB (forward+backward, float32: BN 177 vs 285 µs at 8×16, 214 vs 308 at
+#: 64×256; LN 124 vs 195, 153 vs 311). But a process that has run a loop under numba's
+#: OpenMP layer cannot run one in a forked child (_after_fork_in_child), so the children of
+#: a process pool would compute the analysis package's small layers with another
+#: implementation than the parent, and their results would differ in the last bits from a
+#: serial run (tests/test_analysis_batch_size.py asserts they are identical); below this
+#: size the parent keeps to the implementation its children will use
 MIN_BYTES = 128 << 10
 
 #: longest row (bytes of the input dtype) the rows geometry takes: three sweeps over a row
@@ -313,7 +320,8 @@ def _forward(stages: Stages, xp: Namespace, layout: Layout, playout: Layout, g: 
     if g.kind == "rows":
         W, B, (sm, sa, sc) = _rows_params(g, weight, bias)
         stats = np.empty((4, g.dims[0]))
-        _call(loops, "rows_forward", xg, g.dims[1], g.dims[2], W, B, sm, sa, sc, eps, rms, y, stats)
+        _call(loops, "rows_forward", xg, g.dims[1], g.dims[2], W, B, sm, sa, sc, eps, rms,
+              ct == np.float32, y, stats)
         shift, mean_s, var64, rstd64 = stats
         params: Any = (W, (sm, sa, sc))
     else:
@@ -324,7 +332,9 @@ def _forward(stages: Stages, xp: Namespace, layout: Layout, playout: Layout, g: 
         loops.channels_merge(part, R1, R2, b, eps, ct == np.float64, merged)  # serial, O(M·K·blocks)
         mean_s, var64, rstd64 = merged
         Wk, Bk = _channel_params(g, weight, 1.0), _channel_params(g, bias, 0.0)
-        _call(loops, "channels_apply", xg, *g.dims, shift, mean_s, rstd64 * Wk, Bk, y)
+        comb = ct == np.float32 and R2 == 1
+        _call(loops, "channels_apply", xg, *g.dims, shift + mean_s if comb else shift, mean_s,
+              rstd64 * Wk, Bk, comb, y)
         params = Wk
     st = layout.stats_shape
 
@@ -375,8 +385,10 @@ def _backward(ctx: NormContext, saved: _Saved, dy: np.ndarray, rms: bool,
         sdy, sdyd = part.sum(axis=2)
         r = saved.rstd
         mdy = np.zeros((M, K)) if rms else sdy / g.n
-        _call(loops, "channels_grad_apply", xg, dyg, *g.dims, saved.shift, saved.mean_s, r * saved.params,
-              mdy, (r * sdyd / g.n) * r, dx)  # never r²: it under/overflows beyond 1e±154
+        comb = ct == np.float32 and g.dims[3] == 1
+        _call(loops, "channels_grad_apply", xg, dyg, *g.dims,
+              saved.shift + saved.mean_s if comb else saved.shift, saved.mean_s, r * saved.params,
+              mdy, (r * sdyd / g.n) * r, comb, dx)  # never r²: it under/overflows beyond 1e±154
         acc_w, acc_b = r * sdyd, sdy
         if not any(p.lead_par):
             acc_w, acc_b = acc_w.sum(axis=0), acc_b.sum(axis=0)
