@@ -15,14 +15,16 @@ import numpy as np
 import pytest
 
 import arraynorm as an
-from arraynorm._kernels import _threads, numpy_fused
+from arraynorm._kernels import _threads, numba_jit, numpy_fused
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture
 def spy(monkeypatch):
-    """Force the fast path onto small inputs in many blocks; record each run's worker count."""
+    """Force the NumPy fast path (the JIT kept out) onto small inputs in many blocks; record
+    each run's worker count."""
+    monkeypatch.setattr(numba_jit, "MIN_BYTES", 1 << 62)
     monkeypatch.setattr(numpy_fused, "MIN_BYTES", 0)
     monkeypatch.setattr(numpy_fused, "BLOCK_BYTES", 256)
     monkeypatch.setattr(numpy_fused, "MIN_BLOCKS_FOR_THREADS", 2)

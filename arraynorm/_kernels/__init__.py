@@ -40,12 +40,12 @@ backend            implementation
 =================  ===========================================================================
 NumPy, numba       :mod:`.numba_jit` (the ``[jit]`` extra; numba imported on the first NumPy
 installed          input asked about; ``ARRAYNORM_JIT=0`` turns it off) for the standardize
-                   and RMS operations, float32/float64, 128 KiB and more, with the affine,
+                   and RMS operations, float32/float64, any size, with the affine,
                    conditional-affine or no recovery, on LN/RMS over trailing axes, IN, GN
                    (rows of at most 1 MiB) and BN, ghost BN (on (N, C), NCHW or NHWC):
                    compiled fused loops, one memory read per row in the forward,
                    exact merged block moments for BN, float64 accumulation, parallel over
-                   rows/blocks with :func:`fast_path_threads` threads from 4 MiB; measured
+                   rows/blocks with :func:`fast_path_threads` threads from 512 KiB; measured
                    0.28–0.96× :mod:`.numpy_fused` (the module docstring has the
                    measurements, taken on a loaded machine, and the cases it leaves to
                    :mod:`.numpy_fused`: float16, other layouts); its JVP is the portable

@@ -26,6 +26,7 @@ contraction (so sums vectorize); NaN and inf keep their IEEE meaning.
 from __future__ import annotations
 
 import math
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -33,7 +34,7 @@ import numpy as np
 from numba import njit, prange
 
 __all__ = ["rows_forward", "rows_backward", "channels_stats", "channels_merge", "channels_apply",
-           "channels_grad_sums", "channels_grad_apply"]
+           "channels_grad_sums", "channels_grad_apply", "SERIAL"]
 
 _FASTMATH = {"reassoc", "contract"}
 _SS_LO = 2.0 ** -900     # sums of squares below this (or inf) are recomputed scaled
@@ -41,15 +42,36 @@ _EMIN, _EMAX = -1021, 1021
 _ONEPASS_KEEP = 1e-6
 
 
+#: the serial twin of every parallel loop, by name: the same code compiled with
+#: ``parallel=False`` (``prange`` is then ``range``), which never starts numba's threading
+#: layer — so it runs in a process forked after a parallel launch under GNU OpenMP, where the
+#: parallel loops cannot, and costs no launch for inputs too small to share
+SERIAL: dict[str, Any] = {}
+
+
 def _jit(**options: Any) -> Callable[[Callable[..., Any]], Any]:
     """njit with ``cache=True`` where numba finds a writable cache directory (next to this
     file, else NUMBA_CACHE_DIR or the user's cache); without caching otherwise (a read-only
-    install with no writable home still runs, compiling once per process)."""
-    def deco(fn: Callable[..., Any]) -> Any:
+    install with no writable home still runs, compiling once per process). A parallel loop
+    also gets its serial twin in :data:`SERIAL`: a copy of the function whose qualified name
+    ends in ``_serial``, so numba's cache (keyed by file, qualified name and bytecode) keeps
+    the two compilations apart."""
+    def compiled(fn: Callable[..., Any], opts: dict[str, Any]) -> Any:
+        # IEEE division (x/0 is ±inf or NaN, as in NumPy), not Python's ZeroDivisionError:
+        # numba's default for serial code; its parallel loops divide the IEEE way already
+        opts = dict(opts, error_model="numpy")
         try:
-            return njit(cache=True, **options)(fn)
+            return njit(cache=True, **opts)(fn)
         except RuntimeError:  # "cannot cache function ...: no locator available"
-            return njit(cache=False, **options)(fn)
+            return njit(cache=False, **opts)(fn)
+
+    def deco(fn: Callable[..., Any]) -> Any:
+        if options.get("parallel"):
+            twin = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_serial",
+                                      fn.__defaults__, fn.__closure__)
+            twin.__qualname__ = fn.__qualname__ + "_serial"
+            SERIAL[fn.__name__] = compiled(twin, dict(options, parallel=False))
+        return compiled(fn, options)
     return deco
 
 
@@ -351,7 +373,8 @@ def channels_merge(part: Any, R1: int, R2: int, b: int, eps: float, scaled: bool
                     S[k] = max(S[k], ps[j, k])
                     dmax[k] = max(dmax[k], abs(pd[j, k] - mean[k]))
             for k in range(K):
-                S[k] = max(S[k], _pow2(dmax[k]))
+                if dmax[k] > 0.0:  # _pow2(0) is 1: it would swamp blocks of tiny values
+                    S[k] = max(S[k], _pow2(dmax[k]))
         m2 = np.zeros(K)
         for j in range(nrb):
             w = (min(R1, (j + 1) * b) - j * b) * R2

@@ -38,13 +38,13 @@ Parallel loops use ``numba.prange`` with :func:`arraynorm._kernels.fast_path_thr
 threads (``ARRAYNORM_THREADS`` / ``set_fast_paths(threads=)``).
 
 Selection rule (:meth:`NumbaJit.supports`): numba importable and ``ARRAYNORM_JIT`` not
-``0``; plain ``numpy.ndarray`` float32/float64 input of at least :data:`MIN_BYTES` (128 KiB);
+``0``; plain ``numpy.ndarray`` float32/float64 input (any size: :data:`MIN_BYTES` is 0);
 parameters NumPy arrays or absent; the standardize or RMS operation with the affine,
 conditional-affine or no recovery; a layout of the rows geometry with rows of at most
 :data:`MAX_ROW_BYTES` (longer rows leave the cache between sweeps; :mod:`.numpy_fused` cuts
 them into chunks) or of the channels geometry. float16, the other layouts (γ varying over a
-statistic that spans a kept axis: position norm, LN over non-adjacent axes with γ) and
-smaller inputs go to :mod:`.numpy_fused` or the portable path. Loops run in one thread below
+statistic that spans a kept axis: position norm, LN over non-adjacent axes with γ) go to
+:mod:`.numpy_fused` or the portable path. Loops run in one thread (their serial twins) below
 :data:`PARALLEL_MIN_BYTES`.
 
 Measured for that rule (2-core EPYC shared with two other jobs; float32 forward+backward,
@@ -88,16 +88,15 @@ from .portable import PORTABLE
 __all__ = ["NumbaJit", "NUMBA_JIT", "MIN_BYTES", "MAX_ROW_BYTES", "BLOCK_ELEMS",
            "COMPILE_SECONDS", "PARALLEL_MIN_BYTES", "available"]
 
-#: smaller inputs (bytes) are left to the other implementations. Not for speed: with the
-#: per-call cost cut (2026-12-02) the loops beat the portable path at every size measured,
-#: 512 B to 128 KiB (forward+backward, float32: BN 177 vs 285 µs at 8×16, 214 vs 308 at
-#: 64×256; LN 124 vs 195, 153 vs 311). But a process that has run a loop under numba's
-#: OpenMP layer cannot run one in a forked child (_after_fork_in_child), so the children of
-#: a process pool would compute the analysis package's small layers with another
-#: implementation than the parent, and their results would differ in the last bits from a
-#: serial run (tests/test_analysis_batch_size.py asserts they are identical); below this
-#: size the parent keeps to the implementation its children will use
-MIN_BYTES = 128 << 10
+#: smaller inputs (bytes) are left to the other implementations. 0: with the per-call cost
+#: cut (2026-12-02) the loops beat the portable path at every size measured, 512 B to
+#: 128 KiB (forward+backward, float32, one thread: BN 177 vs 285 µs at 8×16, 214 vs 308 at
+#: 64×256, 242 vs 776 at 32×64×4×4; LN 124 vs 195, 153 vs 311, 925 vs 1803), so the deep
+#: stacks of the analysis package (64×256 per layer) run on them too. Small inputs run the
+#: serial twins, which a process pool's forked children can run as well, so a parent and its
+#: children compute them with the same code (tests/test_analysis_batch_size.py asserts
+#: serial and pooled runs agree exactly).
+MIN_BYTES = 0
 
 #: longest row (bytes of the input dtype) the rows geometry takes: three sweeps over a row
 #: must find it in cache
@@ -105,8 +104,12 @@ MAX_ROW_BYTES = 1 << 20
 
 #: smaller inputs run the loops in one thread: a parallel region costs ~10 µs on an idle
 #: machine and milliseconds when a core is busy elsewhere (measured: LN 256×1024 float32
-#: forward+backward 0.9 ms on one thread, 10 ms on two with the machine loaded)
-PARALLEL_MIN_BYTES = 4 << 20
+#: forward+backward 0.9 ms on one thread, 10 ms on two with the machine loaded). Lowered from
+#: 4 MiB once the per-call cost was cut (2026-12-02, idle 2-core machine, float32
+#: forward+backward, one thread → two, min of 9): GN 1×256×56×56 (3 MiB) 1.48 → 0.75 ms,
+#: BN 256×1024 0.79 → 0.55, BN 1×64×56×56 0.39 → 0.30, LN 64×4096 0.51 → 0.38, RMS 64×4096
+#: 0.54 → 0.39; LN 256×1024 0.49 → 0.53 (256 rows of 4 KiB: the launch is not repaid)
+PARALLEL_MIN_BYTES = 512 << 10
 
 #: elements of one block of the channels geometry (float64 accumulators: 256 KiB of float32)
 BLOCK_ELEMS = 1 << 16
@@ -118,7 +121,8 @@ _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 _GEOMETRIES: dict[tuple[Any, ...], tuple[Layout, Any]] = {}
 _NO_BLOCKS = 1 << 62  # plan() with blocks larger than any input: only its axis merging is used
 _launch_lock = threading.Lock()
-_serialize: bool | None = None   # None until the first loop ran (then: is the layer workqueue)
+_serialize: bool | None = None   # None until the first parallel loop ran (then: is the layer workqueue)
+_serial_only = False  # in a child forked after a parallel launch under GNU OpenMP
 _loops_module: ModuleType | None = None
 _loops_failed = False
 
@@ -142,8 +146,10 @@ def _loops() -> ModuleType | None:
         # cost than its workqueue layer: 93 vs 325 us per LN forward+backward at 8x16), and a
         # process that has launched it terminates its forked children when they launch it
         # too ("fork() called from a process already using GNU OpenMP"): process pools, which
-        # the analysis studies use, would die. So a child forked after a launch under a
-        # fork-unsafe layer leaves the JIT to the NumPy implementation (_after_fork_in_child).
+        # the analysis studies use, would die. So a child forked after a parallel launch
+        # under a fork-unsafe layer runs only the loops' serial twins, which never start a
+        # threading layer (_after_fork_in_child); so do inputs below PARALLEL_MIN_BYTES
+        # everywhere, so a parent and its children compute small inputs with the same code.
         os.register_at_fork(after_in_child=_after_fork_in_child)
         _loops_module = _numba_loops
     return None if _loops_failed else _loops_module
@@ -158,14 +164,14 @@ def _extreme(rstd: np.ndarray) -> bool:
 
 
 def _after_fork_in_child() -> None:
-    global _loops_failed, _launch_lock
+    global _serial_only, _launch_lock
     # a lock another thread held at the fork (a first call compiling) stays held in the child
     _launch_lock = threading.Lock()
     if _serialize is None:
-        return  # no loop has run in the parent: the child may start any layer itself
+        return  # no parallel loop has run in the parent: the child may start any layer itself
     import numba  # function-level: optional dependency, imported by _loops() before any launch
     if numba.threading_layer() not in ("tbb", "workqueue"):
-        _loops_failed = True  # available() is False from now on in this child
+        _serial_only = True  # from now on in this child: the serial twins only
 
 
 def available() -> bool:
@@ -190,10 +196,11 @@ def _read_only(a: np.ndarray) -> np.ndarray:
 
 def _threads(x: np.ndarray) -> int:
     """Threads for a loop over ``x``: arraynorm's (:func:`fast_path_threads`, capped by numba's
-    pool), one below :data:`PARALLEL_MIN_BYTES`."""
+    pool); one (the serial twin) below :data:`PARALLEL_MIN_BYTES` and in a child forked after
+    a parallel launch under GNU OpenMP."""
     import numba  # function-level: optional dependency, already imported by _loops()
 
-    if x.nbytes < PARALLEL_MIN_BYTES:
+    if x.nbytes < PARALLEL_MIN_BYTES or _serial_only:
         return 1
     return max(1, min(fast_path_threads(), int(numba.config.NUMBA_NUM_THREADS)))
 
@@ -205,25 +212,33 @@ def _call(loops: ModuleType, name: str, *args: Any) -> None:
     import numba  # function-level: optional dependency, already imported by _loops()
 
     n = _threads(args[0])
+    k = _USER_INPUTS[name]
+    args = tuple(_read_only(a) for a in args[:k]) + args[k:]
+    if n == 1:  # the serial twin: no threading layer, no launch, no lock
+        _timed(loops.SERIAL[name], name + "_serial", args)
+        return
     if getattr(_thread_counts, "n", None) != n:  # numba's setting is per thread, 2 µs a call
         numba.set_num_threads(n)
         _thread_counts.n = n
-    fn = getattr(loops, name)
-    k = _USER_INPUTS[name]
-    args = tuple(_read_only(a) for a in args[:k]) + args[k:]
-    first = (name, args[0].dtype.char) not in _first_calls
     # numba's workqueue threading layer (chosen where neither TBB nor OpenMP is available)
     # aborts the process when two threads run parallel loops at once: calls are serialized
     # until the first one shows which layer numba picked, and for good under workqueue
     global _serialize
     with _launch_lock if _serialize is not False else contextlib.nullcontext():
-        t0 = time.perf_counter()
-        fn(*args)
-        if first:
-            COMPILE_SECONDS[f"{name}[{args[0].dtype}]"] = time.perf_counter() - t0
-            _first_calls.add((name, args[0].dtype.char))
+        _timed(getattr(loops, name), name, args)
         if _serialize is None:
             _serialize = numba.threading_layer() == "workqueue"
+
+
+def _timed(fn: Any, name: str, args: tuple[Any, ...]) -> None:
+    """``fn(*args)``, the first call per loop and dtype timed into :data:`COMPILE_SECONDS`."""
+    if (name, args[0].dtype.char) in _first_calls:
+        fn(*args)
+        return
+    t0 = time.perf_counter()
+    fn(*args)
+    COMPILE_SECONDS[f"{name}[{args[0].dtype}]"] = time.perf_counter() - t0
+    _first_calls.add((name, args[0].dtype.char))
 
 
 # geometry ------------------------------------------------------------------------------------
