@@ -212,6 +212,6 @@ def plot(res: dict[str, Any], path: str) -> None:
     gpu = m.get("gpu")
     fig.suptitle(f"arraynorm benchmarks {m['date'][:10]}: {m['cpu']} ({m['cpus_available']} CPUs)"
                  + (f", {gpu['name']}" if gpu else ", no GPU"), fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()))  # room for the suptitle
     fig.savefig(path, dpi=110)
     plt.close(fig)
