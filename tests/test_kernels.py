@@ -607,6 +607,12 @@ def test_the_jit_takes_its_documented_cases_and_leaves_the_others():
     assert chosen(Layer((1, 2, 3)), (2, 128, 64, 64)) == "numpy_fused"    # rows over 1 MiB
 
 
+#: a child whose parallel loops run on two threads whatever this process's environment holds
+#: (an earlier test may leave OMP_NUM_THREADS=1 in it, as Dask's worker set-up does; one
+#: thread would run the loops' serial twins, which start no threading layer)
+_TWO_THREADS = {"ARRAYNORM_THREADS": "2", "NUMBA_NUM_THREADS": "2"}
+
+
 def _python(code, **env):
     out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=ROOT, **env),
                          capture_output=True, text=True, timeout=300)
@@ -654,7 +660,7 @@ def test_jit_calls_from_several_threads_survive_numbas_workqueue_layer():
             "ts = [threading.Thread(target=work) for _ in range(4)];"
             "[t.start() for t in ts]; [t.join() for t in ts];"
             "print(numba.threading_layer(), ok == [True] * 4)")
-    assert _python(code, NUMBA_THREADING_LAYER="workqueue") == ["workqueue", "True"]
+    assert _python(code, NUMBA_THREADING_LAYER="workqueue", **_TWO_THREADS) == ["workqueue", "True"]
 
 
 def test_a_process_that_ran_the_jit_can_fork_workers(monkeypatch):
@@ -687,6 +693,7 @@ def test_a_process_that_ran_the_jit_can_fork_workers(monkeypatch):
             "    print('ok', numba.threading_layer())\n")
     for layer in (None, "workqueue"):
         env = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}
+        env.update(_TWO_THREADS)
         if layer:
             env["NUMBA_THREADING_LAYER"] = layer
         env["PYTHONPATH"] = str(ROOT)
