@@ -38,13 +38,14 @@ Parallel loops use ``numba.prange`` with :func:`arraynorm._kernels.fast_path_thr
 threads (``ARRAYNORM_THREADS`` / ``set_fast_paths(threads=)``).
 
 Selection rule (:meth:`NumbaJit.supports`): numba importable and ``ARRAYNORM_JIT`` not
-``0``; plain ``numpy.ndarray`` float32/float64 input (any size: :data:`MIN_BYTES` is 0);
+``0``; plain ``numpy.ndarray`` float32/float64 input of at least :data:`MIN_BYTES` (128 KiB);
 parameters NumPy arrays or absent; the standardize or RMS operation with the affine,
 conditional-affine or no recovery; a layout of the rows geometry with rows of at most
 :data:`MAX_ROW_BYTES` (longer rows leave the cache between sweeps; :mod:`.numpy_fused` cuts
 them into chunks) or of the channels geometry. float16, the other layouts (γ varying over a
-statistic that spans a kept axis: position norm, LN over non-adjacent axes with γ) go to
-:mod:`.numpy_fused` or the portable path. Loops run in one thread (their serial twins) below
+statistic that spans a kept axis: position norm, LN over non-adjacent axes with γ) and
+smaller inputs go to :mod:`.numpy_fused` or the portable path. Loops run in one thread (their
+serial twins) below
 :data:`PARALLEL_MIN_BYTES`.
 
 Measured for that rule (2-core EPYC shared with two other jobs; float32 forward+backward,
@@ -88,15 +89,17 @@ from .portable import PORTABLE
 __all__ = ["NumbaJit", "NUMBA_JIT", "MIN_BYTES", "MAX_ROW_BYTES", "BLOCK_ELEMS",
            "COMPILE_SECONDS", "PARALLEL_MIN_BYTES", "available"]
 
-#: smaller inputs (bytes) are left to the other implementations. 0: with the per-call cost
-#: cut (2026-12-02) the loops beat the portable path at every size measured, 512 B to
-#: 128 KiB (forward+backward, float32, one thread: BN 177 vs 285 µs at 8×16, 214 vs 308 at
-#: 64×256, 242 vs 776 at 32×64×4×4; LN 124 vs 195, 153 vs 311, 925 vs 1803), so the deep
-#: stacks of the analysis package (64×256 per layer) run on them too. Small inputs run the
-#: serial twins, which a process pool's forked children can run as well, so a parent and its
-#: children compute them with the same code (tests/test_analysis_batch_size.py asserts
-#: serial and pooled runs agree exactly).
-MIN_BYTES = 0
+#: smaller inputs (bytes) are left to the other implementations. Not for speed: with the
+#: per-call cost cut (2026-12-02) the loops beat the portable path at every size measured,
+#: 512 B to 128 KiB (forward+backward, float32, one thread: BN 177 vs 285 µs at 8×16, 214 vs
+#: 308 at 64×256; LN 124 vs 195, 153 vs 311). But taking them costs every process that
+#: normalizes anything numba's import and the cached loops' load (measured +1.5 s: 0.95 →
+#: 2.48 s for a script normalizing two tiny arrays), which short scripts, CLI runs, Dask
+#: workers and the test suite's subprocesses pay (with the threshold at 0 a clean-clone
+#: test run took 19 min on the 2-core machine), while the deep-stack benchmark (64 KiB
+#: layers) did not move beyond
+#: the run-to-run spread (1.67× PyTorch with them on the JIT, 1.55× without)
+MIN_BYTES = 128 << 10
 
 #: longest row (bytes of the input dtype) the rows geometry takes: three sweeps over a row
 #: must find it in cache
