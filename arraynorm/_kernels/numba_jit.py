@@ -95,10 +95,9 @@ __all__ = ["NumbaJit", "NUMBA_JIT", "MIN_BYTES", "MAX_ROW_BYTES", "BLOCK_ELEMS",
 #: 308 at 64×256; LN 124 vs 195, 153 vs 311). But taking them costs every process that
 #: normalizes anything numba's import and the cached loops' load (measured +1.5 s: 0.95 →
 #: 2.48 s for a script normalizing two tiny arrays), which short scripts, CLI runs, Dask
-#: workers and the test suite's subprocesses pay (with the threshold at 0 a clean-clone
-#: test run took 19 min on the 2-core machine), while the deep-stack benchmark (64 KiB
-#: layers) did not move beyond
-#: the run-to-run spread (1.67× PyTorch with them on the JIT, 1.55× without)
+#: workers and the test suite's subprocesses pay, while the deep-stack benchmark (64 KiB
+#: layers) did not move beyond the run-to-run spread (1.67× PyTorch with them on the JIT,
+#: 1.55× without)
 MIN_BYTES = 128 << 10
 
 #: longest row (bytes of the input dtype) the rows geometry takes: three sweeps over a row
