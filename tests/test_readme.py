@@ -77,17 +77,17 @@ def test_the_demo_prints_the_numbers_the_readme_quotes():
     from arraynorm.demo import run_demo
 
     text = README[README.index("`python -m arraynorm.demo` trains"):]
-    m = re.search(r"at loss ([\d.]+), accuracy ([\d.]+) without BN \(its training loss spiking "
-                  r"to ([\d.]+) on the way\) and at loss ([\d.]+),\s+accuracy ([\d.]+) with BN",
-                  text)
+    m = re.search(r"at loss ([\d.]+), accuracy ([\d.]+) with BN, and far higher without", text)
     assert m, "the README's demo sentence changed: update this test"
-    alt = re.search(r"on an AVX2 machine\s+\(OpenBLAS's Haswell kernels, measured [\d-]+\) it "
-                    r"ends at loss ([\d.]+), accuracy ([\d.]+)\s+\(spiking to ([\d.]+)\)", text)
-    assert alt, "the README's sentence on the AVX2 machine changed: update this test"
+    plain_runs = re.findall(r"at loss ([\d.]+), accuracy ([\d.]+) \(spiking to ([\d.]+);", text)
+    assert len(plain_runs) == 3, "the README's machines for the run without BN changed: update this test"
     plain, bn = run_demo(out=io.StringIO())            # the command's defaults (seed 0)
-    # the plain run is chaotic: the BLAS kernels' vector width decides which of the two ends
-    got = (f"{plain.final_loss:.4f}", f"{plain.final_accuracy:.3f}", f"{max(plain.curve):.2f}")
-    assert got in (m.group(1, 2, 3), alt.group(1, 2, 3))
-    assert f"{bn.final_loss:.4f}" == m.group(4)
-    assert f"{bn.final_accuracy:.3f}" == m.group(5)
+    assert f"{bn.final_loss:.4f}" == m.group(1)
+    assert f"{bn.final_accuracy:.3f}" == m.group(2)
+    # the run without BN is chaotic (the BLAS kernels' rounding decides where it ends, see
+    # the README): what holds on every machine is the gap, here and in every quoted run
     assert plain.final_loss > 10 * bn.final_loss and plain.final_accuracy < bn.final_accuracy
+    assert max(plain.curve) > plain.final_loss  # it spiked on the way
+    for loss, acc, peak in plain_runs:
+        assert float(loss) > 10 * bn.final_loss and float(acc) < bn.final_accuracy
+        assert float(peak) > float(loss)
