@@ -180,47 +180,97 @@ def rows_forward(x: Any, A: int, C: int, W: Any, B: Any, sm: int, sa: int, sc: i
                     ys[c] = ((np.float64(xs[c]) - shift) - mean_s) * r * Ws[c] + Bs[c]
 
 
+@_jit(inline="always")
+def _row_grad_sums(xr: Any, dyr: Any, A: int, C: int, W: Any, base0: int, sa: int, sc: int,
+                   shift: float, mean_s: float, r: float, rms: bool, n: int) -> tuple[float, float]:
+    """(Σgŷ/n·rstd, Σg/n) of one row, g = dy·γ: the factors of x − μ and of 1 in its dx."""
+    sg = 0.0
+    sgy = 0.0
+    for a in range(A):
+        xs = xr[a * C:(a + 1) * C]
+        dys = dyr[a * C:(a + 1) * C]
+        base = base0 + a * sa
+        if sc == 0:
+            u = 0.0
+            v = 0.0
+            for c in range(C):
+                d = np.float64(dys[c])
+                u += d
+                v += d * ((np.float64(xs[c]) - shift) - mean_s)
+            sg += u * W[base]
+            sgy += v * W[base]
+        else:
+            Ws = W[base:base + C]
+            for c in range(C):
+                g = np.float64(dys[c]) * Ws[c]
+                sg += g
+                sgy += g * ((np.float64(xs[c]) - shift) - mean_s)
+    return sgy * r * r / n, 0.0 if rms else sg / n
+
+
 @_jit(parallel=True, fastmath=_FASTMATH)
 def rows_backward(x: Any, dy: Any, A: int, C: int, W: Any, sm: int, sa: int, sc: int,
                   shifts: Any, means: Any, rstds: Any, rms: bool, dx: Any, dW: Any, dB: Any) -> None:
     """dx = rstd·(g − Σg/n − ŷ·Σgŷ/n), g = dy·γ (no Σg term for RMS), per row; the rows are
     cut into ``dW.shape[0]`` ranges, one per task, each adding Σ dy·ŷ and Σ dy into its own
-    row of ``dW`` and ``dB`` (float64, γ's flat index; ``sc`` is 0 or 1)."""
+    row of ``dW`` and ``dB`` (float64, γ's flat index; ``sc`` is 0 or 1). Where γ varies
+    along the row and not with m (LN), four rows at a time share one update of those
+    float64 sums (256×1024 float32, one thread, min of 30: 211 → 162 µs; 64×4096 178 → 153;
+    1024×1024 1457 → 730)."""
     M, n = x.shape
     T = dW.shape[0]
     for t in prange(T):
         dWt = dW[t]
         dBt = dB[t]
-        for m in range(M * t // T, M * (t + 1) // T):
+        m = M * t // T
+        end = M * (t + 1) // T
+        while m < end:
+            if sc == 1 and sm == 0 and m + 4 <= end:
+                x0, x1, x2, x3 = x[m], x[m + 1], x[m + 2], x[m + 3]
+                y0, y1, y2, y3 = dy[m], dy[m + 1], dy[m + 2], dy[m + 3]
+                o0, o1, o2, o3 = dx[m], dx[m + 1], dx[m + 2], dx[m + 3]
+                h0, h1, h2, h3 = shifts[m], shifts[m + 1], shifts[m + 2], shifts[m + 3]
+                u0, u1, u2, u3 = means[m], means[m + 1], means[m + 2], means[m + 3]
+                r0, r1, r2, r3 = rstds[m], rstds[m + 1], rstds[m + 2], rstds[m + 3]
+                k0, c0 = _row_grad_sums(x0, y0, A, C, W, 0, sa, sc, h0, u0, r0, rms, n)
+                k1, c1 = _row_grad_sums(x1, y1, A, C, W, 0, sa, sc, h1, u1, r1, rms, n)
+                k2, c2 = _row_grad_sums(x2, y2, A, C, W, 0, sa, sc, h2, u2, r2, rms, n)
+                k3, c3 = _row_grad_sums(x3, y3, A, C, W, 0, sa, sc, h3, u3, r3, rms, n)
+                for a in range(A):
+                    lo = a * C
+                    hi = lo + C
+                    xs0, xs1, xs2, xs3 = x0[lo:hi], x1[lo:hi], x2[lo:hi], x3[lo:hi]
+                    ds0, ds1, ds2, ds3 = y0[lo:hi], y1[lo:hi], y2[lo:hi], y3[lo:hi]
+                    os0, os1, os2, os3 = o0[lo:hi], o1[lo:hi], o2[lo:hi], o3[lo:hi]
+                    base = a * sa
+                    Ws = W[base:base + C]
+                    dWs = dWt[base:base + C]
+                    dBs = dBt[base:base + C]
+                    for c in range(C):
+                        w = Ws[c]
+                        d0 = np.float64(ds0[c])
+                        d1 = np.float64(ds1[c])
+                        d2 = np.float64(ds2[c])
+                        d3 = np.float64(ds3[c])
+                        e0 = (np.float64(xs0[c]) - h0) - u0
+                        e1 = (np.float64(xs1[c]) - h1) - u1
+                        e2 = (np.float64(xs2[c]) - h2) - u2
+                        e3 = (np.float64(xs3[c]) - h3) - u3
+                        os0[c] = r0 * ((d0 * w - c0) - e0 * k0)
+                        os1[c] = r1 * ((d1 * w - c1) - e1 * k1)
+                        os2[c] = r2 * ((d2 * w - c2) - e2 * k2)
+                        os3[c] = r3 * ((d3 * w - c3) - e3 * k3)
+                        dWs[c] += (d0 * e0 * r0 + d1 * e1 * r1) + (d2 * e2 * r2 + d3 * e3 * r3)
+                        dBs[c] += (d0 + d1) + (d2 + d3)
+                m += 4
+                continue
             xr = x[m]
             dyr = dy[m]
             dxr = dx[m]
             shift = shifts[m]
             mean_s = means[m]
             r = rstds[m]
-            sg = 0.0
-            sgy = 0.0
-            for a in range(A):
-                xs = xr[a * C:(a + 1) * C]
-                dys = dyr[a * C:(a + 1) * C]
-                base = m * sm + a * sa
-                if sc == 0:
-                    u = 0.0
-                    v = 0.0
-                    for c in range(C):
-                        d = np.float64(dys[c])
-                        u += d
-                        v += d * ((np.float64(xs[c]) - shift) - mean_s)
-                    sg += u * W[base]
-                    sgy += v * W[base]
-                else:
-                    Ws = W[base:base + C]
-                    for c in range(C):
-                        g = np.float64(dys[c]) * Ws[c]
-                        sg += g
-                        sgy += g * ((np.float64(xs[c]) - shift) - mean_s)
-            kg = sgy * r * r / n   # Σgŷ/n·rstd, to multiply x − μ
-            cg = 0.0 if rms else sg / n
+            kg, cg = _row_grad_sums(xr, dyr, A, C, W, m * sm, sa, sc, shift, mean_s, r, rms, n)
             for a in range(A):
                 xs = xr[a * C:(a + 1) * C]
                 dys = dyr[a * C:(a + 1) * C]
@@ -248,6 +298,7 @@ def rows_backward(x: Any, dy: Any, A: int, C: int, W: Any, sm: int, sa: int, sc:
                         dxs[c] = r * ((d * Ws[c] - cg) - xc * kg)
                         dWs[c] += d * xc * r
                         dBs[c] += d
+            m += 1
 
 
 # channels ------------------------------------------------------------------------------------
