@@ -316,6 +316,71 @@ def _task(task: int, nkb: int, nrb: int, kspan: int, b: int, K: int,
     return m, rb, k0, min(K, k0 + kspan), r0, min(R1, r0 + b)
 
 
+@_jit(inline="always")
+def _sum_rows(x: Any, t: int, nr: int, k0: int, k1: int, sh: Any, mu: Any, square: bool,
+              acc: Any) -> None:
+    """acc[k] += Σ over rows t..t+nr (nr ≤ 4) of (x − sh[k]) (``square`` False) or of
+    ((x − sh[k]) − mu[k])², k in [k0, k1): four rows share one update of the float64 sums
+    and one load of the per-channel arrays (channels last: those loads, not memory, bound
+    the sweep; measured below). Slices, not offset indices: see the note on rows."""
+    a = acc[k0:k1]
+    s = sh[k0:k1]
+    u = mu[k0:k1]
+    if nr == 4:
+        x0, x1, x2, x3 = x[t, k0:k1], x[t + 1, k0:k1], x[t + 2, k0:k1], x[t + 3, k0:k1]
+        if square:
+            for j in range(k1 - k0):
+                e0 = (np.float64(x0[j]) - s[j]) - u[j]
+                e1 = (np.float64(x1[j]) - s[j]) - u[j]
+                e2 = (np.float64(x2[j]) - s[j]) - u[j]
+                e3 = (np.float64(x3[j]) - s[j]) - u[j]
+                a[j] += (e0 * e0 + e1 * e1) + (e2 * e2 + e3 * e3)
+        else:
+            for j in range(k1 - k0):
+                a[j] += ((np.float64(x0[j]) - s[j]) + (np.float64(x1[j]) - s[j])) + \
+                        ((np.float64(x2[j]) - s[j]) + (np.float64(x3[j]) - s[j]))
+        return
+    for i in range(nr):
+        xs = x[t + i, k0:k1]
+        if square:
+            for j in range(k1 - k0):
+                e = (np.float64(xs[j]) - s[j]) - u[j]
+                a[j] += e * e
+        else:
+            for j in range(k1 - k0):
+                a[j] += np.float64(xs[j]) - s[j]
+
+
+@_jit(inline="always")
+def _grad_sum_rows(x: Any, dy: Any, t: int, nr: int, k0: int, k1: int, sh: Any, mu: Any,
+                   s1: Any, s2: Any) -> None:
+    """s1[k] += Σ dy, s2[k] += Σ dy·((x − sh) − mu) over rows t..t+nr (nr ≤ 4), four rows
+    per update of the float64 sums (as :func:`_sum_rows`)."""
+    a1 = s1[k0:k1]
+    a2 = s2[k0:k1]
+    s = sh[k0:k1]
+    u = mu[k0:k1]
+    if nr == 4:
+        x0, x1, x2, x3 = x[t, k0:k1], x[t + 1, k0:k1], x[t + 2, k0:k1], x[t + 3, k0:k1]
+        g0, g1, g2, g3 = dy[t, k0:k1], dy[t + 1, k0:k1], dy[t + 2, k0:k1], dy[t + 3, k0:k1]
+        for j in range(k1 - k0):
+            d0 = np.float64(g0[j])
+            d1 = np.float64(g1[j])
+            d2 = np.float64(g2[j])
+            d3 = np.float64(g3[j])
+            a1[j] += (d0 + d1) + (d2 + d3)
+            a2[j] += (d0 * ((np.float64(x0[j]) - s[j]) - u[j]) + d1 * ((np.float64(x1[j]) - s[j]) - u[j])) + \
+                     (d2 * ((np.float64(x2[j]) - s[j]) - u[j]) + d3 * ((np.float64(x3[j]) - s[j]) - u[j]))
+        return
+    for i in range(nr):
+        xs = x[t + i, k0:k1]
+        gs = dy[t + i, k0:k1]
+        for j in range(k1 - k0):
+            d = np.float64(gs[j])
+            a1[j] += d
+            a2[j] += d * ((np.float64(xs[j]) - s[j]) - u[j])
+
+
 @_jit(parallel=True, fastmath=_FASTMATH)
 def channels_stats(x: Any, M: int, R1: int, K: int, R2: int, kspan: int, b: int,
                    rms: bool, shift: Any, part: Any) -> None:
@@ -340,10 +405,9 @@ def channels_stats(x: Any, M: int, R1: int, K: int, R2: int, kspan: int, b: int,
         if not rms:
             for r in range(r0, r1):
                 xr = x[m * R1 + r]
-                if R2 == 1:  # slices: see the note on rows
-                    xs, shs, mbs = xr[k0:k1], sh[k0:k1], mb[k0:k1]
-                    for j in range(k1 - k0):
-                        mbs[j] += np.float64(xs[j]) - shs[j]
+                if R2 == 1:  # four rows per update of the float64 sums (_sum_rows)
+                    if (r - r0) % 4 == 0:
+                        _sum_rows(x, m * R1 + r, min(4, r1 - r), k0, k1, sh, sh, False, mb)
                 else:
                     for k in range(k0, k1):
                         xs = xr[k * R2:(k + 1) * R2]
@@ -358,10 +422,8 @@ def channels_stats(x: Any, M: int, R1: int, K: int, R2: int, kspan: int, b: int,
         for r in range(r0, r1):
             xr = x[m * R1 + r]
             if R2 == 1:
-                xs, shs, mbs, sss = xr[k0:k1], sh[k0:k1], mb[k0:k1], ss[k0:k1]
-                for j in range(k1 - k0):
-                    d = (np.float64(xs[j]) - shs[j]) - mbs[j]
-                    sss[j] += d * d
+                if (r - r0) % 4 == 0:
+                    _sum_rows(x, m * R1 + r, min(4, r1 - r), k0, k1, sh, mb, True, ss)
             else:
                 for k in range(k0, k1):
                     xs = xr[k * R2:(k + 1) * R2]
@@ -449,33 +511,52 @@ def channels_merge(part: Any, R1: int, R2: int, b: int, eps: float, scaled: bool
 def channels_apply(x: Any, M: int, R1: int, K: int, R2: int, shift: Any, mean_s: Any, a: Any,
                    c: Any, combined: bool, y: Any) -> None:
     """y = ((x − shift) − μ_s)·a + c per (m, k), a = rstd·γ, c = β (one row for every m, or
-    one per m); parallel over rows. ``combined`` (float32 data, channels last): ``shift``
-    holds shift + μ_s rounded to float64 — its rounding, 1e-16 of the offset, is far below
-    the data's own (6e-8 of it) — and ``mean_s`` is not read: one array less per element."""
-    for t in prange(M * R1):
-        m = t // R1
-        xr = x[t]
-        yr = y[t]
+    one per m); parallel over groups of four rows. ``combined`` (float32 data, channels
+    last): ``shift`` holds shift + μ_s rounded to float64 — its rounding, 1e-16 of the
+    offset, is far below the data's own (6e-8 of it) — and ``mean_s`` is not read; the four
+    rows of a group then share each load of the per-channel float64 arrays (on channels
+    last they are as long as a row, and their loads, not memory, bound the sweep)."""
+    G = (R1 + 3) // 4
+    for task in prange(M * G):
+        m = task // G
+        r0 = (task % G) * 4
+        r1 = min(R1, r0 + 4)
         sh = shift[m]
         mu = mean_s[m]
         am = a[m]
         cm = c[m % c.shape[0]]
-        if R2 == 1 and combined:
+        if R2 == 1 and combined and r1 - r0 == 4:
+            t = m * R1 + r0
+            x0, x1, x2, x3 = x[t], x[t + 1], x[t + 2], x[t + 3]
+            y0, y1, y2, y3 = y[t], y[t + 1], y[t + 2], y[t + 3]
             for k in range(K):
-                yr[k] = (np.float64(xr[k]) - sh[k]) * am[k] + cm[k]
-        elif R2 == 1:
-            for k in range(K):
-                yr[k] = ((np.float64(xr[k]) - sh[k]) - mu[k]) * am[k] + cm[k]
-        else:
-            for k in range(K):
-                xs = xr[k * R2:(k + 1) * R2]
-                ys = yr[k * R2:(k + 1) * R2]
-                shk = sh[k]
-                muk = mu[k]
-                ak = am[k]
-                ck = cm[k]
-                for q in range(R2):
-                    ys[q] = ((np.float64(xs[q]) - shk) - muk) * ak + ck
+                s = sh[k]
+                f = am[k]
+                b = cm[k]
+                y0[k] = (np.float64(x0[k]) - s) * f + b
+                y1[k] = (np.float64(x1[k]) - s) * f + b
+                y2[k] = (np.float64(x2[k]) - s) * f + b
+                y3[k] = (np.float64(x3[k]) - s) * f + b
+            continue
+        for r in range(r0, r1):
+            xr = x[m * R1 + r]
+            yr = y[m * R1 + r]
+            if R2 == 1 and combined:
+                for k in range(K):
+                    yr[k] = (np.float64(xr[k]) - sh[k]) * am[k] + cm[k]
+            elif R2 == 1:
+                for k in range(K):
+                    yr[k] = ((np.float64(xr[k]) - sh[k]) - mu[k]) * am[k] + cm[k]
+            else:
+                for k in range(K):
+                    xs = xr[k * R2:(k + 1) * R2]
+                    ys = yr[k * R2:(k + 1) * R2]
+                    shk = sh[k]
+                    muk = mu[k]
+                    ak = am[k]
+                    ck = cm[k]
+                    for q in range(R2):
+                        ys[q] = ((np.float64(xs[q]) - shk) - muk) * ak + ck
 
 
 @_jit(parallel=True, fastmath=_FASTMATH)
@@ -494,12 +575,8 @@ def channels_grad_sums(x: Any, dy: Any, M: int, R1: int, K: int, R2: int, shift:
             xr = x[m * R1 + r]
             dyr = dy[m * R1 + r]
             if R2 == 1:
-                xs, dys, shs, mus = xr[k0:k1], dyr[k0:k1], sh[k0:k1], mu[k0:k1]
-                s1s, s2s = s1[k0:k1], s2[k0:k1]
-                for j in range(k1 - k0):
-                    d = np.float64(dys[j])
-                    s1s[j] += d
-                    s2s[j] += d * ((np.float64(xs[j]) - shs[j]) - mus[j])
+                if (r - r0) % 4 == 0:
+                    _grad_sum_rows(x, dy, m * R1 + r, min(4, r1 - r), k0, k1, sh, mu, s1, s2)
             else:
                 for k in range(k0, k1):
                     xs = xr[k * R2:(k + 1) * R2]
@@ -523,35 +600,55 @@ def channels_grad_sums(x: Any, dy: Any, M: int, R1: int, K: int, R2: int, shift:
 def channels_grad_apply(x: Any, dy: Any, M: int, R1: int, K: int, R2: int, shift: Any,
                         mean_s: Any, a: Any, mdy: Any, kd: Any, combined: bool, dx: Any) -> None:
     """dx = a·((dy − mdy) − (x − mean)·kd) per (m, k): a = rstd·γ, mdy = Σdy/n (0 for RMS),
-    kd = rstd²·Σ dy·(x − mean)/n; ``combined`` as in :func:`channels_apply`."""
-    for t in prange(M * R1):
-        m = t // R1
-        xr = x[t]
-        dyr = dy[t]
-        dxr = dx[t]
+    kd = rstd²·Σ dy·(x − mean)/n; ``combined`` as in :func:`channels_apply` (four rows share
+    each load of the per-channel arrays)."""
+    G = (R1 + 3) // 4
+    for task in prange(M * G):
+        m = task // G
+        r0 = (task % G) * 4
+        r1 = min(R1, r0 + 4)
         sh = shift[m]
         mu = mean_s[m]
         am = a[m]
         mm = mdy[m]
         km = kd[m]
-        if R2 == 1 and combined:
+        if R2 == 1 and combined and r1 - r0 == 4:
+            t = m * R1 + r0
+            x0, x1, x2, x3 = x[t], x[t + 1], x[t + 2], x[t + 3]
+            g0, g1, g2, g3 = dy[t], dy[t + 1], dy[t + 2], dy[t + 3]
+            o0, o1, o2, o3 = dx[t], dx[t + 1], dx[t + 2], dx[t + 3]
             for k in range(K):
-                d = np.float64(xr[k]) - sh[k]
-                dxr[k] = am[k] * ((np.float64(dyr[k]) - mm[k]) - d * km[k])
-        elif R2 == 1:
-            for k in range(K):
-                d = (np.float64(xr[k]) - sh[k]) - mu[k]
-                dxr[k] = am[k] * ((np.float64(dyr[k]) - mm[k]) - d * km[k])
-        else:
-            for k in range(K):
-                xs = xr[k * R2:(k + 1) * R2]
-                dys = dyr[k * R2:(k + 1) * R2]
-                dxs = dxr[k * R2:(k + 1) * R2]
-                shk = sh[k]
-                muk = mu[k]
-                ak = am[k]
-                mk = mm[k]
-                kk = km[k]
-                for q in range(R2):
-                    d = (np.float64(xs[q]) - shk) - muk
-                    dxs[q] = ak * ((np.float64(dys[q]) - mk) - d * kk)
+                s = sh[k]
+                f = am[k]
+                u = mm[k]
+                v = km[k]
+                o0[k] = f * ((np.float64(g0[k]) - u) - (np.float64(x0[k]) - s) * v)
+                o1[k] = f * ((np.float64(g1[k]) - u) - (np.float64(x1[k]) - s) * v)
+                o2[k] = f * ((np.float64(g2[k]) - u) - (np.float64(x2[k]) - s) * v)
+                o3[k] = f * ((np.float64(g3[k]) - u) - (np.float64(x3[k]) - s) * v)
+            continue
+        for r in range(r0, r1):
+            xr = x[m * R1 + r]
+            dyr = dy[m * R1 + r]
+            dxr = dx[m * R1 + r]
+            if R2 == 1 and combined:
+                for k in range(K):
+                    d = np.float64(xr[k]) - sh[k]
+                    dxr[k] = am[k] * ((np.float64(dyr[k]) - mm[k]) - d * km[k])
+            elif R2 == 1:
+                for k in range(K):
+                    d = (np.float64(xr[k]) - sh[k]) - mu[k]
+                    dxr[k] = am[k] * ((np.float64(dyr[k]) - mm[k]) - d * km[k])
+            else:
+                for k in range(K):
+                    xs = xr[k * R2:(k + 1) * R2]
+                    dys = dyr[k * R2:(k + 1) * R2]
+                    dxs = dxr[k * R2:(k + 1) * R2]
+                    shk = sh[k]
+                    muk = mu[k]
+                    ak = am[k]
+                    mk = mm[k]
+                    kk = km[k]
+                    for q in range(R2):
+                        d = (np.float64(xs[q]) - shk) - muk
+                        dxs[q] = ak * ((np.float64(dys[q]) - mk) - d * kk)
