@@ -202,6 +202,32 @@ def test_fast_float32_variance_with_offset_1e4_is_accurate_to_1e_5(blocks, parti
     assert np.max(np.abs(ctx.state.mean - mean64) / np.abs(mean64)) <= 1e-7
 
 
+@pytest.mark.parametrize("partition,shape,outlier", [
+    (Batch(1), (262144, 4), (0,)), (Batch(1), (16384, 4, 4, 4), (0,)),
+    (Layer(-1), (4, 262144), (slice(None), 0))])
+def test_jit_one_pass_float32_statistics_and_their_two_pass_fallback_match_float64(monkeypatch, partition, shape, outlier):
+    """The JIT's float32 statistics take Σd and Σd² in one sweep (d = x − the statistic's first
+    value) and redo a block in two passes where Σd² − μΣd keeps under 1e-6 of Σd². The first
+    value of every statistic sits 3000 standard deviations off: every BN block but the first
+    is then 3000σ from its shift (ratio 1/9e6: the fallback runs there, and their M2, 3% of
+    the variance, must be right), the LN rows keep the one-pass sums. Mean and variance match
+    NumPy's float64 statistics of the same values to 1e-6."""
+    if not numba_jit.available():
+        pytest.skip("numba (the optional [jit] extra) is not installed")
+    monkeypatch.setattr(kernels, "IMPLEMENTATIONS", (numba_jit.NUMBA_JIT,))
+    x = RNG.standard_normal(shape)
+    x[outlier] += 3000.0
+    x = x.astype(np.float32)
+    _, ctx = an.Normalizer(partition, Standardize(), 0.0).forward(x)
+    assert ctx.implementation is numba_jit.NUMBA_JIT
+    x64 = x.astype(np.float64).reshape(ctx.layout.view_shape)
+    var64 = x64.var(axis=ctx.layout.reduce_axes, keepdims=True)
+    mean64 = x64.mean(axis=ctx.layout.reduce_axes, keepdims=True)
+    mean = ctx.state.mean.astype(np.float64) + ctx.saved.mean_lo
+    assert np.max(np.abs(ctx.state.var - var64) / var64) <= 1e-6
+    assert np.max(np.abs(mean - mean64) / np.sqrt(var64)) <= 1e-6
+
+
 @pytest.mark.parametrize("name,shape,args", [
     ("batch_norm", (4096, 8), ()), ("batch_norm", (32, 16, 8, 8), ()), ("layer_norm", (32, 512), ()),
     ("group_norm", (8, 16, 8, 8), (4,)), ("instance_norm", (4, 8, 16, 16), ()),

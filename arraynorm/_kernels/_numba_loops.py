@@ -352,6 +352,31 @@ def _sum_rows(x: Any, t: int, nr: int, k0: int, k1: int, sh: Any, mu: Any, squar
 
 
 @_jit(inline="always")
+def _sum_rows2(x: Any, t: int, nr: int, k0: int, k1: int, sh: Any, acc: Any, acc2: Any) -> None:
+    """acc[k] += Σ d, acc2[k] += Σ d² over rows t..t+nr (nr ≤ 4), d = x − sh[k], four rows
+    per update of the float64 sums (as :func:`_sum_rows`)."""
+    a = acc[k0:k1]
+    a2 = acc2[k0:k1]
+    s = sh[k0:k1]
+    if nr == 4:
+        x0, x1, x2, x3 = x[t, k0:k1], x[t + 1, k0:k1], x[t + 2, k0:k1], x[t + 3, k0:k1]
+        for j in range(k1 - k0):
+            e0 = np.float64(x0[j]) - s[j]
+            e1 = np.float64(x1[j]) - s[j]
+            e2 = np.float64(x2[j]) - s[j]
+            e3 = np.float64(x3[j]) - s[j]
+            a[j] += (e0 + e1) + (e2 + e3)
+            a2[j] += (e0 * e0 + e1 * e1) + (e2 * e2 + e3 * e3)
+        return
+    for i in range(nr):
+        xs = x[t + i, k0:k1]
+        for j in range(k1 - k0):
+            e = np.float64(xs[j]) - s[j]
+            a[j] += e
+            a2[j] += e * e
+
+
+@_jit(inline="always")
 def _grad_sum_rows(x: Any, dy: Any, t: int, nr: int, k0: int, k1: int, sh: Any, mu: Any,
                    s1: Any, s2: Any) -> None:
     """s1[k] += Σ dy, s2[k] += Σ dy·((x − sh) − mu) over rows t..t+nr (nr ≤ 4), four rows
@@ -383,11 +408,14 @@ def _grad_sum_rows(x: Any, dy: Any, t: int, nr: int, k0: int, k1: int, sh: Any, 
 
 @_jit(parallel=True, fastmath=_FASTMATH)
 def channels_stats(x: Any, M: int, R1: int, K: int, R2: int, kspan: int, b: int,
-                   rms: bool, shift: Any, part: Any) -> None:
+                   rms: bool, onepass: bool, shift: Any, part: Any) -> None:
     """Per block (``b`` rows of r1 × ``kspan`` channels) and channel: ``part[:, m, rb, k]`` =
     (block mean of x − shift, block Σ((x − mean)/scale)², scale), two passes over the block
     in cache (mean 0 and M2 = Σ x² for RMS); ``shift[m, k]`` (output) = the statistic's
-    first value, 0 where not finite (0 for RMS)."""
+    first value, 0 where not finite (0 for RMS). ``onepass`` (float32 data): Σd and Σd² in
+    the first pass and M2 = Σd² − μΣd, as :func:`rows_forward` does, the second pass only
+    for a block where that subtraction keeps less than :data:`_ONEPASS_KEEP` of Σd² in some
+    channel."""
     nkb = (K + kspan - 1) // kspan
     nrb = (R1 + b - 1) // b
     for task in prange(M * nkb * nrb):
@@ -402,38 +430,59 @@ def channels_stats(x: Any, M: int, R1: int, K: int, R2: int, kspan: int, b: int,
             for k in range(k0, k1):
                 shift[m, k] = sh[k]
         mb = np.zeros(K)
+        ss = np.zeros(K)
+        two = True  # the second pass is needed
         if not rms:
             for r in range(r0, r1):
                 xr = x[m * R1 + r]
                 if R2 == 1:  # four rows per update of the float64 sums (_sum_rows)
                     if (r - r0) % 4 == 0:
-                        _sum_rows(x, m * R1 + r, min(4, r1 - r), k0, k1, sh, sh, False, mb)
+                        if onepass:
+                            _sum_rows2(x, m * R1 + r, min(4, r1 - r), k0, k1, sh, mb, ss)
+                        else:
+                            _sum_rows(x, m * R1 + r, min(4, r1 - r), k0, k1, sh, sh, False, mb)
                 else:
                     for k in range(k0, k1):
                         xs = xr[k * R2:(k + 1) * R2]
                         shk = sh[k]
                         acc = 0.0
-                        for q in range(R2):
-                            acc += np.float64(xs[q]) - shk
+                        acc2 = 0.0
+                        if onepass:
+                            for q in range(R2):
+                                d = np.float64(xs[q]) - shk
+                                acc += d
+                                acc2 += d * d
+                        else:
+                            for q in range(R2):
+                                acc += np.float64(xs[q]) - shk
                         mb[k] += acc
+                        ss[k] += acc2
+            two = not onepass
             for k in range(k0, k1):
+                if onepass:
+                    q2 = ss[k]
+                    ss[k] = q2 - mb[k] * (mb[k] / cnt)
+                    if not (ss[k] > _ONEPASS_KEEP * q2):  # the subtraction cancelled
+                        two = True
                 mb[k] /= cnt
-        ss = np.zeros(K)
-        for r in range(r0, r1):
-            xr = x[m * R1 + r]
-            if R2 == 1:
-                if (r - r0) % 4 == 0:
-                    _sum_rows(x, m * R1 + r, min(4, r1 - r), k0, k1, sh, mb, True, ss)
-            else:
-                for k in range(k0, k1):
-                    xs = xr[k * R2:(k + 1) * R2]
-                    shk = sh[k]
-                    mu = mb[k]
-                    acc = 0.0
-                    for q in range(R2):
-                        d = (np.float64(xs[q]) - shk) - mu
-                        acc += d * d
-                    ss[k] += acc
+        if two:
+            for k in range(k0, k1):
+                ss[k] = 0.0
+            for r in range(r0, r1):
+                xr = x[m * R1 + r]
+                if R2 == 1:
+                    if (r - r0) % 4 == 0:
+                        _sum_rows(x, m * R1 + r, min(4, r1 - r), k0, k1, sh, mb, True, ss)
+                else:
+                    for k in range(k0, k1):
+                        xs = xr[k * R2:(k + 1) * R2]
+                        shk = sh[k]
+                        mu = mb[k]
+                        acc = 0.0
+                        for q in range(R2):
+                            d = (np.float64(xs[q]) - shk) - mu
+                            acc += d * d
+                        ss[k] += acc
         for k in range(k0, k1):
             mu = mb[k]
             v = ss[k]

@@ -345,7 +345,7 @@ def _forward(stages: Stages, xp: Namespace, layout: Layout, playout: Layout, g: 
         M, R1, K, R2 = g.dims
         kspan, b, nrb = _channel_blocks(g)
         shift, part, merged = np.empty((M, K)), np.empty((3, M, nrb, K)), np.empty((3, M, K))
-        _call(loops, "channels_stats", xg, *g.dims, kspan, b, rms, shift, part)
+        _call(loops, "channels_stats", xg, *g.dims, kspan, b, rms, ct == np.float32, shift, part)
         loops.channels_merge(part, R1, R2, b, eps, ct == np.float64, merged)  # serial, O(M·K·blocks)
         mean_s, var64, rstd64 = merged
         Wk, Bk = _channel_params(g, weight, 1.0), _channel_params(g, bias, 0.0)
