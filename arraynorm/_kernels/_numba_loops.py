@@ -11,7 +11,8 @@ Two geometries (see :mod:`.numba_jit` for how a layout maps onto them):
   ``m·sm + a·sa + c·sc`` (a stride 0 where they do not vary).
 * **channels** ``x: (M, R1, K, R2)``: one statistic per ``(m, k)`` over ``R1·R2`` values
   (BN, ghost BN). Blocks of ``b`` rows of ``r1`` × ``kspan`` channels (a cache-sized slab)
-  give (mean, M2) by two passes in cache; the blocks are merged exactly in float64 by the
+  give (mean, M2) by two passes in cache (one for float32: Σd, Σd² with a cancellation
+  test, as for rows); the blocks are merged exactly in float64 by the
   caller (Chan et al.), then one more sweep writes the output.
 
 Every sum is accumulated in float64 whatever the data dtype (float32 squares cannot overflow

@@ -12,7 +12,8 @@ then mapped onto one of two compiled geometries (:mod:`._numba_loops`):
   Σg and Σg·ŷ, then dx, γ/β cotangents in per-task float64 rows — 2 reads + 1 write.
 * **channels** — ``fine`` is (reduced, kept) or (reduced, kept, reduced) and γ is constant
   over each statistic (BN on (N, C) and NCHW, ghost BN): ``x: (M, R1, K, R2)``. Blocks of
-  ~256 KiB (rows of r1 × a span of channels) give their mean and M2 by two passes in cache;
+  ~256 KiB (rows of r1 × a span of channels) give their mean and M2 in cache (two passes;
+  one for float32 data, with the rows geometry's cancellation test);
   the blocks are merged in float64 (Chan, Golub & LeVeque: M2 = Σ M2_b + Σ n_b (μ_b − μ)²),
   every block mean relative to the statistic's first value, so the merge adds O(spread)
   numbers whatever the offset; then one sweep writes y — 2 reads + 1 write, the least a
