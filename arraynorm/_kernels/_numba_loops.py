@@ -566,11 +566,12 @@ def channels_apply(x: Any, M: int, R1: int, K: int, R2: int, shift: Any, mean_s:
     offset, is far below the data's own (6e-8 of it) — and ``mean_s`` is not read; the four
     rows of a group then share each load of the per-channel float64 arrays (on channels
     last they are as long as a row, and their loads, not memory, bound the sweep)."""
-    G = (R1 + 3) // 4
+    step = 4 if R2 == 1 and combined else 1  # one row per task otherwise: more tasks to share
+    G = (R1 + step - 1) // step
     for task in prange(M * G):
         m = task // G
-        r0 = (task % G) * 4
-        r1 = min(R1, r0 + 4)
+        r0 = (task % G) * step
+        r1 = min(R1, r0 + step)
         sh = shift[m]
         mu = mean_s[m]
         am = a[m]
@@ -652,11 +653,12 @@ def channels_grad_apply(x: Any, dy: Any, M: int, R1: int, K: int, R2: int, shift
     """dx = a·((dy − mdy) − (x − mean)·kd) per (m, k): a = rstd·γ, mdy = Σdy/n (0 for RMS),
     kd = rstd²·Σ dy·(x − mean)/n; ``combined`` as in :func:`channels_apply` (four rows share
     each load of the per-channel arrays)."""
-    G = (R1 + 3) // 4
+    step = 4 if R2 == 1 and combined else 1  # one row per task otherwise: more tasks to share
+    G = (R1 + step - 1) // step
     for task in prange(M * G):
         m = task // G
-        r0 = (task % G) * 4
-        r1 = min(R1, r0 + 4)
+        r0 = (task % G) * step
+        r1 = min(R1, r0 + step)
         sh = shift[m]
         mu = mean_s[m]
         am = a[m]
