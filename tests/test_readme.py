@@ -91,3 +91,20 @@ def test_the_demo_prints_the_numbers_the_readme_quotes():
     for loss, acc, peak in plain_runs:
         assert float(loss) > 10 * bn.final_loss and float(acc) < bn.final_accuracy
         assert float(peak) > float(loss)
+
+
+def test_the_benchmark_table_is_the_committed_runs_table():
+    """The Benchmarks section's table is ``python -m benchmarks.table`` of the two runs it
+    links (with and without the ``[jit]`` extra), and the chart it shows is the first run's."""
+    from benchmarks.table import comparison_table
+
+    section = README[README.index("## Benchmarks"):README.index("## Backend support")]
+    links = re.findall(r"\(benchmarks/results/([\w.-]+-sizes)\.md\)", section)
+    assert len(links) == 2 and links[1] == links[0].replace("-sizes", "-nojit-sizes"), links
+    runs = [json.loads((ROOT / "benchmarks" / "results" / f"{name}.json").read_text()) for name in links]
+    table = comparison_table(*runs)
+    assert table in section
+    assert f"(benchmarks/results/{links[0]}.png)" in section
+    # the copy bandwidths the text quotes are the runs' own
+    for run in runs:
+        assert f"{run['bandwidth']['cpu']['gbps']:.1f} GB/s" in section
