@@ -510,13 +510,17 @@ def channels_stats(x: Any, M: int, R1: int, K: int, R2: int, kspan: int, b: int,
 
 
 @_jit()  # no reassociation: (s·ms)·s must not become s²·ms (it overflows where the product does not)
-def channels_merge(part: Any, R1: int, R2: int, b: int, eps: float, scaled: bool, out: Any) -> None:
+def channels_merge(part: Any, shift: Any, R1: int, R2: int, b: int, eps: float, scaled: bool,
+                   out: Any) -> None:
     """Merge the blocks of :func:`channels_stats` per statistic (Chan, Golub & LeVeque:
     M2 = Σ M2_b + Σ n_b (μ_b − μ)², every term divided by a common power-of-two scale S, the
     largest of the blocks' scales and :func:`_pow2` of the largest |μ_b − μ|): ``out[:, m, k]``
-    = (μ_s, σ² as (S·ms)·S, rstd = 1/sqrt(S²·ms + eps) without forming S²·ms). ``scaled``
-    False (float32 data, whose squares and their sums cannot leave float64's range): S = 1,
-    rstd = 1/sqrt(ms + eps)."""
+    = (μ_s, σ² as (S·ms)·S, rstd = 1/sqrt(S²·ms + eps) without forming S²·ms, then the mean
+    shift + μ_s as its float64 sum, its rounding to the data dtype and the remainder that
+    rounding lost, rounded too: :func:`arraynorm._kernels.numpy_fused._split`, Knuth's
+    TwoSum, which this loop's strict IEEE arithmetic keeps exact). ``scaled`` False (float32
+    data, whose squares and their sums cannot leave float64's range): S = 1,
+    rstd = 1/sqrt(ms + eps), and the data dtype is float32."""
     _, M, nrb, K = part.shape
     n = R1 * R2
     for m in range(M):
@@ -555,6 +559,18 @@ def channels_merge(part: Any, R1: int, R2: int, b: int, eps: float, scaled: bool
             out[0, m, k] = mean[k]
             out[1, m, k] = (S[k] * ms) * S[k]
             out[2, m, k] = _inv_root(S[k], ms, eps) if scaled else 1.0 / math.sqrt(ms + eps)
+            a = shift[m, k]
+            hi = a + mean[k]
+            bb = hi - a
+            lo = (a - (hi - bb)) + (mean[k] - bb)
+            out[3, m, k] = hi
+            if scaled:
+                out[4, m, k] = hi
+                out[5, m, k] = lo
+            else:
+                h32 = np.float64(np.float32(hi))
+                out[4, m, k] = h32
+                out[5, m, k] = np.float64(np.float32((hi - h32) + lo))
 
 
 @_jit(parallel=True, fastmath=_FASTMATH)

@@ -313,7 +313,8 @@ def _channel_params(g: _Geometry, a: Any, fill: float) -> np.ndarray:
 @dataclasses.dataclass(frozen=True)
 class _Saved:
     """What the forward keeps: the input (C order), the geometry, the float64 statistics
-    (shift, μ_s, rstd per statistic), γ/β as the loops read them, the layout whose
+    (shift, μ_s, rstd per statistic), γ as the loops read it (rows: with its strides;
+    channels: with the float64 sum shift + μ_s, the offset of the combined sweeps), the layout whose
     ``param_axes`` γ/β span, and ``mean_lo`` (``layout.stats_shape``, as
     :mod:`.numpy_fused` keeps it)."""
 
@@ -342,18 +343,21 @@ def _forward(stages: Stages, xp: Namespace, layout: Layout, playout: Layout, g: 
               ct == np.float32, y, stats)
         shift, mean_s, var64, rstd64 = stats
         params: Any = (W, (sm, sa, sc))
+        if not rms:
+            hi, lo = _split(shift, mean_s, ct)
     else:
         M, R1, K, R2 = g.dims
         kspan, b, nrb = _channel_blocks(g)
-        shift, part, merged = np.empty((M, K)), np.empty((3, M, nrb, K)), np.empty((3, M, K))
+        shift, part, merged = np.empty((M, K)), np.empty((3, M, nrb, K)), np.empty((6, M, K))
         _call(loops, "channels_stats", xg, *g.dims, kspan, b, rms, ct == np.float32, shift, part)
-        loops.channels_merge(part, R1, R2, b, eps, ct == np.float64, merged)  # serial, O(M·K·blocks)
-        mean_s, var64, rstd64 = merged
+        # serial, O(M·K·blocks); also the mean's float64 sum and its (hi, lo) split
+        loops.channels_merge(part, shift, R1, R2, b, eps, ct == np.float64, merged)
+        mean_s, var64, rstd64, total, hi, lo = merged
         Wk, Bk = _channel_params(g, weight, 1.0), _channel_params(g, bias, 0.0)
         comb = ct == np.float32 and R2 == 1
-        _call(loops, "channels_apply", xg, *g.dims, shift + mean_s if comb else shift, mean_s,
+        _call(loops, "channels_apply", xg, *g.dims, total if comb else shift, mean_s,
               rstd64 * Wk, Bk, comb, y)
-        params = Wk
+        params = (Wk, total)
     st = layout.stats_shape
 
     def view(a: np.ndarray) -> np.ndarray:
@@ -361,8 +365,7 @@ def _forward(stages: Stages, xp: Namespace, layout: Layout, playout: Layout, g: 
 
     mean = mean_lo = None
     if not rms:
-        hi, lo = _split(shift, mean_s, ct)
-        mean, mean_lo = hi.reshape(st), lo.reshape(st)
+        mean, mean_lo = view(hi), view(lo)
     var, rstd = view(var64), view(rstd64)
 
     def compute_y() -> np.ndarray:
@@ -404,9 +407,9 @@ def _backward(ctx: NormContext, saved: _Saved, dy: np.ndarray, rms: bool,
         r = saved.rstd
         mdy = np.zeros((M, K)) if rms else sdy / g.n
         comb = ct == np.float32 and g.dims[3] == 1
-        _call(loops, "channels_grad_apply", xg, dyg, *g.dims,
-              saved.shift + saved.mean_s if comb else saved.shift, saved.mean_s, r * saved.params,
-              mdy, (r * sdyd / g.n) * r, comb, dx)  # never r²: it under/overflows beyond 1e±154
+        Wk, total = saved.params
+        _call(loops, "channels_grad_apply", xg, dyg, *g.dims, total if comb else saved.shift,
+              saved.mean_s, r * Wk, mdy, (r * sdyd / g.n) * r, comb, dx)  # never r²: it under/overflows beyond 1e±154
         acc_w, acc_b = r * sdyd, sdy
         if not any(p.lead_par):
             acc_w, acc_b = acc_w.sum(axis=0), acc_b.sum(axis=0)
