@@ -182,6 +182,18 @@ def rows_forward(x: Any, A: int, C: int, W: Any, B: Any, sm: int, sa: int, sc: i
 
 
 @_jit(inline="always")
+def _dy_sums(dys: Any, xs: Any, shift: float, mean: float) -> tuple[float, float]:
+    """(Σ dy, Σ dy·((x − shift) − mean)) over two slices of one length, in float64."""
+    u = 0.0
+    v = 0.0
+    for c in range(dys.shape[0]):
+        d = np.float64(dys[c])
+        u += d
+        v += d * ((np.float64(xs[c]) - shift) - mean)
+    return u, v
+
+
+@_jit(inline="always")
 def _row_grad_sums(xr: Any, dyr: Any, A: int, C: int, W: Any, base0: int, sa: int, sc: int,
                    shift: float, mean_s: float, r: float, rms: bool, n: int) -> tuple[float, float]:
     """(Σgŷ/n·rstd, Σg/n) of one row, g = dy·γ: the factors of x − μ and of 1 in its dx."""
@@ -192,12 +204,7 @@ def _row_grad_sums(xr: Any, dyr: Any, A: int, C: int, W: Any, base0: int, sa: in
         dys = dyr[a * C:(a + 1) * C]
         base = base0 + a * sa
         if sc == 0:
-            u = 0.0
-            v = 0.0
-            for c in range(C):
-                d = np.float64(dys[c])
-                u += d
-                v += d * ((np.float64(xs[c]) - shift) - mean_s)
+            u, v = _dy_sums(dys, xs, shift, mean_s)
             sg += u * W[base]
             sgy += v * W[base]
         else:
@@ -573,6 +580,15 @@ def channels_merge(part: Any, shift: Any, R1: int, R2: int, b: int, eps: float, 
                 out[5, m, k] = np.float64(np.float32((hi - h32) + lo))
 
 
+@_jit(inline="always")
+def _row_groups(R1: int, R2: int, combined: bool) -> tuple[int, int]:
+    """(rows per task, tasks per m) of the apply sweeps: groups of four rows where they share
+    the per-channel loads (float32 channels last), else one row per task (more tasks to
+    share: a batch of 5 splits 3:2 over two threads, not 4:1)."""
+    step = 4 if R2 == 1 and combined else 1
+    return step, (R1 + step - 1) // step
+
+
 @_jit(parallel=True, fastmath=_FASTMATH)
 def channels_apply(x: Any, M: int, R1: int, K: int, R2: int, shift: Any, mean_s: Any, a: Any,
                    c: Any, combined: bool, y: Any) -> None:
@@ -582,8 +598,7 @@ def channels_apply(x: Any, M: int, R1: int, K: int, R2: int, shift: Any, mean_s:
     offset, is far below the data's own (6e-8 of it) — and ``mean_s`` is not read; the four
     rows of a group then share each load of the per-channel float64 arrays (on channels
     last they are as long as a row, and their loads, not memory, bound the sweep)."""
-    step = 4 if R2 == 1 and combined else 1  # one row per task otherwise: more tasks to share
-    G = (R1 + step - 1) // step
+    step, G = _row_groups(R1, R2, combined)
     for task in prange(M * G):
         m = task // G
         r0 = (task % G) * step
@@ -646,16 +661,7 @@ def channels_grad_sums(x: Any, dy: Any, M: int, R1: int, K: int, R2: int, shift:
                     _grad_sum_rows(x, dy, m * R1 + r, min(4, r1 - r), k0, k1, sh, mu, s1, s2)
             else:
                 for k in range(k0, k1):
-                    xs = xr[k * R2:(k + 1) * R2]
-                    dys = dyr[k * R2:(k + 1) * R2]
-                    shk = sh[k]
-                    muk = mu[k]
-                    u = 0.0
-                    v = 0.0
-                    for q in range(R2):
-                        d = np.float64(dys[q])
-                        u += d
-                        v += d * ((np.float64(xs[q]) - shk) - muk)
+                    u, v = _dy_sums(dyr[k * R2:(k + 1) * R2], xr[k * R2:(k + 1) * R2], sh[k], mu[k])
                     s1[k] += u
                     s2[k] += v
         for k in range(k0, k1):
@@ -669,8 +675,7 @@ def channels_grad_apply(x: Any, dy: Any, M: int, R1: int, K: int, R2: int, shift
     """dx = a·((dy − mdy) − (x − mean)·kd) per (m, k): a = rstd·γ, mdy = Σdy/n (0 for RMS),
     kd = rstd²·Σ dy·(x − mean)/n; ``combined`` as in :func:`channels_apply` (four rows share
     each load of the per-channel arrays)."""
-    step = 4 if R2 == 1 and combined else 1  # one row per task otherwise: more tasks to share
-    G = (R1 + step - 1) // step
+    step, G = _row_groups(R1, R2, combined)
     for task in prange(M * G):
         m = task // G
         r0 = (task % G) * step
