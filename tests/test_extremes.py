@@ -500,3 +500,51 @@ def test_float16_running_statistics_are_blended_in_float32_and_rounded_once(xp):
                       (new_v, 0.9 * rv.astype(np.float64) + 0.1 * bv.astype(np.float64) * 10 / 9)):
         ulp = np.spacing(np.abs(want).astype(np.float16)).astype(np.float64)
         assert np.max(np.abs(to_numpy(got).astype(np.float64) - want) / ulp) <= 0.51
+
+
+@pytest.mark.parametrize("pattern", ["blocks with equal means", "a constant block"])
+@pytest.mark.parametrize("k", [-700, 700])
+def test_fast_batch_norm_merges_blocks_of_float64_values_beyond_the_square_range(tiny_blocks, pattern, k):
+    """The fast paths merge per-block moments under a common power-of-two scale. A block
+    with no spread, or block means with no spread, have the neutral scale 1; taken into
+    the common scale it swamps blocks of values near 2^-700, whose scaled squares then
+    underflow (rstd inf, y NaN at eps = 0). With eps = 0, BN is invariant to the exact
+    rescaling by 2^k, so the computation at scale 1 is the oracle. Rows alternate a, −a
+    (every block of an even number of rows has the same mean and spread, exactly), or
+    start with eight zero rows (a constant first block)."""
+    r = RNG.standard_normal((32, 4))
+    if pattern == "blocks with equal means":
+        x = np.where(np.arange(64)[:, None] % 2 == 0, r[0], -r[0])
+    else:
+        x = np.concatenate([np.zeros((8, 4)), r])
+    dy = RNG.standard_normal(x.shape)
+    y, pb = an.vjp(an.batch_norm, x * 2.0 ** k, eps=0.0)
+    y1, pb1 = an.vjp(an.batch_norm, x, eps=0.0)
+    assert np.all(np.isfinite(y))
+    assert rel_err(y, y1) <= 1e-13
+    assert rel_err(pb(dy)[0], pb1(dy)[0] * 2.0 ** -k) <= 1e-12
+
+
+@pytest.mark.parametrize("pattern", ["chunks with equal means", "a constant chunk"])
+def test_dask_batch_norm_merges_chunks_of_float64_values_beyond_the_square_range(pattern):
+    """The Dask implementation merges per-chunk moments under a common power-of-two scale,
+    with the same risk as the NumPy fast paths (above): a constant chunk, or chunk means that
+    agree, must not set the scale of chunks of values near 2^-700. BN with eps = 0 is
+    invariant to rescaling by 2^-700: the computation at scale 1 is the oracle."""
+    da = pytest.importorskip("dask.array")
+    r = RNG.standard_normal((32, 4))
+    if pattern == "chunks with equal means":
+        x = np.where(np.arange(64)[:, None] % 2 == 0, r[0], -r[0])
+    else:
+        x = np.concatenate([np.zeros((8, 4)), r])
+    dy = RNG.standard_normal(x.shape)
+
+    def run(scale):
+        xd = da.from_array(x * scale, chunks=(8, 4))
+        y, pb = an.vjp(an.batch_norm, xd, eps=0.0)
+        return np.asarray(y.compute()), np.asarray(pb(da.from_array(dy, chunks=(8, 4)))[0].compute())
+
+    (y, dx), (y1, dx1) = run(2.0 ** -700), run(1.0)
+    assert np.all(np.isfinite(y))
+    assert rel_err(y, y1) <= 1e-13
+    assert rel_err(dx, dx1 * 2.0 ** 700) <= 1e-12

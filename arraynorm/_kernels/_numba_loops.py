@@ -544,19 +544,26 @@ def channels_merge(part: Any, shift: Any, R1: int, R2: int, b: int, eps: float, 
             dmax = np.zeros(K)
             for j in range(nrb):
                 for k in range(K):
-                    S[k] = max(S[k], ps[j, k])
+                    if pv[j, k] > 0.0:  # a block with no spread has scale 1 (_pow2(0))
+                        S[k] = max(S[k], ps[j, k])
                     dmax[k] = max(dmax[k], abs(pd[j, k] - mean[k]))
             for k in range(K):
-                if dmax[k] > 0.0:  # _pow2(0) is 1: it would swamp blocks of tiny values
+                # _pow2(0) is 1: kept in the maximum, it (or a spread-free block's scale)
+                # would swamp blocks of tiny values, whose scaled squares then underflow
+                if dmax[k] > 0.0:
                     S[k] = max(S[k], _pow2(dmax[k]))
+                if S[k] == 0.0:  # no spread anywhere: nothing to scale
+                    S[k] = 1.0
         m2 = np.zeros(K)
         for j in range(nrb):
             w = (min(R1, (j + 1) * b) - j * b) * R2
             if scaled:
                 for k in range(K):
-                    q = ps[j, k] / S[k]
                     dv = (pd[j, k] - mean[k]) / S[k]
-                    m2[k] += q * q * pv[j, k] + w * (dv * dv)
+                    m2[k] += w * (dv * dv)
+                    if pv[j, k] > 0.0:  # else (ps/S)² may overflow, times 0
+                        q = ps[j, k] / S[k]
+                        m2[k] += q * q * pv[j, k]
             else:
                 for k in range(K):
                     dv = pd[j, k] - mean[k]

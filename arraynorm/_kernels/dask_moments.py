@@ -129,14 +129,19 @@ def _merge_moments(p: Any, axis: Any = None, keepdims: bool = True) -> Any:
     w = n / bxp.where(total > 0, total, bxp.ones_like(total))
     m = bxp.sum(w * mu, axis=ax, keepdims=True)
     dev = bxp.where(n > 0, mu - m, bxp.zeros_like(mu))
-    big = bxp.max(s, axis=ax, keepdims=True)
+    # a chunk with no spread (ss = 0: constant, or empty) has the neutral scale 1, and so
+    # has pow2_scale where the chunk means agree (top = 0): either, kept in the maximum,
+    # would swamp chunks of tiny values (2^-700), whose scaled squares then underflow
+    spread_free = ss == 0
+    zero = bxp.zeros_like(s)
+    big = bxp.max(bxp.where(spread_free, zero, s), axis=ax, keepdims=True)
     top = bxp.max(bxp.abs(dev), axis=ax, keepdims=True)
-    # pow2_scale is 1 where the chunk means agree (top = 0): keep the chunks' scale then, it
-    # may be far from 1 (values of 2^-700)
     S = bxp.where(top > 0, bxp.maximum(big, pow2_scale(bxp, top)), big)
-    r = s / S
+    S = bxp.where(S > 0, S, bxp.ones_like(S))
+    r = s / S   # may overflow where a spread-free chunk's scale is far above S: it adds 0
     d = dev / S
-    out_ss = bxp.sum(r * r * ss, axis=ax, keepdims=True) + bxp.sum(n * d * d, axis=ax, keepdims=True)
+    out_ss = (bxp.sum(bxp.where(spread_free, zero, r * r * ss), axis=ax, keepdims=True)
+              + bxp.sum(n * d * d, axis=ax, keepdims=True))
     return bxp.stack([m, S, out_ss, total])
 
 
