@@ -502,6 +502,16 @@ def test_float16_running_statistics_are_blended_in_float32_and_rounded_once(xp):
         assert np.max(np.abs(to_numpy(got).astype(np.float64) - want) / ulp) <= 0.51
 
 
+def _merge_pattern(pattern: str) -> np.ndarray:
+    """(64, 4) float64 rows alternating a, −a (every block or chunk of an even number of rows
+    has the same mean and spread, exactly), or eight zero rows (a constant first block) and
+    then normal values."""
+    r = RNG.standard_normal((32, 4))
+    if pattern.endswith("equal means"):
+        return np.where(np.arange(64)[:, None] % 2 == 0, r[0], -r[0])
+    return np.concatenate([np.zeros((8, 4)), r])
+
+
 @pytest.mark.parametrize("pattern", ["blocks with equal means", "a constant block"])
 @pytest.mark.parametrize("k", [-700, 700])
 def test_fast_batch_norm_merges_blocks_of_float64_values_beyond_the_square_range(tiny_blocks, pattern, k):
@@ -509,14 +519,8 @@ def test_fast_batch_norm_merges_blocks_of_float64_values_beyond_the_square_range
     with no spread, or block means with no spread, have the neutral scale 1; taken into
     the common scale it swamps blocks of values near 2^-700, whose scaled squares then
     underflow (rstd inf, y NaN at eps = 0). With eps = 0, BN is invariant to the exact
-    rescaling by 2^k, so the computation at scale 1 is the oracle. Rows alternate a, −a
-    (every block of an even number of rows has the same mean and spread, exactly), or
-    start with eight zero rows (a constant first block)."""
-    r = RNG.standard_normal((32, 4))
-    if pattern == "blocks with equal means":
-        x = np.where(np.arange(64)[:, None] % 2 == 0, r[0], -r[0])
-    else:
-        x = np.concatenate([np.zeros((8, 4)), r])
+    rescaling by 2^k, so the computation at scale 1 is the oracle (:func:`_merge_pattern`)."""
+    x = _merge_pattern(pattern)
     dy = RNG.standard_normal(x.shape)
     y, pb = an.vjp(an.batch_norm, x * 2.0 ** k, eps=0.0)
     y1, pb1 = an.vjp(an.batch_norm, x, eps=0.0)
@@ -532,11 +536,7 @@ def test_dask_batch_norm_merges_chunks_of_float64_values_beyond_the_square_range
     agree, must not set the scale of chunks of values near 2^-700. BN with eps = 0 is
     invariant to rescaling by 2^-700: the computation at scale 1 is the oracle."""
     da = pytest.importorskip("dask.array")
-    r = RNG.standard_normal((32, 4))
-    if pattern == "chunks with equal means":
-        x = np.where(np.arange(64)[:, None] % 2 == 0, r[0], -r[0])
-    else:
-        x = np.concatenate([np.zeros((8, 4)), r])
+    x = _merge_pattern(pattern)
     dy = RNG.standard_normal(x.shape)
 
     def run(scale):
