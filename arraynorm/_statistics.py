@@ -18,7 +18,7 @@ from ._array_api import xp_accumulation_dtype, xp_device
 from ._typing import Array, Dtype, Namespace
 
 __all__ = ["mean", "accumulated_sum", "centre", "statistics", "moments", "pow2_scale",
-           "sum_of_squares", "scaled_mean_square", "unscale", "inv_root", "lp_norm",
+           "merged_sum_of_squares", "sum_of_squares", "scaled_mean_square", "unscale", "inv_root", "lp_norm",
            "lp_norm_gradient"]
 
 
@@ -72,6 +72,36 @@ def pow2_scale(xp: Namespace, m: Array, *, floor: float = 0.0) -> Array:
     if floor > 0.0:
         s = xp.maximum(s, xp.asarray(floor, dtype=s.dtype, device=xp_device(s)))
     return s
+
+
+def merged_sum_of_squares(xp: Namespace, s: Array, ss: Array, axes: tuple[int, ...],
+                          dev: Array | None = None, w: Array | None = None) -> tuple[Array, Array]:
+    """Chan's merge of parts' scaled moments over ``axes`` (keepdims): ``(S, m2)`` with
+    Σ_k s_k²·ss_k + Σ_k w_k·dev_k² = S²·m2, every term divided by the common power of two S
+    before squaring (``dev``, ``w``: the parts' mean deviations and counts; absent for RMS).
+
+    S is the largest scale of the parts that have spread (ss > 0) and :func:`pow2_scale` of
+    the largest |dev| where that is not 0; 1 where neither. A spread-free part (constant, or
+    empty) has the neutral scale 1, and so has a zero spread of the means: kept in the
+    maximum, either would swamp parts of tiny values (2^-700), whose scaled squares then
+    underflow; such a part adds no term (its (s/S)² may overflow, times 0). Used by the NumPy
+    fast path and the Dask implementation; the JIT's ``channels_merge`` does the same in
+    its loop.
+    """
+    spread_free = ss == 0
+    zero = xp.zeros_like(s)
+    S = xp.max(xp.where(spread_free, zero, s), axis=axes, keepdims=True)
+    if dev is not None:
+        top = xp.max(xp.abs(dev), axis=axes, keepdims=True)
+        S = xp.where(top > 0, xp.maximum(S, pow2_scale(xp, top)), S)
+    S = xp.where(S > 0, S, xp.ones_like(S))
+    r = s / S
+    m2 = xp.sum(xp.where(spread_free, zero, r * r * ss), axis=axes, keepdims=True)
+    if dev is not None:
+        assert w is not None, "dev needs the parts' counts w"
+        d = dev / S
+        m2 = m2 + xp.sum(w * d * d, axis=axes, keepdims=True)
+    return S, m2
 
 
 def sum_of_squares(xp: Namespace, a: Array, axes: tuple[int, ...]) -> tuple[Array, Array]:

@@ -59,7 +59,7 @@ from array_api_compat import array_namespace, is_dask_array
 
 from .._array_api import xp_compute_dtype
 from .._context import Grads, NormContext, Stages
-from .._statistics import inv_root, mean, pow2_scale, unscale
+from .._statistics import inv_root, mean, merged_sum_of_squares, pow2_scale, unscale
 from .._typing import Array, Namespace
 from ..operation import RMSScale, Standardize, StandardizeState
 from ..partition import Layout
@@ -129,19 +129,7 @@ def _merge_moments(p: Any, axis: Any = None, keepdims: bool = True) -> Any:
     w = n / bxp.where(total > 0, total, bxp.ones_like(total))
     m = bxp.sum(w * mu, axis=ax, keepdims=True)
     dev = bxp.where(n > 0, mu - m, bxp.zeros_like(mu))
-    # a chunk with no spread (ss = 0: constant, or empty) has the neutral scale 1, and so
-    # has pow2_scale where the chunk means agree (top = 0): either, kept in the maximum,
-    # would swamp chunks of tiny values (2^-700), whose scaled squares then underflow
-    spread_free = ss == 0
-    zero = bxp.zeros_like(s)
-    big = bxp.max(bxp.where(spread_free, zero, s), axis=ax, keepdims=True)
-    top = bxp.max(bxp.abs(dev), axis=ax, keepdims=True)
-    S = bxp.where(top > 0, bxp.maximum(big, pow2_scale(bxp, top)), big)
-    S = bxp.where(S > 0, S, bxp.ones_like(S))
-    r = s / S   # may overflow where a spread-free chunk's scale is far above S: it adds 0
-    d = dev / S
-    out_ss = (bxp.sum(bxp.where(spread_free, zero, r * r * ss), axis=ax, keepdims=True)
-              + bxp.sum(n * d * d, axis=ax, keepdims=True))
+    S, out_ss = merged_sum_of_squares(bxp, s, ss, ax, dev, n)
     return bxp.stack([m, S, out_ss, total])
 
 

@@ -46,7 +46,7 @@ from typing import Any, overload
 import numpy as np
 
 from .._context import Grads, NormContext, Stages
-from .._statistics import inv_root, pow2_scale, unscale
+from .._statistics import inv_root, merged_sum_of_squares, pow2_scale, unscale
 from .._typing import Array, Namespace
 from ..operation import RMSScale, Standardize, StandardizeState
 from ..partition import Layout
@@ -333,17 +333,10 @@ def _forward_chunks(run: _Run, y: np.ndarray, stats: tuple[Any, Any, Any], var: 
             counts[j] = run.count(src)
 
     run.run(chunk_moments)
-    # merge in float64, every sum scaled by S, the largest scale of the statistic's chunks
-    # (and, for the means' spread, of their deviations): Σ M2_k = S²·Σ (s_k/S)² m2_k
+    # merge in float64 (merged_sum_of_squares: every sum scaled by a common power of two)
     w = counts.reshape((1, -1) + (1,) * len(p.sfine))
-    # a chunk with no spread (M2 = 0) has the neutral scale 1 (pow2_scale of 0), and so has
-    # a zero spread of the chunk means: left in the maximum, either would swamp chunks of
-    # tiny values (2^-700: their scaled squares underflow, and rstd is inf at eps = 0)
-    spread_free = part_m2 == 0  # and their (1/S)² may overflow: they add nothing
-    big = np.where(spread_free, 0.0, part_s).max(axis=1, keepdims=True)
     if run.rms:
-        S = np.where(big > 0, big, 1.0)
-        m2 = np.where(spread_free, 0.0, (part_s / S) ** 2 * part_m2).sum(axis=1)
+        S, m2 = merged_sum_of_squares(np, part_s, part_m2, (1,))
     else:
         # chunk means relative to the statistic's first value s0 (chunk 0's shift): the sums
         # below add O(spread) numbers however large the offset, and the mean s0 + μ_s is
@@ -351,14 +344,9 @@ def _forward_chunks(run: _Run, y: np.ndarray, stats: tuple[Any, Any, Any], var: 
         s0 = part_shift[:, :1]
         d = (part_shift - s0) + part_mean
         mu_s = (w * d).sum(axis=1, keepdims=True) / p.n
-        dev = d - mu_s
-        spread = np.abs(dev).max(axis=1, keepdims=True)
-        S = np.maximum(big, np.where(spread > 0, pow2_scale(np, spread), 0.0))
-        S = np.where(S > 0, S, 1.0)
-        m2 = (np.where(spread_free, 0.0, (part_s / S) ** 2 * part_m2).sum(axis=1)
-              + (w * (dev / S) ** 2).sum(axis=1))
+        S, m2 = merged_sum_of_squares(np, part_s, part_m2, (1,), d - mu_s, w)
         mean[...], mean_lo[...] = _split(s0[:, 0], mu_s[:, 0], run.ct)
-    S, ms = S[:, 0], m2 / p.n
+    S, ms = S[:, 0], m2[:, 0] / p.n
     var[...] = unscale(np, S, ms, run.ct)
     rstd[...] = inv_root(np, S, ms, eps, run.ct)
 
