@@ -465,3 +465,75 @@ def test_deep_stack_group_norm_default_groups_divide_any_width():
         model = nn.deep_stack(2, width, norm="group", rng=0)
         y = model.forward(np.random.default_rng(1).standard_normal((4, width)))
         assert y.shape[0] == 4 and np.all(np.isfinite(y))
+
+
+# the NumPy lanes of ReLU, softmax, Linear and attention: the generic code's values, bit for bit,
+# where NaN, inf, signed zeros and views reach them (array_api_strict runs the generic code)
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_relu_on_numpy_is_the_where_of_the_generic_code_bit_for_bit(dtype):
+    import array_api_strict as xs
+
+    rng = np.random.default_rng(50)
+    x = rng.standard_normal((9, 31)).astype(dtype)
+    dy = rng.standard_normal((9, 31)).astype(dtype)
+    x[0, :6] = [np.nan, -0.0, 0.0, np.inf, -np.inf, 1.0]
+    dy[0, :6] = [1.0, np.inf, np.nan, np.nan, -np.inf, np.inf]
+    dy[1, :3] = [np.nan, np.inf, -np.inf]
+    for xa, da in ((x, dy), (x.T, dy.T), (x[:, ::2], dy[:, ::2])):
+        layer = nn.ReLU()
+        y, dx = layer(xa), layer.backward(da)
+        if dtype == np.float16:  # array_api_strict has no float16: the generic code's where
+            ys, dxs = np.where(xa > 0, xa, 0).astype(dtype), np.where(xa > 0, da, 0).astype(dtype)
+        else:
+            strict = nn.ReLU()
+            ys, dxs = strict(xs.asarray(xa)), strict.backward(xs.asarray(da))
+        assert y.dtype == dx.dtype == dtype and y.shape == dx.shape == xa.shape
+        np.testing.assert_array_equal(y, np.asarray(ys))
+        np.testing.assert_array_equal(dx, np.asarray(dxs))   # NaN where the generic code has NaN
+        np.testing.assert_array_equal(np.signbit(dx), np.signbit(np.asarray(dxs)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_softmax_on_numpy_is_the_generic_code_bit_for_bit(dtype):
+    import array_api_compat.numpy as cnp
+    import array_api_strict as xs
+
+    from arraynorm.nn.functional import softmax, softmax_backward
+
+    rng = np.random.default_rng(51)
+    z = (rng.standard_normal((3, 4, 6)) * 8).astype(dtype)
+    g = rng.standard_normal((3, 4, 6)).astype(dtype)
+    z[0, 0, :2] = -np.inf
+    for axis in (-1, 0, 1):
+        p, ps = softmax(cnp, z, axis), softmax(xs, xs.asarray(z), axis)
+        np.testing.assert_array_equal(p, np.asarray(ps))
+        gb = softmax_backward(cnp, g, p, axis)
+        np.testing.assert_array_equal(gb, np.asarray(softmax_backward(xs, xs.asarray(g), ps, axis)))
+        assert p.dtype == gb.dtype == dtype
+
+
+def test_linear_and_attention_on_numpy_batches_equal_the_generic_code_and_float64_einsum():
+    import array_api_strict as xs
+
+    rng = np.random.default_rng(52)
+    x = rng.standard_normal((3, 5, 8))
+    dy = rng.standard_normal((3, 5, 6))
+    lin, ref = nn.Linear(8, 6, rng=3), nn.Linear(8, 6, rng=3).to(xs)
+    w, b = lin.weight, lin.bias
+    y = lin(x)
+    np.testing.assert_allclose(y, np.einsum("nti,oi->nto", x, w) + b, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(y, np.asarray(ref(xs.asarray(x))), rtol=1e-15, atol=1e-15)
+    dx = lin.backward(dy)
+    np.testing.assert_allclose(dx, np.einsum("nto,oi->nti", dy, w), rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(lin.grads["weight"], np.einsum("nto,nti->oi", dy, x), rtol=1e-13, atol=1e-13)
+    assert dx.shape == x.shape
+    # attention (in_proj on (N, T, 3D) cotangents written head by head on NumPy)
+    attn, attn_s = nn.MultiHeadSelfAttention(8, 2, rng=4), nn.MultiHeadSelfAttention(8, 2, rng=4).to(xs)
+    dya = rng.standard_normal((3, 5, 8))
+    attn(x), attn_s(xs.asarray(x))
+    np.testing.assert_allclose(attn.backward(dya), np.asarray(attn_s.backward(xs.asarray(dya))),
+                               rtol=1e-13, atol=1e-13)
+    for k in ("weight", "bias"):
+        np.testing.assert_allclose(attn.in_proj.grads[k], np.asarray(attn_s.in_proj.grads[k]),
+                                   rtol=1e-13, atol=1e-13)

@@ -25,7 +25,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from array_api_compat import array_namespace
+import numpy as np
+from array_api_compat import array_namespace, is_numpy_array
 
 from .._array_api import xp_check_floating, xp_check_int, xp_device, xp_namespace
 from .._typing import Array, Namespace
@@ -131,7 +132,15 @@ class MultiHeadSelfAttention(Module):
         ds = softmax_backward(xp, dp, p, axis=-1) * c["scale"]
         dq = xp.matmul(ds, k)
         dk = xp.matmul(xp.matrix_transpose(ds), q)
-        dqkv = xp.concat([self._merge(xp, t, n, steps) for t in (dq, dk, dv)], axis=-1)
+        if is_numpy_array(dq):
+            # each head's rows written once into their place (concat of merged copies: twice)
+            dqkv = np.empty((n, steps, 3, self.num_heads, self.head_dim),
+                            np.result_type(dq, dk, dv))
+            for i, t in enumerate((dq, dk, dv)):
+                dqkv[:, :, i] = np.swapaxes(t, 1, 2)
+            dqkv = dqkv.reshape(n, steps, 3 * self.embed_dim)
+        else:
+            dqkv = xp.concat([self._merge(xp, t, n, steps) for t in (dq, dk, dv)], axis=-1)
         return self.in_proj.backward(dqkv)
 
     def jvp(self, dx: Array) -> Array:

