@@ -632,6 +632,34 @@ def test_the_jit_takes_its_documented_cases_and_leaves_the_others():
     assert chosen(Layer((1, 2, 3)), (2, 128, 64, 64)) == "numpy_fused"    # rows over 1 MiB
 
 
+@jit_needed
+def test_a_repeated_normalizer_and_the_nn_layers_take_the_jit_at_every_size():
+    """``repeated=True`` lifts MIN_BYTES (the layers of arraynorm.nn set it); their results
+    are the portable path's, forward and backward, for BN, LN, GN on a 4 KiB input."""
+    x = RNG.standard_normal((16, 64)).astype(np.float32)
+    assert x.nbytes < numba_jit.MIN_BYTES
+    for partition in (Batch(1), Layer(-1), Group(4)):
+        # (numpy_fused answers below the JIT's threshold: this module lifts its own)
+        assert an.Normalizer(partition, Standardize()).forward(x)[1] \
+            .implementation.name == "numpy_fused"
+        assert an.Normalizer(partition, Standardize(), repeated=True).forward(x)[1] \
+            .implementation.name == "numba_jit"
+    dy = RNG.standard_normal(x.shape).astype(np.float32)
+    for layer in (an.nn.BatchNorm(64), an.nn.LayerNorm(64), an.nn.GroupNorm(4, 64)):
+        layer.to(np, dtype="float32")
+        y = layer(x)
+        assert layer._saved()["ctx"].implementation.name == "numba_jit", type(layer).__name__
+        dx = layer.backward(dy)
+        grads = dict(layer.grads)
+        with an.use_fast_paths(False):
+            y0 = layer(x)
+            dx0 = layer.backward(dy)
+        np.testing.assert_allclose(y, y0, rtol=2e-6, atol=2e-6)
+        np.testing.assert_allclose(dx, dx0, rtol=2e-5, atol=2e-5)
+        for k, g in grads.items():
+            np.testing.assert_allclose(g, layer.grads[k], rtol=2e-5, atol=2e-5)
+
+
 #: a child whose parallel loops run on two threads whatever this process's environment holds
 #: (an earlier test may leave OMP_NUM_THREADS=1 in it, as Dask's worker set-up does; one
 #: thread would run the loops' serial twins, which start no threading layer)

@@ -40,7 +40,8 @@ backend            implementation
 =================  ===========================================================================
 NumPy, numba       :mod:`.numba_jit` (the ``[jit]`` extra; numba imported on the first NumPy
 installed          input asked about; ``ARRAYNORM_JIT=0`` turns it off) for the standardize
-                   and RMS operations, float32/float64, 128 KiB and more, with the affine,
+                   and RMS operations, float32/float64, 128 KiB and more (any size for
+                   a ``repeated`` normalizer: the ``nn`` layers), with the affine,
                    conditional-affine or no recovery, on LN/RMS over trailing axes, IN, GN
                    (rows of at most 1 MiB) and BN, ghost BN (on (N, C), NCHW or NHWC):
                    compiled fused loops, one memory read per row in the forward,

@@ -113,7 +113,7 @@ class Normalization(Module):
 
     def _normalizer(self, x: Array) -> Normalizer:
         return Normalizer(self.partition, self._operation_now(), self._eps(x), self._name,
-                          self.recovery)
+                          self.recovery, repeated=True)
 
     def _check_features(self, x: Array) -> None:
         if self.param_shape is None:
