@@ -139,6 +139,49 @@ def test_weight_norm_direct_path_equals_the_general_path(xp, shape, dtype, scale
         assert np.max(np.abs(got - want)) <= tol * np.max(np.abs(want))
 
 
+@pytest.mark.parametrize("shape,dtype,scale,compiled", [
+    ((5, 4), "float64", 1.0, True), ((4, 3, 2, 2), "float32", 1.0, True),
+    ((64, 300), "float32", 1e20, True), ((6, 7), "float32", 1e-23, True),
+    ((4, 3), "float64", 1e200, False), ((4, 3), "float64", 1e-200, False),
+    ((3, 5), "float32", 0.0, False),
+])
+def test_weight_norm_jit_equals_the_general_path_and_leaves_what_it_cannot_take(
+        monkeypatch, shape, dtype, scale, compiled):
+    """The numba loops of per-unit weight normalization (numba_jit.unit_scale, its size
+    threshold lifted) against the general per-unit path with fast paths off: w, dv and dg agree
+    to rounding in value, dtype and shape. float64 units whose squares leave [2^-900, 2^900]
+    and units of zeros are left to the NumPy path (the same non-finite w as PyTorch there)."""
+    from arraynorm._kernels import numba_jit
+    from arraynorm.weight.per_unit import _weight_norm
+
+    if not numba_jit.available():
+        pytest.skip("numba (the optional [jit] extra) is not installed")
+    monkeypatch.setattr(numba_jit, "MIN_BYTES", 0)
+    ran = []
+    call = numba_jit._call
+    monkeypatch.setattr(numba_jit, "_call", lambda loops, name, *a: (ran.append(name), call(loops, name, *a)))
+    rng = _rng(4)
+    v = (scale * rng.standard_normal(shape)).astype(dtype)
+    g = rng.uniform(0.5, 1.5, shape[0]).astype(dtype)
+    dw = rng.standard_normal(shape).astype(dtype)
+    with np.errstate(divide="ignore", invalid="ignore"):  # the units of zeros
+        w1, pb1 = _weight_norm(v, g, 0)
+        got = (w1, *pb1(dw)[:2])
+        with an.use_fast_paths(False):
+            w0, pb0 = _weight_norm(v, g, 0, direct=False)
+            want = (w0, *pb0(dw)[:2])
+    assert ran == (["unit_scale_forward", "unit_scale_backward"] if compiled else
+                   ["unit_scale_forward"])
+    tol = 1e-13 if dtype == "float64" else 5e-7
+    for a, b in zip(got, want):
+        assert a.shape == b.shape and a.dtype == b.dtype == np.dtype(dtype)
+        if scale == 0.0:
+            np.testing.assert_array_equal(np.isfinite(a), np.isfinite(b))
+            continue
+        assert np.all(np.isfinite(a))
+        assert np.max(np.abs(a - b)) <= tol * np.max(np.abs(b))
+
+
 @pytest.mark.parametrize("vdt,gdt", [("float16", "float16"), ("float64", "float32"),
                                      ("float32", "float64")])
 def test_weight_norm_cotangents_come_back_in_each_argument_dtype(xp, vdt, gdt):

@@ -50,7 +50,9 @@ installed          input asked about; ``ARRAYNORM_JIT=0`` turns it off) for the 
                    0.28–0.96× :mod:`.numpy_fused` (the module docstring has the
                    measurements, taken on a loaded machine, and the cases it leaves to
                    :mod:`.numpy_fused`: float16, other layouts); its JVP is the portable
-                   formula on its statistics
+                   formula on its statistics. Also the per-unit weight normalization
+                   (``weight_norm`` along axis 0, float32/float64, 128 KiB and more):
+                   one compiled sweep forward, one backward
 NumPy              :mod:`.numpy_fused` for the standardize and RMS operations on every
                    partition with the affine, conditional-affine or no recovery (BN, LN, IN,
                    GN, PN, ghost BN, RMS norm, AdaIN and compositions), for inputs of 2 MiB

@@ -17,6 +17,7 @@ from collections.abc import Callable
 import numpy as np
 from array_api_compat import is_dask_array, is_numpy_array
 
+from .._kernels import numba_jit
 from .._array_api import (xp_check_eps, xp_check_floating, xp_compute_dtype, xp_namespace,
                           xp_normalize_axis)
 from .._statistics import sum_of_squares
@@ -144,6 +145,10 @@ def _weight_norm_units(xp: Namespace, v: Array, g: Array, ct: Dtype,
     m = math.prod(v.shape[1:])
     v2 = xp.reshape(xp.astype(v, ct, copy=False), (n, m))
     gf = xp.reshape(xp.astype(g, ct, copy=False), (n, 1))
+    if is_numpy_array(v2) and v.dtype == ct == out_dtype:
+        fused = numba_jit.unit_scale(v2, xp.reshape(gf, (n,)))
+        if fused is not None:
+            return _weight_norm_units_fused(xp, v, g, v2, gf, *fused)
     norm = _unit_norms(xp, v2)
     r = gf / norm
     w = xp.astype(xp.reshape(v2 * r, tuple(v.shape)), out_dtype, copy=False)
@@ -162,6 +167,30 @@ def _weight_norm_units(xp: Namespace, v: Array, g: Array, ct: Dtype,
                 xp.astype(xp.reshape(u, tuple(g.shape)), g.dtype, copy=False), None)
 
     return w, pullback
+
+
+def _weight_norm_units_fused(xp: Namespace, v: Array, g: Array, v2: np.ndarray, gf: np.ndarray,
+                             w2: np.ndarray, ss: np.ndarray) -> tuple[Array, Pullback]:
+    """:func:`_weight_norm_units` where the numba loops answered the forward
+    (:func:`arraynorm._kernels.numba_jit.unit_scale`): the backward is theirs too, with the
+    NumPy formulas as fallback for a cotangent they do not take."""
+    n = v2.shape[0]
+    g1 = gf.reshape(n)
+
+    def pullback(dw: Array) -> tuple[Array, Array, None]:
+        dw2 = xp.reshape(xp.astype(dw, v2.dtype, copy=False), v2.shape)
+        fused = numba_jit.unit_scale_backward(dw2, v2, g1, ss)
+        if fused is None:
+            norm = np.sqrt(ss).astype(v2.dtype).reshape(n, 1)
+            u = _row_dot(xp, dw2, v2) / norm
+            dv2 = (gf / norm) * (dw2 - v2 * (u / norm))
+            dg = u
+        else:
+            dv2, dg = fused
+        return (xp.reshape(dv2, tuple(v.shape)),
+                xp.astype(xp.reshape(xp.asarray(dg), tuple(g.shape)), g.dtype, copy=False), None)
+
+    return xp.reshape(w2, tuple(v.shape)), pullback
 
 
 def _weight_norm(v: Array, g: Array, dim: int | None, *, direct: bool = True) -> tuple[Array, Pullback]:
