@@ -480,7 +480,7 @@ def test_relu_on_numpy_is_the_where_of_the_generic_code_bit_for_bit(dtype):
     x[0, :6] = [np.nan, -0.0, 0.0, np.inf, -np.inf, 1.0]
     dy[0, :6] = [1.0, np.inf, np.nan, np.nan, -np.inf, np.inf]
     dy[1, :3] = [np.nan, np.inf, -np.inf]
-    for xa, da in ((x, dy), (x.T, dy.T), (x[:, ::2], dy[:, ::2])):
+    for xa, da in ((x, dy), (x.T, dy.T), (x[:, ::2], dy[:, ::2]), (x[2, 3, ...], dy[2, 3, ...])):
         layer = nn.ReLU()
         y, dx = layer(xa), layer.backward(da)
         if dtype == np.float16:  # array_api_strict has no float16: the generic code's where
@@ -489,6 +489,7 @@ def test_relu_on_numpy_is_the_where_of_the_generic_code_bit_for_bit(dtype):
             strict = nn.ReLU()
             ys, dxs = strict(xs.asarray(xa)), strict.backward(xs.asarray(da))
         assert y.dtype == dx.dtype == dtype and y.shape == dx.shape == xa.shape
+        assert isinstance(y, np.ndarray) and isinstance(dx, np.ndarray)
         np.testing.assert_array_equal(y, np.asarray(ys))
         np.testing.assert_array_equal(dx, np.asarray(dxs))   # NaN where the generic code has NaN
         np.testing.assert_array_equal(np.signbit(dx), np.signbit(np.asarray(dxs)))

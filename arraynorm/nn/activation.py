@@ -74,7 +74,7 @@ def _keep_where_positive(x: np.ndarray, t: np.ndarray) -> np.ndarray:
     u = _BITS[t.dtype]
     out = np.asarray(x > 0).astype(u)
     np.negative(out, out=out)                  # 1 → all ones, 0 → 0 (unsigned wrap-around)
-    np.bitwise_and(out, np.ascontiguousarray(t).view(u), out=out)
+    np.bitwise_and(out, t.view(u), out=out)    # a same-width view: any strides
     return out.view(t.dtype)
 
 
@@ -88,7 +88,7 @@ class ReLU(_Pointwise):
         self._save(xp=xp, x=x, shape=tuple(x.shape))
         if is_numpy_array(x):
             # fmax: x where x > 0 and 0 for x ≤ 0 and NaN, as the where below; 15× faster
-            return np.fmax(x, x.dtype.type(0))
+            return np.fmax(x, x.dtype.type(0), out=np.empty_like(x))  # out: 0-d stays an array
         return xp.where(x > 0, x, xp.zeros_like(x))
 
     def _scale(self, c: dict[str, Any], t: Array) -> Array:
