@@ -535,16 +535,14 @@ def unit_scale(v2: np.ndarray, g1: np.ndarray) -> tuple[np.ndarray, np.ndarray] 
     return w, ss
 
 
-def unit_scale_backward(dw2: Any, v2: np.ndarray, g1: np.ndarray,
-                        ss: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """The pullback of :func:`unit_scale` at ``(v2, g1)`` with its ``ss``: ``(dv, dg)``,
-    dg[i] = u = Σ dw·v/‖v‖ (float64) and dv = (g/‖v‖)·(dw − v·u/‖v‖) in v2's dtype, one
-    compiled sweep reading dw and v once; ``None`` (the NumPy path answers) unless dw2 is a
-    NumPy array of v2's shape and dtype."""
+def unit_scale_backward(dw2: np.ndarray, v2: np.ndarray, g1: np.ndarray,
+                        ss: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The pullback of :func:`unit_scale` at ``(v2, g1)`` with its ``ss``, for ``dw2`` of v2's
+    shape and dtype: ``(dv, dg)``, dg[i] = u = Σ dw·v/‖v‖ (float64) and
+    dv = (g/‖v‖)·(dw − v·u/‖v‖) in v2's dtype, one compiled sweep reading dw and v once."""
     loops = _loops()
-    if (loops is None or type(dw2) is not np.ndarray or dw2.dtype != v2.dtype
-            or dw2.shape != v2.shape):
-        return None
+    assert loops is not None and dw2.dtype == v2.dtype and dw2.shape == v2.shape, \
+        "unit_scale_backward: only after unit_scale answered, with a cotangent of w's shape"
     dv = np.empty_like(v2)
     dg = np.empty(v2.shape[0])
     _call(loops, "unit_scale_backward", np.ascontiguousarray(dw2), v2, g1, ss, dv, dg,

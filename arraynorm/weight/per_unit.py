@@ -17,9 +17,9 @@ from collections.abc import Callable
 import numpy as np
 from array_api_compat import is_dask_array, is_numpy_array
 
-from .._kernels import numba_jit
 from .._array_api import (xp_check_eps, xp_check_floating, xp_compute_dtype, xp_namespace,
                           xp_normalize_axis)
+from .._kernels import numba_jit
 from .._statistics import sum_of_squares
 from .._typing import Array, Dtype, Namespace, Pullback
 from .._vjp import defvjp
@@ -172,23 +172,15 @@ def _weight_norm_units(xp: Namespace, v: Array, g: Array, ct: Dtype,
 def _weight_norm_units_fused(xp: Namespace, v: Array, g: Array, v2: np.ndarray, gf: np.ndarray,
                              w2: np.ndarray, ss: np.ndarray) -> tuple[Array, Pullback]:
     """:func:`_weight_norm_units` where the numba loops answered the forward
-    (:func:`arraynorm._kernels.numba_jit.unit_scale`): the backward is theirs too, with the
-    NumPy formulas as fallback for a cotangent they do not take."""
-    n = v2.shape[0]
-    g1 = gf.reshape(n)
+    (:func:`arraynorm._kernels.numba_jit.unit_scale`): the backward is theirs too (the
+    cotangent is a NumPy array, as ``vjp`` checks)."""
+    g1 = gf.reshape(v2.shape[0])
 
     def pullback(dw: Array) -> tuple[Array, Array, None]:
-        dw2 = xp.reshape(xp.astype(dw, v2.dtype, copy=False), v2.shape)
-        fused = numba_jit.unit_scale_backward(dw2, v2, g1, ss)
-        if fused is None:
-            norm = np.sqrt(ss).astype(v2.dtype).reshape(n, 1)
-            u = _row_dot(xp, dw2, v2) / norm
-            dv2 = (gf / norm) * (dw2 - v2 * (u / norm))
-            dg = u
-        else:
-            dv2, dg = fused
-        return (xp.reshape(dv2, tuple(v.shape)),
-                xp.astype(xp.reshape(xp.asarray(dg), tuple(g.shape)), g.dtype, copy=False), None)
+        dw2 = np.reshape(np.asarray(dw, dtype=v2.dtype), v2.shape)
+        dv2, dg = numba_jit.unit_scale_backward(dw2, v2, g1, ss)
+        return (np.reshape(dv2, tuple(v.shape)),
+                np.reshape(dg, tuple(g.shape)).astype(g.dtype, copy=False), None)
 
     return xp.reshape(w2, tuple(v.shape)), pullback
 
