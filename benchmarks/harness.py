@@ -22,6 +22,13 @@ __all__ = ["run", "select"]
 FULL = {"repeats": 9, "warmup": 1, "min_sample_s": 0.05}
 QUICK = {"repeats": 3, "warmup": 1, "min_sample_s": 0.01}
 
+#: idle pause before each timed sample (timing.interleaved): cases that call BLAS (OpenBLAS's
+#: threads spin ~0.1 s after a call) and the others (GNU OpenMP's, PyTorch's, a few ms).
+#: Measured 2026-12-02 without it, OpenBLAS at its defaults: PyTorch's deep-stack forward
+#: 23 ms alone, 109 ms (median) interleaved with arraynorm's matrix products.
+SETTLE_S = {"blas": 0.15, "other": 0.02}
+_BLAS_FAMILIES = MODEL_FAMILIES + ("wn", "sn", "iternorm", "conv", "cnn")
+
 
 def select(items: Sequence[Any], wanted: Sequence[str] | None, what: str) -> list[Any]:
     """The items whose ``id`` is in ``wanted`` (all when ``None``), in the given order."""
@@ -136,8 +143,10 @@ def _run_case(case: Case, backends: list[Backend], quick: bool, cfg: dict[str, A
     bdev = {b.id: b for b in backends}
     for mode in report.MODES:
         fns = {bid: (getattr(impl, mode), _timer(bdev[bid])) for bid, impl in impls.items()}
+        settle = SETTLE_S["blas" if case.family in _BLAS_FAMILIES else "other"]
         timed = timing.interleaved(fns, repeats=cfg["repeats"], warmup=cfg["warmup"],
-                                   min_sample_s=cfg["min_sample_s"])
+                                   min_sample_s=cfg["min_sample_s"],
+                                   settle_s=0.0 if quick else settle)
         for bid, t in timed.items():
             ref_bw = bw["gpu"] if bdev[bid].device == "gpu" else bw["cpu"]
             gbps = None if moved is None else moved[mode] / t.median / 1e9
@@ -208,7 +217,8 @@ def run(*, cases: Sequence[str] | None = None, backends: Sequence[str] | None = 
 
     settings = {"quick": quick, **cfg, "arraynorm_fast_paths": an.fast_paths_enabled(),
                 "arraynorm_threads": fast_path_threads(), **(torch_info or {}),
-                "openblas": _openblas_note(), "jit": numba_jit.available(),
+                "openblas": _openblas_note(), "settle_s": None if quick else SETTLE_S,
+                "jit": numba_jit.available(),
                 "numba_cache_dir": os.environ.get("NUMBA_CACHE_DIR", "numba default")}
     info = machine.describe()
     log(f"arraynorm benchmarks on {info['cpu']} ({info['cpus_available']} CPUs), "

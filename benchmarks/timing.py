@@ -71,11 +71,15 @@ def sampler(device: str) -> Callable[[Callable[[], Any], int], float]:
 
 
 def interleaved(fns: dict[str, tuple[Callable[[], Any], str]], *, repeats: int, warmup: int,
-                min_sample_s: float) -> dict[str, Timed]:
+                min_sample_s: float, settle_s: float = 0.0) -> dict[str, Timed]:
     """Time every ``name: (fn, device)`` ``repeats`` times, interleaved.
 
     Each callable first runs ``warmup`` times (at least once); the warm-up's duration sets how
     many calls one sample averages (``inner``), so that a sample lasts ``min_sample_s``.
+    ``settle_s``: an idle pause before each timed sample (and warm-up), so that the thread
+    pools the previous backend left spinning (OpenBLAS's idle threads spin ~0.1 s after a
+    call, GNU OpenMP's a few ms) are asleep when the next one starts: each backend is timed
+    as it runs alone, with the thread settings its users have.
     """
     out: dict[str, Timed] = {}
     gc_was = gc.isenabled()
@@ -83,6 +87,7 @@ def interleaved(fns: dict[str, tuple[Callable[[], Any], str]], *, repeats: int, 
     try:
         for name, (fn, device) in fns.items():
             sample = sampler(device)
+            time.sleep(settle_s)
             t = sample(fn, 1)
             for _ in range(max(0, warmup - 1)):
                 t = min(t, sample(fn, 1))
@@ -92,6 +97,7 @@ def interleaved(fns: dict[str, tuple[Callable[[], Any], str]], *, repeats: int, 
             k = r % len(names)
             for name in names[k:] + names[:k]:
                 fn, device = fns[name]
+                time.sleep(settle_s)
                 out[name].samples.append(sampler(device)(fn, out[name].inner))
     finally:
         if gc_was:
