@@ -31,6 +31,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+from array_api_compat import is_numpy_array
+
 from ._array_api import xp_backend_name, xp_capabilities, xp_device
 from ._statistics import centre, mean, pow2_scale
 from ._typing import Array, Namespace
@@ -403,6 +406,13 @@ class RowWhitening:
         xp, z = self.xp, self.z
         gs = self.matrix_pullback(xp.matmul(gy, _t(xp, z)))
         gz = xp.matmul(_t(xp, self.wz), gy) + self.scale * xp.matmul(gs + _t(xp, gs), z)
+        if is_numpy_array(gz):
+            # the same operations in place on gz, a new array (a whitening's (d, m) blocks
+            # are the size of the input: each pass saved is one input-sized allocation)
+            gxc = np.multiply(gz, 1.0 / self.c, out=gz)
+            if self.mean is not None:
+                np.subtract(gxc, mean(xp, gxc, (gxc.ndim - 1,)), out=gxc)
+            return gxc
         gxc = gz * (1.0 / self.c)
         if self.mean is not None:
             gxc = gxc - mean(xp, gxc, (gxc.ndim - 1,))
@@ -442,9 +452,16 @@ def whiten_rows(xp: Namespace, x: Array, matrix: Callable[[Any, Array, Array], t
     (max|X_c|) and one elementwise pass (the scaling) more than the unscaled covariance."""
     last = x.ndim - 1
     mu, xc = centre(xp, x, (last,)) if center else (None, x)
-    c = pow2_scale(xp, xp.max(xp.abs(xc), axis=(last - 1, last), keepdims=True),
-                   floor=_scale_floor(eps))
-    z = xc * (1.0 / c)
+    axes = (last - 1, last)
+    if is_numpy_array(xc):
+        # max|X_c| from the max and the min (no |X_c| array), and Z in place of X_c when
+        # centring made X_c a new array
+        top = np.maximum(np.max(xc, axis=axes, keepdims=True), -np.min(xc, axis=axes, keepdims=True))
+        c = pow2_scale(xp, top, floor=_scale_floor(eps))
+        z = np.multiply(xc, 1.0 / c, out=xc if center else None)
+    else:
+        c = pow2_scale(xp, xp.max(xp.abs(xc), axis=axes, keepdims=True), floor=_scale_floor(eps))
+        z = xc * (1.0 / c)
     eps_z = (eps / c) / c
     eye = xp.eye(x.shape[-2], dtype=x.dtype, device=xp_device(x))
     s = scale * xp.matmul(z, _t(xp, z)) + eps_z * eye

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from ._array_api import xp_accumulation_dtype, xp_device
 from ._typing import Array, Dtype, Namespace
 
@@ -172,6 +174,8 @@ def centre(xp: Namespace, xv: Array, axes: tuple[int, ...]) -> tuple[Array, Arra
     shift = xp.where(xp.isfinite(shift), shift, xp.zeros_like(shift))
     xs = xv - shift
     mean_s = mean(xp, xs, axes)
+    if isinstance(xs, np.ndarray):  # xs is this function's own new array: centred in place
+        return shift + mean_s, np.subtract(xs, mean_s, out=xs)
     return shift + mean_s, xs - mean_s
 
 

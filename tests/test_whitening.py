@@ -576,3 +576,32 @@ def test_given_whitening_refuses_per_sample_partitions_even_when_sizes_coincide(
     op = an.whitening.GivenWhitening(np.zeros(4), np.stack([np.eye(2)] * 2))
     with pytest.raises(ValueError, match="must be shared by all samples"):
         an.Normalizer(an.partition.Group(2), op)(x)
+
+
+def test_whitened_blocks_come_back_in_c_order_on_numpy_with_the_permuted_views_values():
+    """BatchGroups on (N, C): the NumPy lane copies the (G, d, N) blocks into the view's own
+    order, tile by tile (outputs), or returns the permuted view (the input cotangent); the
+    values are the permutation's, bit for bit, and IterNorm's output is C-ordered and equals
+    the array_api_strict run (the generic code) to rounding, forward and backward."""
+    import array_api_compat.numpy as cnp
+    import array_api_strict as xs
+
+    from arraynorm.operation.whiten import _Blocks
+
+    rng = np.random.default_rng(60)
+    blocks = _Blocks.of(BatchGroups(4).layout("t", (3000, 96)))
+    a = rng.standard_normal((blocks.b, blocks.d, blocks.m))
+    ref = np.transpose(a.reshape(blocks.permuted_shape), blocks.inverse)
+    got = blocks.from_blocks(cnp, a)
+    assert got.flags.c_contiguous and np.array_equal(got, ref)
+    view = blocks.from_blocks(cnp, a, ordered=False)
+    assert not view.flags.c_contiguous and np.array_equal(view, ref)
+    x = rng.standard_normal((3000, 96)) + 3.0
+    w, b = rng.uniform(0.5, 1.5, 96), rng.standard_normal(96)
+    dy = rng.standard_normal((3000, 96))
+    y, pb = an.vjp(an.iter_norm, x, w, b, num_groups=4, T=5)
+    ys, pbs = an.vjp(an.iter_norm, *(xs.asarray(t) for t in (x, w, b)), num_groups=4, T=5)
+    assert y.flags.c_contiguous
+    np.testing.assert_allclose(y, np.asarray(ys), rtol=1e-12, atol=1e-12)
+    for g, gs in zip(pb(dy), pbs(xs.asarray(dy))):
+        np.testing.assert_allclose(g, np.asarray(gs), rtol=1e-10, atol=1e-10)
