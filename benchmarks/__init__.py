@@ -9,10 +9,13 @@ fast paths off. Backends that are not installed are reported absent. Per case th
 gives the implementation arraynorm ran (``numba_jit``, ``numpy_fused``, ``portable``) and the
 peak memory of forward+backward over the input; ``--sizes`` adds every normalization case at
 smaller sizes (1 MiB up), ``--no-jit`` runs without the numba implementation (as without the
-``[jit]`` extra) and ``--jit-cold-cache`` reports the JIT's compile times on an empty cache.
+``[jit]`` extra), ``--jit-cold-cache`` reports the JIT's compile times on an empty cache and
+``--malloc-default`` leaves glibc's moving allocator thresholds (:mod:`.allocator`: pinned by
+default, for every library alike; each CPU timing reports its page faults per call).
 
 Modules: :mod:`.cases` (what is timed, per backend), :mod:`.naive` (the textbook NumPy peer),
-:mod:`.timing` (timers, copy bandwidth, peak memory), :mod:`.machine` (machine description),
+:mod:`.timing` (timers, copy bandwidth, peak memory), :mod:`.allocator` (the C allocator's thresholds,
+page faults), :mod:`.machine` (machine description),
 :mod:`.report` (table, targets, Markdown, chart), :mod:`.harness` (the run), :mod:`.sweep` (an
 analysis study's sweep in process and on 1 and 2 Dask worker processes: the ``dask-sweep``
 case, its own section of the results), :mod:`.dask_norm` (synchronized batch norm of a large

@@ -38,13 +38,17 @@ def main(argv: list[str] | None = None) -> int:
                    help="arraynorm without its numba implementation (ARRAYNORM_JIT=0: as without the [jit] extra)")
     p.add_argument("--jit-cold-cache", action="store_true",
                    help="compile the JIT's loops afresh (an empty NUMBA_CACHE_DIR) to report cold compile times")
+    p.add_argument("--malloc-default", action="store_true",
+                   help="leave glibc's moving mmap/trim thresholds (by default they are pinned for every "
+                        "library alike, so that no library's outputs page-fault by the luck of what ran before)")
     a = p.parse_args(argv)
     if a.jit_cold_cache:
         import tempfile
 
         os.environ["NUMBA_CACHE_DIR"] = tempfile.mkdtemp(prefix="arraynorm-numba-")
     run(cases=_ids(a.cases), backends=_ids(a.backends), quick=a.quick, repeats=a.repeats,
-        out_dir=a.out, plot=not a.no_plot, sizes=a.sizes, jit=not a.no_jit)
+        out_dir=a.out, plot=not a.no_plot, sizes=a.sizes, jit=not a.no_jit,
+        pin_malloc=not a.malloc_default)
     return 0
 
 

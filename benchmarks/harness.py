@@ -7,13 +7,14 @@ from __future__ import annotations
 import gc
 import json
 import os
+import statistics
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
-from . import dask_norm, machine, report, sweep, timing
+from . import allocator, dask_norm, machine, report, sweep, timing
 from .cases import BACKENDS, CASES, MODEL_FAMILIES, Absent, Backend, Case, make_inputs, size_sweep
 
 __all__ = ["run", "select"]
@@ -152,6 +153,7 @@ def _run_case(case: Case, backends: list[Backend], quick: bool, cfg: dict[str, A
             gbps = None if moved is None else moved[mode] / t.median / 1e9
             out["backends"][bid][mode] = {
                 "median_s": t.median, "min_s": t.min, "samples_s": t.samples, "inner": t.inner,
+                "minor_faults_per_call": statistics.median(t.faults) if t.faults else None,
                 "bytes_moved": None if moved is None else moved[mode], "gbps": gbps,
                 "copy_share": gbps / ref_bw["gbps"] if ref_bw and gbps is not None else None}
     for bid, impl in impls.items():
@@ -189,14 +191,18 @@ def default_out_dir() -> str:
 def run(*, cases: Sequence[str] | None = None, backends: Sequence[str] | None = None,
         quick: bool = False, repeats: int | None = None, out_dir: str | None = None,
         plot: bool = True, log: Callable[[str], None] = print, sizes: bool = False,
-        jit: bool = True) -> dict[str, Any]:
+        jit: bool = True, pin_malloc: bool = True) -> dict[str, Any]:
     """Run the benchmarks; write ``<date>-<machine>[-quick][-nojit].{json,md,png}`` into
     ``out_dir`` (default :func:`default_out_dir`) and return the results dictionary.
 
     ``sizes``: every normalization case also at smaller sizes (:func:`.cases.size_sweep`).
     ``jit=False``: arraynorm without its numba implementation (``ARRAYNORM_JIT=0``, as if the
     ``[jit]`` extra were not installed; it must be set before arraynorm first loads numba, so
-    a process that already ran the JIT keeps it and says so in the settings)."""
+    a process that already ran the JIT keeps it and says so in the settings).
+    ``pin_malloc``: fix glibc's mmap and trim thresholds first (:mod:`.allocator`), so that
+    no library's outputs page-fault by the luck of what ran before it; False leaves them
+    moving. Either way the settings say which, and every CPU timing its page faults per call."""
+    malloc_note = allocator.pin() if pin_malloc else "allocator defaults (--malloc-default)"
     if not jit:
         os.environ["ARRAYNORM_JIT"] = "0"
     cfg = dict(QUICK if quick else FULL)
@@ -217,7 +223,7 @@ def run(*, cases: Sequence[str] | None = None, backends: Sequence[str] | None = 
 
     settings = {"quick": quick, **cfg, "arraynorm_fast_paths": an.fast_paths_enabled(),
                 "arraynorm_threads": fast_path_threads(), **(torch_info or {}),
-                "openblas": _openblas_note(), "settle_s": None if quick else SETTLE_S,
+                "openblas": _openblas_note(), "malloc": malloc_note, "settle_s": None if quick else SETTLE_S,
                 "jit": numba_jit.available(),
                 "numba_cache_dir": os.environ.get("NUMBA_CACHE_DIR", "numba default")}
     info = machine.describe()

@@ -109,6 +109,7 @@ def markdown(res: dict[str, Any]) -> str:
         lines.append(f"| {c['title']} | " + " | ".join(cells) + " |")
     lines += ["", "Cells: forward / forward+backward median; GB/s and % of copy bandwidth for forward+backward.", ""]
     lines += implementation_markdown(res)
+    lines += faults_markdown(res)
     tg = res.get("targets", [])
     if tg:
         lines += ["## Targets (issue 5), forward+backward", "", "| case | target | measured | limit | met |", "|---|---|---|---|---|"]
@@ -152,6 +153,22 @@ def implementation_markdown(res: dict[str, Any]) -> list[str]:
                     + f"; total {sum(first.values()):.1f} s" if first else ""))
     lines.append("")
     return lines
+
+
+def faults_markdown(res: dict[str, Any]) -> list[str]:
+    """Minor page faults per forward+backward call (median over the samples), per CPU backend,
+    for the cases where any backend has at least one: the fresh pages a call touches, ~1 µs
+    each, which the allocator's state decides (:mod:`benchmarks.allocator`)."""
+    cpu = [b for b, d in res["backends"].items() if d.get("device") == "cpu"]
+    rows = []
+    for c in res["cases"].values():
+        cells = [c["backends"].get(b, {}).get("fwdbwd", {}).get("minor_faults_per_call") for b in cpu]
+        if any(v is not None and v >= 1 for v in cells):
+            rows.append(f"| {c['title']} | " + " | ".join("-" if v is None else f"{v:.0f}" for v in cells) + " |")
+    head = [f"## Page faults per forward+backward call ({res['settings'].get('malloc', 'allocator not recorded')})", ""]
+    if not rows:
+        return head + ["None of at least one per call in any case.", ""]
+    return head + ["| case | " + " | ".join(cpu) + " |", "|---|" + "---|" * len(cpu)] + rows + [""]
 
 
 def sweep_markdown(res: dict[str, Any]) -> list[str]:

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from .allocator import minor_faults
+
 __all__ = ["Timed", "interleaved", "copy_bandwidth_cpu", "copy_bandwidth_gpu", "peak_memory"]
 
 
@@ -28,6 +30,9 @@ class Timed:
 
     samples: list[float] = field(default_factory=list)
     inner: int = 1
+    #: minor page faults per call in each sample (CPU; the process's count, so a spinning
+    #: thread pool of another library would add to it — none runs between samples)
+    faults: list[float] = field(default_factory=list)
 
     @property
     def median(self) -> float:
@@ -98,7 +103,9 @@ def interleaved(fns: dict[str, tuple[Callable[[], Any], str]], *, repeats: int, 
             for name in names[k:] + names[:k]:
                 fn, device = fns[name]
                 time.sleep(settle_s)
+                f0 = minor_faults()
                 out[name].samples.append(sampler(device)(fn, out[name].inner))
+                out[name].faults.append((minor_faults() - f0) / out[name].inner)
     finally:
         if gc_was:
             gc.enable()
