@@ -228,6 +228,49 @@ def test_jit_one_pass_float32_statistics_and_their_two_pass_fallback_match_float
     assert np.max(np.abs(mean - mean64) / np.sqrt(var64)) <= 1e-6
 
 
+@pytest.mark.parametrize("operation", [Standardize(), RMSScale()], ids=["standardize", "rms"])
+@pytest.mark.parametrize("affine", ["vector", "none"])
+def test_jit_float32_output_sweep_is_accurate_and_leaves_extreme_rows_to_float64(monkeypatch, operation, affine):
+    """Float32 rows get their output sweep in float32 arithmetic, rows whose spread or rstd
+    leaves float32's safe range the float64 sweep. Against NumPy's float64 normalization of
+    the same float32 values: rows at offsets 0, 1e4, -3e3 and 1e6 within
+    2.5·ε₃₂·(|γ|(1 + |ŷ|) + |β|) (x − (shift + μ) in float32 would be 1e-3 off at 1e4), rows of
+    ±3e38 (x − shift overflows float32) and of 1e-37 with eps 0 (rstd 1e37) correctly
+    rounded and finite; a row holding inf gives the portable path's NaN."""
+    if not numba_jit.available():
+        pytest.skip("numba (the optional [jit] extra) is not installed")
+    monkeypatch.setattr(kernels, "IMPLEMENTATIONS", (numba_jit.NUMBA_JIT,))
+    monkeypatch.setattr(numba_jit, "MIN_BYTES", 0)
+    rng = np.random.default_rng(11)
+    n = 1024
+    z = rng.standard_normal((7, n))
+    x = np.stack([z[0], 1e4 + z[1], -3e3 + 0.5 * z[2], 1e6 + 3 * z[3],
+                  np.clip(3e38 * z[4], -3.3e38, 3.3e38), 1e-37 * z[5], z[6]]).astype(np.float32)
+    x[6, 17] = np.inf
+    w = rng.uniform(0.5, 1.5, n).astype(np.float32) if affine == "vector" else None
+    b = rng.standard_normal(n).astype(np.float32) if affine == "vector" else None
+    norm = an.Normalizer(Layer(-1), operation, 0.0)
+    with np.errstate(over="ignore"):  # the 3e38 row's variance (1e77) is inf as a float32 state
+        y, ctx = norm.forward(x, w, b)
+    assert ctx.implementation is numba_jit.NUMBA_JIT
+    x64 = x[:6].astype(np.float64)
+    rms = isinstance(operation, RMSScale)
+    c = x64 if rms else x64 - x64.mean(axis=1, keepdims=True)
+    yhat = c / np.sqrt(np.mean(c * c, axis=1, keepdims=True))  # 3e38² and 1e-37² are float64s
+    g = np.ones(n) if w is None else w.astype(np.float64)
+    bb = np.zeros(n) if b is None else b.astype(np.float64)
+    ref = yhat * g + bb
+    eps32 = float(np.finfo(np.float32).eps)
+    err = np.abs(y[:6].astype(np.float64) - ref)
+    assert np.all(np.isfinite(y[:6]))
+    assert np.all(err[:4] <= 2.5 * eps32 * (np.abs(g) * (1 + np.abs(yhat[:4])) + np.abs(bb)))
+    # the float64 sweep rounds once: within half a float32 ulp of the reference (and a hair)
+    assert np.all(err[4:6] <= 0.5 * np.spacing(np.abs(ref[4:6]).astype(np.float32)) + 1e-300)
+    with an.use_fast_paths(False), np.errstate(invalid="ignore", over="ignore"):
+        y0, _ = norm.forward(x, w, b)
+    np.testing.assert_array_equal(np.isnan(y[6]), np.isnan(y0[6]))
+
+
 @pytest.mark.parametrize("name,shape,args", [
     ("batch_norm", (4096, 8), ()), ("batch_norm", (32, 16, 8, 8), ()), ("layer_norm", (32, 512), ()),
     ("group_norm", (8, 16, 8, 8), (4,)), ("instance_norm", (4, 8, 16, 16), ()),

@@ -108,16 +108,48 @@ def _shift(v: float) -> float:
 # Arrays are 2-D, a row taken as a 1-D view and cut into 1-D slices: LLVM vectorizes those
 # loops (multi-dimensional or offset indexing inside the inner loop measured 5x slower).
 
+# The float32 output sweep: a separate function compiled without ``fastmath``, so that LLVM may
+# not reassociate (x − shift) − μ_s into x − (shift + μ_s), whose sum rounds in float32 (at a
+# 1e4 offset, 1e-3 of σ). Not inlined: numba's inlining would give it the caller's flags.
+@_jit()
+def _out32(xs: Any, ys: Any, s: Any, m: Any, r: Any, Ws: Any, Bs: Any) -> None:
+    for c in range(xs.shape[0]):
+        ys[c] = ((xs[c] - s) - m) * r * Ws[c] + Bs[c]
+
+
+@_jit()
+def _out32_const(xs: Any, ys: Any, s: Any, m: Any, f: Any, b: Any) -> None:
+    for c in range(xs.shape[0]):
+        ys[c] = ((xs[c] - s) - m) * f + b
+
+
+#: the float32 sweep's range: every |x − shift| and |x − μ| below _F32_SPAN (far from float32's
+#: 3.4e38, so no difference overflows) and rstd in [1/_F32_R, _F32_R] (a normal float32 whose
+#: products with those differences stay normal where they matter)
+_F32_SPAN = 1e36
+_F32_R = 1e30
+
+
 @_jit(parallel=True, fastmath=_FASTMATH)
-def rows_forward(x: Any, A: int, C: int, W: Any, B: Any, sm: int, sa: int, sc: int, eps: float,
-                 rms: bool, onepass: bool, y: Any, stats: Any) -> None:
+def rows_forward(x: Any, A: int, C: int, W: Any, B: Any, W32: Any, B32: Any, sm: int, sa: int,
+                 sc: int, eps: float, rms: bool, onepass: bool, y: Any, stats: Any) -> None:
     """y[m] = ((x[m] − shift) − μ_s)·rstd·γ + β per row of ``x: (M, A·C)``; ``stats[:, m]`` =
     (shift, μ_s, var, rstd) in float64 (shift = μ_s = 0 for RMS, var then the mean square).
 
     ``onepass`` (float32 data): Σd and Σd² (d = x − shift, exact in float64) in one sweep and
     Σ(d − μ_s)² = Σd² − μ_s·Σd, kept where that subtraction leaves at least
     :data:`_ONEPASS_KEEP` of Σd² (rounding then at most 2⁻⁵³/_ONEPASS_KEEP ≈ 1e-10 of the
-    result, far below float32's 6e-8); else, as always for float64 data, the second sweep."""
+    result, far below float32's 6e-8); else, as always for float64 data, the second sweep.
+
+    Float32 data (``onepass``) also get the output sweep in float32 arithmetic — ((x − shift)
+    − μ_s)·rstd·γ + β with shift (x's first value, exact), μ_s, rstd, γ and β (``W32``,
+    ``B32``) rounded to float32: twice as fast as the float64 sweep (4096×1024 on the 2-core
+    Xeon: 1316 → 640 µs), a few float32 roundings instead of one (x − shift is exact within a
+    factor 2 of the shift). Measured on LN of float32 rows at offsets 0 to 1e6: error at most
+    2.05·ε₃₂·(|γ|(1 + |ŷ|) + |β|), as the portable path (the float64 sweep: 0.49; the NumPy fast
+    path 6.2; PyTorch fails at a 1e6 offset). Only where the row's
+    spread keeps every term in range (:data:`_F32_SPAN`, :data:`_F32_R`); otherwise, and for
+    rows with NaN or inf, the float64 sweep."""
     M, n = x.shape
     for m in prange(M):
         xr = x[m]
@@ -166,6 +198,20 @@ def rows_forward(x: Any, A: int, C: int, W: Any, B: Any, sm: int, sa: int, sc: i
         stats[1, m] = mean_s
         stats[2, m] = (s * ms) * s
         stats[3, m] = r
+        # |x − μ_s − shift| ≤ √ss and |x − shift| ≤ √ss + |μ_s| for every value of the row
+        if onepass and s == 1.0 and math.sqrt(ss) + abs(mean_s) < _F32_SPAN and r < _F32_R and r > 1.0 / _F32_R:
+            s32 = np.float32(shift)
+            m32 = np.float32(mean_s)
+            r32 = np.float32(r)
+            for a in range(A):
+                xs = xr[a * C:(a + 1) * C]
+                ys = yr[a * C:(a + 1) * C]
+                base = m * sm + a * sa
+                if sc == 0:
+                    _out32_const(xs, ys, s32, m32, np.float32(r * W[base]), B32[base])
+                else:
+                    _out32(xs, ys, s32, m32, r32, W32[base:base + C], B32[base:base + C])
+            continue
         for a in range(A):
             # slices, not offset indices: an index numba cannot prove non-negative gets a
             # wraparound test per element, which stops vectorization (measured 5x)

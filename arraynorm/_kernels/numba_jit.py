@@ -199,6 +199,7 @@ _USER_INPUTS = {"rows_forward": 1, "rows_backward": 2, "channels_stats": 1, "cha
                 "channels_grad_sums": 2, "channels_grad_apply": 2, "unit_scale_forward": 2,
                 "unit_scale_backward": 3}
 _first_calls: set[tuple[str, str]] = set()
+_NO_F32 = np.zeros(1, np.float32)  # rows_forward's float32 γ/β for float64 data (not read)
 _thread_counts = threading.local()  # the count this thread last gave numba.set_num_threads
 
 
@@ -350,8 +351,10 @@ def _forward(stages: Stages, xp: Namespace, layout: Layout, playout: Layout, g: 
     if g.kind == "rows":
         W, B, (sm, sa, sc) = _rows_params(g, weight, bias)
         stats = np.empty((4, g.dims[0]))
-        _call(loops, "rows_forward", xg, g.dims[1], g.dims[2], W, B, sm, sa, sc, eps, rms,
-              ct == np.float32, y, stats)
+        f32 = ct == np.float32
+        W32, B32 = (W.astype(np.float32), B.astype(np.float32)) if f32 else (_NO_F32, _NO_F32)
+        _call(loops, "rows_forward", xg, g.dims[1], g.dims[2], W, B, W32, B32, sm, sa, sc, eps,
+              rms, f32, y, stats)
         shift, mean_s, var64, rstd64 = stats
         params: Any = (W, (sm, sa, sc))
         if not rms:
