@@ -230,45 +230,95 @@ def test_jit_one_pass_float32_statistics_and_their_two_pass_fallback_match_float
 
 @pytest.mark.parametrize("operation", [Standardize(), RMSScale()], ids=["standardize", "rms"])
 @pytest.mark.parametrize("affine", ["vector", "none"])
-def test_jit_float32_output_sweep_is_accurate_and_leaves_extreme_rows_to_float64(monkeypatch, operation, affine):
-    """Float32 rows get their output sweep in float32 arithmetic, rows whose spread or rstd
-    leaves float32's safe range the float64 sweep. Against NumPy's float64 normalization of
-    the same float32 values: rows at offsets 0, 1e4, -3e3 and 1e6 within
-    2.5·ε₃₂·(|γ|(1 + |ŷ|) + |β|) (x − (shift + μ) in float32 would be 1e-3 off at 1e4), rows of
-    ±3e38 (x − shift overflows float32) and of 1e-37 with eps 0 (rstd 1e37) correctly
-    rounded and finite; a row holding inf gives the portable path's NaN."""
+def test_jit_float32_sweeps_are_accurate_and_leave_extreme_rows_to_float64(monkeypatch, operation, affine):
+    """Float32 rows get the forward's output sweep and the backward's dx sweep (four rows at
+    a time) in float32 arithmetic; rows whose spread, rstd or gradient factors leave float32's
+    safe range get the float64 sweeps. Against NumPy's float64 normalization and its closed-form
+    gradients of the same float32 values: rows at offsets 0, 1e4, -3e3 and 1e6 (x − (shift +
+    μ) in float32 would be 1e-3 off at 1e4) and rows of ±3e38 (x − shift overflows float32) and
+    1e-37 (eps 0: rstd 1e37), four of each kind in a row so that the four-row update would take
+    them. y within 2.5·ε₃₂·(|γ|(1 + |ŷ|) + |β|) (extreme rows: correctly rounded), dx within
+    5·ε₃₂·rstd·(|g| + |mean g| + |ŷ|·|mean gŷ|), dγ and dβ within ε₃₂ of Σ|terms|; a row holding
+    inf gives the portable path's NaN."""
     if not numba_jit.available():
         pytest.skip("numba (the optional [jit] extra) is not installed")
     monkeypatch.setattr(kernels, "IMPLEMENTATIONS", (numba_jit.NUMBA_JIT,))
     monkeypatch.setattr(numba_jit, "MIN_BYTES", 0)
     rng = np.random.default_rng(11)
     n = 1024
-    z = rng.standard_normal((7, n))
-    x = np.stack([z[0], 1e4 + z[1], -3e3 + 0.5 * z[2], 1e6 + 3 * z[3],
-                  np.clip(3e38 * z[4], -3.3e38, 3.3e38), 1e-37 * z[5], z[6]]).astype(np.float32)
-    x[6, 17] = np.inf
+    z = rng.standard_normal((17, n))
+    x = np.concatenate([z[:4] * [[1], [1], [0.5], [3]] + [[0], [1e4], [-3e3], [1e6]],
+                        np.clip(3e38 * z[4:8], -3.3e38, 3.3e38), 1e-37 * z[8:12],
+                        z[12:16] * [[2], [1], [1], [0.3]] + [[5], [-1e4], [0], [1e5]], z[16:]]).astype(np.float32)
+    x[16, 17] = np.inf
+    dy = rng.standard_normal((16, n)).astype(np.float32)
     w = rng.uniform(0.5, 1.5, n).astype(np.float32) if affine == "vector" else None
     b = rng.standard_normal(n).astype(np.float32) if affine == "vector" else None
     norm = an.Normalizer(Layer(-1), operation, 0.0)
-    with np.errstate(over="ignore"):  # the 3e38 row's variance (1e77) is inf as a float32 state
+    with np.errstate(over="ignore"):  # the 3e38 rows' variance (1e77) is inf as a float32 state
         y, ctx = norm.forward(x, w, b)
-    assert ctx.implementation is numba_jit.NUMBA_JIT
-    x64 = x[:6].astype(np.float64)
+        y16, ctx16 = norm.forward(x[:16], w, b)
+    dx, dw, db = norm.backward(ctx16, dy)
+    assert ctx.implementation is numba_jit.NUMBA_JIT and ctx16.implementation is numba_jit.NUMBA_JIT
+    x64 = x[:16].astype(np.float64)
     rms = isinstance(operation, RMSScale)
     c = x64 if rms else x64 - x64.mean(axis=1, keepdims=True)
-    yhat = c / np.sqrt(np.mean(c * c, axis=1, keepdims=True))  # 3e38² and 1e-37² are float64s
-    g = np.ones(n) if w is None else w.astype(np.float64)
-    bb = np.zeros(n) if b is None else b.astype(np.float64)
-    ref = yhat * g + bb
+    r = 1 / np.sqrt(np.mean(c * c, axis=1, keepdims=True))  # 3e38² and 1e-37² are float64s
+    yhat = c * r
+    gam = np.ones(n) if w is None else w.astype(np.float64)
+    bet = np.zeros(n) if b is None else b.astype(np.float64)
+    ref = yhat * gam + bet
     eps32 = float(np.finfo(np.float32).eps)
-    err = np.abs(y[:6].astype(np.float64) - ref)
-    assert np.all(np.isfinite(y[:6]))
-    assert np.all(err[:4] <= 2.5 * eps32 * (np.abs(g) * (1 + np.abs(yhat[:4])) + np.abs(bb)))
-    # the float64 sweep rounds once: within half a float32 ulp of the reference (and a hair)
-    assert np.all(err[4:6] <= 0.5 * np.spacing(np.abs(ref[4:6]).astype(np.float32)) + 1e-300)
+    err = np.abs(y[:16].astype(np.float64) - ref)
+    assert np.all(np.isfinite(y[:16])) and np.array_equal(y[:16], y16)
+    normal = np.r_[0:4, 12:16]
+    assert np.all(err[normal] <= 2.5 * eps32 * (np.abs(gam) * (1 + np.abs(yhat[normal])) + np.abs(bet)))
+    # the float64 sweep rounds once: within half a float32 ulp of the reference
+    assert np.all(err[4:12] <= 0.5 * np.spacing(np.abs(ref[4:12]).astype(np.float32)))
+    g = dy * gam
+    mg = 0.0 if rms else g.mean(axis=1, keepdims=True)
+    mgy = (g * yhat).mean(axis=1, keepdims=True)
+    dx_ref = r * ((g - mg) - yhat * mgy)
+    bound = 5 * eps32 * r * (np.abs(g) + np.abs(mg) + np.abs(yhat) * np.abs(mgy))
+    assert np.all(np.abs(dx - dx_ref) <= bound + 1.5e-45)  # + the smallest float32 (3e38 rows)
+    if w is not None:
+        assert np.all(np.abs(dw - (dy * yhat).sum(axis=0)) <= eps32 * np.abs(dy * yhat).sum(axis=0))
+        d64 = dy.astype(np.float64)
+        assert np.all(np.abs(db - d64.sum(axis=0)) <= eps32 * np.abs(d64).sum(axis=0))
     with an.use_fast_paths(False), np.errstate(invalid="ignore", over="ignore"):
         y0, _ = norm.forward(x, w, b)
-    np.testing.assert_array_equal(np.isnan(y[6]), np.isnan(y0[6]))
+    np.testing.assert_array_equal(np.isnan(y[16]), np.isnan(y0[16]))
+
+
+def test_jit_backward_leaves_rows_with_huge_cotangents_to_float64(monkeypatch):
+    """dy·γ near float32's largest value overflows float32 arithmetic (d·γ − mean) where the
+    float64 sweep's dx, scaled by rstd 1e-9, is finite (and Σgŷ/n·rstd ~1e28 passes that
+    factor's bound): four such rows take the float64 sweep and match the float64 closed form
+    to float32 rounding."""
+    if not numba_jit.available():
+        pytest.skip("numba (the optional [jit] extra) is not installed")
+    monkeypatch.setattr(kernels, "IMPLEMENTATIONS", (numba_jit.NUMBA_JIT,))
+    monkeypatch.setattr(numba_jit, "MIN_BYTES", 0)
+    rng = np.random.default_rng(12)
+    n = 1024
+    x = (1e9 * rng.standard_normal((4, n))).astype(np.float32)
+    dy = (2.5e38 * np.sign(rng.standard_normal((4, n)))).astype(np.float32)
+    w = rng.uniform(1.4, 1.5, n).astype(np.float32)
+    norm = an.Normalizer(Layer(-1), Standardize(), 0.0)
+    _, ctx = norm.forward(x, w, None)
+    with np.errstate(over="ignore"):  # dγ's float64 sums of ±2.5e38·ŷ may not fit float32
+        dx, _, _ = norm.backward(ctx, dy)
+    assert ctx.implementation is numba_jit.NUMBA_JIT
+    x64 = x.astype(np.float64)
+    c = x64 - x64.mean(axis=1, keepdims=True)
+    r = 1 / np.sqrt(np.mean(c * c, axis=1, keepdims=True))
+    yhat = c * r
+    g = dy * w.astype(np.float64)
+    mg, mgy = g.mean(axis=1, keepdims=True), (g * yhat).mean(axis=1, keepdims=True)
+    dx_ref = r * ((g - mg) - yhat * mgy)
+    eps32 = float(np.finfo(np.float32).eps)
+    assert np.all(np.isfinite(dx))
+    assert np.all(np.abs(dx - dx_ref) <= 5 * eps32 * r * (np.abs(g) + np.abs(mg) + np.abs(yhat) * np.abs(mgy)))
 
 
 @pytest.mark.parametrize("name,shape,args", [

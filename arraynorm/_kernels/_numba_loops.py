@@ -134,7 +134,8 @@ _F32_R = 1e30
 def rows_forward(x: Any, A: int, C: int, W: Any, B: Any, W32: Any, B32: Any, sm: int, sa: int,
                  sc: int, eps: float, rms: bool, onepass: bool, y: Any, stats: Any) -> None:
     """y[m] = ((x[m] − shift) − μ_s)·rstd·γ + β per row of ``x: (M, A·C)``; ``stats[:, m]`` =
-    (shift, μ_s, var, rstd) in float64 (shift = μ_s = 0 for RMS, var then the mean square).
+    (shift, μ_s, var, rstd, f) in float64 (shift = μ_s = 0 for RMS, var then the mean square;
+    f 1 where the row took the float32 sweep below, else 0).
 
     ``onepass`` (float32 data): Σd and Σd² (d = x − shift, exact in float64) in one sweep and
     Σ(d − μ_s)² = Σd² − μ_s·Σd, kept where that subtraction leaves at least
@@ -200,6 +201,7 @@ def rows_forward(x: Any, A: int, C: int, W: Any, B: Any, W32: Any, B32: Any, sm:
         stats[3, m] = r
         # |x − μ_s − shift| ≤ √ss and |x − shift| ≤ √ss + |μ_s| for every value of the row
         if onepass and s == 1.0 and math.sqrt(ss) + abs(mean_s) < _F32_SPAN and r < _F32_R and r > 1.0 / _F32_R:
+            stats[4, m] = 1.0
             s32 = np.float32(shift)
             m32 = np.float32(mean_s)
             r32 = np.float32(r)
@@ -212,6 +214,7 @@ def rows_forward(x: Any, A: int, C: int, W: Any, B: Any, W32: Any, B32: Any, sm:
                 else:
                     _out32(xs, ys, s32, m32, r32, W32[base:base + C], B32[base:base + C])
             continue
+        stats[4, m] = 0.0
         for a in range(A):
             # slices, not offset indices: an index numba cannot prove non-negative gets a
             # wraparound test per element, which stops vectorization (measured 5x)
@@ -244,10 +247,15 @@ def _dy_sums(dys: Any, xs: Any, shift: float, mean: float) -> tuple[float, float
 
 @_jit(inline="always")
 def _row_grad_sums(xr: Any, dyr: Any, A: int, C: int, W: Any, base0: int, sa: int, sc: int,
-                   shift: float, mean_s: float, r: float, rms: bool, n: int) -> tuple[float, float]:
-    """(Σgŷ/n·rstd, Σg/n) of one row, g = dy·γ: the factors of x − μ and of 1 in its dx."""
+                   shift: float, mean_s: float, r: float, rms: bool,
+                   n: int) -> tuple[float, float, float]:
+    """(Σgŷ/n·rstd, Σg/n, √Σg²) of one row, g = dy·γ: the factors of x − μ and of 1 in its
+    dx, and a bound on every |g| where γ varies along the row (inf where it does not: not
+    needed). Σg², not max|g|: a max does not vectorize under these fastmath flags (the
+    backward measured 1623 → 3744 µs at 4096×1024)."""
     sg = 0.0
     sgy = 0.0
+    gss = 0.0 if sc != 0 else math.inf
     for a in range(A):
         xs = xr[a * C:(a + 1) * C]
         dys = dyr[a * C:(a + 1) * C]
@@ -262,23 +270,59 @@ def _row_grad_sums(xr: Any, dyr: Any, A: int, C: int, W: Any, base0: int, sa: in
                 g = np.float64(dys[c]) * Ws[c]
                 sg += g
                 sgy += g * ((np.float64(xs[c]) - shift) - mean_s)
-    return sgy * r * r / n, 0.0 if rms else sg / n
+                gss += g * g
+    return sgy * r * r / n, 0.0 if rms else sg / n, math.sqrt(gss)
+
+
+@_jit()  # no fastmath: (x − shift) − μ_s stays two float32 subtractions (see _out32)
+def _grad4_32(xs0: Any, xs1: Any, xs2: Any, xs3: Any, ds0: Any, ds1: Any, ds2: Any, ds3: Any,
+              os0: Any, os1: Any, os2: Any, os3: Any, Ws: Any, dWs: Any, dBs: Any, h: Any, u: Any,
+              r: Any, k: Any, cg: Any) -> None:
+    """Four rows' dx in float32 arithmetic, their dγ and dβ terms summed in float32 and added
+    to the float64 sums; ``h, u, r, k, cg``: each row's shift, μ_s, rstd and the two factors
+    of :func:`_row_grad_sums`, as float32 (4,) arrays."""
+    h0, h1, h2, h3 = h[0], h[1], h[2], h[3]
+    u0, u1, u2, u3 = u[0], u[1], u[2], u[3]
+    r0, r1, r2, r3 = r[0], r[1], r[2], r[3]
+    k0, k1, k2, k3 = k[0], k[1], k[2], k[3]
+    c0, c1, c2, c3 = cg[0], cg[1], cg[2], cg[3]
+    for c in range(xs0.shape[0]):
+        w = Ws[c]
+        d0 = ds0[c]
+        d1 = ds1[c]
+        d2 = ds2[c]
+        d3 = ds3[c]
+        e0 = (xs0[c] - h0) - u0
+        e1 = (xs1[c] - h1) - u1
+        e2 = (xs2[c] - h2) - u2
+        e3 = (xs3[c] - h3) - u3
+        os0[c] = r0 * ((d0 * w - c0) - e0 * k0)
+        os1[c] = r1 * ((d1 * w - c1) - e1 * k1)
+        os2[c] = r2 * ((d2 * w - c2) - e2 * k2)
+        os3[c] = r3 * ((d3 * w - c3) - e3 * k3)
+        dWs[c] += np.float64((d0 * e0 * r0 + d1 * e1 * r1) + (d2 * e2 * r2 + d3 * e3 * r3))
+        dBs[c] += np.float64((d0 + d1) + (d2 + d3))
 
 
 @_jit(parallel=True, fastmath=_FASTMATH)
-def rows_backward(x: Any, dy: Any, A: int, C: int, W: Any, sm: int, sa: int, sc: int,
-                  shifts: Any, means: Any, rstds: Any, rms: bool, dx: Any, dW: Any, dB: Any) -> None:
+def rows_backward(x: Any, dy: Any, A: int, C: int, W: Any, W32: Any, sm: int, sa: int, sc: int,
+                  shifts: Any, means: Any, rstds: Any, fast: Any, rms: bool, dx: Any, dW: Any,
+                  dB: Any) -> None:
     """dx = rstd·(g − Σg/n − ŷ·Σgŷ/n), g = dy·γ (no Σg term for RMS), per row; the rows are
     cut into ``dW.shape[0]`` ranges, one per task, each adding Σ dy·ŷ and Σ dy into its own
     row of ``dW`` and ``dB`` (float64, γ's flat index; ``sc`` is 0 or 1). Where γ varies
     along the row and not with m (LN), four rows at a time share one update of those
     float64 sums (256×1024 float32, one thread, min of 30: 211 → 162 µs; 64×4096 178 → 153;
-    1024×1024 1457 → 730)."""
+    1024×1024 1457 → 730). Four float32 rows that all took the forward's float32 sweep
+    (``fast``), with √Σg² (≥ max|g|) and |Σgŷ/n·rstd| below 1e30, get that update in float32 arithmetic
+    (:func:`_grad4_32`; 4096×1024, two threads: backward 2233 → 1623 µs): every term of dx is
+    then below √n·max|g| (|Σgŷ/n| ≤ rms(g), |x − μ| ≤ √n/rstd), far from float32's overflow."""
     M, n = x.shape
     T = dW.shape[0]
     for t in prange(T):
         dWt = dW[t]
         dBt = dB[t]
+        f4 = np.empty((5, 4), np.float32)
         m = M * t // T
         end = M * (t + 1) // T
         while m < end:
@@ -289,10 +333,30 @@ def rows_backward(x: Any, dy: Any, A: int, C: int, W: Any, sm: int, sa: int, sc:
                 h0, h1, h2, h3 = shifts[m], shifts[m + 1], shifts[m + 2], shifts[m + 3]
                 u0, u1, u2, u3 = means[m], means[m + 1], means[m + 2], means[m + 3]
                 r0, r1, r2, r3 = rstds[m], rstds[m + 1], rstds[m + 2], rstds[m + 3]
-                k0, c0 = _row_grad_sums(x0, y0, A, C, W, 0, sa, sc, h0, u0, r0, rms, n)
-                k1, c1 = _row_grad_sums(x1, y1, A, C, W, 0, sa, sc, h1, u1, r1, rms, n)
-                k2, c2 = _row_grad_sums(x2, y2, A, C, W, 0, sa, sc, h2, u2, r2, rms, n)
-                k3, c3 = _row_grad_sums(x3, y3, A, C, W, 0, sa, sc, h3, u3, r3, rms, n)
+                k0, c0, g0 = _row_grad_sums(x0, y0, A, C, W, 0, sa, sc, h0, u0, r0, rms, n)
+                k1, c1, g1 = _row_grad_sums(x1, y1, A, C, W, 0, sa, sc, h1, u1, r1, rms, n)
+                k2, c2, g2 = _row_grad_sums(x2, y2, A, C, W, 0, sa, sc, h2, u2, r2, rms, n)
+                k3, c3, g3 = _row_grad_sums(x3, y3, A, C, W, 0, sa, sc, h3, u3, r3, rms, n)
+                if (fast[m] + fast[m + 1] + fast[m + 2] + fast[m + 3] == 4.0
+                        and max(abs(k0), abs(k1), abs(k2), abs(k3)) < _F32_R
+                        and max(g0, g1, g2, g3) < _F32_R):
+                    for j, (hj, uj, rj, kj, cj) in enumerate(((h0, u0, r0, k0, c0), (h1, u1, r1, k1, c1),
+                                                              (h2, u2, r2, k2, c2), (h3, u3, r3, k3, c3))):
+                        f4[0, j] = hj
+                        f4[1, j] = uj
+                        f4[2, j] = rj
+                        f4[3, j] = kj
+                        f4[4, j] = cj
+                    for a in range(A):
+                        lo = a * C
+                        hi = lo + C
+                        base = a * sa
+                        _grad4_32(x0[lo:hi], x1[lo:hi], x2[lo:hi], x3[lo:hi], y0[lo:hi], y1[lo:hi],
+                                  y2[lo:hi], y3[lo:hi], o0[lo:hi], o1[lo:hi], o2[lo:hi], o3[lo:hi],
+                                  W32[base:base + C], dWt[base:base + C], dBt[base:base + C],
+                                  f4[0], f4[1], f4[2], f4[3], f4[4])
+                    m += 4
+                    continue
                 for a in range(A):
                     lo = a * C
                     hi = lo + C
@@ -327,7 +391,7 @@ def rows_backward(x: Any, dy: Any, A: int, C: int, W: Any, sm: int, sa: int, sc:
             shift = shifts[m]
             mean_s = means[m]
             r = rstds[m]
-            kg, cg = _row_grad_sums(xr, dyr, A, C, W, m * sm, sa, sc, shift, mean_s, r, rms, n)
+            kg, cg, _ = _row_grad_sums(xr, dyr, A, C, W, m * sm, sa, sc, shift, mean_s, r, rms, n)
             for a in range(A):
                 xs = xr[a * C:(a + 1) * C]
                 dys = dyr[a * C:(a + 1) * C]

@@ -350,13 +350,13 @@ def _forward(stages: Stages, xp: Namespace, layout: Layout, playout: Layout, g: 
     xg = xa.reshape(_flat(g))
     if g.kind == "rows":
         W, B, (sm, sa, sc) = _rows_params(g, weight, bias)
-        stats = np.empty((4, g.dims[0]))
+        stats = np.empty((5, g.dims[0]))
         f32 = ct == np.float32
         W32, B32 = (W.astype(np.float32), B.astype(np.float32)) if f32 else (_NO_F32, _NO_F32)
         _call(loops, "rows_forward", xg, g.dims[1], g.dims[2], W, B, W32, B32, sm, sa, sc, eps,
               rms, f32, y, stats)
-        shift, mean_s, var64, rstd64 = stats
-        params: Any = (W, (sm, sa, sc))
+        shift, mean_s, var64, rstd64, fast = stats
+        params: Any = (W, W32, fast, (sm, sa, sc))
         if not rms:
             hi, lo = _split(shift, mean_s, ct)
     else:
@@ -406,11 +406,11 @@ def _backward(ctx: NormContext, saved: _Saved, dy: np.ndarray, rms: bool,
     dyg = np.ascontiguousarray(dy, dtype=ct).reshape(_flat(g))
     dx = np.empty(_flat(g), ct)
     if g.kind == "rows":
-        W, (sm, sa, sc) = saved.params
+        W, W32, fast, (sm, sa, sc) = saved.params
         T = max(1, min(_threads(xg), g.dims[0]))
         dW, dB = np.zeros((T, W.size)), np.zeros((T, W.size))
-        _call(loops, "rows_backward", xg, dyg, g.dims[1], g.dims[2], W, sm, sa, sc, saved.shift,
-              saved.mean_s, saved.rstd, rms, dx, dW, dB)
+        _call(loops, "rows_backward", xg, dyg, g.dims[1], g.dims[2], W, W32, sm, sa, sc, saved.shift,
+              saved.mean_s, saved.rstd, fast, rms, dx, dW, dB)
         acc_w, acc_b = dW.sum(axis=0), dB.sum(axis=0)
     else:
         M, _, K, _ = g.dims
