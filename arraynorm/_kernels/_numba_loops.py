@@ -247,15 +247,16 @@ def _dy_sums(dys: Any, xs: Any, shift: float, mean: float) -> tuple[float, float
 
 @_jit(inline="always")
 def _row_grad_sums(xr: Any, dyr: Any, A: int, C: int, W: Any, base0: int, sa: int, sc: int,
-                   shift: float, mean_s: float, r: float, rms: bool,
-                   n: int) -> tuple[float, float, float]:
+                   shift: float, mean_s: float, r: float, rms: bool, n: int,
+                   bound: bool) -> tuple[float, float, float]:
     """(Σgŷ/n·rstd, Σg/n, √Σg²) of one row, g = dy·γ: the factors of x − μ and of 1 in its
-    dx, and a bound on every |g| where γ varies along the row (inf where it does not: not
-    needed). Σg², not max|g|: a max does not vectorize under these fastmath flags (the
-    backward measured 1623 → 3744 µs at 4096×1024)."""
+    dx, and a bound on every |g| where γ varies along the row and ``bound`` asks for it (inf
+    otherwise: not needed; float64 data keep the loop, and its sums' rounding, they had).
+    Σg², not max|g|: a max does not vectorize under these fastmath flags (the backward
+    measured 1623 → 3744 µs at 4096×1024)."""
     sg = 0.0
     sgy = 0.0
-    gss = 0.0 if sc != 0 else math.inf
+    gss = 0.0 if sc != 0 and bound else math.inf
     for a in range(A):
         xs = xr[a * C:(a + 1) * C]
         dys = dyr[a * C:(a + 1) * C]
@@ -264,13 +265,19 @@ def _row_grad_sums(xr: Any, dyr: Any, A: int, C: int, W: Any, base0: int, sa: in
             u, v = _dy_sums(dys, xs, shift, mean_s)
             sg += u * W[base]
             sgy += v * W[base]
-        else:
+        elif bound:
             Ws = W[base:base + C]
             for c in range(C):
                 g = np.float64(dys[c]) * Ws[c]
                 sg += g
                 sgy += g * ((np.float64(xs[c]) - shift) - mean_s)
                 gss += g * g
+        else:
+            Ws = W[base:base + C]
+            for c in range(C):
+                g = np.float64(dys[c]) * Ws[c]
+                sg += g
+                sgy += g * ((np.float64(xs[c]) - shift) - mean_s)
     return sgy * r * r / n, 0.0 if rms else sg / n, math.sqrt(gss)
 
 
@@ -306,17 +313,18 @@ def _grad4_32(xs0: Any, xs1: Any, xs2: Any, xs3: Any, ds0: Any, ds1: Any, ds2: A
 
 @_jit(parallel=True, fastmath=_FASTMATH)
 def rows_backward(x: Any, dy: Any, A: int, C: int, W: Any, W32: Any, sm: int, sa: int, sc: int,
-                  shifts: Any, means: Any, rstds: Any, fast: Any, rms: bool, dx: Any, dW: Any,
-                  dB: Any) -> None:
+                  shifts: Any, means: Any, rstds: Any, fast: Any, f32: bool, rms: bool, dx: Any,
+                  dW: Any, dB: Any) -> None:
     """dx = rstd·(g − Σg/n − ŷ·Σgŷ/n), g = dy·γ (no Σg term for RMS), per row; the rows are
     cut into ``dW.shape[0]`` ranges, one per task, each adding Σ dy·ŷ and Σ dy into its own
     row of ``dW`` and ``dB`` (float64, γ's flat index; ``sc`` is 0 or 1). Where γ varies
     along the row and not with m (LN), four rows at a time share one update of those
     float64 sums (256×1024 float32, one thread, min of 30: 211 → 162 µs; 64×4096 178 → 153;
-    1024×1024 1457 → 730). Four float32 rows that all took the forward's float32 sweep
-    (``fast``), with √Σg² (≥ max|g|) and |Σgŷ/n·rstd| below 1e30, get that update in float32 arithmetic
-    (:func:`_grad4_32`; 4096×1024, two threads: backward 2233 → 1623 µs): every term of dx is
-    then below √n·max|g| (|Σgŷ/n| ≤ rms(g), |x − μ| ≤ √n/rstd), far from float32's overflow."""
+    1024×1024 1457 → 730). Four rows of float32 data (``f32``) that all took the forward's
+    float32 sweep (``fast``), with √Σg² (≥ max|g|) and |Σgŷ/n·rstd| below 1e30, get that
+    update in float32 arithmetic (:func:`_grad4_32`; 4096×1024, two threads: backward
+    2233 → 1623 µs): every term of dx is then below √n·max|g| (|Σgŷ/n| ≤ rms(g),
+    |x − μ| ≤ √n/rstd), far from float32's overflow."""
     M, n = x.shape
     T = dW.shape[0]
     for t in prange(T):
@@ -333,10 +341,14 @@ def rows_backward(x: Any, dy: Any, A: int, C: int, W: Any, W32: Any, sm: int, sa
                 h0, h1, h2, h3 = shifts[m], shifts[m + 1], shifts[m + 2], shifts[m + 3]
                 u0, u1, u2, u3 = means[m], means[m + 1], means[m + 2], means[m + 3]
                 r0, r1, r2, r3 = rstds[m], rstds[m + 1], rstds[m + 2], rstds[m + 3]
-                k0, c0, g0 = _row_grad_sums(x0, y0, A, C, W, 0, sa, sc, h0, u0, r0, rms, n)
-                k1, c1, g1 = _row_grad_sums(x1, y1, A, C, W, 0, sa, sc, h1, u1, r1, rms, n)
-                k2, c2, g2 = _row_grad_sums(x2, y2, A, C, W, 0, sa, sc, h2, u2, r2, rms, n)
-                k3, c3, g3 = _row_grad_sums(x3, y3, A, C, W, 0, sa, sc, h3, u3, r3, rms, n)
+                k0, c0, g0 = _row_grad_sums(x0, y0, A, C, W, 0, sa, sc, h0, u0, r0, rms, n,
+                                             f32)
+                k1, c1, g1 = _row_grad_sums(x1, y1, A, C, W, 0, sa, sc, h1, u1, r1, rms, n,
+                                             f32)
+                k2, c2, g2 = _row_grad_sums(x2, y2, A, C, W, 0, sa, sc, h2, u2, r2, rms, n,
+                                             f32)
+                k3, c3, g3 = _row_grad_sums(x3, y3, A, C, W, 0, sa, sc, h3, u3, r3, rms, n,
+                                             f32)
                 if (fast[m] + fast[m + 1] + fast[m + 2] + fast[m + 3] == 4.0
                         and max(abs(k0), abs(k1), abs(k2), abs(k3)) < _F32_R
                         and max(g0, g1, g2, g3) < _F32_R):
@@ -391,7 +403,8 @@ def rows_backward(x: Any, dy: Any, A: int, C: int, W: Any, W32: Any, sm: int, sa
             shift = shifts[m]
             mean_s = means[m]
             r = rstds[m]
-            kg, cg, _ = _row_grad_sums(xr, dyr, A, C, W, m * sm, sa, sc, shift, mean_s, r, rms, n)
+            kg, cg, _ = _row_grad_sums(xr, dyr, A, C, W, m * sm, sa, sc, shift, mean_s, r, rms, n,
+                                        False)
             for a in range(A):
                 xs = xr[a * C:(a + 1) * C]
                 dys = dyr[a * C:(a + 1) * C]

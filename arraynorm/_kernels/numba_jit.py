@@ -410,7 +410,7 @@ def _backward(ctx: NormContext, saved: _Saved, dy: np.ndarray, rms: bool,
         T = max(1, min(_threads(xg), g.dims[0]))
         dW, dB = np.zeros((T, W.size)), np.zeros((T, W.size))
         _call(loops, "rows_backward", xg, dyg, g.dims[1], g.dims[2], W, W32, sm, sa, sc, saved.shift,
-              saved.mean_s, saved.rstd, fast, rms, dx, dW, dB)
+              saved.mean_s, saved.rstd, fast, ct == np.float32, rms, dx, dW, dB)
         acc_w, acc_b = dW.sum(axis=0), dB.sum(axis=0)
     else:
         M, _, K, _ = g.dims
