@@ -228,6 +228,49 @@ def test_jit_one_pass_float32_statistics_and_their_two_pass_fallback_match_float
     assert np.max(np.abs(mean - mean64) / np.sqrt(var64)) <= 1e-6
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("partition,shape", [(Layer(-1), (64, 300)), (Group(4), (8, 16, 5, 5)),
+                                             (Batch(1), (64, 48)), (Batch(1), (8, 12, 5, 5))])
+@pytest.mark.parametrize("operation", [Standardize(), RMSScale()], ids=["standardize", "rms"])
+def test_jit_state_statistics_are_the_float64_ones_rounded_by_numpy(monkeypatch, dtype, partition, shape, operation):
+    """The compiled loops store the state's statistics in the data dtype themselves: the mean
+    as shift + μ_s rounded and the remainder that rounding lost (Knuth's TwoSum, which must
+    survive compilation: under reassociation the remainder would be 0), rstd rounded once.
+    Bit for bit what NumPy gives from the same float64 numbers (``numpy_fused._split``,
+    ``astype``), on rows with an offset 1e4 (the remainder matters) and of 1e-30 (float32
+    near its bottom), rows and channels geometries; σ² to a rounding of NumPy's float64 var."""
+    if not numba_jit.available():
+        pytest.skip("numba (the optional [jit] extra) is not installed")
+    monkeypatch.setattr(kernels, "IMPLEMENTATIONS", (numba_jit.NUMBA_JIT,))
+    rms = isinstance(operation, RMSScale)
+    x = RNG.standard_normal(shape)
+    axis = 1 if isinstance(partition, Batch) else 0  # the axis along which statistics differ
+    tiny = (slice(None),) * axis + (slice(0, shape[axis] // 2),)
+    off = (slice(None),) * axis + (slice(shape[axis] // 2, None),)
+    x[tiny] *= 1e-30
+    x[off] += 1e4
+    x = x.astype(dtype)
+    _, ctx = an.Normalizer(partition, operation, 0.0, repeated=True).forward(x)
+    assert ctx.implementation is numba_jit.NUMBA_JIT
+    sv, st = ctx.saved, ctx.state
+    if rms:
+        assert st.mean is None and sv.mean_lo is None
+    else:
+        hi, lo = numpy_fused._split(sv.shift, sv.mean_s, np.dtype(dtype))
+        assert lo.any()  # the remainder is there to check (offset 1e4)
+        np.testing.assert_array_equal(st.mean.ravel(), hi.ravel())
+        np.testing.assert_array_equal(sv.mean_lo.ravel(), lo.ravel())
+    np.testing.assert_array_equal(st.rstd.ravel(), np.asarray(sv.rstd).astype(dtype).ravel())
+    for a in (st.var, st.rstd) + (() if rms else (st.mean, sv.mean_lo)):
+        assert a.dtype == dtype and a.shape == ctx.layout.stats_shape
+    x64 = x.astype(np.float64).reshape(ctx.layout.view_shape)
+    axes = ctx.layout.reduce_axes
+    var64 = (x64 * x64).mean(axis=axes, keepdims=True) if rms else x64.var(axis=axes, keepdims=True)
+    # float32: two roundings of float64 values 1e-16 apart; float64: two float64 algorithms
+    np.testing.assert_allclose(st.var, var64.astype(dtype), rtol=1.2e-7 if dtype == np.float32 else 1e-13,
+                               atol=0)
+
+
 @pytest.mark.parametrize("operation", [Standardize(), RMSScale()], ids=["standardize", "rms"])
 @pytest.mark.parametrize("affine", ["vector", "none"])
 def test_jit_float32_sweeps_are_accurate_and_leave_extreme_rows_to_float64(monkeypatch, operation, affine):

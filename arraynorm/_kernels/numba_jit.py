@@ -90,7 +90,7 @@ from ..operation import RMSScale, StandardizeState
 from ..partition import Layout
 from ._plan import Plan, plan
 from ._switches import fast_path_threads, fast_paths_enabled
-from .numpy_fused import _finish_param, _param, _split, fusable_stages
+from .numpy_fused import _finish_param, _param, fusable_stages
 from .portable import PORTABLE
 
 __all__ = ["NumbaJit", "NUMBA_JIT", "MIN_BYTES", "MAX_ROW_BYTES", "BLOCK_ELEMS",
@@ -300,10 +300,15 @@ def _channel_blocks(g: _Geometry) -> tuple[int, int, int]:
 
 def _rows_params(g: _Geometry, weight: Any, bias: Any) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int]]:
     """γ and β flat in float64 (ones/zeros where absent) and their strides."""
-    f64 = np.dtype(np.float64)
-    W, B = _param(g.plan, weight, f64), _param(g.plan, bias, f64)
-    if W is None and B is None:
+    if weight is None and bias is None:
         return np.ones(1), np.zeros(1), (0, 0, 0)
+    if any(g.plan.lead_par):  # γ varies with the row (GN, IN): spelled out per row
+        f64 = np.dtype(np.float64)
+        W, B = _param(g.plan, weight, f64), _param(g.plan, bias, f64)
+    else:  # LN, RMS: γ's own C order is the flat order the loops index (_param's, without
+        # its reshapes: 2 µs a forward)
+        W = None if weight is None else np.asarray(weight, np.float64).ravel()
+        B = None if bias is None else np.asarray(bias, np.float64).ravel()
     size = (W if W is not None else B).size  # type: ignore[union-attr]
     Wf = np.ones(size) if W is None else W.ravel()
     Bf = np.zeros(size) if B is None else B.ravel()
@@ -315,6 +320,8 @@ def _channel_params(g: _Geometry, a: Any, fill: float) -> np.ndarray:
     with m (BN, ghost BN)."""
     if a is None:
         return np.full((1, g.dims[2]), fill)
+    if not any(g.plan.lead_par):  # one row (BN): γ's C order is the channels' (2 µs saved)
+        return np.asarray(a, np.float64).reshape(1, -1)
     pa = _param(g.plan, a, np.dtype(np.float64))
     assert pa is not None
     return pa.reshape(pa.shape[0], -1)
@@ -350,37 +357,32 @@ def _forward(stages: Stages, xp: Namespace, layout: Layout, playout: Layout, g: 
     xg = xa.reshape(_flat(g))
     if g.kind == "rows":
         W, B, (sm, sa, sc) = _rows_params(g, weight, bias)
-        stats = np.empty((5, g.dims[0]))
+        stats, sct = np.empty((5, g.dims[0])), np.empty((4, g.dims[0]), ct)
         f32 = ct == np.float32
         W32, B32 = (W.astype(np.float32), B.astype(np.float32)) if f32 else (_NO_F32, _NO_F32)
         _call(loops, "rows_forward", xg, g.dims[1], g.dims[2], W, B, W32, B32, sm, sa, sc, eps,
-              rms, f32, y, stats)
-        shift, mean_s, var64, rstd64, fast = stats
+              rms, f32, y, stats, sct)
+        shift, mean_s, _, rstd64, fast = stats
         params: Any = (W, W32, fast, (sm, sa, sc))
-        if not rms:
-            hi, lo = _split(shift, mean_s, ct)
     else:
         M, R1, K, R2 = g.dims
         kspan, b, nrb = _channel_blocks(g)
         shift, part, merged = np.empty((M, K)), np.empty((3, M, nrb, K)), np.empty((6, M, K))
+        sct = np.empty((4, M, K), ct)
         _call(loops, "channels_stats", xg, *g.dims, kspan, b, rms, ct == np.float32, shift, part)
         # serial, O(M·K·blocks); also the mean's float64 sum and its (hi, lo) split
-        loops.channels_merge(part, shift, R1, R2, b, eps, ct == np.float64, merged)
-        mean_s, var64, rstd64, total, hi, lo = merged
+        loops.channels_merge(part, shift, R1, R2, b, eps, ct == np.float64, merged, sct)
+        mean_s, _, rstd64, total, _, _ = merged
         Wk, Bk = _channel_params(g, weight, 1.0), _channel_params(g, bias, 0.0)
         comb = ct == np.float32 and R2 == 1
         _call(loops, "channels_apply", xg, *g.dims, total if comb else shift, mean_s,
               rstd64 * Wk, Bk, comb, y)
         params = (Wk, total)
+    # the loops stored the statistics in the data dtype: (mean, remainder, σ², rstd)
     st = layout.stats_shape
-
-    def view(a: np.ndarray) -> np.ndarray:
-        return a.astype(ct).reshape(st)
-
-    mean = mean_lo = None
-    if not rms:
-        mean, mean_lo = view(hi), view(lo)
-    var, rstd = view(var64), view(rstd64)
+    mean, mean_lo, var, rstd = (a.reshape(st) for a in sct)
+    if rms:
+        mean = mean_lo = None
 
     def compute_y() -> np.ndarray:
         """ŷ in the view shape from the kept input (the portable backward and JVP read it)."""
