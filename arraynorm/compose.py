@@ -23,7 +23,7 @@ from ._jvp import defjvp
 from ._typing import Array, Namespace, Pullback, Pushforward
 from ._vjp import defvjp
 from .operation import Operation, Standardize
-from .partition import Layout, Partition
+from .partition import Layout, Partition, layout_of
 from .recovery import AFFINE, Recovery
 
 __all__ = ["Normalizer", "NormContext", "normalize"]
@@ -80,7 +80,7 @@ class Normalizer:
             if p is not None:
                 xp_check_floating(fname, pname, p, xp)
         xp_check_eps(fname, self.eps)
-        layout = self.partition.layout(fname, tuple(x.shape))
+        layout = layout_of(self.partition, fname, tuple(x.shape))
         if self.operation.uses_input_statistics:
             layout.check_many(fname)
         if self.operation.needs_feature_axis and layout.feature_axis is None:

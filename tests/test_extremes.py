@@ -502,6 +502,29 @@ def test_float16_running_statistics_are_blended_in_float32_and_rounded_once(xp):
         assert np.max(np.abs(to_numpy(got).astype(np.float64) - want) / ulp) <= 0.51
 
 
+def test_numpy_running_statistics_blend_as_the_namespace_code_does_bit_for_bit():
+    """NumPy buffers take a shortcut around the namespace wrappers in ``blend`` (every BN
+    layer's training step); the same operations in the same order, so the same bits as the
+    array-API code on array_api_strict, for every pair of buffer and batch dtypes it has
+    (float16 buffers: the documented float32 blend rounded once)."""
+    strict = pytest.importorskip("array_api_strict")
+    from arraynorm.running_stats import blend
+
+    for rd in (np.float16, np.float32, np.float64):
+        for bd in (np.float16, np.float32, np.float64):
+            for m in (0.1, 1 / 3, 1.0):
+                r = (100 * RNG.standard_normal(33)).astype(rd)
+                b = (100 * RNG.standard_normal(33)).astype(bd)
+                got = blend(r, b, m)
+                assert type(got) is np.ndarray and got.dtype == rd
+                if np.float16 in (rd, bd):
+                    ct = np.float64 if rd == np.float64 else np.float32
+                    want = ((1.0 - m) * r.astype(ct) + m * b.astype(ct)).astype(rd)
+                else:
+                    want = np.asarray(blend(strict.asarray(r), strict.asarray(b), m))
+                np.testing.assert_array_equal(got, want)
+
+
 def _merge_pattern(pattern: str) -> np.ndarray:
     """(64, 4) float64 rows alternating a, −a (every block or chunk of an even number of rows
     has the same mean and spread, exactly), or eight zero rows (a constant first block) and

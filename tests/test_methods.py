@@ -200,3 +200,30 @@ def test_issue_example_runs_as_written():
     np.testing.assert_allclose(db, 32 * 28 * 28)
     # Σŷ over a group is 0, so the per-channel dγ of one group sum to 0
     np.testing.assert_allclose(dw.reshape(8, 8).sum(1), 0.0, atol=1.0)
+
+
+def test_layouts_are_remembered_per_partition_and_shape_and_errors_are_not():
+    """``layout_of`` (what every normalizer asks) gives the partition's own layout, the same
+    object for an equal partition and shape, raises for a shape the partition refuses on
+    every call (failures are not kept), and asks an unhashable partition every time."""
+    from dataclasses import dataclass
+
+    from arraynorm.partition import Group, Layer, Partition, layout_of
+
+    a = layout_of(Group(4), "t", (2, 8, 3))
+    assert a == Group(4).layout("t", (2, 8, 3))
+    assert layout_of(Group(4), "t", (2, 8, 3)) is a
+    assert layout_of(Group(2), "t", (2, 8, 3)) != a  # another partition, another layout
+    for _ in range(2):
+        with pytest.raises(ValueError, match="t: "):
+            layout_of(Group(3), "t", (2, 8, 3))
+    assert a.group_size == 2 * 3 and a.stats_shape == (2, 4, 1, 1)
+
+    @dataclass
+    class Listed(Partition):  # eq without frozen: unhashable
+        axes: list
+
+        def layout(self, fname, shape):
+            return Layer(tuple(self.axes)).layout(fname, shape)
+
+    assert layout_of(Listed([-1]), "t", (3, 5)) == Layer(-1).layout("t", (3, 5))

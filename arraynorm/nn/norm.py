@@ -36,7 +36,7 @@ from .._typing import Array, Namespace, Shape
 from ..compose import NormContext, Normalizer
 from ..local_response import local_response_norm, lrn_linearized
 from ..operation import GivenStatistics, Operation, Renormalize, RMSScale, Standardize
-from ..partition import Batch, Group, Instance, Layer, Partition, Position
+from ..partition import Batch, Group, Instance, Layer, Partition, Position, layout_of
 from ..recovery import Affine, NoRecovery
 from ..running_stats import fold_batch, unbiased_variance
 from .module import Module
@@ -118,7 +118,7 @@ class Normalization(Module):
     def _check_features(self, x: Array) -> None:
         if self.param_shape is None:
             return
-        layout = self.partition.layout(self._name, tuple(getattr(x, "shape", ())))
+        layout = layout_of(self.partition, self._name, tuple(getattr(x, "shape", ())))
         if layout.param_shape != self.param_shape:
             raise ValueError(
                 f"{self._name}.forward: x must have {self.param_shape} features along the "
