@@ -78,6 +78,16 @@ def impl(request, monkeypatch):
     return request.param
 
 
+@pytest.fixture
+def jit_only(monkeypatch):
+    """The numba implementation, the only one the selector asks, at every size (the tests of
+    its own arithmetic); skipped where numba is not installed."""
+    if not numba_jit.available():
+        pytest.skip("numba (the optional [jit] extra) is not installed")
+    monkeypatch.setattr(kernels, "IMPLEMENTATIONS", (numba_jit.NUMBA_JIT,))
+    monkeypatch.setattr(numba_jit, "MIN_BYTES", 0)
+
+
 @pytest.fixture(params=["default", "tiny"])
 def blocks(request, impl, monkeypatch):
     """Default blocks, and tiny ones that force many blocks, chunked statistics (merged
@@ -205,16 +215,13 @@ def test_fast_float32_variance_with_offset_1e4_is_accurate_to_1e_5(blocks, parti
 @pytest.mark.parametrize("partition,shape,outlier", [
     (Batch(1), (262144, 4), (0,)), (Batch(1), (16384, 4, 4, 4), (0,)),
     (Layer(-1), (4, 262144), (slice(None), 0))])
-def test_jit_one_pass_float32_statistics_and_their_two_pass_fallback_match_float64(monkeypatch, partition, shape, outlier):
+def test_jit_one_pass_float32_statistics_and_their_two_pass_fallback_match_float64(jit_only, partition, shape, outlier):
     """The JIT's float32 statistics take Σd and Σd² in one sweep (d = x − the statistic's first
     value) and redo a block in two passes where Σd² − μΣd keeps under 1e-6 of Σd². The first
     value of every statistic sits 3000 standard deviations off: every BN block but the first
     is then 3000σ from its shift (ratio 1/9e6: the fallback runs there, and their M2, 3% of
     the variance, must be right), the LN rows keep the one-pass sums. Mean and variance match
     NumPy's float64 statistics of the same values to 1e-6."""
-    if not numba_jit.available():
-        pytest.skip("numba (the optional [jit] extra) is not installed")
-    monkeypatch.setattr(kernels, "IMPLEMENTATIONS", (numba_jit.NUMBA_JIT,))
     x = RNG.standard_normal(shape)
     x[outlier] += 3000.0
     x = x.astype(np.float32)
@@ -232,16 +239,13 @@ def test_jit_one_pass_float32_statistics_and_their_two_pass_fallback_match_float
 @pytest.mark.parametrize("partition,shape", [(Layer(-1), (64, 300)), (Group(4), (8, 16, 5, 5)),
                                              (Batch(1), (64, 48)), (Batch(1), (8, 12, 5, 5))])
 @pytest.mark.parametrize("operation", [Standardize(), RMSScale()], ids=["standardize", "rms"])
-def test_jit_state_statistics_are_the_float64_ones_rounded_by_numpy(monkeypatch, dtype, partition, shape, operation):
+def test_jit_state_statistics_are_the_float64_ones_rounded_by_numpy(jit_only, dtype, partition, shape, operation):
     """The compiled loops store the state's statistics in the data dtype themselves: the mean
     as shift + μ_s rounded and the remainder that rounding lost (Knuth's TwoSum, which must
     survive compilation: under reassociation the remainder would be 0), rstd rounded once.
     Bit for bit what NumPy gives from the same float64 numbers (``numpy_fused._split``,
     ``astype``), on rows with an offset 1e4 (the remainder matters) and of 1e-30 (float32
     near its bottom), rows and channels geometries; σ² to a rounding of NumPy's float64 var."""
-    if not numba_jit.available():
-        pytest.skip("numba (the optional [jit] extra) is not installed")
-    monkeypatch.setattr(kernels, "IMPLEMENTATIONS", (numba_jit.NUMBA_JIT,))
     rms = isinstance(operation, RMSScale)
     x = RNG.standard_normal(shape)
     axis = 1 if isinstance(partition, Batch) else 0  # the axis along which statistics differ
@@ -273,7 +277,7 @@ def test_jit_state_statistics_are_the_float64_ones_rounded_by_numpy(monkeypatch,
 
 @pytest.mark.parametrize("operation", [Standardize(), RMSScale()], ids=["standardize", "rms"])
 @pytest.mark.parametrize("affine", ["vector", "none"])
-def test_jit_float32_sweeps_are_accurate_and_leave_extreme_rows_to_float64(monkeypatch, operation, affine):
+def test_jit_float32_sweeps_are_accurate_and_leave_extreme_rows_to_float64(jit_only, operation, affine):
     """Float32 rows get the forward's output sweep and the backward's dx sweep (four rows at
     a time) in float32 arithmetic; rows whose spread, rstd or gradient factors leave float32's
     safe range get the float64 sweeps. Against NumPy's float64 normalization and its closed-form
@@ -283,10 +287,6 @@ def test_jit_float32_sweeps_are_accurate_and_leave_extreme_rows_to_float64(monke
     them. y within 2.5·ε₃₂·(|γ|(1 + |ŷ|) + |β|) (extreme rows: correctly rounded), dx within
     5·ε₃₂·rstd·(|g| + |mean g| + |ŷ|·|mean gŷ|), dγ and dβ within ε₃₂ of Σ|terms|; a row holding
     inf gives the portable path's NaN."""
-    if not numba_jit.available():
-        pytest.skip("numba (the optional [jit] extra) is not installed")
-    monkeypatch.setattr(kernels, "IMPLEMENTATIONS", (numba_jit.NUMBA_JIT,))
-    monkeypatch.setattr(numba_jit, "MIN_BYTES", 0)
     rng = np.random.default_rng(11)
     n = 1024
     z = rng.standard_normal((17, n))
@@ -333,15 +333,11 @@ def test_jit_float32_sweeps_are_accurate_and_leave_extreme_rows_to_float64(monke
     np.testing.assert_array_equal(np.isnan(y[16]), np.isnan(y0[16]))
 
 
-def test_jit_backward_leaves_rows_with_huge_cotangents_to_float64(monkeypatch):
+def test_jit_backward_leaves_rows_with_huge_cotangents_to_float64(jit_only):
     """dy·γ near float32's largest value overflows float32 arithmetic (d·γ − mean) where the
     float64 sweep's dx, scaled by rstd 1e-9, is finite (and Σgŷ/n·rstd ~1e28 passes that
     factor's bound): four such rows take the float64 sweep and match the float64 closed form
     to float32 rounding."""
-    if not numba_jit.available():
-        pytest.skip("numba (the optional [jit] extra) is not installed")
-    monkeypatch.setattr(kernels, "IMPLEMENTATIONS", (numba_jit.NUMBA_JIT,))
-    monkeypatch.setattr(numba_jit, "MIN_BYTES", 0)
     rng = np.random.default_rng(12)
     n = 1024
     x = (1e9 * rng.standard_normal((4, n))).astype(np.float32)
