@@ -32,8 +32,8 @@ from typing import Any
 
 from ._array_api import xp_check_channel_axis, xp_check_int, xp_normalize_axes
 
-__all__ = ["Layout", "layout_of", "Partition", "Batch", "Layer", "Instance", "Group", "Position", "GhostBatch",
-           "BatchGroups"]
+__all__ = ["Layout", "layout_of", "Partition", "Batch", "Layer", "Instance", "Group", "Position",
+           "GhostBatch", "BatchGroups"]
 
 
 @dataclass(frozen=True)
