@@ -189,10 +189,11 @@ def _normalizer(partition: Partition, operation: Operation | None, eps: float,
 def _normalize_vjp(x: Array, partition: Partition, operation: Operation | None = None,
                    weight: Array | None = None, bias: Array | None = None, *, eps: float = 1e-5,
                    recovery: Recovery = AFFINE) -> tuple[Array, Pullback]:
-    y, pb = _normalizer(partition, operation, eps, recovery).vjp(x, weight, bias)
+    n = _normalizer(partition, operation, eps, recovery)
+    y, ctx = n.forward(x, weight, bias)  # arraynorm.vjp checks the cotangent (not n.vjp again)
 
     def pullback(dy: Array) -> tuple[Array, ...]:
-        dx, dw, db = pb(dy)
+        dx, dw, db = n.backward(ctx, dy)
         return dx, None, None, dw, db
 
     return y, pullback
