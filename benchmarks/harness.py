@@ -274,6 +274,10 @@ def run(*, cases: Sequence[str] | None = None, backends: Sequence[str] | None = 
     for t in res["targets"]:
         log(f"target {t['title']}: {t['target']} = {t['ratio']:.2f} (limit {t['limit']:.2f}) "
             f"{'met' if t['met'] else 'NOT met'}")
+    round2 = report.round2_targets(res)  # the note lists them too (computed from the medians)
+    if round2:
+        log(f"issue 13 targets: {sum(t['met'] for t in round2)} of {len(round2)} met; not met: "
+            + "; ".join(f"{t['title']} {t['target']} {t['ratio']:.2f}" for t in round2 if not t["met"]))
     out_dir = out_dir or default_out_dir()
     os.makedirs(out_dir, exist_ok=True)
     stem = os.path.join(out_dir, machine.slug(info) + ("-quick" if quick else "")

@@ -6,7 +6,7 @@ from typing import Any
 
 from . import dask_norm
 
-__all__ = ["format_row", "header", "targets", "markdown", "sweep_markdown", "plot"]
+__all__ = ["format_row", "header", "targets", "round2_targets", "markdown", "sweep_markdown", "plot"]
 
 MODES = ("fwd", "fwdbwd")
 MODE_TITLE = {"fwd": "forward", "fwdbwd": "forward+backward"}
@@ -69,6 +69,65 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+# issue 13's CPU targets (round 2), as ratios of arraynorm's time (its best installed
+# implementation: the arraynorm-numpy backend) to a peer's in the same run
+ROUND2_PEER_LIMIT = 1.0           # × PyTorch CPU and × JAX CPU; whole models and WN × PyTorch
+ROUND2_MATMUL_LIMIT = 1.05        # × the naive recipe where matrix products bound the time
+ROUND2_BANDWIDTH_SHARE = 0.50     # of the CPU copy bandwidth, on the large memory-bound cases
+ROUND2_NORM_FAMILIES = ("ln", "bn", "gn", "in", "rms")
+ROUND2_BANDWIDTH_CASES = ("ln-large", "bn", "gn", "in", "rms")  # the full sizes of those cases
+ROUND2_PEERS = {"wn": ("torch-cpu",), "stack": ("torch-cpu",), "transformer": ("torch-cpu",),
+                "sn": ("naive-numpy",), "iternorm": ("naive-numpy",)}
+
+
+def round2_targets(res: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target of issue 13 that this run can judge (not a quick run: its arrays are not the
+    issue's sizes): arraynorm ≤ 1.0× PyTorch CPU and ≤ 1.0× JAX CPU on every normalization
+    case and size of the sweep, ≤ 1.0× PyTorch on WeightNorm and the whole models, ≤ 1.05× the
+    naive recipe on SpectralNorm and IterNorm, ≥ 50% of the copy bandwidth on the large
+    memory-bound cases; forward+backward medians."""
+    if res.get("settings", {}).get("quick"):
+        return []
+    out = []
+    for cid, c in res["cases"].items():
+        fam = c["family"]
+        an = _median(res, cid, "arraynorm-numpy", "fwdbwd")
+        if an is None:
+            continue
+        if fam in ROUND2_NORM_FAMILIES:
+            peers = [(p, ROUND2_PEER_LIMIT) for p in ("torch-cpu", "jax-cpu")]
+        else:
+            peers = [(p, ROUND2_MATMUL_LIMIT if p == "naive-numpy" else ROUND2_PEER_LIMIT)
+                     for p in ROUND2_PEERS.get(fam, ())]
+        for peer, limit in peers:
+            other = _median(res, cid, peer, "fwdbwd")
+            if other is not None:
+                out.append({"case": cid, "title": c["title"], "target": f"time ratio to {peer}",
+                            "ratio": an / other, "limit": limit, "met": an / other <= limit})
+        share = c["backends"]["arraynorm-numpy"]["fwdbwd"].get("copy_share")
+        if cid in ROUND2_BANDWIDTH_CASES and share is not None:
+            out.append({"case": cid, "title": c["title"], "target": "share of the copy bandwidth",
+                        "ratio": share, "limit": ROUND2_BANDWIDTH_SHARE,
+                        "met": share >= ROUND2_BANDWIDTH_SHARE})
+    return out
+
+
+def round2_markdown(res: dict[str, Any]) -> list[str]:
+    """The issue 13 targets as a table (computed from the run's medians), with the count met."""
+    tg = round2_targets(res)
+    if not tg:
+        return []
+    met = sum(t["met"] for t in tg)
+    lines = ["## Targets (issue 13: CPU, round 2), forward+backward", "",
+             f"{met} of {len(tg)} met. Ratios: arraynorm-numpy's median time over the peer's (limit: "
+             "at most); bandwidth: arraynorm-numpy's share of the copy bandwidth (limit: at least).",
+             "", "| case | target | measured | limit | met |", "|---|---|---|---|---|"]
+    for t in tg:
+        lines.append(f"| {t['title']} | {t['target']} | {t['ratio']:.2f} | {t['limit']:.2f} | "
+                     f"{'yes' if t['met'] else '**no**'} |")
+    return lines + [""]
+
+
 def markdown(res: dict[str, Any]) -> str:
     """A short note: machine, method, the fwd+bwd table, targets."""
     m = res["machine"]
@@ -116,6 +175,7 @@ def markdown(res: dict[str, Any]) -> str:
         for t in tg:
             lines.append(f"| {t['title']} | {t['target']} | {t['ratio']:.2f} | {t['limit']:.2f} | {'yes' if t['met'] else '**no**'} |")
         lines.append("")
+    lines += round2_markdown(res)
     lines += sweep_markdown(res)
     for r in res.get("dask", {}).values():
         lines += dask_norm.markdown(r)
@@ -232,3 +292,4 @@ def plot(res: dict[str, Any], path: str) -> None:
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()))  # room for the suptitle
     fig.savefig(path, dpi=110)
     plt.close(fig)
+

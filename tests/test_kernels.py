@@ -591,6 +591,23 @@ def test_benchmark_report_judges_gpu_targets_and_draws_both_sides(tmp_path):
     res["targets"] = report.targets(res)
     note = report.markdown(res)
     assert "Test GPU" in note and "| RMSNorm 2x2 |" in note and "**no**" in note
+    # issue 13's CPU targets: ≤ 1.0× PyTorch and JAX (JAX absent here: not judged), ≥ 50% of the
+    # copy bandwidth on the full-size memory-bound cases ("rms" is one), ≤ 1.05× naive for SN
+    res["cases"]["sn"] = {"title": "SpectralNorm 2x2", "family": "sn", "backends": {
+        "arraynorm-numpy": ok(10.6, share=None), "naive-numpy": ok(10), "torch-cpu": ok(5)}}
+    got = {(t["case"], t["target"]): (round(t["ratio"], 3), t["met"]) for t in report.round2_targets(res)}
+    assert got == {("rms", "time ratio to torch-cpu"): (0.5, True),
+                   ("rms", "share of the copy bandwidth"): (0.5, True),
+                   ("sn", "time ratio to naive-numpy"): (1.06, False)}
+    assert "## Targets (issue 13: CPU, round 2)" in report.markdown(res) and "2 of 3 met" in report.markdown(res)
+    res["settings"] = {"quick": True}
+    assert report.round2_targets(res) == []  # quick sizes are not the issue's
+    # python -m benchmarks.note RUN.json writes the note of a run from its JSON
+    from benchmarks import note as note_cli
+
+    (tmp_path / "run.json").write_text(json.dumps(res))
+    note_cli.main([str(tmp_path / "run.json")])
+    assert (tmp_path / "run.md").read_text() == report.markdown(res)
     report.plot(res, str(tmp_path / "chart.png"))
     assert (tmp_path / "chart.png").stat().st_size > 1000
 
