@@ -121,11 +121,15 @@ def round2_markdown(res: dict[str, Any]) -> list[str]:
     lines = ["## Targets (issue 13: CPU, round 2), forward+backward", "",
              f"{met} of {len(tg)} met. Ratios: arraynorm-numpy's median time over the peer's (limit: "
              "at most); bandwidth: arraynorm-numpy's share of the copy bandwidth (limit: at least).",
-             "", "| case | target | measured | limit | met |", "|---|---|---|---|---|"]
-    for t in tg:
-        lines.append(f"| {t['title']} | {t['target']} | {t['ratio']:.2f} | {t['limit']:.2f} | "
-                     f"{'yes' if t['met'] else '**no**'} |")
-    return lines + [""]
+             ""]
+    return lines + _targets_table(tg) + [""]
+
+
+def _targets_table(tg: list[dict[str, Any]]) -> list[str]:
+    """Judged targets as markdown table rows (case, target, measured, limit, met)."""
+    return (["| case | target | measured | limit | met |", "|---|---|---|---|---|"]
+            + [f"| {t['title']} | {t['target']} | {t['ratio']:.2f} | {t['limit']:.2f} | "
+               f"{'yes' if t['met'] else '**no**'} |" for t in tg])
 
 
 def markdown(res: dict[str, Any]) -> str:
@@ -171,10 +175,7 @@ def markdown(res: dict[str, Any]) -> str:
     lines += faults_markdown(res)
     tg = res.get("targets", [])
     if tg:
-        lines += ["## Targets (issue 5), forward+backward", "", "| case | target | measured | limit | met |", "|---|---|---|---|---|"]
-        for t in tg:
-            lines.append(f"| {t['title']} | {t['target']} | {t['ratio']:.2f} | {t['limit']:.2f} | {'yes' if t['met'] else '**no**'} |")
-        lines.append("")
+        lines += ["## Targets (issue 5), forward+backward", ""] + _targets_table(tg) + [""]
     lines += round2_markdown(res)
     lines += sweep_markdown(res)
     for r in res.get("dask", {}).values():
@@ -292,4 +293,3 @@ def plot(res: dict[str, Any], path: str) -> None:
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()))  # room for the suptitle
     fig.savefig(path, dpi=110)
     plt.close(fig)
-

@@ -669,13 +669,13 @@ def channels_merge(part: Any, shift: Any, R1: int, R2: int, b: int, eps: float, 
     """Merge the blocks of :func:`channels_stats` per statistic (Chan, Golub & LeVeque:
     M2 = Σ M2_b + Σ n_b (μ_b − μ)², every term divided by a common power-of-two scale S, the
     largest of the blocks' scales and :func:`_pow2` of the largest |μ_b − μ|): ``out[:, m, k]``
-    = (μ_s, σ² as (S·ms)·S, rstd = 1/sqrt(S²·ms + eps) without forming S²·ms, then the mean
-    shift + μ_s as its float64 sum, its rounding to the data dtype and the remainder that
-    rounding lost, rounded too: :func:`arraynorm._kernels.numpy_fused._split`, Knuth's
-    TwoSum, which this loop's strict IEEE arithmetic keeps exact). ``scaled`` False (float32
-    data, whose squares and their sums cannot leave float64's range): S = 1,
-    rstd = 1/sqrt(ms + eps), and the data dtype is float32. ``sct[:, m, k]``: the mean, its
-    remainder, σ² and rstd in the data dtype (what the forward's state holds)."""
+    = (μ_s, σ² as (S·ms)·S, rstd = 1/sqrt(S²·ms + eps) without forming S²·ms, the mean
+    shift + μ_s as its float64 sum); ``sct[:, m, k]`` = (that mean rounded to the data dtype,
+    the remainder the rounding lost, σ², rstd), in the data dtype (what the forward's state
+    holds: :func:`arraynorm._kernels.numpy_fused._split`, Knuth's TwoSum, which this loop's
+    strict IEEE arithmetic keeps exact). ``scaled`` False (float32 data, whose squares and
+    their sums cannot leave float64's range): S = 1, rstd = 1/sqrt(ms + eps), and the data
+    dtype is float32."""
     _, M, nrb, K = part.shape
     n = R1 * R2
     for m in range(M):
@@ -726,15 +726,9 @@ def channels_merge(part: Any, shift: Any, R1: int, R2: int, b: int, eps: float, 
             bb = hi - a
             lo = (a - (hi - bb)) + (mean[k] - bb)
             out[3, m, k] = hi
-            if scaled:
-                out[4, m, k] = hi
-                out[5, m, k] = lo
-            else:
-                h32 = np.float64(np.float32(hi))
-                out[4, m, k] = h32
-                out[5, m, k] = np.float64(np.float32((hi - h32) + lo))
-            sct[0, m, k] = out[4, m, k]
-            sct[1, m, k] = out[5, m, k]
+            # stored into the data dtype (float32: round to nearest, as NumPy's astype)
+            sct[0, m, k] = hi
+            sct[1, m, k] = (hi - np.float64(sct[0, m, k])) + lo
             sct[2, m, k] = out[1, m, k]
             sct[3, m, k] = out[2, m, k]
 

@@ -367,12 +367,12 @@ def _forward(stages: Stages, xp: Namespace, layout: Layout, playout: Layout, g: 
     else:
         M, R1, K, R2 = g.dims
         kspan, b, nrb = _channel_blocks(g)
-        shift, part, merged = np.empty((M, K)), np.empty((3, M, nrb, K)), np.empty((6, M, K))
+        shift, part, merged = np.empty((M, K)), np.empty((3, M, nrb, K)), np.empty((4, M, K))
         sct = np.empty((4, M, K), ct)
         _call(loops, "channels_stats", xg, *g.dims, kspan, b, rms, ct == np.float32, shift, part)
         # serial, O(M·K·blocks); also the mean's float64 sum and its (hi, lo) split
         loops.channels_merge(part, shift, R1, R2, b, eps, ct == np.float64, merged, sct)
-        mean_s, _, rstd64, total, _, _ = merged
+        mean_s, _, rstd64, total = merged
         Wk, Bk = _channel_params(g, weight, 1.0), _channel_params(g, bias, 0.0)
         comb = ct == np.float32 and R2 == 1
         _call(loops, "channels_apply", xg, *g.dims, total if comb else shift, mean_s,
