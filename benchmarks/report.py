@@ -149,7 +149,9 @@ def markdown(res: dict[str, Any]) -> str:
         f"- copy bandwidth: CPU {bw['cpu']['gbps']:.1f} GB/s ({bw['cpu']['method']})"
         + (f"; GPU {bw['gpu']['gbps']:.0f} GB/s ({bw['gpu']['method']})" if bw.get("gpu") else "; GPU: none"),
         "",
-        "Times are medians of interleaved repeats (min in the JSON); GB/s counts the bytes an op must "
+        "Times are medians of interleaved repeats (min in the JSON)"
+        + ("; each sample follows an idle pause and one untimed call" if res["settings"].get("wake_call") else "")
+        + "; GB/s counts the bytes an op must "
         "move (forward: read x, write y; forward+backward: that plus read x, dy and write dx) over the "
         "time; %copy is that against the copy bandwidth above; peak/x is the memory allocated at the "
         "peak of forward+backward over the input's size.",

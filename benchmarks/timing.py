@@ -76,7 +76,7 @@ def sampler(device: str) -> Callable[[Callable[[], Any], int], float]:
 
 
 def interleaved(fns: dict[str, tuple[Callable[[], Any], str]], *, repeats: int, warmup: int,
-                min_sample_s: float, settle_s: float = 0.0) -> dict[str, Timed]:
+                min_sample_s: float, settle_s: float = 0.0, wake: bool = True) -> dict[str, Timed]:
     """Time every ``name: (fn, device)`` ``repeats`` times, interleaved.
 
     Each callable first runs ``warmup`` times (at least once); the warm-up's duration sets how
@@ -85,6 +85,13 @@ def interleaved(fns: dict[str, tuple[Callable[[], Any], str]], *, repeats: int, 
     pools the previous backend left spinning (OpenBLAS's idle threads spin ~0.1 s after a
     call, GNU OpenMP's a few ms) are asleep when the next one starts: each backend is timed
     as it runs alone, with the thread settings its users have.
+    ``wake``: one untimed call after that pause, before each warm-up and timed sample, so
+    that a sample times back-to-back calls and not the first call after an idle spell, which
+    pays for waking the thread pools (and, in a VM, the idle virtual CPUs). Measured on the
+    2-core Xeon KVM guest, LayerNorm 256×1024 forward+backward, 15 interleaved samples after
+    20 ms pauses, two runs each: without the call arraynorm's samples spread 241–304 µs and
+    PyTorch's 194–256 (and a warm-up that hit a slow wake-up left a sample of a few calls,
+    1–15 ms each); with it 235–264 and 175–224.
     """
     out: dict[str, Timed] = {}
     gc_was = gc.isenabled()
@@ -93,6 +100,8 @@ def interleaved(fns: dict[str, tuple[Callable[[], Any], str]], *, repeats: int, 
         for name, (fn, device) in fns.items():
             sample = sampler(device)
             time.sleep(settle_s)
+            if wake:
+                fn()
             t = sample(fn, 1)
             for _ in range(max(0, warmup - 1)):
                 t = min(t, sample(fn, 1))
@@ -103,6 +112,8 @@ def interleaved(fns: dict[str, tuple[Callable[[], Any], str]], *, repeats: int, 
             for name in names[k:] + names[:k]:
                 fn, device = fns[name]
                 time.sleep(settle_s)
+                if wake:
+                    fn()
                 f0 = minor_faults()
                 out[name].samples.append(sampler(device)(fn, out[name].inner))
                 out[name].faults.append((minor_faults() - f0) / out[name].inner)

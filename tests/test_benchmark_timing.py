@@ -1,6 +1,6 @@
 """The benchmark timer (``benchmarks.timing.interleaved``): samples interleaved across
 backends in a rotating order, each after the idle pause that lets the previous backend's
-spinning thread pools fall asleep."""
+spinning thread pools fall asleep and one untimed call that wakes its own."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import time
 from benchmarks.timing import interleaved
 
 
-def test_every_sample_follows_an_idle_pause_and_the_order_rotates():
+def test_every_sample_follows_an_idle_pause_and_a_wake_call_and_the_order_rotates():
     events: list[tuple[str, float, float]] = []
 
     def backend(name):
@@ -22,15 +22,36 @@ def test_every_sample_follows_an_idle_pause_and_the_order_rotates():
     out = interleaved(fns, repeats=3, warmup=1, min_sample_s=0.0, settle_s=0.03)
     assert all(len(t.samples) == 3 and t.inner == 1 for t in out.values())
     names = [e[0] for e in events]
-    assert names == ["a", "b", "c",             # warm-ups
-                     "a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    order = ["a", "b", "c",                     # warm-ups
+             "a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert names == [n for n in order for _ in (0, 1)]  # each call after its untimed twin
     gaps = [nxt[1] - prev[2] for prev, nxt in zip(events, events[1:])]
-    assert min(gaps) >= 0.03
-    # without the pause the calls follow each other at once (all 11 gaps together well under
-    # the 0.33 s the pauses add)
+    assert min(gaps[1::2]) >= 0.03   # the pause comes before the wake call ...
+    assert max(gaps[0::2]) < 0.03    # ... which the timed call follows at once
+    # without the pause the calls follow each other at once (all gaps together well under
+    # the 0.33 s the pauses add); without the wake call each sample is the one call
     events.clear()
-    interleaved(fns, repeats=3, warmup=1, min_sample_s=0.0)
+    interleaved(fns, repeats=3, warmup=1, min_sample_s=0.0, wake=False)
+    assert [e[0] for e in events] == order
     assert sum(nxt[1] - prev[2] for prev, nxt in zip(events, events[1:])) < 0.15
+
+
+def test_the_first_call_after_an_idle_pause_is_not_timed():
+    """A backend whose first call after 10 ms idle takes 40 ms (a sleeping pool waking up)
+    and every later one ~0: the wake call takes the slow one."""
+    last = [0.0]
+
+    def sleepy():
+        if time.perf_counter() - last[0] > 0.01:
+            time.sleep(0.04)
+        last[0] = time.perf_counter()
+
+    woken = interleaved({"s": (sleepy, "cpu")}, repeats=3, warmup=1, min_sample_s=0.0,
+                        settle_s=0.02)["s"]
+    assert max(woken.samples) < 0.01
+    cold = interleaved({"s": (sleepy, "cpu")}, repeats=3, warmup=1, min_sample_s=0.0,
+                       settle_s=0.02, wake=False)["s"]
+    assert min(cold.samples) >= 0.04
 
 
 def test_each_sample_records_the_page_faults_of_a_call():
