@@ -11,8 +11,9 @@ its forward-mode product, reached through :func:`jvp` / :func:`linearize`.
 
 from . import nn, operation, optim, partition, recovery, rl
 from ._jvp import defjvp, jvp, linearize
-from ._kernels import (fast_paths_enabled, get_num_threads, persist_statistics,
-                       set_fast_paths, set_num_threads, use_fast_paths)
+from ._kernels import (buffer_pool_info, fast_paths_enabled, free_buffer_pool, get_num_threads,
+                       persist_statistics, set_buffer_pool, set_fast_paths, set_num_threads,
+                       use_fast_paths)
 from ._vjp import defvjp, vjp
 from .adain import adain
 from .compose import NormContext, Normalizer, normalize
@@ -44,5 +45,5 @@ __all__ = [
     "adaptive_gradient_clipping", "lars_trust_ratio", "lamb_trust_ratio", "gradient_centralization",
     "nn", "optim", "rl",
     "set_fast_paths", "fast_paths_enabled", "use_fast_paths", "set_num_threads", "get_num_threads",
-    "persist_statistics",
+    "persist_statistics", "set_buffer_pool", "free_buffer_pool", "buffer_pool_info",
 ]

@@ -175,12 +175,16 @@ def copy_bandwidth_gpu(nbytes: int = 1024 * 2**20, repeats: int = 20) -> dict[st
 def peak_memory(fn: Callable[[], Any], kind: str) -> int | None:
     """Peak bytes allocated while ``fn()`` runs, beyond what was allocated before.
 
-    ``numpy``: tracemalloc (NumPy reports its buffers to it); ``cupy``: the default memory
+    ``numpy``: tracemalloc (NumPy reports its buffers to it), after arraynorm's output pool
+    dropped its idle buffers (a reused one is no new allocation); ``cupy``: the default memory
     pool's high-water mark after its cache is emptied; ``torch-cuda``: the CUDA caching
     allocator's peak. ``None`` where nothing measures it (PyTorch CPU).
     """
     if kind == "numpy":
+        import arraynorm
+
         gc.collect()
+        arraynorm.free_buffer_pool()
         tracemalloc.start()
         try:
             base = tracemalloc.get_traced_memory()[0]

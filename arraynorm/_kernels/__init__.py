@@ -32,6 +32,10 @@ Switches
   :func:`fast_path_threads` is the count every implementation with a thread pool asks.
 * ``ARRAYNORM_JIT=0`` (read on first use) keeps the numba implementation out, as if the
   ``[jit]`` extra were not installed (the benchmarks' "without the extra").
+* :func:`set_buffer_pool` (``ARRAYNORM_BUFFER_POOL_BYTES``, default 1 GiB; 0 off): the NumPy
+  fast paths take their outputs of 256 KiB or more from a bounded pool and hand a buffer out
+  again once no array refers to it, sparing fresh pages' faults and zeroing
+  (:mod:`._buffers`); :func:`free_buffer_pool` drops the idle ones.
 
 Implementations today
 ---------------------
@@ -78,6 +82,7 @@ from .._context import Implementation, Stages
 from .._typing import Array, Namespace
 from ..partition import Layout
 from . import dask_moments, numba_jit, numpy_fused
+from ._buffers import buffer_pool_info, free_buffer_pool, set_buffer_pool
 from ._switches import fast_paths_enabled, set_fast_paths, use_fast_paths
 from ._threads import fast_path_threads, get_num_threads, set_num_threads
 from .dask_moments import persist_statistics
@@ -85,6 +90,7 @@ from .portable import PORTABLE
 
 __all__ = ["set_fast_paths", "fast_paths_enabled", "use_fast_paths", "fast_path_threads",
            "set_num_threads", "get_num_threads", "persist_statistics",
+           "set_buffer_pool", "free_buffer_pool", "buffer_pool_info",
            "select", "implementation", "IMPLEMENTATIONS", "PORTABLE"]
 
 #: the backend implementations, asked in this order; the first that supports an input runs it

@@ -88,6 +88,7 @@ from .._context import Grads, NormContext, Stages
 from .._typing import Array, Namespace
 from ..operation import RMSScale, StandardizeState
 from ..partition import Layout
+from . import _buffers
 from ._plan import Plan, plan
 from ._switches import fast_path_threads, fast_paths_enabled
 from .numpy_fused import _finish_param, _param, fusable_stages
@@ -353,7 +354,7 @@ def _forward(stages: Stages, xp: Namespace, layout: Layout, playout: Layout, g: 
     xa = np.ascontiguousarray(x)
     rms = type(stages.operation) is RMSScale
     eps = float(stages.eps)
-    y = np.empty(_flat(g), ct)
+    y = _buffers.empty(_flat(g), ct)
     xg = xa.reshape(_flat(g))
     if g.kind == "rows":
         W, B, (sm, sa, sc) = _rows_params(g, weight, bias)
@@ -406,7 +407,7 @@ def _backward(ctx: NormContext, saved: _Saved, dy: np.ndarray, rms: bool,
     ct = saved.x.dtype
     xg = saved.x.reshape(_flat(g))
     dyg = np.ascontiguousarray(dy, dtype=ct).reshape(_flat(g))
-    dx = np.empty(_flat(g), ct)
+    dx = _buffers.empty(_flat(g), ct)
     if g.kind == "rows":
         W, W32, fast, (sm, sa, sc) = saved.params
         T = max(1, min(_threads(xg), g.dims[0]))
@@ -531,7 +532,7 @@ def unit_scale(v2: np.ndarray, g1: np.ndarray) -> tuple[np.ndarray, np.ndarray] 
     loops = _loops()
     if loops is None:
         return None
-    w = np.empty_like(v2)
+    w = _buffers.empty(v2.shape, v2.dtype)
     ss = np.empty(v2.shape[0])
     _call(loops, "unit_scale_forward", v2, g1, w, ss, np.empty(v2.shape[0], v2.dtype))
     lo, hi = _UNIT_SS_RANGE
@@ -548,7 +549,7 @@ def unit_scale_backward(dw2: np.ndarray, v2: np.ndarray, g1: np.ndarray,
     loops = _loops()
     assert loops is not None and dw2.dtype == v2.dtype and dw2.shape == v2.shape, \
         "unit_scale_backward: only after unit_scale answered, with a cotangent of w's shape"
-    dv = np.empty_like(v2)
+    dv = _buffers.empty(v2.shape, v2.dtype)
     dg = np.empty(v2.shape[0])
     _call(loops, "unit_scale_backward", np.ascontiguousarray(dw2), v2, g1, ss, dv, dg,
           np.empty((v2.shape[0], 2), v2.dtype))

@@ -52,6 +52,7 @@ from ..operation import RMSScale, Standardize, StandardizeState
 from ..partition import Layout
 from ..recovery import Affine, ConditionalAffine, NoRecovery
 from ._blocks import dot_over, max_over, run_blocks, sum_over
+from . import _buffers
 from ._plan import Plan, plan
 from ._switches import fast_path_threads
 from .portable import PORTABLE
@@ -368,7 +369,7 @@ def _forward(stages: Stages, xp: Namespace, layout: Layout, playout: Layout, p: 
     xa = np.ascontiguousarray(x)
     rms = type(stages.operation) is RMSScale
     run = _Run(p, xa, ct, rms, weight, bias, fast_path_threads())
-    y = np.empty((p.rows,) + p.fine, x.dtype)
+    y = _buffers.empty((p.rows,) + p.fine, x.dtype)
     sshape = (p.rows,) + p.sfine
     mean, mean_lo = (None, None) if rms else (np.empty(sshape, ct), np.empty(sshape, ct))
     var, rstd = np.empty(sshape, ct), np.empty(sshape, ct)
@@ -478,7 +479,7 @@ def _backward(ctx: NormContext, saved: _Saved, dy: np.ndarray) -> Grads:
     run = _Run(p, saved.x, ctx.state.rstd.dtype, ctx.state.mean is None, ctx.weight, ctx.bias,
                fast_path_threads())
     dya = np.ascontiguousarray(dy).reshape((p.rows,) + p.fine)
-    dx = np.empty((p.rows,) + p.fine, ctx.x_dtype)
+    dx = _buffers.empty((p.rows,) + p.fine, ctx.x_dtype)
     accs = (_backward_rows if p.rows_per_block else _backward_chunks)(run, dya, saved.stats, dx)
     pshape = saved.param_layout.param_shape
     dw = db = None
