@@ -114,6 +114,20 @@ def test_the_pool_stays_within_its_limit_and_drops_idle_buffers_to_make_room():
     assert an.buffer_pool_info()["held"] == 0
 
 
+def test_idle_buffers_stay_when_dropping_them_would_not_make_room():
+    half, whole = _x(18, (N // 2, D)), _x(19)
+    an.set_buffer_pool(whole.nbytes)
+    a, b = an.layer_norm(half), an.layer_norm(_x(31, (N // 2, D)))
+    del a                                       # one half idle, one in use: the pool is full
+    big = an.layer_norm(whole)                  # dropping the idle half would not make room
+    assert an.buffer_pool_info() == {"limit": whole.nbytes, "held": whole.nbytes,
+                                     "idle": half.nbytes, "buffers": 2}
+    again = an.layer_norm(half)                 # so the idle half serves the next request
+    assert any(again.base is s[0] for s in _buffers._slots.values())
+    np.testing.assert_allclose(big, _portable_ln(whole), atol=2e-6)
+    del b
+
+
 def test_limit_zero_turns_the_pool_off_and_small_outputs_never_use_it():
     small = an.layer_norm(_x(15, (8, 16)))
     assert an.buffer_pool_info()["buffers"] == 0

@@ -91,6 +91,15 @@ _limit = _env_limit() if _counts_tell() else 0
 _IDLE = _refs([np.empty(1, np.uint8)])  # the count of a buffer only its slot refers to
 
 
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()  # another thread may have held it at the fork
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
     """``numpy.empty(shape, dtype)`` (C order), from the pool when it is large enough."""
     global _held
@@ -104,8 +113,9 @@ def empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
                 _slots.move_to_end(key)
                 out: np.ndarray = slot[0].view(dt).reshape(shape)
                 return out
-        if _held + nbytes > _limit:
-            _drop_idle(_held + nbytes - _limit)
+        need = _held + nbytes - _limit
+        if need > 0 and sum(s[0].nbytes for s in _slots.values() if _refs(s) == _IDLE) >= need:
+            _drop_idle(need)  # only where that makes room: else the idle ones may serve later
         base = np.empty(nbytes, np.uint8)
         if _held + nbytes <= _limit:
             _slots[id(base)] = [base]
