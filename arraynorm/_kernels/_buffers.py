@@ -14,23 +14,29 @@ same); CuPy's default memory pool is this for the GPU.
 
 Rule: requests of :data:`MIN_BYTES` or more take an idle buffer of exactly that size (one
 the caller no longer refers to: no array, view or buffer export of it is alive, which
-CPython's reference count tells exactly), else a new one, pooled while the pool's buffers
-(idle and in use) stay within its limit (:func:`set_buffer_pool`; default
-:data:`DEFAULT_LIMIT`, 1 GiB or an eighth of the memory; ``ARRAYNORM_BUFFER_POOL_BYTES``
-in the environment, read at import); idle buffers of other sizes are dropped, least
-recently used first, to make room. So the pool never holds more than its limit. A returned
-array is a view of the pooled buffer (``.base`` the buffer, ``flags.owndata`` False); its
-contents are undefined, as ``numpy.empty``'s. Off (limit 0) where reference counts do not
-tell (not CPython, or a free-threaded build).
+CPython's reference count tells exactly; among the :data:`SCAN` of that size handed out
+longest ago), else a new one, pooled while the pool's buffers (idle and in use) stay within
+its limit (:func:`set_buffer_pool`; default :data:`DEFAULT_LIMIT`, 1 GiB or an eighth of
+the memory; ``ARRAYNORM_BUFFER_POOL_BYTES`` in the environment, read at import); to make
+room, idle buffers among the :data:`SCAN` handed out longest ago are dropped, where that
+makes enough. Lowering the limit lets go of buffers in use too (their arrays keep them). So
+the pool never holds more than its limit. A returned array is a view of the pooled buffer
+(``.base`` the buffer, ``flags.owndata`` False); its contents are undefined, as
+``numpy.empty``'s. Off (limit 0) where reference counts do not tell (not CPython, or a
+free-threaded build). A pool call re-entered in its own thread (a finalizer run by a
+garbage collection inside one) gets a plain ``numpy.empty``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import math
 import os
 import sys
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -83,12 +89,22 @@ def _env_limit() -> int:
 
 
 _lock = threading.Lock()
+# a pool call in progress in this thread: a garbage collection run inside one may call a
+# finalizer that normalizes (and so asks the pool) in the same thread, which must neither
+# wait for the lock it holds nor change the dicts under the outer call's loop
+_busy = threading.local()
 # each pooled buffer in a one-element list (its slot), so that its reference count is the
-# slot's one plus the caller's; slots in least-recently-handed-out order
+# slot's one plus the caller's: all slots in least-recently-handed-out order (for dropping),
+# and those of each size in that order (for handing out)
 _slots: OrderedDict[int, list[np.ndarray]] = OrderedDict()
+_by_size: dict[int, OrderedDict[int, list[np.ndarray]]] = {}
 _held = 0
 _limit = _env_limit() if _counts_tell() else 0
 _IDLE = _refs([np.empty(1, np.uint8)])  # the count of a buffer only its slot refers to
+#: buffers a request looks at (least recently handed out first): those of its size to hand
+#: out, all to drop when the pool is full. Bounded, so that a pool of many buffers in use
+#: (a model's kept activations) costs a call ~1 µs, not a scan of all (~0.1 µs a buffer)
+SCAN = 16
 
 
 def _after_fork_in_child() -> None:
@@ -100,6 +116,33 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+@contextlib.contextmanager
+def _locked() -> Iterator[bool]:
+    """The pool's lock, or ``False`` (without it) where this thread is already inside a pool
+    call (re-entered from a finalizer)."""
+    if getattr(_busy, "on", False):
+        yield False
+        return
+    with _lock:
+        _busy.on = True
+        try:
+            yield True
+        finally:
+            _busy.on = False
+
+
+def _untrack(key: int) -> int:
+    global _held
+    slot = _slots.pop(key)
+    n = slot[0].nbytes
+    same = _by_size[n]
+    del same[key]
+    if not same:
+        del _by_size[n]
+    _held -= n
+    return n
+
+
 def empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
     """``numpy.empty(shape, dtype)`` (C order), from the pool when it is large enough."""
     global _held
@@ -107,37 +150,47 @@ def empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
     nbytes = math.prod(shape) * dt.itemsize
     if nbytes < MIN_BYTES or _limit == 0:
         return np.empty(shape, dt)
-    with _lock:
-        for key, slot in _slots.items():
-            if slot[0].nbytes == nbytes and _refs(slot) == _IDLE:
-                _slots.move_to_end(key)
-                out: np.ndarray = slot[0].view(dt).reshape(shape)
-                return out
+    with _locked() as mine:
+        if not mine:
+            return np.empty(shape, dt)
+        same = _by_size.get(nbytes)
+        if same:
+            for key, slot in itertools.islice(same.items(), SCAN):
+                if _refs(slot) == _IDLE:
+                    same.move_to_end(key)
+                    _slots.move_to_end(key)
+                    out: np.ndarray = slot[0].view(dt).reshape(shape)
+                    return out
         need = _held + nbytes - _limit
-        if need > 0 and sum(s[0].nbytes for s in _slots.values() if _refs(s) == _IDLE) >= need:
-            _drop_idle(need)  # only where that makes room: else the idle ones may serve later
+        if need > 0:
+            idle = [k for k, sl in itertools.islice(_slots.items(), SCAN) if _refs(sl) == _IDLE]
+            if sum(_slots[k][0].nbytes for k in idle) >= need:  # else they may serve later
+                for k in idle:
+                    if need <= 0:
+                        break
+                    need -= _untrack(k)
         base = np.empty(nbytes, np.uint8)
-        if _held + nbytes <= _limit:
-            _slots[id(base)] = [base]
+        if need <= 0:
+            key = id(base)
+            slot = [base]
+            _slots[key] = slot
+            _by_size.setdefault(nbytes, OrderedDict())[key] = slot
             _held += nbytes
         out = base.view(dt).reshape(shape)
         return out
 
 
-def _drop_idle(need: int) -> int:
-    """Drop idle buffers, least recently used first, until ``need`` bytes are freed (or
-    none is idle); the bytes freed. Called with the lock held."""
-    global _held
+def _drop(need: int, in_use: bool) -> int:
+    """Drop idle buffers (and, with ``in_use``, then those in use: their arrays keep them),
+    least recently handed out first, until ``need`` bytes are dropped or none is left; the
+    bytes dropped. Called with the lock held."""
     freed = 0
-    for key in list(_slots):
-        if freed >= need:
-            break
-        slot = _slots[key]
-        if _refs(slot) == _IDLE:
-            n = slot[0].nbytes
-            del _slots[key]
-            _held -= n
-            freed += n
+    for idle_only in (True, False) if in_use else (True,):
+        for key in list(_slots):
+            if freed >= need:
+                return freed
+            if not idle_only or _refs(_slots[key]) == _IDLE:
+                freed += _untrack(key)
     return freed
 
 
@@ -151,13 +204,15 @@ def free_buffer_pool() -> int:
     >>> an.free_buffer_pool() >= 0
     True
     """
-    with _lock:
-        return _drop_idle(sys.maxsize)
+    with _locked() as mine:
+        return _drop(sys.maxsize, in_use=False) if mine else 0
 
 
 def set_buffer_pool(max_bytes: int) -> int:
     """Set the most bytes the NumPy fast paths' output pool holds (idle buffers and those in
-    use; 0 turns it off and drops its idle buffers); return the previous limit.
+    use); return the previous limit. Over the new limit the pool drops idle buffers, then
+    lets go of buffers in use (the arrays using them keep them); 0 turns it off and empties
+    it.
 
     The fast paths (the ``[jit]`` loops, the NumPy fused path, WeightNorm's compiled sweep)
     take their outputs of 256 KiB or more from the pool: a buffer is handed out again once
@@ -178,16 +233,18 @@ def set_buffer_pool(max_bytes: int) -> int:
     if max_bytes and not _counts_tell():
         raise ValueError("set_buffer_pool: this Python cannot tell when a buffer is free "
                          f"({sys.implementation.name}, free-threaded or not CPython); the pool stays off")
-    with _lock:
+    with _locked() as mine:
+        if not mine:
+            raise RuntimeError("set_buffer_pool: called from inside a pool call (a finalizer?)")
         previous, _limit = _limit, max_bytes
-        if _held > _limit:
-            _drop_idle(_held - _limit)
+        if _held > _limit:  # idle ones first; then the pool lets go of buffers still in use
+            _drop(_held - _limit, in_use=True)
     return previous
 
 
 def buffer_pool_info() -> dict[str, int]:
     """The pool's state: ``limit``, ``held`` (bytes of its buffers), ``idle`` (bytes of
     those no array refers to), ``buffers`` (their number)."""
-    with _lock:
-        idle = sum(s[0].nbytes for s in _slots.values() if _refs(s) == _IDLE)
+    with _locked():  # re-entered: read as it stands
+        idle = sum(s[0].nbytes for s in list(_slots.values()) if _refs(s) == _IDLE)
         return {"limit": _limit, "held": _held, "idle": idle, "buffers": len(_slots)}
