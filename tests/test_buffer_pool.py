@@ -224,6 +224,21 @@ def test_the_pool_itself_under_threads_never_hands_one_buffer_to_two_holders():
     _consistent()
 
 
+def test_many_buffers_in_use_do_not_hide_the_idle_ones():
+    """A request looks at a bounded number of buffers: those handed out last and first."""
+    shape = (_buffers.MIN_BYTES // 4,)
+    kept = [_buffers.empty(shape, np.float32) for _ in range(3 * _buffers.SCAN)]
+    for _ in range(10):              # a loop beside many kept outputs: one buffer serves it
+        _buffers.empty(shape, np.float32)
+    assert an.buffer_pool_info()["buffers"] == 3 * _buffers.SCAN + 1
+    del kept
+    for _ in range(3):               # a model's step: every output finds an idle buffer
+        step = [_buffers.empty(shape, np.float32) for _ in range(3 * _buffers.SCAN + 1)]
+        assert an.buffer_pool_info()["buffers"] == 3 * _buffers.SCAN + 1
+        del step
+    _consistent()
+
+
 def test_a_full_pool_drops_idle_buffers_only_never_one_in_use():
     a, b = _x(40), _x(41, (3 * N // 4, D))
     an.set_buffer_pool(a.nbytes + b.nbytes)

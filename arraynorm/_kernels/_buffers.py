@@ -15,7 +15,7 @@ same); CuPy's default memory pool is this for the GPU.
 Rule: requests of :data:`MIN_BYTES` or more take an idle buffer of exactly that size (one
 the caller no longer refers to: no array, view or buffer export of it is alive, which
 CPython's reference count tells exactly; among the :data:`SCAN` of that size handed out
-longest ago), else a new one, pooled while the pool's buffers (idle and in use) stay within
+last and first), else a new one, pooled while the pool's buffers (idle and in use) stay within
 its limit (:func:`set_buffer_pool`; default :data:`DEFAULT_LIMIT`, 1 GiB or an eighth of
 the memory; ``ARRAYNORM_BUFFER_POOL_BYTES`` in the environment, read at import); to make
 room, idle buffers among the :data:`SCAN` handed out longest ago are dropped, where that
@@ -101,9 +101,10 @@ _by_size: dict[int, OrderedDict[int, list[np.ndarray]]] = {}
 _held = 0
 _limit = _env_limit() if _counts_tell() else 0
 _IDLE = _refs([np.empty(1, np.uint8)])  # the count of a buffer only its slot refers to
-#: buffers a request looks at (least recently handed out first): those of its size to hand
-#: out, all to drop when the pool is full. Bounded, so that a pool of many buffers in use
-#: (a model's kept activations) costs a call ~1 µs, not a scan of all (~0.1 µs a buffer)
+#: buffers a request looks at: of its size to hand out, the SCAN/2 handed out last and the
+#: SCAN/2 handed out first; of all, the SCAN handed out first to drop when the pool is full.
+#: Bounded, so that a pool of many buffers in use (a model's kept activations) costs a call
+#: a few µs, not a scan of all (~0.1 µs a buffer)
 SCAN = 16
 
 
@@ -143,41 +144,60 @@ def _untrack(key: int) -> int:
     return n
 
 
+def _idle_of(same: OrderedDict[int, list[np.ndarray]]) -> int | None:
+    """The key of an idle buffer among ``same`` (one size): the :data:`SCAN`/2 handed out
+    last (the one a loop just let go of), then the :data:`SCAN`/2 handed out first (those a
+    model kept longest, free again at its next step); ``None`` if none."""
+    half = SCAN // 2
+    for i, key in enumerate(reversed(same)):
+        if i == half:
+            break
+        if _refs(same[key]) == _IDLE:
+            return int(key)
+    for i, key in enumerate(same):
+        if i == min(half, len(same) - half):
+            break
+        if _refs(same[key]) == _IDLE:
+            return key
+    return None
+
+
 def empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
     """``numpy.empty(shape, dtype)`` (C order), from the pool when it is large enough."""
     global _held
     dt = np.dtype(dtype)
     nbytes = math.prod(shape) * dt.itemsize
-    if nbytes < MIN_BYTES or _limit == 0:
-        return np.empty(shape, dt)
-    with _locked() as mine:
-        if not mine:
-            return np.empty(shape, dt)
-        same = _by_size.get(nbytes)
-        if same:
-            for key, slot in itertools.islice(same.items(), SCAN):
-                if _refs(slot) == _IDLE:
-                    same.move_to_end(key)
-                    _slots.move_to_end(key)
-                    out: np.ndarray = slot[0].view(dt).reshape(shape)
-                    return out
-        need = _held + nbytes - _limit
-        if need > 0:
-            idle = [k for k, sl in itertools.islice(_slots.items(), SCAN) if _refs(sl) == _IDLE]
-            if sum(_slots[k][0].nbytes for k in idle) >= need:  # else they may serve later
-                for k in idle:
-                    if need <= 0:
-                        break
-                    need -= _untrack(k)
-        base = np.empty(nbytes, np.uint8)
-        if need <= 0:
-            key = id(base)
-            slot = [base]
-            _slots[key] = slot
-            _by_size.setdefault(nbytes, OrderedDict())[key] = slot
-            _held += nbytes
-        out = base.view(dt).reshape(shape)
-        return out
+    if nbytes < MIN_BYTES or _limit == 0 or getattr(_busy, "on", False):
+        return np.empty(shape, dt)  # (the last: re-entered from inside a pool call)
+    with _lock:
+        _busy.on = True
+        try:
+            same = _by_size.get(nbytes)
+            key = None if same is None else _idle_of(same)
+            if key is not None:
+                same.move_to_end(key)  # type: ignore[union-attr]
+                _slots.move_to_end(key)
+                out: np.ndarray = _slots[key][0].view(dt).reshape(shape)
+                return out
+            need = _held + nbytes - _limit
+            if need > 0:
+                idle = [k for k, sl in itertools.islice(_slots.items(), SCAN) if _refs(sl) == _IDLE]
+                if sum(_slots[k][0].nbytes for k in idle) >= need:  # else they may serve later
+                    for k in idle:
+                        if need <= 0:
+                            break
+                        need -= _untrack(k)
+            base = np.empty(nbytes, np.uint8)
+            if need <= 0:
+                key = id(base)
+                slot = [base]
+                _slots[key] = slot
+                _by_size.setdefault(nbytes, OrderedDict())[key] = slot
+                _held += nbytes
+            out = base.view(dt).reshape(shape)
+            return out
+        finally:
+            _busy.on = False
 
 
 def _drop(need: int, in_use: bool) -> int:
