@@ -56,11 +56,18 @@ def _default_limit() -> int:
         ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):
         return 1 << 30
+    try:  # a container's memory limit (cgroup v2), where it is lower than the machine's
+        with open("/sys/fs/cgroup/memory.max") as f:
+            raw = f.read().strip()
+        if raw.isdigit():
+            ram = min(ram, int(raw))
+    except OSError:
+        pass
     return int(min(1 << 30, ram // 8))
 
 
 #: the default limit on the bytes the pool holds (idle and in use): 1 GiB, or an eighth of
-#: the machine's memory where that is less
+#: the machine's memory (or of the container's cgroup limit) where that is less
 DEFAULT_LIMIT = _default_limit()
 
 
