@@ -161,8 +161,9 @@ def _idle_of(same: OrderedDict[int, list[np.ndarray]]) -> int | None:
             break
         if _refs(same[key]) == _IDLE:
             return int(key)
+    stop = min(half, len(same) - half)  # those not looked at already
     for i, key in enumerate(same):
-        if i == min(half, len(same) - half):
+        if i >= stop:
             break
         if _refs(same[key]) == _IDLE:
             return key
