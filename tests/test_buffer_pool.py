@@ -163,6 +163,20 @@ def test_lowering_the_limit_drops_idle_buffers():
     assert an.buffer_pool_info() == {"limit": y2.nbytes, "held": y2.nbytes, "idle": 0, "buffers": 1}
 
 
+def _run_four_threads(work):
+    """``work(i)`` in four threads at once, switching as often as the interpreter can."""
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        ts = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+
+
 def test_threads_never_share_a_buffer_in_use():
     xs = [_x(20 + i, (N // 4, D)) for i in range(4)]
     refs = [_portable_ln(x) for x in xs]
@@ -178,16 +192,7 @@ def test_threads_never_share_a_buffer_in_use():
         except Exception as e:
             errors.append(f"thread {i}: {type(e).__name__}: {e}")
 
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)      # switch threads as often as the interpreter can
-    try:
-        ts = [threading.Thread(target=work, args=(i,)) for i in range(4)]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
-    finally:
-        sys.setswitchinterval(interval)
+    _run_four_threads(work)
     assert not errors
     _consistent()
 
@@ -210,16 +215,7 @@ def test_the_pool_itself_under_threads_never_hands_one_buffer_to_two_holders():
         except Exception as e:  # a dict changed under another thread's loop, say
             errors.append(f"thread {i}: {type(e).__name__}: {e}")
 
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        ts = [threading.Thread(target=work, args=(i,)) for i in range(4)]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
-    finally:
-        sys.setswitchinterval(interval)
+    _run_four_threads(work)
     assert not errors, errors[:5]
     _consistent()
 
