@@ -224,7 +224,8 @@ def run(*, cases: Sequence[str] | None = None, backends: Sequence[str] | None = 
     settings = {"quick": quick, **cfg, "arraynorm_fast_paths": an.fast_paths_enabled(),
                 "arraynorm_threads": fast_path_threads(), **(torch_info or {}),
                 "openblas": _openblas_note(), "malloc": malloc_note, "settle_s": None if quick else SETTLE_S,
-                "wake_call": True, "buffer_pool_bytes": an.buffer_pool_info()["limit"], "jit": numba_jit.available(),
+                "wake_call": True, "buffer_pool_bytes": an.buffer_pool_info()["limit"],
+                "jit": numba_jit.available(),
                 "numba_cache_dir": os.environ.get("NUMBA_CACHE_DIR", "numba default")}
     info = machine.describe()
     log(f"arraynorm benchmarks on {info['cpu']} ({info['cpus_available']} CPUs), "
