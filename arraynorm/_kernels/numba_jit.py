@@ -221,15 +221,20 @@ def _threads(x: np.ndarray) -> int:
     return max(1, min(fast_path_threads(), int(numba.config.NUMBA_NUM_THREADS)))
 
 
-def _call(loops: ModuleType, name: str, *args: Any) -> None:
-    """Run a compiled loop with :func:`_threads` threads, timing the first call per
-    signature (compile or cache load) into :data:`COMPILE_SECONDS`. Kept lean: it runs
-    2–4 times per forward+backward (a dtype's str() alone costs 5 µs)."""
+def _call(loops: ModuleType, name: str, n: int, *args: Any) -> None:
+    """Run a compiled loop with ``n`` threads (the caller's :func:`_threads`, asked once per
+    forward or backward), timing the first call per signature (compile or cache load) into
+    :data:`COMPILE_SECONDS`. Kept lean: it runs 2–4 times per forward+backward (a dtype's
+    str() alone costs 5 µs)."""
     import numba  # function-level: optional dependency, already imported by _loops()
 
-    n = _threads(args[0])
     k = _USER_INPUTS[name]
-    args = tuple(_read_only(a) for a in args[:k]) + args[k:]
+    if k == 1:  # no generator: this is per call (1 µs of a small layer's ~30 µs of Python)
+        args = (_read_only(args[0]),) + args[1:]
+    elif k == 2:
+        args = (_read_only(args[0]), _read_only(args[1])) + args[2:]
+    else:
+        args = tuple(_read_only(a) for a in args[:k]) + args[k:]
     if n == 1:  # the serial twin: no threading layer, no launch, no lock
         _timed(loops.SERIAL[name], name + "_serial", args)
         return
@@ -330,22 +335,22 @@ def _channel_params(g: _Geometry, a: Any, fill: float) -> np.ndarray:
 
 # forward -------------------------------------------------------------------------------------
 
-@dataclasses.dataclass(frozen=True)
 class _Saved:
     """What the forward keeps: the input (C order), the geometry, the float64 statistics
     (shift, μ_s, rstd per statistic), γ as the loops read it (rows: with its strides;
     channels: with the float64 sum shift + μ_s, the offset of the combined sweeps), the layout whose
     ``param_axes`` γ/β span, and ``mean_lo`` (``layout.stats_shape``, as
-    :mod:`.numpy_fused` keeps it)."""
+    :mod:`.numpy_fused` keeps it; None for RMS: what state.mean rounds off the exact mean).
+    A plain class with slots, not a frozen dataclass, whose ``__init__`` sets each field
+    through ``object.__setattr__`` (1.5 µs a forward); nothing writes it after."""
 
-    x: np.ndarray
-    geometry: _Geometry
-    shift: np.ndarray
-    mean_s: np.ndarray
-    rstd: np.ndarray
-    params: Any
-    param_layout: Layout
-    mean_lo: np.ndarray | None   # what state.mean rounds off the exact mean (None for RMS)
+    __slots__ = ("x", "geometry", "shift", "mean_s", "rstd", "params", "param_layout", "mean_lo")
+
+    def __init__(self, x: np.ndarray, geometry: _Geometry, shift: np.ndarray,
+                 mean_s: np.ndarray, rstd: np.ndarray, params: Any, param_layout: Layout,
+                 mean_lo: np.ndarray | None) -> None:
+        self.x, self.geometry, self.shift, self.mean_s = x, geometry, shift, mean_s
+        self.rstd, self.params, self.param_layout, self.mean_lo = rstd, params, param_layout, mean_lo
 
 
 def _forward(stages: Stages, xp: Namespace, layout: Layout, playout: Layout, g: _Geometry,
@@ -354,14 +359,16 @@ def _forward(stages: Stages, xp: Namespace, layout: Layout, playout: Layout, g: 
     xa = np.ascontiguousarray(x)
     rms = type(stages.operation) is RMSScale
     eps = float(stages.eps)
-    y = _buffers.empty(_flat(g), ct)
-    xg = xa.reshape(_flat(g))
+    flat = _flat(g)
+    y = _buffers.empty(flat, ct)
+    xg = xa.reshape(flat)
+    n = _threads(xg)
     if g.kind == "rows":
         W, B, (sm, sa, sc) = _rows_params(g, weight, bias)
         stats, sct = np.empty((5, g.dims[0])), np.empty((4, g.dims[0]), ct)
         f32 = ct == np.float32
         W32, B32 = (W.astype(np.float32), B.astype(np.float32)) if f32 else (_NO_F32, _NO_F32)
-        _call(loops, "rows_forward", xg, g.dims[1], g.dims[2], W, B, W32, B32, sm, sa, sc, eps,
+        _call(loops, "rows_forward", n, xg, g.dims[1], g.dims[2], W, B, W32, B32, sm, sa, sc, eps,
               rms, f32, y, stats, sct)
         shift, mean_s, _, rstd64, fast = stats
         params: Any = (W, W32, fast, (sm, sa, sc))
@@ -370,18 +377,18 @@ def _forward(stages: Stages, xp: Namespace, layout: Layout, playout: Layout, g: 
         kspan, b, nrb = _channel_blocks(g)
         shift, part, merged = np.empty((M, K)), np.empty((3, M, nrb, K)), np.empty((4, M, K))
         sct = np.empty((4, M, K), ct)
-        _call(loops, "channels_stats", xg, *g.dims, kspan, b, rms, ct == np.float32, shift, part)
+        _call(loops, "channels_stats", n, xg, *g.dims, kspan, b, rms, ct == np.float32, shift, part)
         # serial, O(M·K·blocks); also the mean's float64 sum and its (hi, lo) split
         loops.channels_merge(part, shift, R1, R2, b, eps, ct == np.float64, merged, sct)
         mean_s, _, rstd64, total = merged
         Wk, Bk = _channel_params(g, weight, 1.0), _channel_params(g, bias, 0.0)
         comb = ct == np.float32 and R2 == 1
-        _call(loops, "channels_apply", xg, *g.dims, total if comb else shift, mean_s,
+        _call(loops, "channels_apply", n, xg, *g.dims, total if comb else shift, mean_s,
               rstd64 * Wk, Bk, comb, y)
         params = (Wk, total)
     # the loops stored the statistics in the data dtype: (mean, remainder, σ², rstd)
     st = layout.stats_shape
-    mean, mean_lo, var, rstd = (a.reshape(st) for a in sct)
+    mean, mean_lo, var, rstd = sct.reshape((4, *st))
     if rms:
         mean = mean_lo = None
 
@@ -400,36 +407,52 @@ def _forward(stages: Stages, xp: Namespace, layout: Layout, playout: Layout, g: 
 
 # backward ------------------------------------------------------------------------------------
 
+def _sum0(a: np.ndarray) -> np.ndarray:
+    """``a.sum(axis=0)`` with the same bits, without the reduction's setup for the one or two
+    rows the backward's per-task partial sums usually have (a sum of one value is that
+    value; of two, their sum)."""
+    out: np.ndarray
+    if a.shape[0] == 1:
+        out = a[0]
+    elif a.shape[0] == 2:
+        out = a[0] + a[1]
+    else:
+        out = a.sum(axis=0)
+    return out
+
+
 def _backward(ctx: NormContext, saved: _Saved, dy: np.ndarray, rms: bool,
               loops: ModuleType) -> Grads:
     g = saved.geometry
     p = g.plan
     ct = saved.x.dtype
-    xg = saved.x.reshape(_flat(g))
-    dyg = np.ascontiguousarray(dy, dtype=ct).reshape(_flat(g))
-    dx = _buffers.empty(_flat(g), ct)
+    flat = _flat(g)
+    xg = saved.x.reshape(flat)
+    dyg = np.ascontiguousarray(dy, dtype=ct).reshape(flat)
+    dx = _buffers.empty(flat, ct)
+    n = _threads(xg)
     if g.kind == "rows":
         W, W32, fast, (sm, sa, sc) = saved.params
-        T = max(1, min(_threads(xg), g.dims[0]))
+        T = max(1, min(n, g.dims[0]))
         dW, dB = np.zeros((T, W.size)), np.zeros((T, W.size))
-        _call(loops, "rows_backward", xg, dyg, g.dims[1], g.dims[2], W, W32, sm, sa, sc, saved.shift,
+        _call(loops, "rows_backward", n, xg, dyg, g.dims[1], g.dims[2], W, W32, sm, sa, sc, saved.shift,
               saved.mean_s, saved.rstd, fast, ct == np.float32, rms, dx, dW, dB)
-        acc_w, acc_b = dW.sum(axis=0), dB.sum(axis=0)
+        acc_w, acc_b = _sum0(dW), _sum0(dB)
     else:
         M, _, K, _ = g.dims
         kspan, b, nrb = _channel_blocks(g)
         part = np.empty((2, M, nrb, K))
-        _call(loops, "channels_grad_sums", xg, dyg, *g.dims, saved.shift, saved.mean_s, kspan, b, part)
-        sdy, sdyd = part.sum(axis=2)
+        _call(loops, "channels_grad_sums", n, xg, dyg, *g.dims, saved.shift, saved.mean_s, kspan, b, part)
+        sdy, sdyd = part[:, :, 0] if nrb == 1 else part.sum(axis=2)
         r = saved.rstd
         mdy = np.zeros((M, K)) if rms else sdy / g.n
         comb = ct == np.float32 and g.dims[3] == 1
         Wk, total = saved.params
-        _call(loops, "channels_grad_apply", xg, dyg, *g.dims, total if comb else saved.shift,
+        _call(loops, "channels_grad_apply", n, xg, dyg, *g.dims, total if comb else saved.shift,
               saved.mean_s, r * Wk, mdy, (r * sdyd / g.n) * r, comb, dx)  # never r²: it under/overflows beyond 1e±154
         acc_w, acc_b = r * sdyd, sdy
         if not any(p.lead_par):
-            acc_w, acc_b = acc_w.sum(axis=0), acc_b.sum(axis=0)
+            acc_w, acc_b = _sum0(acc_w), _sum0(acc_b)
     pshape = saved.param_layout.param_shape
     dw = db = None
     if ctx.weight is not None:
@@ -535,7 +558,7 @@ def unit_scale(v2: np.ndarray, g1: np.ndarray) -> tuple[np.ndarray, np.ndarray] 
         return None
     w = _buffers.empty(v2.shape, v2.dtype)
     ss = np.empty(v2.shape[0])
-    _call(loops, "unit_scale_forward", v2, g1, w, ss, np.empty(v2.shape[0], v2.dtype))
+    _call(loops, "unit_scale_forward", _threads(v2), v2, g1, w, ss, np.empty(v2.shape[0], v2.dtype))
     lo, hi = _UNIT_SS_RANGE
     if not (float(ss.min()) >= lo and float(ss.max()) <= hi):  # NaN fails too
         return None
@@ -552,6 +575,7 @@ def unit_scale_backward(dw2: np.ndarray, v2: np.ndarray, g1: np.ndarray,
         "unit_scale_backward: only after unit_scale answered, with a cotangent of w's shape"
     dv = _buffers.empty(v2.shape, v2.dtype)
     dg = np.empty(v2.shape[0])
-    _call(loops, "unit_scale_backward", np.ascontiguousarray(dw2), v2, g1, ss, dv, dg,
+    dw2 = np.ascontiguousarray(dw2)
+    _call(loops, "unit_scale_backward", _threads(dw2), dw2, v2, g1, ss, dv, dg,
           np.empty((v2.shape[0], 2), v2.dtype))
     return dv, dg
