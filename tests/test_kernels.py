@@ -902,3 +902,39 @@ def test_a_process_that_ran_the_jit_can_fork_workers(monkeypatch):
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                              text=True, timeout=300)
         assert out.returncode == 0 and out.stdout.startswith("ok"), out.stderr[-2000:]
+
+
+@jit_needed
+def test_numbas_openmp_workers_get_a_short_spin_unless_the_user_chose_one():
+    """libgomp reads GOMP_SPINCOUNT once, as it loads — at the JIT's first parallel launch,
+    which sets it to ``OMP_SPIN_COUNT`` for that moment only (libgomp's default keeps the
+    workers spinning ~10 ms after every loop, taking a core from the next matrix product);
+    the environment is as it was afterwards, and a user's GOMP_SPINCOUNT or OMP_WAIT_POLICY
+    is left alone. Under the OpenMP layer, libgomp is seen to load while the value is set."""
+    code = ("import os, numpy as np, numba, arraynorm as an\n"
+            "from arraynorm._kernels import numba_jit as j\n"
+            "seen = []\n"
+            "gomp = lambda: any('libgomp' in l and 'torch' not in l for l in open('/proc/self/maps'))\n"
+            "set_threads = numba.set_num_threads\n"
+            "def spy(n):\n"
+            "    seen.append((os.environ.get('GOMP_SPINCOUNT', '-'), gomp()))\n"
+            "    set_threads(n)\n"
+            "numba.set_num_threads = spy\n"
+            "x = np.ones((512, 1024), np.float32)\n"
+            "an.layer_norm(x); an.layer_norm(x)\n"
+            "layer = numba.threading_layer()\n"
+            "print(seen[0][0], seen[0][1], len(seen), os.environ.get('GOMP_SPINCOUNT', '-'),\n"
+            "      layer != 'omp' or gomp())\n")
+    clean = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+
+    def run(**env):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             env=dict(clean, PYTHONPATH=str(ROOT), **_TWO_THREADS, **env), timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return out.stdout.split()
+
+    spin = str(numba_jit.OMP_SPIN_COUNT)
+    # the first launch sees the short spin, libgomp not yet loaded; afterwards it is gone
+    assert run() == [spin, "False", "1", "-", "True"]
+    assert run(GOMP_SPINCOUNT="123") == ["123", "False", "1", "123", "True"]
+    assert run(OMP_WAIT_POLICY="active") == ["-", "False", "1", "-", "True"]

@@ -134,6 +134,22 @@ COMPILE_SECONDS: dict[str, float] = {}
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 _GEOMETRIES: dict[tuple[Any, ...], tuple[Layout, Any]] = {}
 _NO_BLOCKS = 1 << 62  # plan() with blocks larger than any input: only its axis merging is used
+#: how long numba's GNU OpenMP workers spin after a parallel loop before they sleep, in
+#: libgomp's spin iterations (``GOMP_SPINCOUNT``; each a ``pause``, ~10-50 ns), given to
+#: libgomp as it loads — at the first parallel launch — unless ``GOMP_SPINCOUNT`` or
+#: ``OMP_WAIT_POLICY`` is set (then the user's choice stands). libgomp's own default, 300000
+#: (~10 ms on the 2-core Xeon), keeps a worker busy on a core long after the loop: OpenBLAS's
+#: threads then share that core for the next matrix product, which in turn holds up the next
+#: loop's worker (the transformer block, 2 cores: LN's backward loop 0.6 ms alone, 6 ms
+#: between the block's products). Measured 2026-12-03 on that machine (float32
+#: forward+backward, medians; three alternating runs of libgomp's default and 10000):
+#: TransformerEncoderBlock(256, 4, 1024) on (32, 128, 256) 148–150 → 134–140 ms; LN and BN
+#: of 1–16 MiB alone unchanged within the runs' spread (LN 256×1024 215–229 µs either way).
+#: 1000 is too short (LN 256×1024 427 µs: the workers fall asleep between a forward's and a
+#: backward's loop, and waking them costs more than the loop), as is no spinning at all
+#: (``OMP_WAIT_POLICY=passive``: 446 µs); 100000 helps the transformer less (138 ms).
+OMP_SPIN_COUNT = 10_000
+
 _launch_lock = threading.Lock()
 _serialize: bool | None = None   # None until the first parallel loop ran (then: is the layer workqueue)
 _serial_only = False  # in a child forked after a parallel launch under GNU OpenMP
@@ -238,17 +254,36 @@ def _call(loops: ModuleType, name: str, n: int, *args: Any) -> None:
     if n == 1:  # the serial twin: no threading layer, no launch, no lock
         _timed(loops.SERIAL[name], name + "_serial", args)
         return
-    if getattr(_thread_counts, "n", None) != n:  # numba's setting is per thread, 2 µs a call
-        numba.set_num_threads(n)
-        _thread_counts.n = n
     # numba's workqueue threading layer (chosen where neither TBB nor OpenMP is available)
     # aborts the process when two threads run parallel loops at once: calls are serialized
     # until the first one shows which layer numba picked, and for good under workqueue
     global _serialize
     with _launch_lock if _serialize is not False else contextlib.nullcontext():
-        _timed(getattr(loops, name), name, args)
-        if _serialize is None:
+        first = _serialize is None  # numba's threading layer loads now (set_num_threads loads it)
+        with _omp_spin_count() if first else contextlib.nullcontext():
+            if getattr(_thread_counts, "n", None) != n:  # numba's setting is per thread, 2 µs
+                numba.set_num_threads(n)
+                _thread_counts.n = n
+            _timed(getattr(loops, name), name, args)
+        if first:
             _serialize = numba.threading_layer() == "workqueue"
+
+
+@contextlib.contextmanager
+def _omp_spin_count() -> Any:
+    """``GOMP_SPINCOUNT`` = :data:`OMP_SPIN_COUNT` in the environment while numba's threading
+    layer loads (libgomp reads it once, as it is loaded), then the environment as it was, so
+    that child processes do not inherit it. Nothing is changed where the user set
+    ``GOMP_SPINCOUNT`` or ``OMP_WAIT_POLICY``; nothing happens where libgomp was loaded
+    before (by numba for other code) or numba picks another layer."""
+    if "GOMP_SPINCOUNT" in os.environ or "OMP_WAIT_POLICY" in os.environ:
+        yield
+        return
+    os.environ["GOMP_SPINCOUNT"] = str(OMP_SPIN_COUNT)
+    try:
+        yield
+    finally:
+        os.environ.pop("GOMP_SPINCOUNT", None)
 
 
 def _timed(fn: Any, name: str, args: tuple[Any, ...]) -> None:
