@@ -143,8 +143,9 @@ _NO_BLOCKS = 1 << 62  # plan() with blocks larger than any input: only its axis 
 #: loop's worker (the transformer block, 2 cores: LN's backward loop 0.6 ms alone, 6 ms
 #: between the block's products). Measured 2026-12-03 on that machine (float32
 #: forward+backward, medians; three alternating runs of libgomp's default and 10000):
-#: TransformerEncoderBlock(256, 4, 1024) on (32, 128, 256) 148–150 → 134–140 ms; LN and BN
-#: of 1–16 MiB alone unchanged within the runs' spread (LN 256×1024 215–229 µs either way).
+#: TransformerEncoderBlock(256, 4, 1024) on (32, 128, 256) 148–150 → 134–140 ms; LN, BN and
+#: RMS of 1–16 MiB alone unchanged within the runs' ±10% spread (LN 256×1024 215–229 µs,
+#: LN 4096×1024 2.55–2.99 ms for 10000, 30000 and 300000 alike; 30000: transformer 132–135).
 #: 1000 is too short (LN 256×1024 427 µs: the workers fall asleep between a forward's and a
 #: backward's loop, and waking them costs more than the loop), as is no spinning at all
 #: (``OMP_WAIT_POLICY=passive``: 446 µs); 100000 helps the transformer less (138 ms).
