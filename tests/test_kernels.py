@@ -905,12 +905,14 @@ def test_a_process_that_ran_the_jit_can_fork_workers(monkeypatch):
 
 
 @jit_needed
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps (GNU OpenMP)")
 def test_numbas_openmp_workers_get_a_short_spin_unless_the_user_chose_one():
     """libgomp reads GOMP_SPINCOUNT once, as it loads — at the JIT's first parallel launch,
     which sets it to ``OMP_SPIN_COUNT`` for that moment only (libgomp's default keeps the
     workers spinning ~10 ms after every loop, taking a core from the next matrix product);
     the environment is as it was afterwards, and a user's GOMP_SPINCOUNT or OMP_WAIT_POLICY
-    is left alone. Under the OpenMP layer, libgomp is seen to load while the value is set."""
+    is left alone. Under the OpenMP layer, libgomp is seen to load while the value is set,
+    and says which spin count it took (``OMP_DISPLAY_ENV=VERBOSE``)."""
     code = ("import os, numpy as np, numba, arraynorm as an\n"
             "from arraynorm._kernels import numba_jit as j\n"
             "seen = []\n"
@@ -927,14 +929,27 @@ def test_numbas_openmp_workers_get_a_short_spin_unless_the_user_chose_one():
             "      layer != 'omp' or gomp())\n")
     clean = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
 
-    def run(**env):
+    def run(took, **env):
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             env=dict(clean, PYTHONPATH=str(ROOT), **_TWO_THREADS, **env), timeout=300)
+                             env=dict(clean, PYTHONPATH=str(ROOT), OMP_DISPLAY_ENV="VERBOSE",
+                                      **_TWO_THREADS, **env), timeout=300)
         assert out.returncode == 0, out.stderr[-3000:]
+        if "OPENMP DISPLAY ENVIRONMENT" in out.stderr:  # GNU OpenMP's report as it loaded
+            assert f"GOMP_SPINCOUNT = '{took}'" in out.stderr, out.stderr[-3000:]
         return out.stdout.split()
 
     spin = str(numba_jit.OMP_SPIN_COUNT)
     # the first launch sees the short spin, libgomp not yet loaded; afterwards it is gone
-    assert run() == [spin, "False", "1", "-", "True"]
-    assert run(GOMP_SPINCOUNT="123") == ["123", "False", "1", "123", "True"]
-    assert run(OMP_WAIT_POLICY="active") == ["-", "False", "1", "-", "True"]
+    assert run(spin) == [spin, "False", "1", "-", "True"]
+    assert run("123", GOMP_SPINCOUNT="123") == ["123", "False", "1", "123", "True"]
+    assert run("30000000000", OMP_WAIT_POLICY="active") == ["-", "False", "1", "-", "True"]
+
+
+def test_the_spin_count_leaves_the_environment_as_it_was_when_the_launch_fails(monkeypatch):
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    with pytest.raises(RuntimeError, match="launch failed"):
+        with numba_jit._omp_spin_count():
+            assert os.environ["GOMP_SPINCOUNT"] == str(numba_jit.OMP_SPIN_COUNT)
+            raise RuntimeError("launch failed")
+    assert "GOMP_SPINCOUNT" not in os.environ

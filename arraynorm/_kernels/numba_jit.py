@@ -79,6 +79,7 @@ import math
 import os
 import threading
 import time
+from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
 
@@ -260,23 +261,26 @@ def _call(loops: ModuleType, name: str, n: int, *args: Any) -> None:
     # until the first one shows which layer numba picked, and for good under workqueue
     global _serialize
     with _launch_lock if _serialize is not False else contextlib.nullcontext():
-        first = _serialize is None  # numba's threading layer loads now (set_num_threads loads it)
-        with _omp_spin_count() if first else contextlib.nullcontext():
-            if getattr(_thread_counts, "n", None) != n:  # numba's setting is per thread, 2 µs
+        first = _serialize is None
+        if getattr(_thread_counts, "n", None) != n:  # numba's setting is per thread, 2 µs a call
+            # the first one loads numba's threading layer (libgomp): only that moment gets
+            # the spin count, not the loop's compilation (seconds on a cold cache)
+            with _omp_spin_count() if first else contextlib.nullcontext():
                 numba.set_num_threads(n)
-                _thread_counts.n = n
-            _timed(getattr(loops, name), name, args)
+            _thread_counts.n = n
+        _timed(getattr(loops, name), name, args)
         if first:
             _serialize = numba.threading_layer() == "workqueue"
 
 
 @contextlib.contextmanager
-def _omp_spin_count() -> Any:
+def _omp_spin_count() -> Iterator[None]:
     """``GOMP_SPINCOUNT`` = :data:`OMP_SPIN_COUNT` in the environment while numba's threading
     layer loads (libgomp reads it once, as it is loaded), then the environment as it was, so
     that child processes do not inherit it. Nothing is changed where the user set
-    ``GOMP_SPINCOUNT`` or ``OMP_WAIT_POLICY``; nothing happens where libgomp was loaded
-    before (by numba for other code) or numba picks another layer."""
+    ``GOMP_SPINCOUNT`` or ``OMP_WAIT_POLICY``; it has no effect where the system libgomp was
+    loaded before (by any library linking it) or numba's layer is not GNU OpenMP (TBB,
+    workqueue, or Intel/LLVM OpenMP, which ignore the variable)."""
     if "GOMP_SPINCOUNT" in os.environ or "OMP_WAIT_POLICY" in os.environ:
         yield
         return
@@ -444,9 +448,12 @@ def _forward(stages: Stages, xp: Namespace, layout: Layout, playout: Layout, g: 
 # backward ------------------------------------------------------------------------------------
 
 def _sum0(a: np.ndarray) -> np.ndarray:
-    """``a.sum(axis=0)`` with the same bits, without the reduction's setup for the one or two
-    rows the backward's per-task partial sums usually have (a sum of one value is that
-    value; of two, their sum)."""
+    """``a.sum(axis=0)`` without the reduction's setup for the one or two rows the backward's
+    per-task partial sums usually have: the same bits, except that a −0.0 stays −0.0 where
+    NumPy's sum, which starts from +0.0, gives +0.0 (the rows' dW/dB start from +0.0 and
+    cannot hold −0.0; the channels' r·Σdy·(x − μ) can, where the product underflows). The
+    one-row result is a view of ``a``: the callers' arrays are fresh per call and reach the
+    user only through ``_finish_param``'s copying ``astype``."""
     out: np.ndarray
     if a.shape[0] == 1:
         out = a[0]
