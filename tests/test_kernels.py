@@ -909,7 +909,7 @@ def test_a_process_that_ran_the_jit_can_fork_workers(monkeypatch):
 def test_numbas_openmp_workers_get_a_short_spin_unless_the_user_chose_one():
     """libgomp reads GOMP_SPINCOUNT once, as it loads — at the JIT's first parallel launch,
     which sets it to ``OMP_SPIN_COUNT`` for that moment only (libgomp's default keeps the
-    workers spinning ~10 ms after every loop, taking a core from the next matrix product);
+    workers spinning for milliseconds after every loop, taking a core from the next matrix product);
     the environment is as it was afterwards, and a user's GOMP_SPINCOUNT or OMP_WAIT_POLICY
     is left alone. Under the OpenMP layer, libgomp is seen to load while the value is set,
     and says which spin count it took (``OMP_DISPLAY_ENV=VERBOSE``)."""

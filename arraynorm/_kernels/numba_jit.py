@@ -136,10 +136,10 @@ _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 _GEOMETRIES: dict[tuple[Any, ...], tuple[Layout, Any]] = {}
 _NO_BLOCKS = 1 << 62  # plan() with blocks larger than any input: only its axis merging is used
 #: how long numba's GNU OpenMP workers spin after a parallel loop before they sleep, in
-#: libgomp's spin iterations (``GOMP_SPINCOUNT``; each a ``pause``, ~10-50 ns), given to
+#: libgomp's spin iterations (``GOMP_SPINCOUNT``; each a ``pause`` instruction), given to
 #: libgomp as it loads — at the first parallel launch — unless ``GOMP_SPINCOUNT`` or
-#: ``OMP_WAIT_POLICY`` is set (then the user's choice stands). libgomp's own default, 300000
-#: (~10 ms on the 2-core Xeon), keeps a worker busy on a core long after the loop: OpenBLAS's
+#: ``OMP_WAIT_POLICY`` is set (then the user's choice stands). libgomp's own default, 300000,
+#: keeps a worker busy on a core long after the loop (milliseconds): OpenBLAS's
 #: threads then share that core for the next matrix product, which in turn holds up the next
 #: loop's worker (the transformer block, 2 cores: LN's backward loop 0.6 ms alone, 6 ms
 #: between the block's products). Measured 2026-12-03 on that machine (float32
@@ -247,12 +247,7 @@ def _call(loops: ModuleType, name: str, n: int, *args: Any) -> None:
     import numba  # function-level: optional dependency, already imported by _loops()
 
     k = _USER_INPUTS[name]
-    if k == 1:  # no generator: this is per call (1 µs of a small layer's ~30 µs of Python)
-        args = (_read_only(args[0]),) + args[1:]
-    elif k == 2:
-        args = (_read_only(args[0]), _read_only(args[1])) + args[2:]
-    else:
-        args = tuple(_read_only(a) for a in args[:k]) + args[k:]
+    args = (*map(_read_only, args[:k]), *args[k:])
     if n == 1:  # the serial twin: no threading layer, no launch, no lock
         _timed(loops.SERIAL[name], name + "_serial", args)
         return
