@@ -86,6 +86,8 @@ def momentum_weight(fname: str, momentum: float | None, num_batches_tracked: int
     """The new batch's weight m: ``momentum`` (in [0, 1], PyTorch's convention — the opposite
     of Keras and Flax), or 1/num_batches_tracked for ``momentum=None`` (the cumulative
     average; ``num_batches_tracked`` counts batches *including* this one)."""
+    if type(momentum) is float and 0.0 <= momentum <= 1.0:  # the common case, without the checks' calls
+        return momentum
     if momentum is None:
         if (isinstance(num_batches_tracked, bool) or not isinstance(num_batches_tracked, int)
                 or num_batches_tracked < 1):
@@ -120,7 +122,8 @@ def blend(running: Array, batch: Array, m: float) -> Array:
 def unbiased_variance(var: Array, count: int) -> Array:
     """The unbiased variance σ²·count/(count − 1) from the biased one of ``count`` values per
     statistic (count >= 2): what running variances store (PyTorch's convention)."""
-    count = xp_check_int("unbiased_variance", "count", count, minimum=2)
+    if type(count) is not int or count < 2:
+        count = xp_check_int("unbiased_variance", "count", count, minimum=2)
     return var * (count / (count - 1))
 
 

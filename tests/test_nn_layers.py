@@ -538,3 +538,84 @@ def test_linear_and_attention_on_numpy_batches_equal_the_generic_code_and_float6
     for k in ("weight", "bias"):
         np.testing.assert_allclose(attn.in_proj.grads[k], np.asarray(attn_s.in_proj.grads[k]),
                                    rtol=1e-13, atol=1e-13)
+
+
+# ------------------------------------------------------------------------------------------
+# what a layer remembers between calls (its normalizer, the checks of an input signature and
+# the implementation chosen for it) must never change an answer or let a bad input through
+
+
+def test_remembered_checks_still_refuse_every_bad_input_after_good_calls():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((16, 8)).astype(np.float32)
+    bn, lin, relu = nn.BatchNorm(8), nn.Linear(8, 4, rng=0), nn.ReLU()
+    for _ in range(2):  # the second call is answered from what the first remembered
+        bn(x), lin(x), relu(x)
+    with pytest.raises(ValueError, match=r"BatchNorm.forward: x must have \(8,\) features"):
+        bn(x[:, :7])
+    with pytest.raises(ValueError, match="BatchNorm"):  # one value per statistic
+        bn(x[:1])
+    with pytest.raises(TypeError, match="BatchNorm: x must have a real floating dtype"):
+        bn(x.astype(np.int32))
+    bn.weight = np.ones(8, np.int64)  # a parameter of another dtype: checked again
+    with pytest.raises(TypeError, match="weight must have a real floating dtype"):
+        bn(x)
+    bn.weight = np.ones(7, np.float32)
+    with pytest.raises(ValueError, match="weight"):
+        bn(x)
+    with pytest.raises(ValueError, match=r"Linear.forward: x must have shape \(\.\.\., 8\)"):
+        lin(x[:, :7])
+    with pytest.raises(TypeError, match="Linear.forward: x must have a real floating dtype"):
+        lin(x.astype(np.int64))
+    with pytest.raises(TypeError, match="ReLU.forward: x must have a real floating dtype"):
+        relu(x.astype(np.int64))
+
+
+def test_a_layer_follows_its_settings_and_the_fast_path_switch_between_calls():
+    """eps, the mode and the fast-path switch changed between calls on one layer give what
+    a fresh layer with those settings gives (float64 reference: the portable path)."""
+    import arraynorm as an
+    from arraynorm._kernels import PORTABLE
+
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal((512, 1024)) * 3 + 2).astype(np.float32)  # 2 MiB: a fast path's size
+    bn = nn.BatchNorm(1024).to(np, dtype="float32")
+    bn(x)
+    fast = bn._saved()["ctx"].implementation
+    assert fast is not None and fast is not PORTABLE
+    bn.eps = 4.0
+    y = bn(x)
+    ref = nn.BatchNorm(1024, eps=4.0)(x.astype(np.float64))
+    assert_close(y, ref, rtol=2e-6, atol=2e-6)
+    with an.use_fast_paths(False):
+        y_portable = bn(x)
+        assert bn._saved()["ctx"].implementation is PORTABLE
+    assert_close(y_portable, ref, rtol=2e-6, atol=2e-6)
+    assert bn(x) is not None and bn._saved()["ctx"].implementation is fast
+    bn.eval()
+    y_eval = bn(x)
+    mean, var = bn.running_mean.astype(np.float64), bn.running_var.astype(np.float64)
+    assert_close(y_eval, (x - mean) / np.sqrt(var + 4.0), rtol=2e-6, atol=2e-6)
+
+
+def test_a_normalizer_remembers_checks_per_signature_and_drops_them_when_copied():
+    import copy
+    import pickle
+
+    import arraynorm as an
+
+    rng = np.random.default_rng(2)
+    norm = an.Normalizer(an.partition.Layer(), an.operation.Standardize(), repeated=True)
+    x = rng.standard_normal((64, 256)).astype(np.float32)
+    w, b = rng.standard_normal(256).astype(np.float32), rng.standard_normal(256).astype(np.float32)
+    y0, _ = an.Normalizer(an.partition.Layer(), an.operation.Standardize(), repeated=True).forward(x, w, b)
+    norm.forward(x, w, b)
+    assert len(norm._memo) == 1
+    y1, _ = norm.forward(x, w, b)
+    np.testing.assert_array_equal(y1, y0)  # answered from the memo: the same bits
+    norm.forward(x.astype(np.float64), w, b)
+    norm.forward(np.asfortranarray(x), w, b)
+    assert len(norm._memo) == 3  # another dtype, other strides: checked and remembered apart
+    for clone in (pickle.loads(pickle.dumps(norm)), copy.deepcopy(norm), copy.copy(norm)):
+        assert clone._memo == {} and clone.partition == norm.partition
+        np.testing.assert_array_equal(clone.forward(x, w, b)[0], y0)

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from array_api_compat import is_numpy_array
 
-from .._array_api import xp_check_finite_scalar, xp_check_floating, xp_namespace
+from .._array_api import _NUMPY_XP, xp_check_finite_scalar, xp_check_floating, xp_namespace
 from .._typing import Array
 from .module import Module
 
@@ -26,6 +26,8 @@ class _Pointwise(Module):
     φ'(x) · t, which is both the VJP and the JVP (the Jacobian is diagonal)."""
 
     def _xp(self, x: Array) -> Any:
+        if type(x) is np.ndarray and x.dtype.char in "efd":  # what the checks find, 2 µs sooner
+            return _NUMPY_XP
         fname = f"{type(self).__name__}.forward"
         xp = xp_namespace(fname, x=x)
         xp_check_floating(fname, "x", x, xp)
@@ -86,14 +88,15 @@ class ReLU(_Pointwise):
         """y = max(x, 0)."""
         xp = self._xp(x)
         self._save(xp=xp, x=x, shape=tuple(x.shape))
-        if is_numpy_array(x):
+        if type(x) is np.ndarray or is_numpy_array(x):
             # fmax: x where x > 0 and 0 for x ≤ 0 and NaN, as the where below; 15× faster
             return np.fmax(x, x.dtype.type(0), out=np.empty_like(x))  # out: 0-d stays an array
         return xp.where(x > 0, x, xp.zeros_like(x))
 
     def _scale(self, c: dict[str, Any], t: Array) -> Array:
         xp, x = c["xp"], c["x"]
-        if is_numpy_array(t) and is_numpy_array(x) and t.dtype in _BITS and t.shape == x.shape:
+        numpy = (type(t) is np.ndarray and type(x) is np.ndarray) or (is_numpy_array(t) and is_numpy_array(x))
+        if numpy and t.dtype in _BITS and t.shape == x.shape:
             return _keep_where_positive(x, t)
         return xp.where(x > 0, t, xp.zeros_like(t))
 

@@ -112,8 +112,18 @@ class Normalization(Module):
         return float(xp.finfo(x.dtype).eps) if xp.isdtype(x.dtype, "real floating") else 0.0
 
     def _normalizer(self, x: Array) -> Normalizer:
-        return Normalizer(self.partition, self._operation_now(), self._eps(x), self._name,
-                          self.recovery, repeated=True)
+        """The layer's normalizer for this call: the one of the previous call while the
+        partition, operation, eps and recovery are the same objects (values for eps), so that
+        its memo of checked input signatures (:class:`~arraynorm.Normalizer`) carries over."""
+        op, eps = self._operation_now(), self._eps(x)
+        last = self.__dict__.get("_last_normalizer")
+        if (last is not None and last[0] is self.partition and last[1] is op and last[2] == eps
+                and last[3] is self.recovery):
+            norm: Normalizer = last[4]
+            return norm
+        norm = Normalizer(self.partition, op, eps, self._name, self.recovery, repeated=True)
+        object.__setattr__(self, "_last_normalizer", (self.partition, op, eps, self.recovery, norm))
+        return norm
 
     def _check_features(self, x: Array) -> None:
         if self.param_shape is None:
@@ -138,8 +148,15 @@ class Normalization(Module):
         return y
 
     def _check_features_if_array(self, x: Array) -> None:
-        if hasattr(x, "shape"):
-            self._check_features(x)
+        shape = getattr(x, "shape", None)
+        if shape is None:
+            return
+        # the check is a function of the partition, γ's shape and x's shape: once per shape
+        last = self.__dict__.get("_features_checked")
+        if last is not None and last[0] is self.partition and last[1] == self.param_shape and last[2] == shape:
+            return
+        self._check_features(x)
+        object.__setattr__(self, "_features_checked", (self.partition, self.param_shape, tuple(shape)))
 
     def _after_forward(self, ctx: NormContext) -> None:
         """Hook: running statistics updates (batch methods)."""
@@ -347,10 +364,13 @@ class BatchNorm(Normalization):
         if not (self.training and self.track_running_stats) or ctx.layout.group_size == 0:
             return
         xp, st = ctx.xp, ctx.state  # Standardize's or Renormalize's: the batch statistics
+        if type(st.mean) is np.ndarray and type(st.var) is np.ndarray:  # without the namespace's wrappers
+            mean, var = st.mean.reshape(self.features), st.var.reshape(self.features)
+        else:
+            mean, var = xp.reshape(st.mean, self.features), xp.reshape(st.var, self.features)
         fold_batch(self.buffers, {
-            "running_mean": xp.reshape(st.mean, self.features),
-            "running_var": unbiased_variance(xp.reshape(st.var, self.features),
-                                             ctx.layout.group_size),
+            "running_mean": mean,
+            "running_var": unbiased_variance(var, ctx.layout.group_size),
         }, self.momentum, fname=self._name)
 
     def extra_repr(self) -> str:
