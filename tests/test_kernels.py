@@ -953,3 +953,41 @@ def test_the_spin_count_leaves_the_environment_as_it_was_when_the_launch_fails(m
             assert os.environ["GOMP_SPINCOUNT"] == str(numba_jit.OMP_SPIN_COUNT)
             raise RuntimeError("launch failed")
     assert "GOMP_SPINCOUNT" not in os.environ
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape", [(8, 4), (64, 256), (128, 1024), (3, 1000, 50)])
+@pytest.mark.parametrize("parallel", [False, True])
+def test_jit_relu_and_its_backward_give_numpys_bits(monkeypatch, dtype, shape, parallel):
+    """numba_jit.relu / relu_backward (ReLU's forward and backward from RELU_MIN_BYTES)
+    against NumPy's ``fmax(x, 0)`` and ``where(x > 0, t, 0)`` bit for bit, on inputs holding
+    ±0, ±inf and NaN in x and in the cotangent, on both sides of the size threshold and on
+    the serial and parallel loops; the nn.ReLU layer gives the same bits with fast paths on
+    and off. Non-contiguous inputs and mixed dtypes are left to NumPy (None)."""
+    if not numba_jit.available():
+        pytest.skip("numba (the optional [jit] extra) is not installed")
+    import arraynorm.nn as nn
+
+    if parallel:
+        monkeypatch.setattr(numba_jit, "PARALLEL_MIN_BYTES", 0)
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal(shape).astype(dtype)
+    t = rng.standard_normal(shape).astype(dtype)
+    special = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, -np.nan, 1.0, -1.0], dtype)
+    x.flat[:8], t.flat[1:9] = special, special
+    x.flat[-8:], t.flat[-8:] = special[::-1], special
+    bits = np.uint32 if dtype == "float32" else np.uint64
+    want_y = np.fmax(x, x.dtype.type(0))
+    want_dx = np.where(x > 0, t, x.dtype.type(0))
+    big = x.nbytes >= numba_jit.RELU_MIN_BYTES
+    y, dx = numba_jit.relu(x), numba_jit.relu_backward(x, t)
+    assert (y is not None, dx is not None) == (big, big)
+    if big:
+        np.testing.assert_array_equal(y.view(bits), want_y.view(bits))
+        np.testing.assert_array_equal(dx.view(bits), want_dx.view(bits))
+        assert numba_jit.relu(x.T) is None and numba_jit.relu_backward(x, t.astype("float16")) is None
+    layer = nn.ReLU()
+    for fast in (True, False):
+        with an.use_fast_paths(fast):
+            np.testing.assert_array_equal(layer(x).view(bits), want_y.view(bits))
+            np.testing.assert_array_equal(layer.backward(t).view(bits), want_dx.view(bits))
