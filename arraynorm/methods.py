@@ -37,6 +37,32 @@ __all__ = [
 ]
 
 
+#: one object per stateless operation class, so that normalizers made of them can be reused
+_STATELESS: dict[type, Any] = {Standardize: Standardize(), RMSScale: RMSScale()}
+_REUSED: dict[tuple[Any, ...], Normalizer] = {}
+_REUSED_MAX = 256
+
+
+def _reused(partition: Any, operation: type, eps: Any, name: str) -> Normalizer:
+    """``Normalizer(partition, operation(), eps, name)``, one object per combination while
+    eps is a finite float >= 0 and the partition hashable: its memo of checked input
+    signatures (``Normalizer._memo``) then serves every call of the op on the same kind of
+    input, as a layer's does (anything else gets a fresh normalizer, whose checks say what is
+    wrong)."""
+    if not (type(eps) is float and 0.0 <= eps < float("inf")):
+        return Normalizer(partition, _STATELESS[operation], eps, name)
+    key = (partition, operation, eps, name)
+    try:
+        n = _REUSED.get(key)
+    except TypeError:  # a partition holding a list (axis=[0, 1]): not reused
+        return Normalizer(partition, _STATELESS[operation], eps, name)
+    if n is None:
+        if len(_REUSED) >= _REUSED_MAX:
+            _REUSED.clear()
+        n = _REUSED[key] = Normalizer(partition, _STATELESS[operation], eps, name)
+    return n
+
+
 class Composed(NamedTuple):
     """What a method's composition returns: the normalizer and its array arguments."""
 
@@ -127,7 +153,7 @@ def batch_norm(x: Array, weight: Array | None = None, bias: Array | None = None,
     if (mean is None) != (var is None):
         raise ValueError(f"{fname}: pass both mean and var (inference) or neither (training)")
     if mean is None:
-        return Composed(Normalizer(Batch(axis), Standardize(), eps, fname), x, weight, bias)
+        return Composed(_reused(Batch(axis), Standardize, eps, fname), x, weight, bias)
     return Composed(Normalizer(Batch(axis), GivenStatistics(mean, var), eps, fname), x, weight, bias)
 
 
@@ -153,7 +179,7 @@ def layer_norm(x: Array, weight: Array | None = None, bias: Array | None = None,
     >>> bool(np.allclose(y.mean(axis=(1, 2)), 0) and np.allclose(y.var(axis=(1, 2)), 1, atol=1e-4))
     True
     """
-    return Composed(Normalizer(Layer(axis), Standardize(), eps, "layer_norm"), x, weight, bias)
+    return Composed(_reused(Layer(axis), Standardize, eps, "layer_norm"), x, weight, bias)
 
 
 @composition
@@ -179,7 +205,7 @@ def instance_norm(x: Array, weight: Array | None = None, bias: Array | None = No
     >>> bool(np.allclose(y.mean(axis=(2, 3)), 0) and np.allclose(y.var(axis=(2, 3)), 1, atol=1e-3))
     True
     """
-    return Composed(Normalizer(Instance(axis), Standardize(), eps, "instance_norm"), x, weight, bias)
+    return Composed(_reused(Instance(axis), Standardize, eps, "instance_norm"), x, weight, bias)
 
 
 @composition
@@ -204,7 +230,7 @@ def group_norm(x: Array, num_groups: int, weight: Array | None = None, bias: Arr
     >>> bool(np.allclose(y.reshape(2, 2, -1).mean(-1), 0))
     True
     """
-    return Composed(Normalizer(Group(num_groups, axis), Standardize(), eps, "group_norm"), x, weight, bias)
+    return Composed(_reused(Group(num_groups, axis), Standardize, eps, "group_norm"), x, weight, bias)
 
 
 @composition
@@ -231,7 +257,7 @@ def rms_norm(x: Array, weight: Array | None = None, *, axis: int | tuple[int, ..
         xp = xp_namespace("rms_norm", x=x)
         xp_check_floating("rms_norm", "x", x, xp)
         eps = float(xp.finfo(x.dtype).eps)
-    return Composed(Normalizer(Layer(axis), RMSScale(), eps, "rms_norm"), x, weight, None)
+    return Composed(_reused(Layer(axis), RMSScale, eps, "rms_norm"), x, weight, None)
 
 
 @composition
@@ -255,7 +281,7 @@ def position_norm(x: Array, weight: Array | None = None, bias: Array | None = No
     >>> bool(np.allclose(y.mean(axis=1), 0) and np.allclose(y.var(axis=1), 1, atol=1e-3))
     True
     """
-    return Composed(Normalizer(Position(axis), Standardize(), eps, "position_norm"), x, weight, bias)
+    return Composed(_reused(Position(axis), Standardize, eps, "position_norm"), x, weight, bias)
 
 
 @composition
@@ -279,8 +305,8 @@ def ghost_batch_norm(x: Array, virtual_batch_size: int, weight: Array | None = N
     >>> bool(np.allclose(y[:4], an.batch_norm(x[:4])) and np.allclose(y[4:], an.batch_norm(x[4:])))
     True
     """
-    return Composed(Normalizer(GhostBatch(virtual_batch_size, axis), Standardize(), eps,
-                               "ghost_batch_norm"), x, weight, bias)
+    return Composed(_reused(GhostBatch(virtual_batch_size, axis), Standardize, eps,
+                            "ghost_batch_norm"), x, weight, bias)
 
 
 @composition

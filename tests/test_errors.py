@@ -298,3 +298,29 @@ def test_load_state_dict_accepts_other_libraries_and_0d_integer_counters(xp):
 def test_load_state_dict_of_a_non_mapping_is_a_type_error():
     with pytest.raises(TypeError, match="state must be a mapping"):
         an.nn.BatchNorm(3).load_state_dict([("weight", np.ones(3))])
+
+
+@pytest.mark.parametrize("f,good_w", [
+    (lambda x, w, b: an.layer_norm(x, w, b), 3), (lambda x, w, b: an.batch_norm(x, w, b), 6),
+    (lambda x, w, b: an.group_norm(x, 2, w, b), 6), (lambda x, w, b: an.instance_norm(x, w, b), 6),
+    (lambda x, w, b: an.rms_norm(x, w), 3), (lambda x, w, b: an.ghost_batch_norm(x, 2, w, b), 6),
+])
+def test_the_ops_remembered_checks_refuse_what_the_first_call_would_have(f, good_w):
+    """The functional ops reuse one normalizer per (partition, eps) and its memo of checked
+    input signatures: after good calls, another shape, dtype, parameter shape or parameter
+    dtype is checked again and refused as on a first call (and the good call still answers
+    as a fresh normalizer does)."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((4, 6, 3, 3)).astype(np.float32)
+    w, b = np.ones(good_w, np.float32), np.zeros(good_w, np.float32)
+    want = f(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64))
+    for _ in range(2):
+        np.testing.assert_allclose(f(x, w, b), want, rtol=2e-6, atol=2e-6)
+    with pytest.raises(ValueError, match="weight"):
+        f(x, np.ones(good_w + 1, np.float32), b)
+    with pytest.raises(TypeError, match="weight must have a real floating dtype"):
+        f(x, w.astype(np.int32), b)
+    with pytest.raises(TypeError, match="x must have a real floating dtype"):
+        f(x.astype(np.int16), w, b)
+    with pytest.raises(ValueError, match="weight"):  # γ no longer fits the normalized axes
+        f(x[..., :2] if good_w == 3 else x[:, :4], w, b)
