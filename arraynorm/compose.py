@@ -37,7 +37,8 @@ _MEMO_MAX = 16
 
 def _signature(x: np.ndarray, weight: Any, bias: Any) -> tuple[Any, ...] | None:
     """What :meth:`Normalizer._prepare` and the selector look at in plain NumPy ``x``, γ, β
-    (types, shapes, dtypes, strides) and the fast-path switch; ``None`` where γ or β is not a
+    (types, shapes, dtypes, strides) and the selector's settings
+    (:func:`arraynorm._kernels.selection_settings`); ``None`` where γ or β is not a
     NumPy array (or None), whose checks then run every call."""
     ps: list[Any] = []
     for p in (weight, bias):
@@ -47,7 +48,7 @@ def _signature(x: np.ndarray, weight: Any, bias: Any) -> tuple[Any, ...] | None:
             ps.append((p.shape, p.dtype, p.strides))
         else:
             return None
-    return x.shape, x.dtype, x.strides, ps[0], ps[1], _kernels.fast_paths_enabled()
+    return x.shape, x.dtype, x.strides, ps[0], ps[1], _kernels.selection_settings()
 
 
 @dataclass(frozen=True)
@@ -92,10 +93,10 @@ class Normalizer:
     repeated: bool = False
     #: (layout, implementation) per NumPy input signature (:func:`_signature`) already checked
     #: and selected: the checks and the selection are functions of types, shapes, dtypes,
-    #: strides and the fast-path switch only, and a layer's normalizer sees the same ones every
+    #: strides and the selector's settings only, and a layer's normalizer sees the same ones every
     #: step (a (64, 256) float32 BatchNorm layer's forward, with the layer's own remembered
     #: checks: 54–75 → 44–50 µs, 2-core Xeon, 2026-12-03). Not part of equality, copies or
-    #: pickles. The selection's size thresholds are taken as constants of the process.
+    #: pickles.
     _memo: dict[Any, tuple[Layout, Implementation]] = field(
         default_factory=dict, init=False, repr=False, compare=False, hash=False)
 
@@ -106,6 +107,7 @@ class Normalizer:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self.__dict__["_memo"] = {}  # also for a normalizer pickled before it had one
 
     def _prepare(self, x: Array, weight: Array | None, bias: Array | None) -> tuple[Namespace, Layout]:
         fname = self.name

@@ -29,7 +29,7 @@ from ._typing import Array
 from ._vjp import defvjp, positional_parameters
 from .compose import Normalizer
 from .operation import GivenStatistics, LpScale, Renormalize, RMSScale, Standardize
-from .partition import Batch, GhostBatch, Group, Instance, Layer, Position
+from .partition import Batch, GhostBatch, Group, Instance, Layer, Position, exact_fields
 
 __all__ = [
     "batch_norm", "layer_norm", "instance_norm", "group_norm", "rms_norm", "position_norm",
@@ -45,17 +45,15 @@ _REUSED_MAX = 256
 
 def _reused(partition: Any, operation: type, eps: Any, name: str) -> Normalizer:
     """``Normalizer(partition, operation(), eps, name)``, one object per combination while
-    eps is a finite float >= 0 and the partition hashable: its memo of checked input
+    eps is a finite float >= 0 and the partition's fields plain ints
+    (:func:`~arraynorm.partition.exact_fields`): its memo of checked input
     signatures (``Normalizer._memo``) then serves every call of the op on the same kind of
     input, as a layer's does (anything else gets a fresh normalizer, whose checks say what is
     wrong)."""
-    if not (type(eps) is float and 0.0 <= eps < float("inf")):
+    if not (type(eps) is float and 0.0 <= eps < float("inf") and exact_fields(partition)):
         return Normalizer(partition, _STATELESS[operation], eps, name)
     key = (partition, operation, eps, name)
-    try:
-        n = _REUSED.get(key)
-    except TypeError:  # a partition holding a list (axis=[0, 1]): not reused
-        return Normalizer(partition, _STATELESS[operation], eps, name)
+    n = _REUSED.get(key)
     if n is None:
         if len(_REUSED) >= _REUSED_MAX:
             _REUSED.clear()

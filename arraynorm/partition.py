@@ -92,15 +92,30 @@ class Layout:
 _LAYOUTS: dict[tuple[Any, tuple[int, ...]], Layout] = {}
 
 
+def exact_fields(partition: Any) -> bool:
+    """Whether every field of ``partition`` is an int (not a bool), None or a tuple of ints:
+    then partitions equal by value are the same partition, and what was checked for one holds
+    for the other. ``Layer(True) == Layer(1)`` and ``GhostBatch(2.0) == GhostBatch(2)``, but
+    only the second of each passes the checks, so caches keyed by equality take only these."""
+    try:
+        fields = vars(partition).values()
+    except TypeError:  # slots: a user's partition, asked every time
+        return False
+    for v in fields:
+        if not (type(v) is int or v is None
+                or (type(v) is tuple and all(type(a) is int for a in v))):
+            return False
+    return True
+
+
 def layout_of(partition: Partition, fname: str, shape: tuple[int, ...]) -> Layout:
     """``partition.layout(fname, shape)``, remembered per (partition, shape): partitions look
-    only at shapes (module docstring), so equal partitions give equal layouts. Partitions that
-    cannot be hashed are asked every time."""
-    key = (partition, shape)
-    try:
-        got = _LAYOUTS.get(key)
-    except TypeError:  # a user's partition with unhashable fields
+    only at shapes (module docstring), so equal partitions give equal layouts. Partitions
+    whose fields are not plain ints (:func:`exact_fields`) are asked every time."""
+    if not exact_fields(partition):
         return partition.layout(fname, shape)
+    key = (partition, shape)
+    got = _LAYOUTS.get(key)
     if got is None:
         got = partition.layout(fname, shape)
         if len(_LAYOUTS) >= 1024:

@@ -109,3 +109,24 @@ def test_pinned_allocator_thresholds_stop_fresh_outputs_from_page_faulting():
     assert pinned < 8
     _, default = faults("default")
     assert default >= 256
+
+
+def test_the_harness_reports_the_implementation_that_ran_even_when_it_was_remembered():
+    """The "runs" column: a normalizer remembers its selection per input signature, so the
+    harness counts the forward passes that ran, not the selector's answers (of which a warm
+    layer or op gives none)."""
+    import numpy as np
+
+    import arraynorm as an
+    from arraynorm.nn import BatchNorm
+    from benchmarks.harness import _implementations
+
+    x = np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32)
+    norm = an.Normalizer(an.partition.Layer(), an.operation.Standardize())
+    norm.forward(x)
+    assert _implementations(lambda: norm.forward(x)) == {"portable": 1}
+    layer = BatchNorm(4)
+    layer(x)
+    want = layer._saved()["ctx"].implementation.name
+    assert _implementations(lambda: (layer(x), layer(x))) == {want: 2}
+    assert "forward" not in vars(an._kernels.PORTABLE)  # the recording is taken off again

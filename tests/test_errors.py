@@ -324,3 +324,21 @@ def test_the_ops_remembered_checks_refuse_what_the_first_call_would_have(f, good
         f(x.astype(np.int16), w, b)
     with pytest.raises(ValueError, match="weight"):  # γ no longer fits the normalized axes
         f(x[..., :2] if good_w == 3 else x[:, :4], w, b)
+
+
+@pytest.mark.parametrize("bad,good", [
+    (lambda x: an.layer_norm(x, axis=True), lambda x: an.layer_norm(x, axis=1)),
+    (lambda x: an.group_norm(x, True), lambda x: an.group_norm(x, 1)),
+    (lambda x: an.ghost_batch_norm(x, 2.0), lambda x: an.ghost_batch_norm(x, 2)),
+    (lambda x: an.batch_norm(x, axis=True), lambda x: an.batch_norm(x, axis=1)),
+])
+def test_a_refused_argument_equal_to_a_good_one_stays_refused_and_harms_nothing(bad, good):
+    """True == 1 and 2.0 == 2, so partitions built from them are equal: what the ops remember
+    per partition (layouts, normalizers) must neither let the bad one through after a good
+    call nor keep refusing the good one after a bad call."""
+    x = np.random.default_rng(4).standard_normal((4, 6, 3))
+    want = good(x)
+    for _ in range(2):
+        with pytest.raises((TypeError, ValueError)):
+            bad(x)
+        np.testing.assert_array_equal(good(x), want)

@@ -991,3 +991,25 @@ def test_jit_relu_and_its_backward_give_numpys_bits(monkeypatch, dtype, shape, p
         with an.use_fast_paths(fast):
             np.testing.assert_array_equal(layer(x).view(bits), want_y.view(bits))
             np.testing.assert_array_equal(layer.backward(t).view(bits), want_dx.view(bits))
+
+
+def test_a_remembered_selection_follows_the_selectors_settings(monkeypatch):
+    """A normalizer remembers the implementation chosen per input signature; changing the
+    implementations asked or their size thresholds (as the tests above do) must change the
+    choice on the next call, for a Normalizer and for the functional ops that reuse one."""
+    x = np.random.default_rng(12).standard_normal((8, 4, 10)).astype(np.float32)  # 1.25 KiB
+    monkeypatch.setattr(numpy_fused, "MIN_BYTES", 1 << 40)  # (this file's fixture lifts it)
+    norm = an.Normalizer(Batch(), Standardize())
+    assert norm.forward(x)[1].implementation is PORTABLE  # under every fast path's threshold
+    an.batch_norm(x)
+    ran = []
+    forward = numpy_fused.NumpyFused.forward
+    monkeypatch.setattr(numpy_fused.NumpyFused, "forward",
+                        lambda self, *a: (ran.append(1), forward(self, *a))[1])
+    monkeypatch.setattr(numpy_fused, "MIN_BYTES", 0)
+    monkeypatch.setattr(kernels, "IMPLEMENTATIONS", (numpy_fused.NUMPY_FUSED,))
+    assert norm.forward(x)[1].implementation is numpy_fused.NUMPY_FUSED
+    an.batch_norm(x)
+    assert len(ran) == 2
+    monkeypatch.setattr(numpy_fused, "MIN_BYTES", 1 << 40)
+    assert norm.forward(x)[1].implementation is PORTABLE

@@ -78,6 +78,8 @@ others             :data:`PORTABLE` (:mod:`.portable`)
 
 from __future__ import annotations
 
+from typing import Any
+
 from .._context import Implementation, Stages
 from .._typing import Array, Namespace
 from ..partition import Layout
@@ -91,7 +93,7 @@ from .portable import PORTABLE
 __all__ = ["set_fast_paths", "fast_paths_enabled", "use_fast_paths", "fast_path_threads",
            "set_num_threads", "get_num_threads", "persist_statistics",
            "set_buffer_pool", "free_buffer_pool", "buffer_pool_info",
-           "select", "implementation", "IMPLEMENTATIONS", "PORTABLE"]
+           "select", "selection_settings", "implementation", "IMPLEMENTATIONS", "PORTABLE"]
 
 #: the backend implementations, asked in this order; the first that supports an input runs it
 IMPLEMENTATIONS: tuple[Implementation, ...] = (
@@ -111,6 +113,15 @@ def implementation(name: str | Implementation) -> Implementation:
         raise ValueError(f"implementation must be one of {sorted(known)} or an implementation "
                          f"object, got {name!r}")
     return known[name]
+
+
+def selection_settings() -> tuple[Any, ...]:
+    """What :func:`select` reads besides the input: the fast-path switch, the implementations
+    asked and their size thresholds (module constants that tests, and users, may change);
+    part of every :class:`~arraynorm.Normalizer`'s memo key, so a remembered selection never
+    outlives them."""
+    return (fast_paths_enabled(), IMPLEMENTATIONS, numba_jit.MIN_BYTES, numba_jit.MAX_ROW_BYTES,
+            numpy_fused.MIN_BYTES, numpy_fused.BLOCK_BYTES)
 
 
 def select(requested: str | Implementation | None, stages: Stages, xp: Namespace,

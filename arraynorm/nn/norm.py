@@ -122,7 +122,8 @@ class Normalization(Module):
             norm: Normalizer = last[4]
             return norm
         norm = Normalizer(self.partition, op, eps, self._name, self.recovery, repeated=True)
-        object.__setattr__(self, "_last_normalizer", (self.partition, op, eps, self.recovery, norm))
+        if not op.arrays():  # eval's given statistics are new each call: keep training's
+            object.__setattr__(self, "_last_normalizer", (self.partition, op, eps, self.recovery, norm))
         return norm
 
     def _check_features(self, x: Array) -> None:
