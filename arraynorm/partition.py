@@ -115,7 +115,10 @@ def layout_of(partition: Partition, fname: str, shape: tuple[int, ...]) -> Layou
     if not exact_fields(partition):
         return partition.layout(fname, shape)
     key = (partition, shape)
-    got = _LAYOUTS.get(key)
+    try:
+        got = _LAYOUTS.get(key)
+    except TypeError:  # a user's partition that is not hashable
+        return partition.layout(fname, shape)
     if got is None:
         got = partition.layout(fname, shape)
         if len(_LAYOUTS) >= 1024:

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 from array_api_compat import is_numpy_array
 
-from .._kernels import numba_jit
 from .._array_api import _NUMPY_XP, xp_check_finite_scalar, xp_check_floating, xp_namespace
+from .._kernels import numba_jit
 from .._typing import Array
 from .module import Module
 
