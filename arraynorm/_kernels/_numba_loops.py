@@ -40,7 +40,7 @@ from numba import njit, prange
 
 __all__ = ["rows_forward", "rows_backward", "channels_stats", "channels_merge", "channels_apply",
            "channels_grad_sums", "channels_grad_apply", "unit_scale_forward",
-           "unit_scale_backward", "relu_forward", "relu_backward", "SERIAL"]
+           "unit_scale_backward", "relu_backward", "SERIAL"]
 
 _FASTMATH = {"reassoc", "contract"}
 _SS_LO = 2.0 ** -900     # sums of squares below this (or inf) are recomputed scaled
@@ -932,29 +932,16 @@ def unit_scale_backward(dw: Any, v: Any, g: Any, ss: Any, dv: Any, dg: Any, f: A
 
 # pointwise: ReLU and its backward (flat arrays, one pass) ---------------------------------------
 
-#: elements per task of the ReLU loops (128 KiB of float32: cache-sized, and enough tasks for
+#: elements per task of the ReLU loop (128 KiB of float32: cache-sized, and enough tasks for
 #: every thread from :data:`arraynorm._kernels.numba_jit.PARALLEL_MIN_BYTES` up)
 RELU_TASK = 1 << 15
 
 
 @_jit(parallel=True)  # no fastmath: x > 0 must stay False for NaN
-def relu_forward(x: Any, out: Any) -> None:
-    """out = x where x > 0, else +0 (x NaN, −0 or < 0): NumPy's ``fmax(x, 0)``, bit for bit."""
-    n = x.shape[0]
-    for task in prange((n + RELU_TASK - 1) // RELU_TASK):
-        lo = task * RELU_TASK
-        hi = min(n, lo + RELU_TASK)
-        xs = x[lo:hi]
-        os_ = out[lo:hi]
-        zero = xs.dtype.type(0)
-        for j in range(hi - lo):
-            os_[j] = xs[j] if xs[j] > 0 else zero
-
-
-@_jit(parallel=True)  # no fastmath: x > 0 must stay False for NaN
 def relu_backward(x: Any, t: Any, out: Any) -> None:
     """out = t where x > 0, else +0 (x NaN or ≤ 0; t's NaN, inf and −0 kept where x > 0), for
-    flat x, t, out of one dtype: what three NumPy passes and a mask did, in one."""
+    flat x, t, out of one dtype: what three NumPy passes and a mask did, in one. With t = x it
+    is ReLU itself, NumPy's ``fmax(x, 0)`` bit for bit (+0 for −0 and NaN)."""
     n = x.shape[0]
     for task in prange((n + RELU_TASK - 1) // RELU_TASK):
         lo = task * RELU_TASK
