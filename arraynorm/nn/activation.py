@@ -92,7 +92,7 @@ class ReLU(_Pointwise):
         if type(x) is np.ndarray or is_numpy_array(x):
             # fmax: x where x > 0 and 0 for x ≤ 0 and NaN, as the where below; 15× faster
             # (the JIT's sweep, where it answers: the same bits, on every core)
-            y = numba_jit.relu(x) if x.ndim else None
+            y = numba_jit.relu(x)  # None below its size (0-d included): NumPy's fmax then
             return np.fmax(x, x.dtype.type(0), out=np.empty_like(x)) if y is None else y
         return xp.where(x > 0, x, xp.zeros_like(x))
 
@@ -100,7 +100,7 @@ class ReLU(_Pointwise):
         xp, x = c["xp"], c["x"]
         numpy = (type(t) is np.ndarray and type(x) is np.ndarray) or (is_numpy_array(t) and is_numpy_array(x))
         if numpy and t.dtype in _BITS and t.shape == x.shape:
-            out = numba_jit.relu_backward(x, t) if t.dtype == x.dtype else None
+            out = numba_jit.relu_backward(x, t)  # None for mixed dtypes, small or strided
             return _keep_where_positive(x, t) if out is None else out
         return xp.where(x > 0, t, xp.zeros_like(t))
 
