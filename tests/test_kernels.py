@@ -997,6 +997,115 @@ def test_jit_relu_and_its_backward_give_numpys_bits(monkeypatch, dtype, shape, p
             np.testing.assert_array_equal(layer.backward(t).view(bits), want_dx.view(bits))
 
 
+def _softmax_rows_f64(s, scale):
+    z = (s * np.float32(scale)).astype(np.float64)  # the product rounded to float32 first, as both paths do
+    with np.errstate(invalid="ignore"):
+        e = np.exp(z - z.max(axis=-1, keepdims=True))
+        return e / e.sum(axis=-1, keepdims=True)
+
+
+@pytest.mark.parametrize("shape", [(8, 4, 32, 32), (4, 4, 128, 128), (40, 1000), (2100, 5)])
+@pytest.mark.parametrize("parallel", [False, True])
+def test_jit_softmax_and_its_backward_match_float64_and_numpys_recipe(monkeypatch, shape, parallel):
+    """numba_jit.softmax (its own vectorized expf) and softmax_backward against the float64
+    formulas on float32 rows holding NaN, +inf, −inf only, masked (−inf) entries, a constant
+    row and magnitudes whose exponentials are subnormal or 0; NaN rows where NumPy's
+    max-shifted recipe has them. Below the size threshold, strided or of another dtype (or a
+    scale ≤ 0) they do not answer; the functional softmax and its backward take them and stay
+    within float32 rounding of NumPy's recipe (fast paths off)."""
+    if not numba_jit.available():
+        pytest.skip("numba (the optional [jit] extra) is not installed")
+    from arraynorm.nn.functional import softmax, softmax_backward
+
+    if parallel:
+        monkeypatch.setattr(numba_jit, "PARALLEL_MIN_BYTES", 0)
+    rng = np.random.default_rng(13)
+    s = (rng.standard_normal(shape) * 6).astype(np.float32)
+    rows = s.reshape(-1, shape[-1])
+    rows[0, 1] = np.nan
+    rows[1, 0] = np.inf
+    rows[2] = -np.inf
+    rows[3, : shape[-1] // 2] = -np.inf  # a causal mask's row
+    rows[4] = 7.5
+    rows[5] *= 2000  # exponentials from 1 down through the subnormals to 0
+    g = rng.standard_normal(shape).astype(np.float32)
+    scale = 0.125
+    big = s.nbytes >= numba_jit.SOFTMAX_MIN_BYTES
+    p = numba_jit.softmax(s, scale)
+    assert (p is not None) == big
+    if not big:
+        return
+    want = _softmax_rows_f64(s, scale)
+    with np.errstate(invalid="ignore"):  # (inf − inf in the rows of NaN)
+        recipe = softmax(np, s * np.float32(scale))  # NumPy's passes (scale 1: never the JIT)
+    np.testing.assert_array_equal(np.isnan(p), np.isnan(recipe))
+    ok = ~np.isnan(want)
+    tiny = 2.0 ** -149  # subnormal results: a few of float32's smallest steps
+    np.testing.assert_allclose(p[ok], want[ok], rtol=3e-6, atol=8 * tiny)
+    np.testing.assert_allclose(p[ok], recipe[ok], rtol=4e-6, atol=8 * tiny)
+    fin = ~np.isnan(p).any(axis=-1)
+    np.testing.assert_allclose(p[fin].sum(axis=-1, dtype=np.float64), 1.0, rtol=2e-6)
+    assert (p[ok] >= 0).all() and p.dtype == np.float32 and p.shape == s.shape
+    # backward, float32 and float64, against the float64 formula on the same inputs
+    for dt in (np.float32, np.float64):
+        gd, pd = g.astype(dt), np.where(np.isnan(p), 0, p).astype(dt)
+        ds = numba_jit.softmax_backward(gd, pd, scale)
+        g64, p64 = gd.astype(np.float64), pd.astype(np.float64)
+        t = (g64 * p64).sum(axis=-1, keepdims=True)
+        want_ds = p64 * (g64 - t) * scale
+        eps = np.finfo(dt).eps
+        gp = np.abs(g64 * p64).sum(axis=-1, keepdims=True)  # each product rounded in the sum
+        bound = 4 * eps * p64 * (np.abs(g64) + np.abs(t) + gp) * scale + np.finfo(dt).tiny
+        assert ds is not None and ds.dtype == dt
+        assert (np.abs(ds - want_ds) <= bound).all()
+        off = softmax_backward(np, gd, pd, scale=scale)  # the functional op: the JIT's bits
+        np.testing.assert_array_equal(off, ds)
+        with an.use_fast_paths(False):
+            recipe_ds = softmax_backward(np, gd, pd, scale=scale)
+        assert (np.abs(recipe_ds - want_ds) <= 2 * bound).all()
+    # the functional op takes the JIT (the same bits) with a scale, NumPy's recipe without
+    np.testing.assert_array_equal(softmax(np, s, scale=scale), p)
+    with an.use_fast_paths(False), np.errstate(invalid="ignore"):
+        off = softmax(np, s, scale=scale)
+    np.testing.assert_array_equal(np.isnan(off), np.isnan(p))
+    np.testing.assert_allclose(off[ok], p[ok], rtol=4e-6, atol=8 * tiny)
+    # not answered: strided, float64/float16 forward, a cotangent of another dtype, scale ≤ 0
+    assert numba_jit.softmax(np.swapaxes(s, -1, -2), scale) is None
+    assert numba_jit.softmax(s.astype(np.float64), scale) is None
+    assert numba_jit.softmax(s.astype(np.float16), scale) is None
+    assert numba_jit.softmax(s, 0.0) is None and numba_jit.softmax(s, -1.0) is None
+    assert numba_jit.softmax_backward(g, p.astype(np.float64), scale) is None
+    assert numba_jit.softmax_backward(g[..., :-1], p[..., :-1], scale) is None
+
+
+def test_attention_on_the_jit_softmax_matches_numpys_recipe_and_float64():
+    """A float32 attention block large enough for the compiled softmax (forward and
+    backward, the scale folded into them; causal masking before it) gives what the NumPy
+    recipe (fast paths off) gives within float32 rounding, and both stay close to the
+    float64 module."""
+    import arraynorm.nn as nn
+
+    rng = np.random.default_rng(14)
+    x = rng.standard_normal((4, 64, 32))
+    dy = rng.standard_normal((4, 64, 32))
+    for causal in (False, True):
+        outs = {}
+        for name, dt, fast in (("jit", "float32", True), ("recipe", "float32", False), ("f64", "float64", False)):
+            m = nn.MultiHeadSelfAttention(32, 2, causal=causal, rng=5, dtype=dt)
+            with an.use_fast_paths(fast):
+                y = m(x.astype(dt))
+                dx = m.backward(dy.astype(dt))
+            outs[name] = (y, dx, m.in_proj.grads["weight"], m.attention_weights)
+        if numba_jit.available():  # (4·2·64·64 float32 scores: 128 KiB, over the threshold)
+            assert 4 * 2 * 64 * 64 * 4 >= numba_jit.SOFTMAX_MIN_BYTES
+        for a, b, c in zip(outs["jit"], outs["recipe"], outs["f64"]):
+            np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
+            np.testing.assert_allclose(a, c, rtol=2e-4, atol=2e-5)
+        if causal:
+            p = outs["jit"][3]
+            assert (p[..., np.triu_indices(64, 1)[0], np.triu_indices(64, 1)[1]] == 0).all()
+
+
 def test_a_remembered_selection_follows_the_selectors_settings(monkeypatch):
     """A normalizer remembers the implementation chosen per input signature; changing the
     implementations asked or their size thresholds (as the tests above do) must change the

@@ -40,7 +40,7 @@ from numba import njit, prange
 
 __all__ = ["rows_forward", "rows_backward", "channels_stats", "channels_merge", "channels_apply",
            "channels_grad_sums", "channels_grad_apply", "unit_scale_forward",
-           "unit_scale_backward", "relu_backward", "SERIAL"]
+           "unit_scale_backward", "relu_backward", "softmax_rows", "softmax_backward_rows", "SERIAL"]
 
 _FASTMATH = {"reassoc", "contract"}
 _SS_LO = 2.0 ** -900     # sums of squares below this (or inf) are recomputed scaled
@@ -952,3 +952,95 @@ def relu_backward(x: Any, t: Any, out: Any) -> None:
         zero = ts.dtype.type(0)
         for j in range(hi - lo):
             os_[j] = ts[j] if xs[j] > 0 else zero
+
+
+# softmax along rows (attention's probabilities) and its backward -------------------------------
+
+#: elements per task of the softmax loops (as :data:`RELU_TASK`: whole rows of about this many)
+SOFTMAX_TASK = 1 << 15
+
+
+@_jit(inline="always", fastmath=_FASTMATH)
+def _exp_parts(x: Any, xm: Any, b1: Any, b2: Any, o: Any) -> None:
+    """o·2^b1·2^b2 = exp(x − xm) for a float32 row x (xm its maximum, or NaN/±inf values):
+    Cephes' expf (Moshier) — k = round(t·log₂e), r = t − k·ln2 in two parts, a degree-7
+    polynomial for eʳ — written so that the loop vectorizes (numba has no vector exp without
+    Intel's SVML): 2^k is built from its exponent bits in b1, b2 (int32 views of float32), as
+    two factors so that k down to −150 (t ≥ −104, where float32 exp is 0) needs no subnormal
+    bits. t < −104 is clamped there (exp is +0), NaN stays NaN (the polynomial's), ±inf
+    minus itself is NaN as in NumPy."""
+    for j in range(x.shape[0]):
+        t = x[j] - xm
+        t = t if not (t < np.float32(-104.0)) else np.float32(-104.0)  # NaN kept
+        ki = np.int32(t * np.float32(1.44269504088896341) - np.float32(0.5))  # t ≤ 0: round
+        k = np.float32(ki)
+        r = t - k * np.float32(0.693359375) - k * np.float32(-2.12194440e-4)
+        k1 = ki >> 1
+        b1[j] = (k1 + 127) << 23
+        b2[j] = (ki - k1 + 127) << 23
+        p = np.float32(1.9875691500e-4)
+        p = p * r + np.float32(1.3981999507e-3)
+        p = p * r + np.float32(8.3334519073e-3)
+        p = p * r + np.float32(4.1665795894e-2)
+        p = p * r + np.float32(1.6666665459e-1)
+        p = p * r + np.float32(5.0000001201e-1)
+        o[j] = p * r * r + r + np.float32(1.0)
+
+
+@_jit(parallel=True, fastmath=_FASTMATH)
+def softmax_rows(s: Any, scale: Any, out: Any) -> None:
+    """out[i] = softmax(scale·s[i]) for the rows of float32 s (R, n), C order: each row read
+    from memory once (its maximum, the exponentials with their float64 sum, the division:
+    three sweeps in cache), where NumPy's recipe (scale, max, subtract, exp, sum, divide)
+    takes six passes over memory. scale·s[i, j] is rounded to float32 first, as NumPy's
+    product is; a row holding NaN or +inf gives NaN, one of −inf only gives NaN, as NumPy's
+    max-shifted recipe does."""
+    R, n = s.shape
+    rows = max(1, SOFTMAX_TASK // max(n, 1))
+    for task in prange((R + rows - 1) // rows):
+        xs = np.empty(n, np.float32)
+        b1 = np.empty(n, np.int32)
+        b2 = np.empty(n, np.int32)
+        f1 = b1.view(np.float32)
+        f2 = b2.view(np.float32)
+        for i in range(task * rows, min(R, task * rows + rows)):
+            row = s[i]
+            o = out[i]
+            m = np.float32(-np.inf)
+            for j in range(n):
+                v = row[j] * scale
+                xs[j] = v
+                m = v if v > m else m  # NaN skipped here: it reaches every output by the sum
+            if m == np.float32(np.inf):
+                m = np.float32(np.nan)  # inf − inf, NumPy's NaN for the whole row
+            _exp_parts(xs, m, b1, b2, o)
+            acc = 0.0
+            for j in range(n):
+                e = o[j] * f1[j] * f2[j]
+                o[j] = e
+                acc += e
+            d = np.float32(acc)
+            for j in range(n):
+                o[j] = o[j] / d
+
+
+@_jit(parallel=True, fastmath=_FASTMATH)
+def softmax_backward_rows(g: Any, p: Any, scale: float, out: Any) -> None:
+    """out[i] = (p[i]·(g[i] − Σ_j g[i, j]·p[i, j]))·scale for rows (R, n) of one float dtype, C
+    order: the sum in float64, rounded to the dtype, then NumPy's order of operations —
+    one pass where NumPy takes five (the product, its sum, the difference, the product,
+    the scale)."""
+    R, n = g.shape
+    rows = max(1, SOFTMAX_TASK // max(n, 1))
+    for task in prange((R + rows - 1) // rows):
+        for i in range(task * rows, min(R, task * rows + rows)):
+            gr = g[i]
+            pr = p[i]
+            o = out[i]
+            acc = 0.0
+            for j in range(n):
+                acc += gr[j] * pr[j]
+            t = gr.dtype.type(acc)
+            c = gr.dtype.type(scale)
+            for j in range(n):
+                o[j] = (pr[j] * (gr[j] - t)) * c

@@ -110,12 +110,13 @@ class MultiHeadSelfAttention(Module):
         k = self._heads(xp, qkv[..., d:2 * d], n, steps)
         v = self._heads(xp, qkv[..., 2 * d:], n, steps)
         scale = 1.0 / math.sqrt(self.head_dim)
-        s = xp.matmul(q, xp.matrix_transpose(k)) * scale
+        s = xp.matmul(q, xp.matrix_transpose(k))
         if self.causal:
             i = xp.arange(steps, device=xp_device(x))
             keep = xp.reshape(i, (steps, 1)) >= xp.reshape(i, (1, steps))
             s = xp.where(keep, s, xp.full_like(s, -math.inf))
-        p = softmax(xp, s, axis=-1)
+        # the scale inside the softmax: one sweep with it on NumPy (float32, [jit]), not two
+        p = softmax(xp, s, axis=-1, scale=scale)
         o = xp.matmul(p, v)
         self._save(xp=xp, q=q, k=k, v=v, p=p, n=n, steps=steps, scale=scale)
         return self.out_proj.forward(self._merge(xp, o, n, steps))
@@ -129,7 +130,7 @@ class MultiHeadSelfAttention(Module):
         do = self._heads(xp, self.out_proj.backward(dy), n, steps)
         dv = xp.matmul(xp.matrix_transpose(p), do)
         dp = xp.matmul(do, xp.matrix_transpose(v))
-        ds = softmax_backward(xp, dp, p, axis=-1) * c["scale"]
+        ds = softmax_backward(xp, dp, p, axis=-1, scale=c["scale"])
         dq = xp.matmul(ds, k)
         dk = xp.matmul(xp.matrix_transpose(ds), q)
         if is_numpy_array(dq):
