@@ -27,14 +27,17 @@ __all__ = ["softmax", "softmax_backward", "log_softmax", "log_softmax_backward"]
 
 
 def softmax(xp: Namespace, z: Array, axis: int = -1, *, scale: float = 1.0) -> Array:
-    """Softmax of ``scale·z`` along ``axis`` (``scale`` > 0; the product rounded to z's dtype
-    first), computed in float32 at least and cast back to ``z``'s dtype.
+    """Softmax of ``scale·z`` along ``axis`` (``scale`` > 0, default 1; the product rounded
+    to the compute dtype first), computed in float32 at least and cast back to ``z``'s dtype.
 
-    A float32 C-order NumPy ``z`` of 64 KiB or more (:data:`~arraynorm._kernels.numba_jit.SOFTMAX_MIN_BYTES`),
-    along its last axis, takes the compiled row sweep where the ``[jit]`` extra is installed
+    A float32 C-order NumPy ``z`` of at least 64 KiB
+    (:data:`~arraynorm._kernels.numba_jit.SOFTMAX_MIN_BYTES`), along its last axis, takes the
+    compiled row sweep where the ``[jit]`` extra is installed
     (:func:`arraynorm._kernels.numba_jit.softmax`: each row read once, a vectorized expf
-    within 2 ulp of NumPy's); elsewhere NumPy's, in the order written above."""
-    if scale != 1.0 and is_numpy_array(z) and (axis == -1 or axis == z.ndim - 1):
+    within 2 ulp of NumPy's, so p within a few ulp of the recipe's); elsewhere NumPy's
+    recipe, in the order written above. PyTorch's ``softmax`` has no scale: this is
+    ``torch.softmax(scale * z, dim)``."""
+    if is_numpy_array(z) and (axis == -1 or axis == z.ndim - 1):
         p = numba_jit.softmax(z, scale)
         if p is not None:
             return p
