@@ -30,6 +30,10 @@ QUICK = {"repeats": 3, "warmup": 1, "min_sample_s": 0.01}
 SETTLE_S = {"blas": 0.15, "other": 0.02}
 _BLAS_FAMILIES = MODEL_FAMILIES + ("wn", "sn", "iternorm", "conv", "cnn")
 
+#: what a case's agreement check means where it is not rounding-sized
+_CHECK_NOTES = {"stack": " (200 BN layers amplify rounding ~1.2x a layer: "
+                         "examples/deep_stack_rounding.py)"}
+
 
 def select(items: Sequence[Any], wanted: Sequence[str] | None, what: str) -> list[Any]:
     """The items whose ``id`` is in ``wanted`` (all when ``None``), in the given order."""
@@ -141,7 +145,8 @@ def _run_case(case: Case, backends: list[Backend], quick: bool, cfg: dict[str, A
         if ref is None:
             ref, ref_id = y, bid
         out["backends"][bid] = {"status": "ok", "check": "reference" if bid == ref_id else
-                                f"max|y-{ref_id}|={float(np.max(np.abs(y.astype(np.float64) - ref))):.1e}"}
+                                f"max|y-{ref_id}|={float(np.max(np.abs(y.astype(np.float64) - ref))):.1e}"
+                                + _CHECK_NOTES.get(case.family, "")}
     for bid, impl in impls.items():
         if bid.startswith("arraynorm"):
             out["backends"][bid]["implementations"] = _implementations(impl.fwdbwd)
