@@ -1010,9 +1010,10 @@ def test_jit_softmax_and_its_backward_match_float64_and_numpys_recipe(monkeypatc
     """numba_jit.softmax (its own vectorized expf) and softmax_backward against the float64
     formulas on float32 rows holding NaN, +inf, −inf only, masked (−inf) entries, a constant
     row and magnitudes whose exponentials are subnormal or 0; NaN rows where NumPy's
-    max-shifted recipe has them. Below the size threshold, strided or of another dtype (or a
-    scale ≤ 0) they do not answer; the functional softmax and its backward take them and stay
-    within float32 rounding of NumPy's recipe (fast paths off)."""
+    max-shifted recipe has them; a negative scale as the recipe. Below the size threshold,
+    strided or of another dtype (or an infinite scale) they do not answer; the functional
+    softmax and its backward take them and stay within float32 rounding of NumPy's recipe
+    (fast paths off)."""
     if not numba_jit.available():
         pytest.skip("numba (the optional [jit] extra) is not installed")
     from arraynorm.nn.functional import softmax, softmax_backward
@@ -1070,22 +1071,36 @@ def test_jit_softmax_and_its_backward_match_float64_and_numpys_recipe(monkeypatc
     np.testing.assert_array_equal(softmax(np, s1), numba_jit.softmax(s1, 1.0))
     with an.use_fast_paths(False), np.errstate(invalid="ignore"):
         np.testing.assert_array_equal(softmax(np, s, scale=scale), recipe)
-    # not answered: strided, float64/float16 forward, a cotangent of another dtype, scale ≤ 0
+    # a negative scale (max of the scaled values, not of s): the recipe's NaN and values
+    neg = numba_jit.softmax(s, -0.5)
+    with an.use_fast_paths(False), np.errstate(invalid="ignore"):
+        neg_recipe = softmax(np, s, scale=-0.5)
+    np.testing.assert_array_equal(np.isnan(neg), np.isnan(neg_recipe))
+    fin = ~np.isnan(neg_recipe)
+    np.testing.assert_allclose(neg[fin], neg_recipe[fin], rtol=4e-6, atol=8 * tiny)
+    # not answered: strided, float64/float16 forward, a cotangent of another dtype, inf scale
     assert numba_jit.softmax(np.swapaxes(s, -1, -2), scale) is None
     assert numba_jit.softmax(s.astype(np.float64), scale) is None
     assert numba_jit.softmax(s.astype(np.float16), scale) is None
-    assert numba_jit.softmax(s, 0.0) is None and numba_jit.softmax(s, -1.0) is None
+    assert numba_jit.softmax(s, np.inf) is None and numba_jit.softmax_backward(g, p, np.nan) is None
     assert numba_jit.softmax_backward(g, p.astype(np.float64), scale) is None
     assert numba_jit.softmax_backward(g[..., :-1], p[..., :-1], scale) is None
 
 
-def test_attention_on_the_jit_softmax_matches_numpys_recipe_and_float64():
+def test_attention_on_the_jit_softmax_matches_numpys_recipe_and_float64(monkeypatch):
     """A float32 attention block large enough for the compiled softmax (forward and
     backward, the scale folded into them; causal masking before it) gives what the NumPy
     recipe (fast paths off) gives within float32 rounding, and both stay close to the
-    float64 module."""
+    float64 module; with the [jit] extra the compiled sweeps answered the fast run's calls."""
     import arraynorm.nn as nn
 
+    answered = []
+    for name in ("softmax", "softmax_backward"):
+        def spy(*args, _f=getattr(numba_jit, name), _n=name):
+            out = _f(*args)
+            answered.append((_n, out is not None))
+            return out
+        monkeypatch.setattr(numba_jit, name, spy)
     rng = np.random.default_rng(14)
     x = rng.standard_normal((4, 64, 32))
     dy = rng.standard_normal((4, 64, 32))
@@ -1093,12 +1108,14 @@ def test_attention_on_the_jit_softmax_matches_numpys_recipe_and_float64():
         outs = {}
         for name, dt, fast in (("jit", "float32", True), ("recipe", "float32", False), ("f64", "float64", False)):
             m = nn.MultiHeadSelfAttention(32, 2, causal=causal, rng=5, dtype=dt)
+            answered.clear()
             with an.use_fast_paths(fast):
                 y = m(x.astype(dt))
                 dx = m.backward(dy.astype(dt))
             outs[name] = (y, dx, m.in_proj.grads["weight"], m.attention_weights)
-        if numba_jit.available():  # (4·2·64·64 float32 scores: 128 KiB, over the threshold)
-            assert 4 * 2 * 64 * 64 * 4 >= numba_jit.SOFTMAX_MIN_BYTES
+            if name == "jit":  # (4·2·64·64 float32 scores: 128 KiB, over the threshold)
+                jit = numba_jit.available()
+                assert answered == [("softmax", jit), ("softmax_backward", jit)]
         for a, b, c in zip(outs["jit"], outs["recipe"], outs["f64"]):
             np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
             np.testing.assert_allclose(a, c, rtol=2e-4, atol=2e-5)

@@ -468,7 +468,8 @@ def test_deep_stack_group_norm_default_groups_divide_any_width():
 
 
 # the NumPy lanes of ReLU, softmax, Linear and attention: the generic code's values, bit for bit,
-# where NaN, inf, signed zeros and views reach them (array_api_strict runs the generic code)
+# where NaN, inf, signed zeros and views reach them (array_api_strict runs the generic code);
+# softmax's compiled sweeps ([jit], from 64 KiB) are tested against float64 in test_kernels
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
 def test_relu_on_numpy_is_the_where_of_the_generic_code_bit_for_bit(dtype):

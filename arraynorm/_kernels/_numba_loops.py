@@ -972,7 +972,8 @@ def _exp_parts(x: Any, xm: Any, b1: Any, b2: Any, o: Any) -> None:
     for j in range(x.shape[0]):
         t = x[j] - xm
         t = t if not (t < np.float32(-104.0)) else np.float32(-104.0)  # NaN kept
-        ki = np.int32(t * np.float32(1.44269504088896341) - np.float32(0.5))  # t ≤ 0: round
+        tk = t if t == t else np.float32(0.0)  # NaN to int is undefined (poison in LLVM)
+        ki = np.int32(tk * np.float32(1.44269504088896341) - np.float32(0.5))  # t ≤ 0: round
         k = np.float32(ki)
         r = t - k * np.float32(0.693359375) - k * np.float32(-2.12194440e-4)
         k1 = ki >> 1

@@ -23,20 +23,22 @@ __all__ = ["softmax", "softmax_backward", "log_softmax", "log_softmax_backward"]
 
 # On NumPy the same operations, in the same order (so the same values, bit for bit), write into
 # one new array instead of three: the attention scores of a (32, 4, 128, 128) float32 batch are
-# 8 MiB, and each fresh array of that size is page-faulted in anew.
+# 8 MiB, and each fresh array of that size is page-faulted in anew. The compiled sweeps of the
+# [jit] extra (from SOFTMAX_MIN_BYTES, last axis) are not those bits: within float32's rounding.
 
 
 def softmax(xp: Namespace, z: Array, axis: int = -1, *, scale: float = 1.0) -> Array:
-    """Softmax of ``scale·z`` along ``axis`` (``scale`` > 0, default 1; the product rounded
-    to the compute dtype first), computed in float32 at least and cast back to ``z``'s dtype.
+    """Softmax of ``scale·z`` along ``axis`` (``scale`` a finite float, default 1; the product
+    rounded to the compute dtype first), computed in float32 at least and cast back to ``z``'s dtype.
 
     A float32 C-order NumPy ``z`` of at least 64 KiB
     (:data:`~arraynorm._kernels.numba_jit.SOFTMAX_MIN_BYTES`), along its last axis, takes the
     compiled row sweep where the ``[jit]`` extra is installed
     (:func:`arraynorm._kernels.numba_jit.softmax`: each row read once, a vectorized expf
-    within 2 ulp of NumPy's, so p within a few ulp of the recipe's); elsewhere NumPy's
-    recipe, in the order written above. PyTorch's ``softmax`` has no scale: this is
-    ``torch.softmax(scale * z, dim)``."""
+    within 1 ulp of the exact exp, so p within a few ulp of the recipe's); elsewhere NumPy's
+    recipe, in the order written above. PyTorch's ``softmax`` has no scale: for float32 and
+    float64 this is ``torch.softmax(scale * z, dim)`` (float16 z: the product rounded in
+    float32 here, in float16 there)."""
     if is_numpy_array(z) and (axis == -1 or axis == z.ndim - 1):
         p = numba_jit.softmax(z, scale)
         if p is not None:
