@@ -680,6 +680,20 @@ def relu_backward(x: np.ndarray, t: np.ndarray) -> np.ndarray | None:
 SOFTMAX_MIN_BYTES = 64 << 10
 
 
+def _row_sweep(name: str, arrays: tuple[np.ndarray, ...], scale: Any) -> np.ndarray | None:
+    """The loop ``name`` over the last-axis rows of ``arrays`` (checked by the caller: one
+    shape, C order) and ``scale``, into a new array like the first; ``None`` without numba."""
+    loops = _loops()
+    if loops is None:
+        return None
+    first = arrays[0]
+    out = _buffers.empty(first.shape, first.dtype)
+    n = first.shape[-1]
+    _call(loops, name, _threads(first), *(a.reshape(-1, n) for a in arrays), scale,
+          out.reshape(-1, n))
+    return out
+
+
 def softmax(s: np.ndarray, scale: float) -> np.ndarray | None:
     """softmax(scale·s) along the last axis for a float32 C-order NumPy ``s`` of at least
     :data:`SOFTMAX_MIN_BYTES` and a finite ``scale`` (the attention's 1/√d): one compiled sweep,
@@ -701,14 +715,7 @@ def softmax(s: np.ndarray, scale: float) -> np.ndarray | None:
             and s.ndim >= 1 and s.shape[-1] > 0 and s.nbytes >= SOFTMAX_MIN_BYTES
             and s.flags.c_contiguous and math.isfinite(scale)):
         return None
-    loops = _loops()
-    if loops is None:
-        return None
-    out = _buffers.empty(s.shape, s.dtype)
-    n = s.shape[-1]
-    _call(loops, "softmax_rows", _threads(s), s.reshape(-1, n), np.float32(scale),
-          out.reshape(-1, n))
-    return out
+    return _row_sweep("softmax_rows", (s,), np.float32(scale))
 
 
 def softmax_backward(g: np.ndarray, p: np.ndarray, scale: float) -> np.ndarray | None:
@@ -725,11 +732,4 @@ def softmax_backward(g: np.ndarray, p: np.ndarray, scale: float) -> np.ndarray |
             and g.ndim >= 1 and g.shape[-1] > 0 and g.nbytes >= SOFTMAX_MIN_BYTES
             and g.flags.c_contiguous and p.flags.c_contiguous and math.isfinite(scale)):
         return None
-    loops = _loops()
-    if loops is None:
-        return None
-    out = _buffers.empty(g.shape, g.dtype)
-    n = g.shape[-1]
-    _call(loops, "softmax_backward_rows", _threads(g), g.reshape(-1, n), p.reshape(-1, n),
-          float(scale), out.reshape(-1, n))
-    return out
+    return _row_sweep("softmax_backward_rows", (g, p), float(scale))
