@@ -31,7 +31,7 @@ SETTLE_S = {"blas": 0.15, "other": 0.02}
 _BLAS_FAMILIES = MODEL_FAMILIES + ("wn", "sn", "iternorm", "conv", "cnn")
 
 #: what a case's agreement check means where it is not rounding-sized
-_CHECK_NOTES = {"stack": " (200 BN layers amplify rounding ~1.2x a layer: "
+_CHECK_NOTES = {"stack": " (a BN stack amplifies rounding ~1.2x a layer: "
                          "examples/deep_stack_rounding.py)"}
 
 

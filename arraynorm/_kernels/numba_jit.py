@@ -39,7 +39,8 @@ reference to the input, not a copy of ŷ.
 Compilation: ``cache=True`` (compiled once per machine and numba version, in
 ``__pycache__`` next to :mod:`._numba_loops` or, where that is read-only, in
 ``NUMBA_CACHE_DIR`` or the user's cache; with nowhere writable it compiles once per process).
-Twelve loops (and the serial twins of the parallel ones) × two dtypes; :data:`COMPILE_SECONDS` records the first-call compile/load times.
+Twelve loops (and the serial twins of the parallel ones) × two dtypes;
+:data:`COMPILE_SECONDS` records the first-call compile/load times.
 Parallel loops use ``numba.prange`` with :func:`arraynorm._kernels.fast_path_threads`
 threads (``ARRAYNORM_THREADS`` / ``set_fast_paths(threads=)``).
 
@@ -701,10 +702,10 @@ def softmax(s: np.ndarray, scale: float) -> np.ndarray | None:
     :data:`PARALLEL_MIN_BYTES`, where NumPy's recipe (scale, max, subtract, exp, sum, divide)
     makes six passes. Its exponential is Cephes' expf, vectorized (numba has no vector exp of
     its own): within 1 ulp of the exact exp (NumPy's own is within ~2.4), so p differs from
-    NumPy's recipe by a few ulp; the sums are float64. NaN or +inf in a row gives a row of NaN, a row of −inf only NaN, as the
-    recipe does. ``None`` where the JIT does not answer (numba missing or ``ARRAYNORM_JIT=0``,
-    fast paths off, another dtype or layout, smaller, a scale that is not finite)
-    and the caller's NumPy path does.
+    NumPy's recipe by a few ulp; the sums are float64. NaN or +inf in a row gives a row of
+    NaN, a row of −inf only NaN, as the recipe does. ``None`` where the JIT does not answer
+    (numba missing or ``ARRAYNORM_JIT=0``, fast paths off, another dtype or layout, smaller,
+    a scale that is not finite) and the caller's NumPy path does.
 
     Measured 2026-12-03 (2-core Xeon, float32 (32, 4, 128, 128) with the scale, median of 30):
     6.9–9.2 ms for the NumPy recipe, 2.5–2.7 ms here (one thread 4.2–4.4 ms). Inside the

@@ -29,7 +29,8 @@ __all__ = ["softmax", "softmax_backward", "log_softmax", "log_softmax_backward"]
 
 def softmax(xp: Namespace, z: Array, axis: int = -1, *, scale: float = 1.0) -> Array:
     """Softmax of ``scale·z`` along ``axis`` (``scale`` a finite float, default 1; the product
-    rounded to the compute dtype first), computed in float32 at least and cast back to ``z``'s dtype.
+    rounded to the compute dtype first), computed in float32 at least and cast back to
+    ``z``'s dtype.
 
     A float32 C-order NumPy ``z`` of at least 64 KiB
     (:data:`~arraynorm._kernels.numba_jit.SOFTMAX_MIN_BYTES`), along its last axis, takes the
