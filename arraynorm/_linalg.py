@@ -361,6 +361,12 @@ def newton_inv_sqrt(xp: Namespace, s: Array, T: int, floor: Any = 0.0) -> tuple[
 # centring ∘ covariance ∘ whitening matrix ∘ product
 # --------------------------------------------------------------------------------------
 
+def _column_blocks(z: Array) -> bool:
+    """A NumPy stack whose (d, m) matrices are column-major: the (G, d, N) view of an (N, C)
+    batch, whose products are best formed in that order (:meth:`RowWhitening.output`)."""
+    return is_numpy_array(z) and z.ndim >= 2 and z.strides[-2] == z.itemsize != z.strides[-1]
+
+
 @dataclass
 class RowWhitening:
     """Whitening of the rows of each matrix in a stack, Y = W(S) X_c, with
@@ -401,7 +407,7 @@ class RowWhitening:
 
     def output(self) -> Array:
         z = self.z
-        if is_numpy_array(z) and z.ndim >= 2 and z.strides[-2] == z.itemsize != z.strides[-1]:
+        if _column_blocks(z):
             # Z's (d, m) blocks are column-major (the view of an (N, C) batch as (G, d, N)):
             # Y in Z's own memory order, as Yᵀ = Zᵀ W_Zᵀ, whose row-major blocks BLAS writes
             # directly; a C-order Y had to be transposed back after (8192×512 float32: 6.5 ms
@@ -414,7 +420,17 @@ class RowWhitening:
     def pullback(self, gy: Array) -> Array:
         xp, z = self.xp, self.z
         gs = self.matrix_pullback(xp.matmul(gy, _t(xp, z)))
-        gz = xp.matmul(_t(xp, self.wz), gy) + self.scale * xp.matmul(gs + _t(xp, gs), z)
+        if _column_blocks(z):
+            # as output(): gZ in Z's memory order (the input's: dx comes back C-ordered, not
+            # as a transposed view a caller's reshape would copy), as gZᵀ = gYᵀ W_Z + Zᵀ Aᵀ
+            # with A = scale·(gS + gSᵀ), d × d, so that no input-sized product is scaled
+            gz = np.empty_like(z)
+            gzt = np.swapaxes(gz, -1, -2)
+            np.matmul(np.swapaxes(gy, -1, -2), self.wz, out=gzt)
+            np.add(gzt, np.matmul(np.swapaxes(z, -1, -2), np.swapaxes(self.scale * (gs + _t(xp, gs)), -1, -2)),
+                   out=gzt)
+        else:
+            gz = xp.matmul(_t(xp, self.wz), gy) + self.scale * xp.matmul(gs + _t(xp, gs), z)
         if is_numpy_array(gz):
             # the same operations in place on gz, a new array (a whitening's (d, m) blocks
             # are the size of the input: each pass saved is one input-sized allocation)

@@ -580,9 +580,11 @@ def test_given_whitening_refuses_per_sample_partitions_even_when_sizes_coincide(
 
 def test_whitened_blocks_come_back_in_c_order_on_numpy_with_the_permuted_views_values():
     """BatchGroups on (N, C): the NumPy lane copies the (G, d, N) blocks into the view's own
-    order, tile by tile (outputs), or returns the permuted view (the input cotangent); the
-    values are the permutation's, bit for bit, and IterNorm's output is C-ordered and equals
-    the array_api_strict run (the generic code) to rounding, forward and backward."""
+    order, tile by tile (outputs), or returns the permuted view (the input cotangent), and
+    blocks already in the view's order come back as a view of them; the values are the
+    permutation's, bit for bit. IterNorm forms its output and input cotangent in that order
+    (both C-ordered) and equals the array_api_strict run (the generic code) to rounding,
+    forward and backward."""
     import array_api_compat.numpy as cnp
     import array_api_strict as xs
 
@@ -596,12 +598,16 @@ def test_whitened_blocks_come_back_in_c_order_on_numpy_with_the_permuted_views_v
     assert got.flags.c_contiguous and np.array_equal(got, ref)
     view = blocks.from_blocks(cnp, a, ordered=False)
     assert not view.flags.c_contiguous and np.array_equal(view, ref)
+    ordered = np.transpose(np.ascontiguousarray(ref), blocks.perm).reshape(a.shape)  # a, in view order
+    back = blocks.from_blocks(cnp, ordered)
+    assert back.flags.c_contiguous and np.shares_memory(back, ordered) and np.array_equal(back, ref)
     x = rng.standard_normal((3000, 96)) + 3.0
     w, b = rng.uniform(0.5, 1.5, 96), rng.standard_normal(96)
     dy = rng.standard_normal((3000, 96))
     y, pb = an.vjp(an.iter_norm, x, w, b, num_groups=4, T=5)
     ys, pbs = an.vjp(an.iter_norm, *(xs.asarray(t) for t in (x, w, b)), num_groups=4, T=5)
-    assert y.flags.c_contiguous
+    grads = pb(dy)
+    assert y.flags.c_contiguous and grads[0].flags.c_contiguous
     np.testing.assert_allclose(y, np.asarray(ys), rtol=1e-12, atol=1e-12)
-    for g, gs in zip(pb(dy), pbs(xs.asarray(dy))):
+    for g, gs in zip(grads, pbs(xs.asarray(dy))):
         np.testing.assert_allclose(g, np.asarray(gs), rtol=1e-10, atol=1e-10)

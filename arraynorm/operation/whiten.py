@@ -102,9 +102,10 @@ class _Blocks:
 
     def from_blocks(self, xp: Namespace, a: Array, *, ordered: bool = True) -> Array:
         """(B, d, m) blocks back in the view's shape. On NumPy, ``ordered`` (outputs: ŷ, the
-        JVP) copies them into the view's own C order; otherwise (the input cotangent, as
-        before) the result is the permuted view, which costs no second input-sized array
-        at the backward's peak."""
+        JVP) copies them into the view's own C order (blocks already in that memory order, as
+        :class:`~arraynorm._linalg.RowWhitening` forms Y and gX for (N, C) batches, come back
+        as a view); otherwise (the input cotangent, as before) the result is the permuted
+        view, which costs no second input-sized array at the backward's peak."""
         if ordered and isinstance(a, np.ndarray) and a.shape == self.permuted_shape:
             back = np.transpose(a, self.inverse)
             if back.flags.c_contiguous:  # the blocks were formed in the view's order
