@@ -456,6 +456,12 @@ class RowWhitening:
         tz = tx * (1.0 / self.c)
         a = xp.matmul(tz, _t(xp, z))
         dw = self.matrix_pullback.jvp(self.scale * (a + _t(xp, a)))
+        if _column_blocks(z) and _column_blocks(tz):  # dY in Z's memory order, as output()
+            dy = np.empty_like(z)
+            dyt = np.swapaxes(dy, -1, -2)
+            np.matmul(np.swapaxes(z, -1, -2), np.swapaxes(dw, -1, -2), out=dyt)
+            np.add(dyt, np.matmul(np.swapaxes(tz, -1, -2), np.swapaxes(self.wz, -1, -2)), out=dyt)
+            return dy
         return xp.matmul(dw, z) + xp.matmul(self.wz, tz)
 
 
