@@ -945,6 +945,52 @@ def test_numbas_openmp_workers_get_a_short_spin_unless_the_user_chose_one():
     assert run("30000000000", OMP_WAIT_POLICY="active") == ["-", "False", "1", "-", "True"]
 
 
+@jit_needed
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RTLD_DEEPBIND, /proc/self/maps")
+def test_numbas_openmp_layer_binds_its_own_libgomp_when_pytorch_loaded_another_first():
+    """PyTorch's wheel loads its own libgomp at import; numba's OpenMP layer, started after,
+    is loaded deep-bound (``numba_jit._deep_bind``) and runs on the libgomp it links, loaded
+    then with the JIT's spin count: numba's settings reach that runtime (it raises the
+    nesting levels to what the runtime supports), not PyTorch's, whose levels stay as
+    PyTorch's import left them; the dlopen flags are as they were after. Without the deep
+    binding (``LD_PRELOAD`` set, which turns it off) the same program shows numba's setting
+    in PyTorch's runtime — the case the binding exists for."""
+    pytest.importorskip("torch")
+    code = ("import ctypes, os, sys, torch, numpy as np, arraynorm as an, numba\n"
+            "torch_gomp = [l.split()[-1] for l in open('/proc/self/maps') if 'libgomp' in l]\n"
+            "if not torch_gomp:\n"
+            "    print('no-libgomp'); sys.exit()\n"
+            "mine = ctypes.CDLL(torch_gomp[0])\n"
+            "before = mine.omp_get_max_active_levels()\n"
+            "flags = sys.getdlopenflags()\n"
+            "x = np.ones((512, 1024), np.float32)\n"
+            "an.layer_norm(x)\n"
+            "assert numba.threading_layer() == 'omp', numba.threading_layer()\n"
+            "other = sorted({l.split()[-1] for l in open('/proc/self/maps') if 'libgomp' in l} - {torch_gomp[0]})\n"
+            "theirs = ctypes.CDLL(other[0]).omp_get_max_active_levels() if other else None\n"
+            "print(before, mine.omp_get_max_active_levels(), theirs, sys.getdlopenflags() == flags,\n"
+            "      os.environ.get('GOMP_SPINCOUNT', '-'))\n")
+    clean = {k: v for k, v in os.environ.items()
+             if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY", "LD_PRELOAD", "NUMBA_THREADING_LAYER")}
+
+    def run(**env):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             env=dict(clean, PYTHONPATH=str(ROOT), **_TWO_THREADS, **env), timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return out.stdout.split()
+
+    got = run()
+    if got == ["no-libgomp"]:
+        pytest.skip("this PyTorch build loads no libgomp of its own")
+    before, torch_after, numba_levels, flags_restored, spin_env = got
+    assert torch_after == before and flags_restored == "True" and spin_env == "-"
+    assert numba_levels != "None" and int(numba_levels) > 1  # numba's own runtime got its setting
+    # the contrast: bound the usual way (a preload disables the deep binding), numba's
+    # setting lands in PyTorch's runtime
+    shallow = run(LD_PRELOAD=" ")
+    assert shallow[1] != shallow[0], shallow
+
+
 def test_the_spin_count_leaves_the_environment_as_it_was_when_the_launch_fails(monkeypatch):
     monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
