@@ -364,7 +364,7 @@ def newton_inv_sqrt(xp: Namespace, s: Array, T: int, floor: Any = 0.0) -> tuple[
 def _column_blocks(z: Array) -> bool:
     """A NumPy stack whose (d, m) matrices are column-major: the (G, d, N) view of an (N, C)
     batch, whose products are best formed in that order (:meth:`RowWhitening.output`)."""
-    return is_numpy_array(z) and z.ndim >= 2 and z.strides[-2] == z.itemsize != z.strides[-1]
+    return bool(is_numpy_array(z) and z.ndim >= 2 and z.strides[-2] == z.itemsize != z.strides[-1])
 
 
 @dataclass
