@@ -412,7 +412,7 @@ class RowWhitening:
             # Y in Z's own memory order, as Yᵀ = Zᵀ W_Zᵀ, whose row-major blocks BLAS writes
             # directly; a C-order Y had to be transposed back after (8192×512 float32: 6.5 ms
             # for the product and the output in place of 29.5 ms)
-            y = np.empty_like(z)
+            y = np.empty_like(z, dtype=np.result_type(z, self.wz))
             np.matmul(np.swapaxes(z, -1, -2), np.swapaxes(self.wz, -1, -2), out=np.swapaxes(y, -1, -2))
             return y
         return self.xp.matmul(self.wz, z)
@@ -424,7 +424,7 @@ class RowWhitening:
             # as output(): gZ in Z's memory order (the input's: dx comes back C-ordered, not
             # as a transposed view a caller's reshape would copy), as gZᵀ = gYᵀ W_Z + Zᵀ Aᵀ
             # with A = scale·(gS + gSᵀ), d × d, so that no input-sized product is scaled
-            gz = np.empty_like(z)
+            gz = np.empty_like(z, dtype=np.result_type(z, self.wz, gy, gs))
             gzt = np.swapaxes(gz, -1, -2)
             np.matmul(np.swapaxes(gy, -1, -2), self.wz, out=gzt)
             np.add(gzt, np.matmul(np.swapaxes(z, -1, -2), np.swapaxes(self.scale * (gs + _t(xp, gs)), -1, -2)),
@@ -457,7 +457,7 @@ class RowWhitening:
         a = xp.matmul(tz, _t(xp, z))
         dw = self.matrix_pullback.jvp(self.scale * (a + _t(xp, a)))
         if _column_blocks(z) and _column_blocks(tz):  # dY in Z's memory order, as output()
-            dy = np.empty_like(z)
+            dy = np.empty_like(z, dtype=np.result_type(z, dw, tz, self.wz))
             dyt = np.swapaxes(dy, -1, -2)
             np.matmul(np.swapaxes(z, -1, -2), np.swapaxes(dw, -1, -2), out=dyt)
             np.add(dyt, np.matmul(np.swapaxes(tz, -1, -2), np.swapaxes(self.wz, -1, -2)), out=dyt)

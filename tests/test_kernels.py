@@ -952,12 +952,14 @@ def test_numbas_openmp_layer_binds_its_own_libgomp_when_pytorch_loaded_another_f
     is loaded deep-bound (``numba_jit._deep_bind``) and runs on the libgomp it links, loaded
     then with the JIT's spin count: numba's settings reach that runtime (it raises the
     nesting levels to what the runtime supports), not PyTorch's, whose levels stay as
-    PyTorch's import left them; the dlopen flags are as they were after. Without the deep
+    PyTorch's import left them; Python's dlopen flags are untouched. Without the deep
     binding (``LD_PRELOAD`` set, which turns it off) the same program shows numba's setting
     in PyTorch's runtime — the case the binding exists for."""
     pytest.importorskip("torch")
     code = ("import ctypes, os, sys, torch, numpy as np, arraynorm as an, numba\n"
-            "torch_gomp = [l.split()[-1] for l in open('/proc/self/maps') if 'libgomp' in l]\n"
+            "here = os.path.dirname(torch.__file__)\n"
+            "torch_gomp = sorted({l.split()[-1] for l in open('/proc/self/maps')\n"
+            "                     if 'libgomp' in l and l.split()[-1].startswith(here)})\n"
             "if not torch_gomp:\n"
             "    print('no-libgomp'); sys.exit()\n"
             "mine = ctypes.CDLL(torch_gomp[0])\n"
@@ -975,7 +977,8 @@ def test_numbas_openmp_layer_binds_its_own_libgomp_when_pytorch_loaded_another_f
 
     def run(**env):
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             env=dict(clean, PYTHONPATH=str(ROOT), **_TWO_THREADS, **env), timeout=300)
+                             env=dict(clean, PYTHONPATH=str(ROOT), NUMBA_THREADING_LAYER="omp",
+                                      **_TWO_THREADS, **env), timeout=300)
         assert out.returncode == 0, out.stderr[-3000:]
         return out.stdout.split()
 
@@ -989,6 +992,14 @@ def test_numbas_openmp_layer_binds_its_own_libgomp_when_pytorch_loaded_another_f
     # setting lands in PyTorch's runtime
     shallow = run(LD_PRELOAD=" ")
     assert shallow[1] != shallow[0], shallow
+
+
+def test_no_deep_binding_where_a_preload_interposes_symbols_or_off_linux(monkeypatch):
+    monkeypatch.setenv("LD_PRELOAD", "libjemalloc.so.2")
+    assert numba_jit._deep_bind() is False
+    monkeypatch.delenv("LD_PRELOAD")
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert numba_jit._deep_bind() is False
 
 
 def test_the_spin_count_leaves_the_environment_as_it_was_when_the_launch_fails(monkeypatch):

@@ -429,6 +429,40 @@ def test_spectral_norm_backward_is_the_derivative_with_u_v_frozen(xp):
                  rtol=1e-7, atol=1e-9)
 
 
+@pytest.mark.parametrize("shape,dtype", [((300, 257), "float32"), ((300, 257), "float64"),
+                                         ((130, 64, 3, 3), "float32")])
+def test_spectral_norm_backward_in_row_blocks_equals_the_whole_array_formula(monkeypatch, shape, dtype):
+    """Large C-ordered NumPy weights (unit axis first) take the pullback in blocks of rows
+    (whose temporaries stay in cache; the last block partial here): per element the same
+    operations as the whole-array formula, which runs with the fast paths off — only the
+    sum Σ dw·w is added in another order — and equal to the float64 closed form with the
+    final u, v frozen, dW = dw/σ − (Σ dw·W)/σ² · u vᵀ."""
+    from arraynorm.weight import spectral
+
+    calls = []
+    blocked = spectral._pullback_in_row_blocks
+    monkeypatch.setattr(spectral, "_pullback_in_row_blocks",
+                        lambda *a: calls.append(1) or blocked(*a))
+    rng = _rng(40)
+    w = rng.standard_normal(shape).astype(dtype)
+    u0 = rng.standard_normal(shape[0]).astype(dtype)
+    dw = rng.standard_normal(shape).astype(dtype)
+    (w_sn, u_new), pb = an.vjp(an.spectral_norm, w, u0, n_power_iterations=2)
+    got = pb((dw, None))[0]
+    assert len(calls) == 1 and got.dtype == w.dtype and got.shape == w.shape
+    with an.use_fast_paths(False):
+        ref = an.vjp(an.spectral_norm, w, u0, n_power_iterations=2)[1]((dw, None))[0]
+    assert len(calls) == 1
+    tol = 1e-5 if dtype == "float32" else 1e-13
+    np.testing.assert_allclose(got, ref, rtol=tol, atol=tol * np.abs(ref).max())
+    mat, dmat = w.reshape(shape[0], -1).astype(np.float64), dw.reshape(shape[0], -1).astype(np.float64)
+    u = u_new.astype(np.float64) / np.linalg.norm(u_new.astype(np.float64))
+    v = mat.T @ u / np.linalg.norm(mat.T @ u)
+    sigma = u @ mat @ v
+    exact = dmat / sigma - (dmat * mat).sum() / sigma ** 2 * np.outer(u, v)
+    assert np.abs(got.reshape(exact.shape) - exact).max() <= 50 * tol * np.abs(exact).max()
+
+
 def test_spectral_norm_converged_gradient_is_the_exact_one(xp):
     # after convergence u, v are the top singular pair, where ∂σ/∂W = u vᵀ exactly
     rng = _rng(16)

@@ -611,3 +611,9 @@ def test_whitened_blocks_come_back_in_c_order_on_numpy_with_the_permuted_views_v
     np.testing.assert_allclose(y, np.asarray(ys), rtol=1e-12, atol=1e-12)
     for g, gs in zip(grads, pbs(xs.asarray(dy))):
         np.testing.assert_allclose(g, np.asarray(gs), rtol=1e-10, atol=1e-10)
+    # below the tiled copy's size the view's order comes only from the products' own layout:
+    # output, input cotangent and tangent alike
+    x, dy = x[:300], dy[:300]
+    y, pb = an.vjp(an.iter_norm, x, w, b, num_groups=4, T=5)
+    _, ty = an.jvp(an.iter_norm, (x, w, b), (dy, np.zeros_like(w), np.zeros_like(b)), num_groups=4, T=5)
+    assert y.flags.c_contiguous and pb(dy)[0].flags.c_contiguous and ty.flags.c_contiguous

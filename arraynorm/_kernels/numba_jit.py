@@ -276,47 +276,50 @@ def _call(loops: ModuleType, name: str, n: int, *args: Any) -> None:
 
 @contextlib.contextmanager
 def _first_launch() -> Iterator[None]:
-    """What numba's threading layer finds as it loads (:func:`_omp_spin_count`), and
-    ``RTLD_DEEPBIND`` in Python's dlopen flags where another GNU OpenMP runtime is loaded
-    already (:func:`_deep_bind`); both as they were after."""
-    deep = _deep_bind()
-    flags = sys.getdlopenflags()
-    if deep:
-        sys.setdlopenflags(flags | os.RTLD_DEEPBIND)
-    try:
-        with _omp_spin_count():
-            yield
-    finally:
-        if deep:
-            sys.setdlopenflags(flags)
+    """What numba's threading layer finds as it loads: :func:`_omp_spin_count`, and its
+    OpenMP library (``numba.np.ufunc.omppool``) loaded beforehand with ``RTLD_DEEPBIND``
+    where :func:`_deep_bind` asks for it — loaded once, the later import finds it bound."""
+    with _omp_spin_count():
+        if _deep_bind():
+            import importlib.util
+
+            spec = importlib.util.find_spec("numba.np.ufunc.omppool")
+            if spec is not None and spec.origin:
+                try:
+                    ctypes.CDLL(spec.origin, mode=os.RTLD_NOW | os.RTLD_DEEPBIND)
+                except OSError:  # numba then loads it the usual way, as before
+                    pass
+        yield
 
 
 def _deep_bind() -> bool:
-    """Whether numba's OpenMP layer should be loaded with ``RTLD_DEEPBIND``: on Linux, where a
-    libgomp (SONAME ``libgomp.so.1``) is loaded already and ``LD_PRELOAD`` is not set.
+    """Whether numba's OpenMP layer should be loaded with ``RTLD_DEEPBIND``: on Linux, where
+    a GNU OpenMP runtime's symbols are in the process's global scope already and
+    ``LD_PRELOAD`` is not set.
 
     PyTorch's wheel brings its own libgomp and loads it, globally, at ``import torch``.
     numba's layer (``omppool``) links the system's ``libgomp.so.1.0.0``, which the loader
     then maps as well, but resolves the ``GOMP_*``/``omp_*`` symbols in the global scope
     first: numba's loops ran on PyTorch's copy, whose settings were read at import — without
     :data:`OMP_SPIN_COUNT` — and numba set that runtime's nesting levels for PyTorch's threads
-    too. Bound deep, the layer takes the symbols of the libgomp it links, loaded now with
-    the spin count, and PyTorch keeps its own runtime. Measured 2026-12-03 (2-core AMD EPYC,
-    ``import torch`` first, TransformerEncoderBlock(256, 4, 1024) on (32, 128, 256) float32,
-    forward medians of 9 after 0.15 s pauses, two runs each): arraynorm 80.6–84.0 ms bound
-    as before, 54.5–57.7 ms bound deep; PyTorch's block in the same processes 50.7–60.8 and
-    48.6–54.7 ms. (With arraynorm's loops started first, PyTorch imported after maps no copy
-    of its own and shares numba's runtime, nesting levels included: its Transformer block
-    measured 3× slower that way, 517–641 against 163–208 ms forward+backward. Import torch
-    before the first compiled loop runs.) Not where ``LD_PRELOAD`` interposes symbols (a
-    preloaded allocator, a sanitizer): a deep-bound library would skip it."""
+    too. Bound deep, the layer takes the symbols of the libgomp it links, loaded then with
+    the spin count, and PyTorch keeps its own runtime. (Where the global one is the system's
+    libgomp itself, the layer binds to that same library either way.) Measured 2026-12-03
+    (2-core AMD EPYC, ``import torch`` first, TransformerEncoderBlock(256, 4, 1024) on
+    (32, 128, 256) float32, forward medians of 9 after 0.15 s pauses, two runs each):
+    arraynorm 80.6–84.0 ms bound as before, 54.5–57.7 ms bound deep; PyTorch's block in the
+    same processes 50.7–60.8 and 48.6–54.7 ms. (With arraynorm's loops started first,
+    PyTorch imported after maps no copy of its own and shares numba's runtime, nesting levels
+    included: its Transformer block measured 3× slower that way, 517–641 against 163–208 ms
+    forward+backward. Import torch before the first compiled loop runs.) Not where
+    ``LD_PRELOAD`` interposes symbols (a preloaded allocator, a sanitizer): a deep-bound
+    library would skip it."""
     if not sys.platform.startswith("linux") or not hasattr(os, "RTLD_DEEPBIND") or os.environ.get("LD_PRELOAD"):
         return False
     try:
-        ctypes.CDLL("libgomp.so.1", mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
-    except OSError:  # not loaded: the layer loads the one it links, and binds to it
+        return hasattr(ctypes.CDLL(None), "GOMP_parallel")
+    except OSError:  # pragma: no cover - dlopen(NULL) does not fail on glibc
         return False
-    return True
 
 
 @contextlib.contextmanager

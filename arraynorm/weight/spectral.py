@@ -13,6 +13,7 @@ import numpy as np
 
 from .._array_api import (xp_backend_name, xp_check_eps, xp_check_floating, xp_check_int,
                           xp_compute_dtype, xp_device, xp_namespace)
+from .._kernels import fast_paths_enabled
 from .._statistics import lp_norm
 from .._typing import Array, Namespace, Pullback
 from .._vjp import defvjp
@@ -57,11 +58,53 @@ def _divide_by_sigma(xp: Namespace, wc: Array, sigma: Array, u: Array, v: Array,
 
     def pullback(dw: Array) -> Array:
         dw = xp.astype(dw, wc.dtype, copy=False)
+        if _blocked_lane(dw, w, d):
+            return _pullback_in_row_blocks(dw, w, sigma, u, v).astype(dtype, copy=False)
         c = xp.sum(dw * w) / sigma
         dweight = dw / sigma - c * _outer_in_layout(xp, u, v, shape, d)
         return xp.astype(dweight, dtype, copy=False)
 
     return xp.astype(w, dtype, copy=False), pullback
+
+
+#: elements per row block of :func:`_pullback_in_row_blocks` (a few hundred KiB: its
+#: temporaries stay in cache)
+_BLOCK_ELEMS = 1 << 16
+
+
+def _blocked_lane(dw: Array, w: Array, d: int) -> bool:
+    """The NumPy lane of the pullback: fast paths on, C-ordered NumPy dw and w whose memory is
+    the (units, rest) matrix (unit axis first), large enough for the passes to matter."""
+    return (d == 0 and type(dw) is np.ndarray and type(w) is np.ndarray and dw.dtype == w.dtype
+            and dw.flags.c_contiguous and w.flags.c_contiguous and dw.size >= _BLOCK_ELEMS
+            and fast_paths_enabled())
+
+
+def _pullback_in_row_blocks(dw: np.ndarray, w: np.ndarray, sigma: Any, u: np.ndarray,
+                            v: np.ndarray) -> np.ndarray:
+    """dW = dw/σ − c·u vᵀ with c = Σ dw·w / σ, the generic formula's operations and roundings
+    per element, in blocks of rows: each block's products sit in cache, so dw and w are read
+    twice and dW written once, where the whole-array expressions made five weight-sized
+    temporaries (4096×4096 float32, 2-core AMD EPYC, ``python -m benchmarks --cases sn``,
+    two runs: backward 49–60 → 29–33 ms, forward+backward peak memory 4.0 → 2.0× the weight).
+    c's sum is pairwise within a block, the blocks' sums added in float64 (the whole array's
+    pairwise sum, in the array's dtype, rounded otherwise)."""
+    m = dw.reshape(dw.shape[0], -1)
+    wm = w.reshape(m.shape)
+    rows = max(1, _BLOCK_ELEMS // m.shape[1])
+    buf = np.empty((min(rows, m.shape[0]), m.shape[1]), dw.dtype)
+    total = 0.0
+    for i in range(0, m.shape[0], rows):
+        t = buf[:min(rows, m.shape[0] - i)]
+        total += float(np.multiply(m[i:i + rows], wm[i:i + rows], out=t).sum())
+    c = np.asarray(total, dw.dtype) / sigma
+    out = np.empty_like(m)
+    for i in range(0, m.shape[0], rows):
+        o, t = out[i:i + rows], buf[:min(rows, m.shape[0] - i)]
+        np.divide(m[i:i + rows], sigma, out=o)
+        np.multiply(u[i:i + rows, None], v[None, :], out=t)
+        np.subtract(o, np.multiply(c, t, out=t), out=o)
+    return out.reshape(dw.shape)
 
 
 def _power_iteration_args(fname: str, weight: Array, u: Array | None, n_power_iterations: Any,
