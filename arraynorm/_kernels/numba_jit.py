@@ -77,6 +77,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import importlib.util
 import math
 import os
 import sys
@@ -281,8 +282,6 @@ def _first_launch() -> Iterator[None]:
     where :func:`_deep_bind` asks for it — loaded once, the later import finds it bound."""
     with _omp_spin_count():
         if _deep_bind():
-            import importlib.util
-
             spec = importlib.util.find_spec("numba.np.ufunc.omppool")
             if spec is not None and spec.origin:
                 try:
